@@ -98,6 +98,7 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol-2 pickles made by Python 3 spell bytes as _codecs.encode(str, "latin1")
 }
 
 
@@ -124,6 +125,8 @@ def read_pdparams(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
     try:
         obj = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise UserError(f"weights file {label} is truncated or corrupt ({e})") from None
         raise UserError(f"weights file {label} is not a PaddleClas .pdparams: {e}") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
         raise UserError(f"weights file {label} is truncated or corrupt ({type(e).__name__}: {e})") from None
