@@ -113,23 +113,29 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_pdparams(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
-    """Unpickle a .pdparams safely into ``{key: ndarray}`` (name table dropped, split params joined)."""
-    label = "<bytes>" if isinstance(source, bytes) else str(source)
+def _unpickle(f, label: str):
     try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read weights file {label}: {e.strerror or e}") from None
-    if not data:
-        raise UserError(f"weights file {label} is empty")
-    try:
-        obj = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return _ArraysOnlyUnpickler(f, encoding="latin1").load()
     except pickle.UnpicklingError as e:
         if "truncated" in str(e):
             raise UserError(f"weights file {label} is truncated or corrupt ({e})") from None
         raise UserError(f"weights file {label} is not a PaddleClas .pdparams: {e}") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
         raise UserError(f"weights file {label} is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def read_pdparams(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
+    """Unpickle a .pdparams safely into ``{key: ndarray}`` (name table dropped, split params joined)."""
+    label = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:  # unpickle from the open file: the arrays are built without a second copy of the file in memory
+        f = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as e:
+        raise UserError(f"cannot read weights file {label}: {e.strerror or e}") from None
+    with f:
+        if not f.read(1):
+            raise UserError(f"weights file {label} is empty")
+        f.seek(0)
+        obj = _unpickle(f, label)
     if not isinstance(obj, dict):
         raise UserError(f"weights file {label} holds a {type(obj).__name__}, not a dict of arrays")
     obj = dict(obj)
