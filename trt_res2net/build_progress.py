@@ -26,7 +26,7 @@ def format_elapsed(seconds: float) -> str:
 class BuildProgress:
     """Receives TensorRT's progress callbacks and draws one tqdm bar per active phase, nested by parent.
 
-    ``step`` returns False after Ctrl-C (TensorRT then cancels the build and returns no engine); the
+    ``on_step`` returns False after Ctrl-C (TensorRT then cancels the build and returns no engine); the
     callbacks themselves never raise, since an exception inside a TensorRT callback cannot unwind cleanly.
     """
 
@@ -39,7 +39,7 @@ class BuildProgress:
         self._bars: dict[str, object] = {}
         self.events: list[tuple] = []  # (kind, phase, value): kept for tests and the manifest
 
-    def start(self, phase: str, parent: str | None, num_steps: int) -> None:
+    def on_start(self, phase: str, parent: str | None, num_steps: int) -> None:
         try:
             depth = 0 if parent is None else self._depth.get(parent, self.max_depth) + 1
             self._depth[phase] = depth
@@ -52,7 +52,7 @@ class BuildProgress:
         except KeyboardInterrupt:
             self.cancelled = True
 
-    def step(self, phase: str, step: int) -> bool:
+    def on_step(self, phase: str, step: int) -> bool:
         try:
             bar = self._bars.get(phase)
             if bar is not None:
@@ -62,7 +62,7 @@ class BuildProgress:
             self.cancelled = True
         return not self.cancelled
 
-    def finish(self, phase: str) -> None:
+    def on_finish(self, phase: str) -> None:
         try:
             self.events.append(("finish", phase, None))
             bar = self._bars.pop(phase, None)

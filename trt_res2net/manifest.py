@@ -119,7 +119,8 @@ def build_manifest(
         "build_options": build_options,
         "build_time_s": round(float(build_time_s), 3),
         "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version()},
+        "host": {"machine": platform.machine(), "system": platform.system(),
+                 "python": platform.python_version()},
         "trt_res2net_version": __version__,
         "command": " ".join(shlex.quote(a) for a in sys.argv),
     }
@@ -149,8 +150,9 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(parse_version(version)[:3])
 
 
-def check_engine_compatible(manifest: dict, trt_version: str, gpu_name: str, cc, *, engine: str | None = None) -> None:
-    """Refuse an engine built under another TensorRT release or for another GPU: UserError naming what differs.
+def check_engine_compatible(manifest: dict, trt_version: str, gpu_name: str, cc, *,
+                            engine: str | None = None) -> None:
+    """Refuse an engine built under another TensorRT release or for another GPU, naming what differs.
 
     TensorRT versions are compared on major.minor.patch (plans are not portable across releases); the GPU on
     its compute capability first (kernels are compiled for it), then on its name (TensorRT tunes tactics per

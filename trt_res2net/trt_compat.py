@@ -43,7 +43,7 @@ class TrtVersion(NamedTuple):
 
 
 def parse_version(text: str) -> TrtVersion:
-    """``"10.3.0.26"`` → TrtVersion(10, 3, 0, 26); tolerates ``"8.6.1"``, ``"11.4.0.106"``, ``"10.13.3.post1"``."""
+    """``"10.3.0.26"`` → TrtVersion(10, 3, 0, 26); also ``"8.6.1"``, ``"11.4.0.106"``, ``"10.13.3.post1"``."""
     m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(text))
     if not m:
         raise ValueError(f"not a TensorRT version: {text!r}")
@@ -162,7 +162,8 @@ def import_tensorrt(what_was_written: str | None = None):
         import tensorrt as trt
     except (ImportError, OSError) as e:  # OSError: bindings present but libnvinfer missing
         reason = f" ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'not found'})"
-        raise MissingDependency(_missing_message(what_was_written, "TensorRT is not importable" + reason)) from e
+        why = "TensorRT is not importable" + reason
+        raise MissingDependency(_missing_message(what_was_written, why)) from e
     return trt
 
 
@@ -211,8 +212,8 @@ def resolve_int8_mode(requested: str, v, *, have_qdq_onnx: bool | None = None) -
         raise UserError(f"--int8-mode must be qdq, calibrator or auto, not {requested!r}")
     if requested not in modes:
         if requested == "qdq":
-            why = (f"TensorRT {major}.{minor}'s ONNX parser reads opset ≤ {max_onnx_opset(v)} and ModelOpt's Q/DQ "
-                   "ONNX is opset 19; use --int8-mode calibrator (or auto)")
+            why = (f"TensorRT {major}.{minor}'s ONNX parser reads opset ≤ {max_onnx_opset(v)} and ModelOpt's "
+                   "Q/DQ ONNX is opset 19; use --int8-mode calibrator (or auto)")
         else:
             why = (f"TensorRT {major}.{minor} has no INT8 calibrator (removed in 11.0); use --int8-mode qdq "
                    "(or auto), which needs the Q/DQ ONNX from ModelOpt (pip install -e .[quant])")
