@@ -18,10 +18,18 @@ def _manifest(tmp_path, **over):
     from trt_fakes import fake_gpu
 
     kw = dict(
-        engine_path=engine, model="m", precision="fp16", int8_mode=None, tensorrt_version="10.3.0",
-        gpu=fake_gpu(name="Orin", cc="8.7", integrated=True), onnx_path="onnx/m.onnx", onnx_sha256="ab" * 32,
-        io={"input": {"name": "input"}}, profiles=[{"input": "input", "min": [1, 3, 224, 224]}],
-        build_options={"flags": ["FP16"]}, build_time_s=12.3456,
+        engine_path=engine,
+        model="m",
+        precision="fp16",
+        int8_mode=None,
+        tensorrt_version="10.3.0",
+        gpu=fake_gpu(name="Orin", cc="8.7", integrated=True),
+        onnx_path="onnx/m.onnx",
+        onnx_sha256="ab" * 32,
+        io={"input": {"name": "input"}},
+        profiles=[{"input": "input", "min": [1, 3, 224, 224]}],
+        build_options={"flags": ["FP16"]},
+        build_time_s=12.3456,
     )
     kw.update(over)
     return engine, mf.build_manifest(**kw)
@@ -60,8 +68,10 @@ def test_read_manifest_errors(tmp_path):
         mf.read_manifest(engine)
 
 
-@pytest.mark.parametrize("cc, expected", [((8, 7), "8.7"), ("8.7", "8.7"), ("sm_90", "9.0"), ("12.0", "12.0"),
-                                          (8.6, "8.6"), ([7, 5], "7.5")])
+@pytest.mark.parametrize(
+    "cc, expected",
+    [((8, 7), "8.7"), ("8.7", "8.7"), ("sm_90", "9.0"), ("12.0", "12.0"), (8.6, "8.6"), ([7, 5], "7.5")],
+)
 def test_normalize_cc(cc, expected):
     assert mf.normalize_cc(cc) == expected
 
@@ -95,7 +105,8 @@ def test_jetson_info(tmp_path):
     (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/nv_tegra_release").write_text(
-        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n")
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n"
+    )
     assert mf.jetson_info(tmp_path) == {"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3"}
     (tmp_path / "proc/device-tree/model").write_bytes(b"Raspberry Pi 4\x00")
     (tmp_path / "etc/nv_tegra_release").unlink()
@@ -108,7 +119,9 @@ class _Err(int):
         return {0: "cudaSuccess", 35: "cudaErrorInsufficientDriver"}.get(int(self), "cudaErrorUnknown")
 
 
-def _fake_cudart(count=1, count_err=0, name=b"NVIDIA GeForce RTX 4090\x00\x00", major=8, minor=9, integrated=0):
+def _fake_cudart(
+    count=1, count_err=0, name=b"NVIDIA GeForce RTX 4090\x00\x00", major=8, minor=9, integrated=0
+):
     rt = types.SimpleNamespace()
     rt.cudaError_t = types.SimpleNamespace(cudaSuccess=_Err(0))
     props = types.SimpleNamespace(name=name, major=major, minor=minor, integrated=integrated)

@@ -74,8 +74,9 @@ def test_gates_accept_tuples_and_strings():
     assert not trt_compat.is_supported("8.5.2") and trt_compat.is_supported("8.6.1")
 
 
-@pytest.mark.parametrize("release, modes", [("8.6.1", ("calibrator",)), ("10.3.0", ("qdq", "calibrator")),
-                                            ("11.4.0", ("qdq",))])
+@pytest.mark.parametrize(
+    "release, modes", [("8.6.1", ("calibrator",)), ("10.3.0", ("qdq", "calibrator")), ("11.4.0", ("qdq",))]
+)
 def test_int8_modes(release, modes):
     assert trt_compat.int8_modes(release) == modes
 
@@ -131,10 +132,13 @@ def test_installed_version_with_fake(monkeypatch):
 
 
 def test_package_import_stays_light():
-    code = ("import sys, trt_res2net.trt_compat, trt_res2net.builder, trt_res2net.manifest, "
-            "trt_res2net.trt_calibrator, trt_res2net.build_progress\n"
-            "heavy = [m for m in ('tensorrt', 'onnx', 'onnxruntime', 'cv2', 'cuda', 'torch') if m in sys.modules]\n"
-            "print(heavy)")
+    code = (
+        "import sys, trt_res2net.trt_compat, trt_res2net.builder, trt_res2net.manifest, "
+        "trt_res2net.trt_calibrator, trt_res2net.build_progress\n"
+        "heavy = [m for m in ('tensorrt', 'onnx', 'onnxruntime', 'cv2', 'cuda', 'torch')\n"
+        "         if m in sys.modules]\n"
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # ---------------------------------------------------------------------------------------------------------
 # Fake tensorrt
 
@@ -43,10 +42,14 @@ class _Strict:
         object.__setattr__(self, name, value)
 
 
-def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_build: bool = False,
-                       cancel_after_steps: int | None = None) -> types.ModuleType:
+def make_fake_tensorrt(
+    version: str = "10.3.0",
+    *,
+    num_dla_cores: int = 0,
+    fail_build: bool = False,
+    cancel_after_steps: int | None = None,
+) -> types.ModuleType:
     major = int(version.split(".")[0])
-    minor = int(version.split(".")[1])
     m = types.ModuleType("tensorrt")
     m.__version__ = version
     m.__fake__ = True
@@ -66,7 +69,9 @@ def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_
     if major <= 10:
         bflags += ["FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS"]
     m.BuilderFlag = enum.IntEnum("BuilderFlag", {n: i for i, n in enumerate(bflags)})
-    m.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1, "TACTIC_DRAM": 4})
+    m.MemoryPoolType = enum.IntEnum(
+        "MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1, "TACTIC_DRAM": 4}
+    )
     m.DeviceType = enum.IntEnum("DeviceType", {"GPU": 0, "DLA": 1})
     m.DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3})
     m.TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
@@ -86,6 +91,7 @@ def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_
     m.init_libnvinfer_plugins = init_libnvinfer_plugins
 
     if major <= 10:
+
         class IInt8EntropyCalibrator2:
             def __init__(self):
                 m.log.append(("calibrator_init", None))
@@ -93,6 +99,7 @@ def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_
         m.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
 
     if major >= 9:
+
         class IProgressMonitor:
             def __init__(self):
                 m.log.append(("monitor_init", None))
@@ -172,7 +179,7 @@ def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_
             self.shapes = {}
 
         def set_shape(self, name, min, opt, max):  # noqa: A002 — TensorRT's keyword names
-            if not (all(a <= b for a, b in zip(min, opt)) and all(a <= b for a, b in zip(opt, max))):
+            if not all(a <= b <= c for a, b, c in zip(min, opt, max, strict=True)):
                 raise ValueError("min <= opt <= max violated")
             self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
@@ -235,6 +242,7 @@ def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_
             return self._timing
 
     if major <= 10:
+
         def set_calibration_profile(self, profile):
             self._calib_profile = profile
             return True
@@ -265,12 +273,17 @@ def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_
 
         def build_serialized_network(self, network, config):
             m.log.append(("build", None))
-            typed = major >= 11 or (major >= 10 and network.flags & (1 << int(m.NetworkDefinitionCreationFlag
-                                                                                  .STRONGLY_TYPED)))
+            typed = major >= 11 or (
+                major >= 10 and network.flags & (1 << int(m.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+            )
             if typed and config._flags & {"FP16", "INT8"}:
-                raise RuntimeError("fake TensorRT: precision flags are not allowed on a strongly typed network")
+                raise RuntimeError(
+                    "fake TensorRT: precision flags are not allowed on a strongly typed network"
+                )
             if any(d < 0 for d in network.inputs[0].shape) and not config._profiles:
-                return None  # real TensorRT: "Network has dynamic or shape inputs, but no optimization profile"
+                return (
+                    None  # real TensorRT: "Network has dynamic or shape inputs, but no optimization profile"
+                )
             calib_batches = 0
             calibrator = getattr(config, "int8_calibrator", None)
             if calibrator is not None:
@@ -311,9 +324,14 @@ def make_fake_tensorrt(version: str = "10.3.0", *, num_dla_cores: int = 0, fail_
                 "network_flags": network.flags,
                 "flags": sorted(config._flags),
                 "pools": config._pools,
-                "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in config._profiles],
-                "calibration_profile": (None if config._calib_profile is None else
-                                        {k: [list(s) for s in v] for k, v in config._calib_profile.shapes.items()}),
+                "profiles": [
+                    {k: [list(s) for s in v] for k, v in p.shapes.items()} for p in config._profiles
+                ],
+                "calibration_profile": (
+                    None
+                    if config._calib_profile is None
+                    else {k: [list(s) for s in v] for k, v in config._calib_profile.shapes.items()}
+                ),
                 "calibrated_batches": calib_batches,
                 "opt_level": config.builder_optimization_level,
                 "device": m.DeviceType(config.default_device_type).name,
@@ -338,7 +356,7 @@ def fake_version_tag(version: str) -> str:
 def plan_doc(engine_path) -> dict:
     data = Path(engine_path).read_bytes()
     assert data.startswith(b"FAKE-PLAN")
-    return json.loads(data[len(b"FAKE-PLAN"):])
+    return json.loads(data[len(b"FAKE-PLAN") :])
 
 
 class FakeDeviceBuffer:
@@ -364,15 +382,27 @@ class FakeDeviceBuffer:
 def fake_gpu(name="NVIDIA Fake GPU", cc="8.9", total=24 << 30, free=20 << 30, integrated=False):
     from trt_res2net.manifest import GpuInfo
 
-    return GpuInfo(name=name, compute_capability=cc, total_memory=total, free_memory=free, integrated=integrated)
+    return GpuInfo(
+        name=name, compute_capability=cc, total_memory=total, free_memory=free, integrated=integrated
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Tiny classification ONNX files
 
 
-def tiny_classifier_onnx(path, *, batch=None, input_name="input", output_name="logits", opset=17,
-                         num_classes=10, qdq=False, fp16=False, seed=0) -> Path:
+def tiny_classifier_onnx(
+    path,
+    *,
+    batch=None,
+    input_name="input",
+    output_name="logits",
+    opset=17,
+    num_classes=10,
+    qdq=False,
+    fp16=False,
+    seed=0,
+) -> Path:
     """conv 3→4 (3x3) → relu → global average pool → flatten → gemm → logits; float32 I/O.
 
     ``qdq`` inserts QuantizeLinear/DequantizeLinear on the conv input and weight (opset ≥ 13); ``fp16``
@@ -384,19 +414,26 @@ def tiny_classifier_onnx(path, *, batch=None, input_name="input", output_name="l
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.2
     fc = rng.standard_normal((num_classes, 4)).astype(np.float32)
-    inits = [numpy_helper.from_array(w, "conv_w"), numpy_helper.from_array(fc, "fc_w"),
-             numpy_helper.from_array(np.zeros(num_classes, np.float32), "fc_b")]
+    inits = [
+        numpy_helper.from_array(w, "conv_w"),
+        numpy_helper.from_array(fc, "fc_w"),
+        numpy_helper.from_array(np.zeros(num_classes, np.float32), "fc_b"),
+    ]
     nodes = []
     x, wname = input_name, "conv_w"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
-                  numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
-                  numpy_helper.from_array(np.array(0.01, np.float32), "w_scale"),
-                  numpy_helper.from_array(np.array(0, np.int8), "w_zp")]
-        nodes += [helper.make_node("QuantizeLinear", [x, "x_scale", "x_zp"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xdq"]),
-                  helper.make_node("QuantizeLinear", ["conv_w", "w_scale", "w_zp"], ["wq"]),
-                  helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wdq"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+            numpy_helper.from_array(np.array(0.01, np.float32), "w_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", [x, "x_scale", "x_zp"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xdq"]),
+            helper.make_node("QuantizeLinear", ["conv_w", "w_scale", "w_zp"], ["wq"]),
+            helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zp"], ["wdq"]),
+        ]
         x, wname = "xdq", "wdq"
     nodes.append(helper.make_node("Conv", [x, wname], ["conv_out"], pads=[1, 1, 1, 1]))
     nodes.append(helper.make_node("Relu", ["conv_out"], ["relu_out"]))
@@ -405,12 +442,15 @@ def tiny_classifier_onnx(path, *, batch=None, input_name="input", output_name="l
         nodes.append(helper.make_node("Cast", [cur], ["h16"], to=TensorProto.FLOAT16))
         nodes.append(helper.make_node("Cast", ["h16"], ["h32"], to=TensorProto.FLOAT))
         cur = "h32"
-    nodes += [helper.make_node("GlobalAveragePool", [cur], ["pool"]),
-              helper.make_node("Flatten", ["pool"], ["flat"]),
-              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], [output_name], transB=1)]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [cur], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], [output_name], transB=1),
+    ]
     n = batch if batch is not None else "batch"
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [n, 3, 224, 224])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [n, num_classes])],
         inits,
@@ -460,7 +500,9 @@ def _stub_calib_cache():
 
         def to_bytes(self):
             lines = [f"TRT-{self.version_tag}-{self.algorithm}"]
-            lines += [f"{k}: {struct.unpack('>I', struct.pack('>f', v))[0]:08x}" for k, v in self.scales.items()]
+            lines += [
+                f"{k}: {struct.unpack('>I', struct.pack('>f', v))[0]:08x}" for k, v in self.scales.items()
+            ]
             return ("\n".join(lines) + "\n").encode()
 
         @classmethod
@@ -487,8 +529,10 @@ def _stub_calib_cache():
         made = json.loads(side.read_text())
         for k, v in expected.items():
             if made.get(k) != v:
-                raise UserError(f"calibration cache {cache_path} was made for {k}={made.get(k)}, this build has {v}; "
-                                "delete it or pass --calib-dir to recalibrate")
+                raise UserError(
+                    f"calibration cache {cache_path} was made for {k}={made.get(k)}, this build has {v}; "
+                    "delete it or pass --calib-dir to recalibrate"
+                )
 
     mod.trt_version_tag = trt_version_tag
     mod.CalibrationCache = CalibrationCache
@@ -539,7 +583,7 @@ def _stub_images():
 
             for i in range(0, len(self.items), self.batch_size):
                 arrays, paths, failures = [], [], []
-                for p in self.items[i:i + self.batch_size]:
+                for p in self.items[i : i + self.batch_size]:
                     img = cv2.imread(str(p))
                     if img is None:
                         failures.append((p, "not an image"))

@@ -149,6 +149,7 @@ def prepare_calibration(
             setup.reuse_bytes = cache_path.read_bytes()
             setup.images = []
             return setup
+        reason = reason.split("; delete it")[0]  # calib_cache's messages end with this hint; said once below
         if calib_dir is None:
             raise UserError(f"{reason}; delete it or pass --calib-dir to recalibrate")
         setup.replaced_reason = reason
@@ -250,14 +251,14 @@ class CalibrationFeed:
         input_shape: tuple[int, ...],
         *,
         batches: Callable[[], Iterator[np.ndarray]] | None = None,
-        device_buffer: Callable[[int], object] = CudaDeviceBuffer,
+        device_buffer: Callable[[int], object] | None = None,
         progress: bool = True,
     ):
         self.setup = setup
         self.shape = (setup.batch, *input_shape[1:])
         self._make_batches = batches or (lambda: exact_batches(image_batches(setup.images, setup.batch),
                                                                 setup.batch))
-        self._device_buffer = device_buffer
+        self._device_buffer = device_buffer or CudaDeviceBuffer  # looked up now: tests replace it
         self._buffer = None
         self._iter: Iterator[np.ndarray] | None = None
         self._bar = None
