@@ -183,6 +183,7 @@ def _parser():
     p.add_argument("--precision", default="fp32")  # the precision step's option
     p.add_argument("--calib-dir")
     p.add_argument("--calib-images", type=int, default=500)
+    p.add_argument("--quiet", action="store_true")  # build.py's own option
     builder.add_cli_arguments(p)
     return p
 
@@ -297,7 +298,7 @@ def fake_env(monkeypatch, tmp_path):
 
 
 def _build(argv, onnx_dir, precision, onnx="fp32.onnx", model="tiny"):
-    args = _parser().parse_args(["--no-progress", *argv])
+    args = _parser().parse_args(["--quiet", *argv])
     return builder.run_engine_step(args, onnx_dir / onnx, model, precision, onnx_dir / "fp32.onnx")
 
 
@@ -381,9 +382,10 @@ def test_int8_calibrator_build_then_reuse(fake_env, onnx_dir, tmp_path, release)
     cache = tmp_path / "calib" / f"tiny.trt{tag}.cache"
     assert cache.read_text().startswith(f"TRT-{tag}-EntropyCalibration2\n")
     side = json.loads((tmp_path / "calib" / f"tiny.trt{tag}.cache.json").read_text())
-    assert side["tensorrt_version"] == release and side["method"] == "tensorrt-entropy2"
-    assert side["onnx_sha256"] == read_manifest(engine)["onnx_sha256"] and side["calibration_batch"] == 4
-    assert "calibration_manifest_sha256" in side and side["batches"] == 2
+    key, info = side["key"], side["info"]
+    assert key["tools"] == {"tensorrt": release} and key["method"] == "tensorrt-entropy2"
+    assert key["onnx_sha256"] == read_manifest(engine)["onnx_sha256"] and info["calibration_batch"] == 4
+    assert len(key["calibration_manifest_sha256"]) == 64 and info["batches"] == 2
     m = read_manifest(engine)
     assert m["int8_mode"] == "calibrator" and m["calibration"]["cache"] == str(cache.relative_to(tmp_path))
     assert m["calibration"]["reused"] is False and m["build_options"]["calibration_profile"] == [
@@ -423,14 +425,14 @@ def test_stale_calibration_cache_is_refused(fake_env, onnx_dir, tmp_path):
     cache.write_text(text.replace("TRT-101303-", "TRT-100300-"))
     side = tmp_path / "calib" / "tiny.trt100300.cache.json"
     doc = json.loads(side.read_text())
-    doc["onnx_sha256"] = "0" * 64
+    doc["key"]["onnx_sha256"] = "0" * 64
     side.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="onnx_sha256"):
         _build([], onnx_dir, "int8")
 
     # With images, the stale cache is recalibrated and replaced (said on stderr).
     _build(["--calib-dir", str(images[0].parent), "--calib-batch", "4"], onnx_dir, "int8")
-    assert json.loads(side.read_text())["onnx_sha256"] != "0" * 64
+    assert json.loads(side.read_text())["key"]["onnx_sha256"] != "0" * 64
 
 
 def test_cache_without_sidecar_is_refused(fake_env, onnx_dir, tmp_path):
@@ -439,7 +441,7 @@ def test_cache_without_sidecar_is_refused(fake_env, onnx_dir, tmp_path):
     (tmp_path / "calib" / "tiny.trt100300.cache").write_text(
         "TRT-100300-EntropyCalibration2\ninput: 3c010204\n"
     )
-    with pytest.raises(UserError, match="no key file"):
+    with pytest.raises(UserError, match="no sidecar"):
         _build([], onnx_dir, "int8")
 
 
@@ -464,7 +466,7 @@ def test_fixed_batch_external_onnx(fake_env, onnx_dir, tmp_path):
     """A paddle2onnx-like export: other tensor names, batch 4 fixed in the file → no profile, a batch-4
     engine."""
     fake_env("10.3.0")
-    args = _parser().parse_args(["--no-progress"])
+    args = _parser().parse_args(["--quiet"])
     engine = builder.run_engine_step(
         args, onnx_dir / "fixed4.onnx", "mymodel", "fp16", onnx_dir / "fixed4.onnx"
     )
@@ -487,7 +489,7 @@ def test_fixed_batch_external_onnx(fake_env, onnx_dir, tmp_path):
 def test_fixed_batch_calibration_uses_the_file_batch(fake_env, onnx_dir, tmp_path):
     fake_env("8.6.1")
     images = write_images(tmp_path / "imgs", n=9)
-    args = _parser().parse_args(["--no-progress", "--calib-dir", str(images[0].parent)])
+    args = _parser().parse_args(["--quiet", "--calib-dir", str(images[0].parent)])
     engine = builder.run_engine_step(args, onnx_dir / "fixed4.onnx", "m", "int8", onnx_dir / "fixed4.onnx")
     doc = plan_doc(engine)
     assert doc["calibrated_batches"] == 2 and doc["calibration_profile"] is None
@@ -553,7 +555,7 @@ def test_build_failure_and_parse_failure(fake_env, onnx_dir, tmp_path):
     tiny_classifier_onnx(tmp_path / "op19.onnx", opset=19)
     with pytest.raises(UserError, match="ONNX parser rejected.*opset 19"):
         builder.run_engine_step(
-            _parser().parse_args(["--no-progress"]),
+            _parser().parse_args(["--quiet"]),
             tmp_path / "op19.onnx",
             "t",
             "fp32",
@@ -605,3 +607,24 @@ def test_11x_never_touches_removed_names(fake_env, onnx_dir, tmp_path):
     fake_env("11.4.0")
     for precision, onnx in (("fp32", "fp32.onnx"), ("fp16", "fp16.onnx"), ("int8", "qdq.onnx")):
         assert _build([], onnx_dir, precision, onnx=onnx).exists()
+
+
+def test_softmax_output_is_recorded(fake_env, tmp_path):
+    fake_env("10.3.0")
+    probs = tiny_classifier_onnx(tmp_path / "p.onnx", softmax=True, output_name="probabilities")
+    assert builder.inspect_onnx(probs).outputs_probabilities
+    args = _parser().parse_args(["--quiet"])
+    engine = builder.run_engine_step(args, probs, "p", "fp32", probs)
+    m = read_manifest(engine)
+    assert m["outputs_probabilities"] is True and m["io"]["output"]["name"] == "probabilities"
+
+
+def test_tiny_res2net_through_the_fake_builder(fake_env, tiny_onnx, tmp_path):
+    """The real exporter's tiny Res2Net (conftest) through every release's fake builder."""
+    for release in RELEASES:
+        fake_env(release)
+        args = _parser().parse_args(["--quiet", "--max-batch", "4", "--engine-dir", str(tmp_path / release)])
+        engine = builder.run_engine_step(args, tiny_onnx, "tiny_res2net", "fp32", tiny_onnx)
+        m = read_manifest(engine)
+        assert m["io"]["input"]["name"] == "input" and m["io"]["output"]["name"] == "logits"
+        assert m["outputs_probabilities"] is False and m["profiles"][0]["max"] == [4, 3, 224, 224]

@@ -401,6 +401,7 @@ def tiny_classifier_onnx(
     num_classes=10,
     qdq=False,
     fp16=False,
+    softmax=False,
     seed=0,
 ) -> Path:
     """conv 3→4 (3x3) → relu → global average pool → flatten → gemm → logits; float32 I/O.
@@ -445,8 +446,10 @@ def tiny_classifier_onnx(
     nodes += [
         helper.make_node("GlobalAveragePool", [cur], ["pool"]),
         helper.make_node("Flatten", ["pool"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], [output_name], transB=1),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["fc_out" if softmax else output_name], transB=1),
     ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["fc_out"], [output_name], axis=1))
     n = batch if batch is not None else "batch"
     graph = helper.make_graph(
         nodes,
@@ -524,9 +527,19 @@ def _stub_calib_cache():
     def write_cache(path, cache):
         return write_bytes(path, cache.to_bytes())
 
+    def write_cache_key(cache_path, key, info=None):
+        doc = {"format": "trt_res2net.calibration-cache-key", "format_version": 1, "key": dict(key),
+               "info": info or {}}
+        side = Path(str(cache_path) + ".json")
+        side.write_text(json.dumps(doc))
+        return side
+
     def check_cache_key(cache_path, expected):
         side = Path(str(cache_path) + ".json")
-        made = json.loads(side.read_text())
+        if not side.exists():
+            raise UserError(f"calibration cache {cache_path} has no sidecar {side.name}; delete it or pass "
+                            "--calib-dir to recalibrate")
+        made = json.loads(side.read_text())["key"]
         for k, v in expected.items():
             if made.get(k) != v:
                 raise UserError(
@@ -537,6 +550,7 @@ def _stub_calib_cache():
     mod.trt_version_tag = trt_version_tag
     mod.CalibrationCache = CalibrationCache
     mod.read_cache, mod.write_cache, mod.check_cache_key = read_cache, write_cache, check_cache_key
+    mod.write_cache_key = write_cache_key
     mod.__stub__ = True
     return mod
 

@@ -102,6 +102,7 @@ class OnnxIO:
     opset: int
     has_qdq: bool
     has_fp16: bool
+    outputs_probabilities: bool = False  # the output comes out of a Softmax (PaddleClas-style export)
 
     @property
     def batch(self) -> int | None:
@@ -146,6 +147,7 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxIO:
                         "--keep_io_types)")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     ops = {n.op_type for n in g.node}
+    producer = next((n for n in g.node if g.output[0].name in n.output), None)
     has_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer) or any(
         n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
         for n in g.node
@@ -158,6 +160,7 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxIO:
         opset=int(opset),
         has_qdq=bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
         has_fp16=has_fp16,
+        outputs_probabilities=producer is not None and producer.op_type == "Softmax",
     )
 
 
@@ -300,7 +303,6 @@ def add_cli_arguments(parser) -> None:
                    help="engine path (default <engine-dir>/<model>_<precision>_b<max>.engine)")
     g.add_argument("--trt-log", choices=LOG_LEVELS, default="warning",
                    help="TensorRT log level (default warning)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars or spinner")
 
 
 @dataclass
@@ -335,7 +337,7 @@ class EngineOptions:
             calib_batch=a("calib_batch") or DEFAULT_CALIB_BATCH,
             calib_cache=Path(a("trt_calib_cache")) if a("trt_calib_cache") else None,
             log_level=a("trt_log", "warning") or "warning",
-            progress=not a("no_progress", False),
+            progress=not (a("quiet", False) or a("no_progress", False)),
         )
 
 
@@ -397,7 +399,8 @@ def run_engine_step(args, onnx_path: Path, model_name: str, precision: str, fp32
         engine_path=engine_path, model=model_name, precision=precision, int8_mode=plan.int8_mode,
         tensorrt_version=str(version), gpu=gpu, onnx_path=plan.onnx_path, onnx_sha256=onnx_sha,
         fp32_onnx_sha256=onnx_sha if _same_file(plan.onnx_path, fp32_onnx_path) else _sha256(fp32_onnx_path),
-        io=result.io, profiles=result.profiles, build_options=result.build_options,
+        io=result.io, outputs_probabilities=io.outputs_probabilities, profiles=result.profiles,
+        build_options=result.build_options,
         build_time_s=result.build_time_s, calibration=calibration.manifest() if calibration else None,
     )
     mpath = manifest_mod.write_manifest(engine_path, manifest)

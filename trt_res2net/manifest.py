@@ -37,6 +37,9 @@ def manifest_path_for(engine_path: str | os.PathLike) -> Path:
     return p if p.name.endswith(".json") else p.with_name(p.name + ".json")
 
 
+manifest_path = manifest_path_for  # the name trt_runtime looks for
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -91,6 +94,7 @@ def build_manifest(
     calibration: dict | None = None,
     preprocess=None,
     fp32_onnx_sha256: str | None = None,
+    outputs_probabilities: bool = False,
 ) -> dict:
     """The manifest as a dict (keys in a readable order). ``preprocess`` defaults to the one SPEC."""
     from .preprocess import SPEC
@@ -112,6 +116,7 @@ def build_manifest(
         "onnx_sha256": onnx_sha256,
         "fp32_onnx_sha256": fp32_onnx_sha256,
         "io": io,
+        "outputs_probabilities": bool(outputs_probabilities),
         "profiles": profiles,
         "calibration": calibration,
         "preprocess": spec.to_dict(),

@@ -20,18 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_bytes, write_json
+from .atomic import write_bytes
 from .errors import UserError
 
 ALGORITHM = "EntropyCalibration2"  # what IInt8EntropyCalibrator2 writes in the cache header
 METHOD = "tensorrt-entropy2"
 DEFAULT_CALIB_BATCH = 8
 DEFAULT_CALIB_IMAGES = 500
-
-
-def sidecar_path(cache_path: str | os.PathLike) -> Path:
-    p = Path(cache_path)
-    return p.with_name(p.name + ".json")
 
 
 def default_cache_path(model: str, trt_version, calib_root: str | os.PathLike = "calib") -> Path:
@@ -47,14 +42,10 @@ def calibration_key(*, onnx_sha256: str, trt_version, manifest_sha256: str | Non
     a cache without images (then it cannot be recomputed, and the sidecar's value stands)."""
     from .preprocess import SPEC
 
-    key = {
-        "onnx_sha256": onnx_sha256,
-        "preprocess_sha256": SPEC.sha256(),
-        "method": METHOD,
-        "tensorrt_version": str(trt_version),
-    }
+    key = {"onnx_sha256": onnx_sha256, "preprocess_sha256": SPEC.sha256()}
     if manifest_sha256 is not None:
         key["calibration_manifest_sha256"] = manifest_sha256
+    key.update({"method": METHOD, "tools": {"tensorrt": str(trt_version)}})
     return key
 
 
@@ -104,8 +95,6 @@ def cache_mismatch(cache_path: Path, version_tag: str, key: dict) -> str | None:
                 f"(header TRT-{cache.version_tag}-{cache.algorithm}), this TensorRT is {version_tag}")
     if cache.algorithm != ALGORITHM:
         return f"calibration cache {cache_path} was made by {cache.algorithm}, this build uses {ALGORITHM}"
-    if not sidecar_path(cache_path).exists():
-        return f"calibration cache {cache_path} has no key file {sidecar_path(cache_path).name}"
     try:
         calib_cache.check_cache_key(cache_path, key)
     except UserError as e:
@@ -337,15 +326,16 @@ class CalibrationFeed:
 
 
 def write_calibration_sidecar(setup: CalibrationSetup, **extra) -> Path:
-    """``<cache>.json``: the key fields at the top level (what ``calib_cache.check_cache_key`` compares),
-    then how the cache was made."""
-    doc = dict(setup.key)
-    doc.update({
+    """``<cache>.json`` through ``calib_cache.write_cache_key``: the key that decides validity, and how the
+    cache was made (which does not)."""
+    from .calib_cache import write_cache_key
+
+    info = {
         "tool": "tensorrt",
         "algorithm": ALGORITHM,
         "cache_header_tag": setup.version_tag,
         "calibration_batch": setup.batch,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
-    doc.update(extra)
-    return write_json(sidecar_path(setup.cache_path), doc)
+        **extra,
+    }
+    return Path(write_cache_key(setup.cache_path, setup.key, info))
