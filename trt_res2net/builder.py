@@ -628,7 +628,7 @@ def build_engine(
             raise UserError(f"TensorRT refused timing cache {options.timing_cache} (made on another "
                             "device?): pass another --timing-cache path or delete it")
 
-    feed = None
+    feed = calibrator = None
     calib_shape = None
     if plan.calibrator:
         if calibration is None:
@@ -647,12 +647,16 @@ def build_engine(
             calib_profile.set_shape(net_in.name, calib_shape, calib_shape, calib_shape)
             if config.set_calibration_profile(calib_profile) is False:
                 raise UserError(f"TensorRT refused the calibration profile {list(calib_shape)}")
-        config.int8_calibrator = make_entropy_calibrator(trt, feed)
+        calibrator = make_entropy_calibrator(trt, feed)  # referenced here until the build ends
+        config.int8_calibrator = calibrator
 
     progress = BuildProgress(enabled=options.progress)
     use_monitor = trt_compat.has_progress_monitor(version)
+    monitor = None
     if use_monitor:
-        config.progress_monitor = make_progress_monitor(trt, progress)
+        # pybind11 does not keep a Python subclass alive through the config: hold it until the build ends.
+        monitor = make_progress_monitor(trt, progress)
+        config.progress_monitor = monitor
     spinner = (contextlib.nullcontext() if use_monitor
                else Spinner(f"building {engine_path.name}", enabled=options.progress))
 
@@ -668,6 +672,7 @@ def build_engine(
         if feed is not None:
             feed.close()
     build_time = time.perf_counter() - started
+    del monitor, calibrator  # now TensorRT is done with them
     if feed is not None and feed.error is not None:
         err = feed.error
         raise err if isinstance(err, (UserError, KeyboardInterrupt)) else UserError(
