@@ -628,3 +628,33 @@ def test_tiny_res2net_through_the_fake_builder(fake_env, tiny_onnx, tmp_path):
         m = read_manifest(engine)
         assert m["io"]["input"]["name"] == "input" and m["io"]["output"]["name"] == "logits"
         assert m["outputs_probabilities"] is False and m["profiles"][0]["max"] == [4, 3, 224, 224]
+
+
+def test_equivalent_commands(onnx_dir):
+    plan = _plan("int8", "10.3.0", onnx_dir, int8_mode="calibrator")
+    cmds = builder.equivalent_commands(plan, BatchProfile(1, 8, 32), "input", (3, 224, 224), "engines/t.engine",
+                                       workspace_bytes=4 << 30, calib_cache="calib/t.trt100300.cache",
+                                       timing_cache="t.cache", builder_opt_level=4, version="10.3.0")
+    t, p = cmds["trtexec"].split(), cmds["polygraphy"].split()
+    assert t[:3] == ["trtexec", f"--onnx={onnx_dir / 'fp32.onnx'}", "--saveEngine=engines/t.engine"]
+    for flag in ("--memPoolSize=workspace:4096M", "--minShapes=input:1x3x224x224", "--optShapes=input:8x3x224x224",
+                 "--maxShapes=input:32x3x224x224", "--fp16", "--int8", "--calib=calib/t.trt100300.cache",
+                 "--timingCacheFile=t.cache", "--builderOptimizationLevel=4"):
+        assert flag in t, flag
+    assert " --trt-max-shapes input:[32,3,224,224]" in cmds["polygraphy"] and "--tf32" in p
+    assert "--calibration-cache calib/t.trt100300.cache" in cmds["polygraphy"]
+
+    q = builder.equivalent_commands(_plan("int8", "10.3.0", onnx_dir, "qdq.onnx"), BatchProfile(4, 4, 4), "x",
+                                    (3, 224, 224), "e.engine", workspace_bytes=1 << 30, dynamic=False,
+                                    version="10.3.0")
+    assert "--stronglyTyped" in q["trtexec"] and "--int8" not in q["trtexec"] and "Shapes" not in q["trtexec"]
+    eleven = builder.equivalent_commands(_plan("int8", "11.4.0", onnx_dir, "qdq.onnx"), BatchProfile(1, 1, 1), "x",
+                                         (3, 224, 224), "e.engine", workspace_bytes=1 << 30, version="11.4.0")
+    assert "--stronglyTyped" not in eleven["trtexec"]  # a no-op flag in 11.x
+
+
+def test_manifest_records_equivalent_commands(fake_env, onnx_dir):
+    fake_env("8.6.1")
+    engine = _build(["--batch", "2"], onnx_dir, "fp16")
+    cmds = read_manifest(engine)["build_options"]["equivalent_commands"]
+    assert "--fp16" in cmds["trtexec"] and "--minShapes=input:2x3x224x224" in cmds["trtexec"]

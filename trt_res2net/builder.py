@@ -268,6 +268,52 @@ def engine_path_for(model: str, precision: str, max_batch: int,
     return Path(engine_dir) / f"{model}_{precision}_b{max_batch}.engine"
 
 
+def equivalent_commands(plan: BuildPlan, profile: BatchProfile, input_name: str, chw: tuple[int, int, int],
+                        engine_path, *, workspace_bytes: int, dynamic: bool = True, calib_cache=None,
+                        timing_cache=None, builder_opt_level: int | None = None, dla_core: int | None = None,
+                        version=None) -> dict:
+    """The trtexec and polygraphy command lines that build the same engine (recorded in the manifest, for a
+    cross-check with NVIDIA's own tools). trtexec cannot calibrate from images: with the calibrator it reads
+    the cache this build wrote (``--calib``)."""
+    import shlex
+
+    q = shlex.quote
+    onnx_path, engine = q(str(plan.onnx_path)), q(str(engine_path))
+    mib = max(1, int(workspace_bytes) // MiB)
+    dims = [(b, *chw) for b in (profile.min, profile.opt, profile.max)]
+    x = lambda d: "x".join(map(str, d))  # noqa: E731
+    br = lambda d: "[" + ",".join(map(str, d)) + "]"  # noqa: E731
+    modern = version is not None and trt_compat.always_strongly_typed(version)
+
+    t = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine}", f"--memPoolSize=workspace:{mib}M"]
+    p = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine, "--tf32",
+         "--pool-limit", f"workspace:{mib}M"]  # polygraphy turns TF32 off unless asked; TensorRT's default is on
+    if dynamic:
+        t += [f"--minShapes={input_name}:{x(dims[0])}", f"--optShapes={input_name}:{x(dims[1])}",
+              f"--maxShapes={input_name}:{x(dims[2])}"]
+        p += ["--trt-min-shapes", f"{input_name}:{br(dims[0])}", "--trt-opt-shapes", f"{input_name}:{br(dims[1])}",
+              "--trt-max-shapes", f"{input_name}:{br(dims[2])}"]
+    if "FP16" in plan.flags:
+        t.append("--fp16")
+        p.append("--fp16")
+    if "INT8" in plan.flags:
+        t += ["--int8"] + ([f"--calib={q(str(calib_cache))}"] if calib_cache else [])
+        p += ["--int8"] + (["--calibration-cache", q(str(calib_cache))] if calib_cache else [])
+    if plan.strongly_typed and not modern:
+        t.append("--stronglyTyped")
+        p.append("--strongly-typed")
+    if builder_opt_level is not None:
+        t.append(f"--builderOptimizationLevel={builder_opt_level}")
+        p += ["--builder-optimization-level", str(builder_opt_level)]
+    if timing_cache:
+        t.append(f"--timingCacheFile={q(str(timing_cache))}")
+        p += ["--load-timing-cache", q(str(timing_cache)), "--save-timing-cache", q(str(timing_cache))]
+    if dla_core is not None:
+        t += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
+        p += ["--use-dla", "--allow-gpu-fallback"]
+    return {"trtexec": " ".join(t), "polygraphy": " ".join(p)}
+
+
 # ========================================================================================================
 # CLI options and the stage function build.py calls
 
@@ -698,6 +744,11 @@ def build_engine(
         "dla_core": options.dla_core,
         "calibration_profile": list(calib_shape) if calib_shape else None,
         "progress": "monitor" if use_monitor else "spinner",
+        "equivalent_commands": equivalent_commands(
+            plan, profile, net_in.name, chw, engine_path, workspace_bytes=options.workspace_bytes, dynamic=dynamic,
+            calib_cache=calibration.cache_path if calibration is not None else None,
+            timing_cache=options.timing_cache, builder_opt_level=options.builder_opt_level,
+            dla_core=options.dla_core, version=version),
     }
     return BuildResult(engine_path=engine_path, build_time_s=build_time, io=io_doc, profiles=profiles,
                        build_options=build_options)
