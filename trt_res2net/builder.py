@@ -289,10 +289,10 @@ def equivalent_commands(plan: BuildPlan, profile: BatchProfile, input_name: str,
     p = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine, "--tf32",
          "--pool-limit", f"workspace:{mib}M"]  # polygraphy turns TF32 off unless asked; TensorRT's default is on
     if dynamic:
-        t += [f"--minShapes={input_name}:{x(dims[0])}", f"--optShapes={input_name}:{x(dims[1])}",
-              f"--maxShapes={input_name}:{x(dims[2])}"]
-        p += ["--trt-min-shapes", f"{input_name}:{br(dims[0])}", "--trt-opt-shapes", f"{input_name}:{br(dims[1])}",
-              "--trt-max-shapes", f"{input_name}:{br(dims[2])}"]
+        t += [q(f"--minShapes={input_name}:{x(dims[0])}"), q(f"--optShapes={input_name}:{x(dims[1])}"),
+              q(f"--maxShapes={input_name}:{x(dims[2])}")]
+        p += ["--trt-min-shapes", q(f"{input_name}:{br(dims[0])}"), "--trt-opt-shapes",
+              q(f"{input_name}:{br(dims[1])}"), "--trt-max-shapes", q(f"{input_name}:{br(dims[2])}")]
     if "FP16" in plan.flags:
         t.append("--fp16")
         p.append("--fp16")
