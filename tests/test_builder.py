@@ -386,6 +386,9 @@ def test_int8_calibrator_build_then_reuse(fake_env, onnx_dir, tmp_path, release)
     assert key["tools"] == {"tensorrt": release} and key["method"] == "tensorrt-entropy2"
     assert key["onnx_sha256"] == read_manifest(engine)["onnx_sha256"] and info["calibration_batch"] == 4
     assert len(key["calibration_manifest_sha256"]) == 64 and info["batches"] == 2
+    listed = json.loads((tmp_path / "calib" / f"tiny.trt{tag}.cache.images.json").read_text())
+    assert [e["path"] for e in listed["images"]] == [p.name for p in images]  # the image manifest beside it
+    assert listed["sha256"] == key["calibration_manifest_sha256"]
     m = read_manifest(engine)
     assert m["int8_mode"] == "calibrator" and m["calibration"]["cache"] == str(cache.relative_to(tmp_path))
     assert m["calibration"]["reused"] is False and m["build_options"]["calibration_profile"] == [

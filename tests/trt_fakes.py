@@ -11,8 +11,8 @@ file's I/O (and refuses >opset 17 on 8.x, and a network created without EXPLICIT
 drives the calibrator (read cache → get_batch until None → write cache) and the progress monitor, and
 returns a plan whose bytes describe the configuration, so tests can check what was set.
 
-Also here: tiny classification ONNX files (onnx.helper) and stand-ins for the calib_cache / calibration /
-images modules of other issues, used only while those modules have not landed.
+Also here: tiny classification ONNX files (onnx.helper) and stand-ins for the calib_cache / calibration
+modules of issue 4, used only while those modules have not landed on main.
 """
 
 from __future__ import annotations
@@ -560,7 +560,10 @@ def _stub_calib_cache():
 
 
 def _stub_calibration():
+    """Mirrors trt_res2net.calibration (issue 4): selection, manifest, batches."""
     import hashlib
+
+    from trt_res2net.atomic import write_json
 
     mod = types.ModuleType("trt_res2net.calibration")
 
@@ -571,56 +574,50 @@ def _stub_calibration():
             files = [files[i] for i in idx]
         return files
 
-    def manifest_hash(images):
-        return hashlib.sha256("\n".join(str(p) for p in images).encode()).hexdigest()
+    def build_manifest(images, root, *, seed=0, requested=None, spec=None):
+        entries = [{"path": str(Path(p).relative_to(root)), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
+                   for p in images]
+        manifest = {"format": "trt_res2net.calibration-manifest", "seed": seed, "images": entries}
+        manifest["sha256"] = manifest_hash(manifest)
+        return manifest
 
-    mod.select_calibration_images, mod.manifest_hash = select_calibration_images, manifest_hash
+    def manifest_hash(manifest):
+        return hashlib.sha256(json.dumps([e["sha256"] for e in manifest["images"]]).encode()).hexdigest()
+
+    def manifest_path_for(cache_path):
+        return Path(str(cache_path) + ".images.json")
+
+    def iter_batches(paths, batch_size, spec=None, threads=2):
+        import cv2
+
+        from trt_res2net.preprocess import preprocess_bgr
+
+        arrays, names, failures = [], [], []
+        for p in paths:
+            img = cv2.imread(str(p))
+            if img is None:
+                failures.append((str(p), "cannot be decoded as an image"))
+                continue
+            arrays.append(preprocess_bgr(img))
+            names.append(str(p))
+            if len(names) == batch_size:
+                yield np.stack(arrays), names, failures
+                arrays, names, failures = [], [], []
+        if names or failures:
+            yield (np.stack(arrays) if arrays else np.zeros((0, 3, 224, 224), np.float32)), names, failures
+
+    mod.select_calibration_images, mod.build_manifest, mod.manifest_hash = (
+        select_calibration_images, build_manifest, manifest_hash)
+    mod.write_manifest, mod.manifest_path_for, mod.iter_batches = write_json, manifest_path_for, iter_batches
     mod.__stub__ = True
     return mod
 
 
-def _stub_images():
-    from dataclasses import dataclass
-
-    mod = types.ModuleType("trt_res2net.images")
-
-    @dataclass
-    class Batch:
-        array: np.ndarray
-        paths: list
-        failures: list
-
-    class ImageBatcher:
-        def __init__(self, items, batch_size, spec=None, threads=2, exact_batches=False):
-            self.items, self.batch_size = list(items), batch_size
-
-        def __iter__(self):
-            import cv2
-
-            from trt_res2net.preprocess import preprocess_bgr
-
-            for i in range(0, len(self.items), self.batch_size):
-                arrays, paths, failures = [], [], []
-                for p in self.items[i : i + self.batch_size]:
-                    img = cv2.imread(str(p))
-                    if img is None:
-                        failures.append((p, "not an image"))
-                        continue
-                    arrays.append(preprocess_bgr(img))
-                    paths.append(p)
-                arr = np.stack(arrays) if arrays else np.zeros((0, 3, 224, 224), np.float32)
-                yield Batch(arr, paths, failures)
-
-    mod.Batch, mod.ImageBatcher = Batch, ImageBatcher
-    mod.__stub__ = True
-    return mod
-
-
-STUBS = {"calib_cache": _stub_calib_cache, "calibration": _stub_calibration, "images": _stub_images}
+STUBS = {"calib_cache": _stub_calib_cache, "calibration": _stub_calibration}
 
 
 def install_missing_modules(monkeypatch) -> list[str]:
-    """Install stand-ins for trt_res2net.calib_cache / calibration / images where the real module is absent.
+    """Install stand-ins for trt_res2net.calib_cache / calibration where the real module is absent.
     Returns the names stubbed (empty once the other issues have landed)."""
     import trt_res2net
 

@@ -59,6 +59,7 @@ class CalibrationSetup:
     batch: int
     images: list[Path] = field(default_factory=list)
     reuse_bytes: bytes | None = None
+    image_manifest: dict | None = None  # calibration.build_manifest(...) of ``images``
     replaced_reason: str | None = None  # set when an existing cache did not match and is recalibrated
 
     @property
@@ -123,20 +124,22 @@ def prepare_calibration(
         raise UserError(f"--calib-batch must be ≥ 1, not {batch}")
 
     images: list[Path] = []
-    manifest_sha = None
+    manifest_sha = image_manifest = None
     if calib_dir is not None:
-        images, manifest_sha = select_images(calib_dir, calib_images, seed)
+        images, image_manifest = select_images(calib_dir, calib_images, seed)
+        manifest_sha = image_manifest["sha256"]
         if len(images) < batch:
             raise UserError(f"--calib-dir {calib_dir} gave {len(images)} images, fewer than one calibration "
                             f"batch ({batch}); add images or lower --calib-batch")
     key = calibration_key(onnx_sha256=onnx_sha256, trt_version=trt_version, manifest_sha256=manifest_sha)
-    setup = CalibrationSetup(cache_path=cache_path, version_tag=tag, key=key, batch=batch, images=images)
+    setup = CalibrationSetup(cache_path=cache_path, version_tag=tag, key=key, batch=batch, images=images,
+                             image_manifest=image_manifest)
 
     if cache_path.exists():
         reason = cache_mismatch(cache_path, tag, key)
         if reason is None:
             setup.reuse_bytes = cache_path.read_bytes()
-            setup.images = []
+            setup.images, setup.image_manifest = [], None
             return setup
         reason = reason.split("; delete it")[0]  # calib_cache's messages end with this hint; said once below
         if calib_dir is None:
@@ -152,16 +155,15 @@ def prepare_calibration(
     return setup
 
 
-def select_images(calib_dir, n: int, seed: int) -> tuple[list[Path], str]:
-    """The calibration image set and its manifest hash, from ``trt_res2net.calibration`` (shared with the
-    ModelOpt path, so that both INT8 paths calibrate on the same images)."""
+def select_images(calib_dir, n: int, seed: int) -> tuple[list[Path], dict]:
+    """The calibration image set and its manifest (image paths, sizes, SHA-256s), from
+    ``trt_res2net.calibration`` — shared with the ModelOpt path, so both INT8 paths use the same images."""
     from . import calibration
 
-    selected = calibration.select_calibration_images(calib_dir, n=n, seed=seed)
-    images = [_as_path(item) for item in selected]
+    images = [_as_path(item) for item in calibration.select_calibration_images(calib_dir, n=n, seed=seed)]
     if not images:
         raise UserError(f"no images found under --calib-dir {calib_dir}")
-    return images, str(calibration.manifest_hash(selected))
+    return images, calibration.build_manifest(images, calib_dir, seed=seed, requested=n)
 
 
 def exact_batches(batches: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -183,13 +185,14 @@ def exact_batches(batches: Iterable[np.ndarray], batch_size: int) -> Iterator[np
 
 
 def image_batches(images: list[Path], batch: int, *, threads: int = 2) -> Iterator[np.ndarray]:
-    """Preprocessed arrays from the shared ImageBatcher; unreadable images are named and skipped."""
-    from .images import ImageBatcher
+    """Preprocessed arrays from the shared batcher (``calibration.iter_batches`` → ``images.ImageBatcher`` →
+    ``preprocess``); unreadable images are named and skipped."""
+    from .calibration import iter_batches
 
-    for item in ImageBatcher(images, batch, threads=threads, exact_batches=False):
-        for path, error in getattr(item, "failures", ()) or ():
+    for array, _paths, failures in iter_batches(images, batch, threads=threads):
+        for path, error in failures:
             _warn(f"calibration: skipped {path}: {error}")
-        yield item.array
+        yield array
 
 
 def _warn(message: str) -> None:
@@ -309,6 +312,10 @@ class CalibrationFeed:
                                  f"{self.setup.version_tag}")
             write_bytes(self.setup.cache_path, bytes(data))  # TensorRT's exact bytes
             write_calibration_sidecar(self.setup, images=len(self.setup.images), batches=self.batches_fed)
+            if self.setup.image_manifest is not None:
+                from .calibration import manifest_path_for, write_manifest
+
+                write_manifest(manifest_path_for(self.setup.cache_path), self.setup.image_manifest)
             self.cache_written = self.setup.cache_path
         except BaseException as e:  # noqa: BLE001 — see class docstring
             self.error = e
