@@ -661,3 +661,21 @@ def test_manifest_records_equivalent_commands(fake_env, onnx_dir):
     engine = _build(["--batch", "2"], onnx_dir, "fp16")
     cmds = read_manifest(engine)["build_options"]["equivalent_commands"]
     assert "--fp16" in cmds["trtexec"] and "--minShapes=input:2x3x224x224" in cmds["trtexec"]
+
+
+def test_batch_usage_errors_come_before_the_tensorrt_check(onnx_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(UserError) as info:
+        builder.run_engine_step(_parser().parse_args(["--batch", "0"]), onnx_dir / "fp32.onnx", "t", "fp32",
+                                onnx_dir / "fp32.onnx")
+    assert info.value.exit_code == 2 and "--batch must be ≥ 1" in str(info.value)
+
+
+def test_rebuild_replaces_engine_and_manifest(fake_env, onnx_dir):
+    fake_env("10.3.0")
+    first = _build(["--batch", "2"], onnx_dir, "fp32")
+    sha1 = read_manifest(first)["engine_sha256"]
+    fake_env("10.13.3")
+    second = _build(["--batch", "2"], onnx_dir, "fp32")
+    assert first == second and read_manifest(second)["tensorrt_version"] == "10.13.3"
+    assert read_manifest(second)["engine_sha256"] != sha1

@@ -397,6 +397,7 @@ def run_engine_step(args, onnx_path: Path, model_name: str, precision: str, fp32
     options = EngineOptions.from_args(args)
     if options.dla_core is not None and precision == "fp32":
         raise UserError("DLA runs FP16 or INT8 only: use --precision fp16 or int8 with --dla-core")
+    resolve_batch_profile(**options.profile_request)  # usage errors are exit 2 even without TensorRT
     written = str(fp32_onnx_path)
     if not _same_file(onnx_path, fp32_onnx_path):
         written += f" and {onnx_path}"
@@ -726,6 +727,11 @@ def build_engine(
     if serialized is None:
         why = "cancelled" if progress.cancelled else "failed (TensorRT's log above says why)"
         raise UserError(f"building the engine from {plan.onnx_path} {why}")
+    # A manifest left from an earlier build must not describe the new engine (the runtime would refuse a
+    # mismatch anyway, by engine_sha256); the caller writes the new one.
+    from .manifest import manifest_path_for
+
+    manifest_path_for(engine_path).unlink(missing_ok=True)
     write_bytes(engine_path, memoryview(serialized))
     if timing is not None:
         timing.save(bytes(memoryview(config.get_timing_cache().serialize())))
