@@ -529,14 +529,14 @@ class GpuKernels:
         for img, d, (wx, wy, ww, wh) in zip(images, descs, windows, strict=True):
             dst = host.view(np.uint8, (wh, ww, 3), desc_bytes + int(d["offset"]))
             np.copyto(dst, img[wy : wy + wh, wx : wx + ww])
-        self.stream.copy_htod(self._staging_device.ptr, host.ptr, total)
+        self.stream.copy_htod(self._staging_device.address, host.address, total)
         self._staged.record(self.stream)
         self._staged_pending = True
         crop = self.spec.crop_size
         grid = (-(-crop // PREPROCESS_BLOCK[0]), -(-crop // PREPROCESS_BLOCK[1]), n)
-        cu.launch(self._preprocess, grid, PREPROCESS_BLOCK,
-                  [cu.ptr_arg(self._staging_device.ptr + desc_bytes), cu.ptr_arg(self._staging_device.ptr),
-                   cu.ptr_arg(out_ptr)], self.stream)
+        base = self._staging_device.address
+        args = [cu.ptr_arg(base + desc_bytes), cu.ptr_arg(base), cu.ptr_arg(out_ptr)]
+        cu.launch(self._preprocess, grid, PREPROCESS_BLOCK, args, self.stream)
 
     def topk(self, logits_ptr: int, n: int, num_classes: int, k: int, apply_softmax: bool) -> None:
         from . import cuda_util as cu
@@ -551,12 +551,12 @@ class GpuKernels:
                 self._topk_device.free()
             self._topk_host = cu.PinnedBuffer(nbytes)
             self._topk_device = cu.DeviceBuffer(nbytes)
-        ids_ptr = self._topk_device.ptr
+        ids_ptr = self._topk_device.address
         scores_ptr = ids_ptr + n * k * 4
         args = [cu.ptr_arg(logits_ptr), cu.i32_arg(num_classes), cu.i32_arg(k),
                 cu.i32_arg(int(apply_softmax)), cu.ptr_arg(ids_ptr), cu.ptr_arg(scores_ptr)]
         cu.launch(self._topk, (n, 1, 1), (TOPK_BLOCK, 1, 1), args, self.stream)
-        self.stream.copy_dtoh(self._topk_host.ptr, ids_ptr, nbytes)
+        self.stream.copy_dtoh(self._topk_host.address, ids_ptr, nbytes)
         self._topk_shape = (n, k)
 
     def topk_result(self) -> tuple[np.ndarray, np.ndarray]:

@@ -239,15 +239,15 @@ def device_info(device: int = 0) -> DeviceInfo:
 
 
 class DeviceBuffer:
-    """``nbytes`` of device memory; ``ptr`` is its address. Free it with :meth:`free` (or ``with``)."""
+    """``nbytes`` of device memory starting at ``address``. Free it with :meth:`free` (or ``with``)."""
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
-        self.ptr = int(call(cuda_modules().runtime.cudaMalloc, max(self.nbytes, 1)))
+        self.address = int(call(cuda_modules().runtime.cudaMalloc, max(self.nbytes, 1)))
 
     def free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr = self.ptr, 0
+        if self.address:
+            ptr, self.address = self.address, 0
             call(cuda_modules().runtime.cudaFree, ptr)
 
     def __enter__(self):
@@ -265,8 +265,8 @@ class PinnedBuffer:
 
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
-        self.ptr = int(call(cuda_modules().runtime.cudaMallocHost, max(self.nbytes, 1)))
-        raw = (ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.ptr)
+        self.address = int(call(cuda_modules().runtime.cudaMallocHost, max(self.nbytes, 1)))
+        raw = (ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.address)
         self.bytes = np.ctypeslib.as_array(raw)[: self.nbytes]
 
     def view(self, dtype, shape, offset: int = 0) -> np.ndarray:
@@ -278,8 +278,8 @@ class PinnedBuffer:
         return self.bytes[offset:end].view(dtype).reshape(shape)
 
     def free(self) -> None:
-        if self.ptr:
-            ptr, self.ptr = self.ptr, 0
+        if self.address:
+            ptr, self.address = self.address, 0
             self.bytes = np.empty(0, np.uint8)
             call(cuda_modules().runtime.cudaFreeHost, ptr)
 
