@@ -193,6 +193,11 @@ def device_count() -> int:
         return 0
 
 
+def set_device(device: int) -> None:
+    """Make ``device``'s primary context current in the calling thread (cheap when it already is)."""
+    call(cuda_modules().runtime.cudaSetDevice, device)
+
+
 def init_device(device: int = 0) -> DeviceInfo:
     """Make ``device``'s primary context current in this thread (runtime and driver API) and describe it."""
     rt = cuda_modules().runtime

@@ -324,7 +324,7 @@ class TensorRTBackend:
             raise UserError(f"input batch has shape {list(x.shape)}; the engine takes "
                             f"{['N', *self._input_shape(1)[1:]]}")
         out = np.empty((x.shape[0], self.num_classes), np.float32)
-        cu.call(cu.cuda_modules().runtime.cudaSetDevice, self.device)
+        cu.set_device(self.device)
         for start, count, run_n in self._chunks(x.shape[0]):
             b = self._get_bindings(run_n)
             b.host_in[:count] = x[start : start + count]
@@ -357,7 +357,7 @@ class TensorRTBackend:
             if not images:
                 return TopK(np.empty((0, k), np.int32), np.empty((0, k), np.float32))
             return topk_numpy(self.run(np.stack([preprocess_bgr(im) for im in images])), k, apply_softmax)
-        cu.call(cu.cuda_modules().runtime.cudaSetDevice, self.device)
+        cu.set_device(self.device)
         kernels = self._gpu_kernels()
         ids = np.empty((len(images), k), np.int32)
         scores = np.empty((len(images), k), np.float32)
