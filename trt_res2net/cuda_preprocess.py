@@ -63,6 +63,8 @@ struct ImageDesc {{
     int pad_;
     double scale_x, scale_y;   // 1 / ((double)resized / source), as OpenCV computes it
 }};
+// The host fills these with numpy (cuda_preprocess.DESC_DTYPE): the layouts must agree.
+{layout_asserts}
 
 // Output plane of BGR source channel c, and that plane's normalisation (from the spec).
 __constant__ int PLANE[3] = {{{plane}}};
@@ -237,7 +239,14 @@ def kernel_source(spec: PreprocessSpec = SPEC) -> str:
         plane = (0, 1, 2)
     else:
         raise ValueError(f"unknown channel order {spec.channel_order!r}")
+    asserts = [f'static_assert(sizeof(ImageDesc) == {DESC_DTYPE.itemsize}, "ImageDesc size");']
+    asserts += [
+        f'static_assert(__builtin_offsetof(ImageDesc, {"pad_" if name == "pad" else name}) == {offset}, '
+        f'"ImageDesc.{name}");'
+        for name, (_, offset) in DESC_DTYPE.fields.items()
+    ]
     return _SOURCE_TEMPLATE.format(
+        layout_asserts="\n".join(asserts),
         spec_sha=spec.sha256()[:16],
         crop=int(spec.crop_size),
         coef_scale=COEF_SCALE,
