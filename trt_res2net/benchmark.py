@@ -16,6 +16,7 @@ without a GPU; only :func:`run_benchmark` needs a target that can time things (`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import shlex
 import shutil
@@ -283,11 +284,7 @@ def trtexec_command(engine, input_name: str, batch: int, input_hw=(224, 224), dy
 def _polygraphy_runnable() -> bool:
     if shutil.which("polygraphy") is None:
         return False
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("tensorrt") is not None
 
 
 # --------------------------------------------------------------------------------------------------
