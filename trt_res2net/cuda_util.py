@@ -32,7 +32,6 @@ _NO_GPU_CODES = {
     "cudaErrorInsufficientDriver",
     "cudaErrorNoDevice",
     "CUDA_ERROR_NO_DEVICE",
-    "CUDA_ERROR_NOT_INITIALIZED",
 }
 
 
