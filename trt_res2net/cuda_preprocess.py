@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -475,6 +476,22 @@ def cached_kernel_image(compute_capability: tuple[int, int], spec: PreprocessSpe
 # Running the kernels
 
 
+@dataclass(frozen=True)
+class StagedBatch:
+    """A batch whose descriptors and source windows are (being) copied to the device."""
+
+    count: int
+    device_address: int  # descriptors here, pixels from device_address + desc_bytes
+    desc_bytes: int
+    pixel_bytes: int
+    descs: np.ndarray
+    windows: list
+
+    @property
+    def nbytes(self) -> int:
+        return self.desc_bytes + self.pixel_bytes
+
+
 class GpuKernels:
     """The compiled kernels for one device and stream, with their staging buffers.
 
@@ -521,12 +538,9 @@ class GpuKernels:
         self._staging_host = cu.PinnedBuffer(capacity)
         self._staging_device = cu.DeviceBuffer(capacity)
 
-    def preprocess(self, images, out_ptr: int) -> None:
-        from . import cuda_util as cu
-
+    def stage(self, images) -> StagedBatch:
+        """Copy the images' source windows into pinned memory and enqueue one H2D copy (with descriptors)."""
         n = len(images)
-        if n == 0:
-            return
         descs, windows, pixel_bytes = pack_images(images, self.spec)
         desc_bytes = -(-descs.nbytes // 256) * 256
         total = desc_bytes + pixel_bytes
@@ -541,11 +555,23 @@ class GpuKernels:
         self.stream.copy_htod(self._staging_device.address, host.address, total)
         self._staged.record(self.stream)
         self._staged_pending = True
+        return StagedBatch(n, self._staging_device.address, desc_bytes, pixel_bytes, descs, windows)
+
+    def launch_preprocess(self, staged: StagedBatch, out_ptr: int) -> None:
+        """Enqueue the preprocessing kernel on a staged batch: float32 [n, 3, crop, crop] at out_ptr."""
+        from . import cuda_util as cu
+
+        if staged.count == 0:
+            return
         crop = self.spec.crop_size
-        grid = (-(-crop // PREPROCESS_BLOCK[0]), -(-crop // PREPROCESS_BLOCK[1]), n)
-        base = self._staging_device.address
-        args = [cu.ptr_arg(base + desc_bytes), cu.ptr_arg(base), cu.ptr_arg(out_ptr)]
+        grid = (-(-crop // PREPROCESS_BLOCK[0]), -(-crop // PREPROCESS_BLOCK[1]), staged.count)
+        args = [cu.ptr_arg(staged.device_address + staged.desc_bytes), cu.ptr_arg(staged.device_address),
+                cu.ptr_arg(out_ptr)]
         cu.launch(self._preprocess, grid, PREPROCESS_BLOCK, args, self.stream)
+
+    def preprocess(self, images, out_ptr: int) -> None:
+        if len(images):
+            self.launch_preprocess(self.stage(images), out_ptr)
 
     def topk(self, logits_ptr: int, n: int, num_classes: int, k: int, apply_softmax: bool) -> None:
         from . import cuda_util as cu
