@@ -223,3 +223,21 @@ def test_topk_numpy_orders_by_score_then_class_id():
     np.testing.assert_allclose(top.scores, np.take_along_axis(p, top.ids.astype(np.int64), 1), rtol=1e-6)
     raw = topk_numpy(logits, 2, apply_softmax=False)
     np.testing.assert_array_equal(raw.scores, [[3.0, 3.0], [5.0, 0.0]])
+
+
+def test_kernel_traffic_counts_what_the_kernel_must_move():
+    shapes = [(375, 500), (3000, 4000), (2, 3)]
+    t = cp.kernel_traffic(shapes)
+    _, windows, pixel_bytes = cp.pack_images([np.empty((*s, 3), np.uint8) for s in shapes])
+    assert t["window_bytes"] == pixel_bytes
+    assert t["write_bytes"] == 3 * 4 * SPEC.crop_size**2 * 3
+    assert t["desc_bytes"] == 256
+    assert t["read_bytes"] % 32 == 0
+    single = [cp.kernel_traffic([s])["read_bytes"] for s in shapes]
+    assert all(r > 0 for r in single)
+    # a 4000x3000 photo is scaled down ~12x: the kernel reads a fraction of the copied window
+    big = cp.kernel_traffic([(3000, 4000)])
+    assert big["read_bytes"] < 0.25 * big["window_bytes"]
+    # at the spec's own scale nearly every copied byte is read
+    same = cp.kernel_traffic([(256, 256)])
+    assert same["read_bytes"] >= 0.9 * same["window_bytes"]

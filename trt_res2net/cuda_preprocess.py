@@ -370,6 +370,40 @@ def pack_images(images, spec: PreprocessSpec = SPEC, align: int = 16):
     return descs, windows, offset
 
 
+def kernel_traffic(shapes, spec: PreprocessSpec = SPEC, sector: int = 32) -> dict:
+    """Bytes the preprocessing kernel must move for images of these (height, width) shapes.
+
+    - ``window_bytes``: source windows copied host→device (the H2D copy);
+    - ``read_bytes``: DRAM sectors (``sector`` bytes) holding a source pixel the kernel reads, with the
+      windows laid out as :func:`pack_images` lays them out — a bilinear down-scale skips rows and columns,
+      so this can be well below the window;
+    - ``write_bytes``: the float32 output, written once; ``desc_bytes``: the descriptors.
+    The kernel's time floor is ``(read_bytes + write_bytes + desc_bytes) / DRAM bandwidth``.
+    """
+    images = [np.empty((h, w, 3), np.uint8) for h, w in shapes]  # shapes only: pack_images reads no pixels
+    descs, windows, pixel_bytes = pack_images(images, spec)
+    desc_bytes = -(-descs.nbytes // 256) * 256
+    crop = spec.crop_size
+    idx = np.arange(crop)
+    read = 0
+    for d, (wx, wy, _, _) in zip(descs, windows, strict=True):
+        w, h = int(d["width"]), int(d["height"])
+        x0, x1, _, _ = axis_coefficients(int(d["crop_x"]) + idx, float(d["scale_x"]), w, True)
+        y0, y1, _, _ = axis_coefficients(int(d["crop_y"]) + idx, float(d["scale_y"]), h, False)
+        cols = np.unique(np.concatenate([x0, x1])) - wx
+        rows = np.unique(np.concatenate([y0, y1])) - wy
+        col_bytes = (cols[:, None] * 3 + np.arange(3)[None, :]).ravel()
+        base = desc_bytes + int(d["offset"]) + rows * int(d["pitch"])
+        read += np.unique((base[:, None] + col_bytes[None, :]) // sector).size * sector
+    return {
+        "images": len(images),
+        "window_bytes": int(pixel_bytes),
+        "read_bytes": int(read),
+        "write_bytes": len(images) * 3 * crop * crop * 4,
+        "desc_bytes": int(desc_bytes),
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # Compilation (NVRTC; needs no GPU) and the on-disk cache
 
