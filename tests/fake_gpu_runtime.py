@@ -211,6 +211,9 @@ class FakeStream:
         ctypes.memmove(cuda_util._host_address(host), int(src), int(nbytes))
         self.copies.append(("dtoh", int(nbytes)))
 
+    def copy_dtod(self, dst, src, nbytes):
+        ctypes.memmove(int(dst), int(src), int(nbytes))
+
     def memset(self, dst, value, nbytes):
         ctypes.memset(int(dst), int(value), int(nbytes))
 
@@ -266,16 +269,23 @@ class FakeKernels:
 
     def __init__(self, stream, compute_capability, spec=cuda_preprocess.SPEC, cache_directory=None):
         self.spec = spec
+        self.cache_path = cuda_preprocess.cache_dir() / "kernels" / "fake.cubin"
         self.batches = []
         self._result = None
         FakeKernels.instances.append(self)
 
-    def preprocess(self, images, out_ptr):
+    def stage(self, images):
+        return list(images)
+
+    def launch_preprocess(self, staged, out_ptr):
         crop = self.spec.crop_size
-        out = array_at(out_ptr, np.float32, (len(images), 3, crop, crop))
-        for i, img in enumerate(images):
+        out = array_at(out_ptr, np.float32, (len(staged), 3, crop, crop))
+        for i, img in enumerate(staged):
             out[i] = cuda_preprocess.emulate_preprocess(img, self.spec)
-        self.batches.append(len(images))
+        self.batches.append(len(staged))
+
+    def preprocess(self, images, out_ptr):
+        self.launch_preprocess(self.stage(images), out_ptr)
 
     def topk(self, logits_ptr, n, num_classes, k, apply_softmax):
         self._result = topk_numpy(array_at(logits_ptr, np.float32, (n, num_classes)).copy(), k, apply_softmax)
