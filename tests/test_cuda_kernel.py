@@ -98,9 +98,9 @@ def test_kernel_cache_reuses_and_keys_by_source(tmp_path, monkeypatch):
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRT_RES2NET_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("TRT_RES2NET_CACHE", str(tmp_path / "c"))
     assert cp.cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("TRT_RES2NET_CACHE_DIR")
+    monkeypatch.delenv("TRT_RES2NET_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert cp.cache_dir() == tmp_path / "x" / "trt_res2net"
 

@@ -22,7 +22,6 @@ On ARM builds of OpenCV (Jetson) the CPU reference rounds a little differently (
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -475,12 +474,11 @@ def compile_source(source: str, arch: str, output: str = "ptx", options=NVRTC_OP
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: $TRT_RES2NET_CACHE_DIR, else $XDG_CACHE_HOME/trt_res2net."""
-    env = os.environ.get("TRT_RES2NET_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "trt_res2net"
+    """The project's cache (``weights.cache_dir``: $TRT_RES2NET_CACHE, else $XDG_CACHE_HOME/trt_res2net,
+    else ~/.cache/trt_res2net); compiled kernels go under ``kernels/`` in it."""
+    from .weights import cache_dir as project_cache_dir
+
+    return project_cache_dir()
 
 
 def cached_kernel_image(compute_capability: tuple[int, int], spec: PreprocessSpec = SPEC,
