@@ -58,8 +58,11 @@ def test_describes_a_dynamic_engine(tmp_path, fake_trt):
     assert (backend.input_name, backend.output_name, backend.num_classes) == ("input", "logits", 10)
     assert (backend.min_batch, backend.opt_batch, backend.max_batch) == (1, 4, 8)
     assert backend.outputs_probabilities is False and backend.gpu_preprocessing
-    d = backend.describe()
+    d = backend.info()
     assert d["tensorrt"] == "10.3.0" and d["gpu"]["compute_capability"] == "9.0"
+    assert backend.describe() == ("TensorRT 10.3.0 on NVIDIA H200 (compute 9.0), batch 1..8, 10 classes, "
+                                  "float32 input")
+    assert backend.fixed_batch is False
     backend.close()
 
 
@@ -136,7 +139,7 @@ def test_cuda_graph_is_captured_once_per_batch_size_and_replayed(tmp_path, fake_
         np.testing.assert_allclose(graphed.run(x), plain.run(x), rtol=1e-6)
     assert sorted(g.state[0]["input"][0] for g in FakeGraph.instances) == [3, 8]
     assert [g.launches for g in FakeGraph.instances] == [3, 3]
-    assert graphed.describe()["cuda_graph"]
+    assert graphed.info()["cuda_graph"] and "CUDA graphs" in graphed.describe()
 
 
 def test_cuda_graph_failure_falls_back_with_a_warning(tmp_path, fake_trt, capsys):
@@ -146,7 +149,7 @@ def test_cuda_graph_failure_falls_back_with_a_warning(tmp_path, fake_trt, capsys
     np.testing.assert_allclose(backend.run(x), expected_outputs(x, 10), rtol=1e-5, atol=1e-6)
     backend.run(x)
     assert capsys.readouterr().err.count("CUDA graph capture is not possible") == 1
-    assert not backend.describe()["cuda_graph"]
+    assert not backend.info()["cuda_graph"]
 
 
 def test_time_compute_ms(tmp_path, fake_trt):

@@ -385,7 +385,7 @@ def run_benchmark_cli(args) -> int:
         iterations = getattr(args, "iterations", DEFAULT_ITERATIONS)
         warmup = getattr(args, "warmup", DEFAULT_WARMUP)
         results = run_benchmark(backend, usable, images, iterations=iterations, warmup=warmup, k=k)
-        info = backend.describe()
+        info = backend.info()
     finally:
         backend.close()
 

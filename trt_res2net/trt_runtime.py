@@ -1,7 +1,8 @@
 """TensorRT runtime: ``TensorRTBackend`` runs a serialized engine (``.engine``/``.plan``) on one GPU.
 
 It implements the Backend protocol of ``trt_res2net.runtime`` (``input_name``, ``output_name``,
-``num_classes``, ``max_batch``, ``outputs_probabilities``, ``run(batch) -> outputs``) and adds a GPU fast
+``num_classes``, ``max_batch``, ``fixed_batch``, ``outputs_probabilities``, ``run(batch) -> outputs``,
+``describe()``) and adds a GPU fast
 path, ``classify_bgr(images, k)``: decoded BGR images → fused CUDA preprocessing straight into the engine's
 input buffer → inference → softmax + top-k on the GPU → only k ids and scores per image copied back.
 
@@ -212,6 +213,7 @@ class TensorRTBackend:
         else:
             low, opt, high = engine.get_tensor_profile_shape(self.input_name, 0)
             self.min_batch, self.opt_batch, self.max_batch = int(low[0]), int(opt[0]), int(high[0])
+        self.fixed_batch = False  # run() takes any n: it splits and pads to the profile itself
         self.input_dtype = self._numpy_dtype(engine.get_tensor_dtype(self.input_name), self.input_name)
         self.output_dtype = self._numpy_dtype(engine.get_tensor_dtype(self.output_name), self.output_name)
 
@@ -243,7 +245,16 @@ class TensorRTBackend:
         return (self.input_hw == (crop, crop) and self.input_dtype == np.float32
                 and self.output_dtype == np.float32)
 
-    def describe(self) -> dict:
+    def describe(self) -> str:
+        """One line for people (infer.py prints it)."""
+        batch = (f"fixed batch {self.max_batch}" if self.min_batch == self.max_batch
+                 else f"batch {self.min_batch}..{self.max_batch}")
+        graph = ", CUDA graphs" if self.cuda_graph and not self._graph_failed else ""
+        return (f"TensorRT {self.trt_version} on {self.device_info.name} (compute {self.device_info.cc}), "
+                f"{batch}, {self.num_classes} classes, {self.input_dtype.name} input{graph}")
+
+    def info(self) -> dict:
+        """The engine, GPU and I/O as JSON-ready data (the benchmark's report carries it)."""
         return {
             "engine": str(self.engine_path),
             "tensorrt": self.trt_version,
