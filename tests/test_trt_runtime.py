@@ -13,7 +13,7 @@ from fake_gpu_runtime import FakeGraph, FakeKernels, expected_outputs, install, 
 
 import trt_res2net
 from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
-from trt_res2net.preprocess import preprocess_bgr
+from trt_res2net.preprocess import SPEC, preprocess_bgr
 from trt_res2net.trt_runtime import TensorRTBackend, topk_numpy
 
 
@@ -164,7 +164,7 @@ def test_time_compute_ms(tmp_path, fake_trt):
 def _with_manifest(tmp_path, **fields):
     path = write_engine(tmp_path / "m.engine")
     manifest = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA H200", **fields}
-    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    (tmp_path / "m.engine.json").write_text(json.dumps(manifest))
     return path
 
 
@@ -184,6 +184,23 @@ def test_manifest_found_by_the_manifest_module_when_it_says_where(tmp_path, fake
     (tmp_path / "m.engine.meta").write_text(json.dumps({"tensorrt_version": "11.4.0", "gpu": "NVIDIA H200"}))
     with pytest.raises(UserError, match="11.4.0"):
         TensorRTBackend(path)
+
+
+def test_manifest_file_check_and_preprocessing_warning(tmp_path, fake_trt, fake_manifest, capsys):
+    checked = []
+
+    def check_engine_file(manifest, engine_path):
+        checked.append(engine_path)
+        if manifest.get("engine_sha256") == "other":
+            raise UserError(f"{engine_path} does not match its manifest")
+
+    fake_manifest.check_engine_file = check_engine_file
+    TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256=SPEC.sha256()))
+    assert checked == [tmp_path / "m.engine"] and capsys.readouterr().err == ""
+    with pytest.raises(UserError, match="does not match"):
+        TensorRTBackend(_with_manifest(tmp_path, engine_sha256="other"))
+    TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256="0" * 64))
+    assert "built for other preprocessing" in capsys.readouterr().err
 
 
 def test_manifest_can_say_the_output_is_probabilities(tmp_path, fake_trt, fake_manifest):

@@ -63,15 +63,11 @@ def find_manifest(engine_path: Path) -> Path | None:
         from . import manifest as manifest_module
     except ImportError:
         manifest_module = None
-    candidates = []
     locate = getattr(manifest_module, "manifest_path", None)
-    if callable(locate):
-        candidates.append(Path(locate(engine_path)))
-    candidates += [
-        engine_path.with_suffix(".json"),
-        engine_path.with_name(engine_path.name + ".json"),
-        engine_path.with_suffix(".manifest.json"),
-    ]
+    if callable(locate):  # the builder's naming, and only it: a stray <stem>.json is not a manifest
+        candidates = [Path(locate(engine_path))]
+    else:
+        candidates = [engine_path.with_name(engine_path.name + ".json"), engine_path.with_suffix(".json")]
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -90,18 +86,29 @@ def load_manifest(path: Path) -> dict:
 
 
 def check_engine_manifest(manifest: dict, trt_version: str, gpu_name: str, compute_capability: str,
-                   manifest_path: Path | None = None) -> None:
-    """Refuse (UserError naming the difference) an engine built for another TensorRT version or GPU.
+                          engine_path: Path | None = None, manifest_path: Path | None = None) -> None:
+    """Refuse (UserError naming the difference) an engine built for another TensorRT version or GPU, or a
+    file that is not the engine its manifest describes; warn when it was built for other preprocessing.
 
-    The comparison itself is ``trt_res2net.manifest.check_engine_compatible``; without that module the
-    check is skipped with a warning.
+    The comparisons are ``trt_res2net.manifest``'s (``check_engine_compatible``, and ``check_engine_file``
+    when it has one); without that module the check is skipped with a warning.
     """
     try:
-        from .manifest import check_engine_compatible
+        from . import manifest as manifest_module
     except ImportError:
+        manifest_module = None
+    check = getattr(manifest_module, "check_engine_compatible", None)
+    if check is None:
         _warn(f"trt_res2net.manifest is not available; {manifest_path or 'the manifest'} was not checked")
         return
-    check_engine_compatible(manifest, trt_version, gpu_name, compute_capability)
+    check(manifest, trt_version, gpu_name, compute_capability)
+    check_file = getattr(manifest_module, "check_engine_file", None)
+    if engine_path is not None and callable(check_file):
+        check_file(manifest, engine_path)
+    recorded = manifest.get("preprocess_sha256")
+    if recorded and recorded != SPEC.sha256():
+        _warn(f"{engine_path or 'the engine'} was built for other preprocessing than this trt_res2net's "
+              "(preprocess_sha256 differs); inputs are preprocessed with this version's spec")
 
 
 def _outputs_probabilities(manifest: dict | None, output_name: str) -> bool:
@@ -164,7 +171,7 @@ class TensorRTBackend:
         self.manifest = load_manifest(self.manifest_path) if self.manifest_path else None
         if self.manifest is not None and check_manifest:
             check_engine_manifest(self.manifest, self.trt_version, self.device_info.name, self.device_info.cc,
-                              self.manifest_path)
+                                  self.engine_path, self.manifest_path)
         elif self.manifest is None and check_manifest:
             _warn(f"no manifest next to {self.engine_path}: cannot confirm it was built for TensorRT "
                   f"{self.trt_version} on {self.device_info.name}")
