@@ -157,6 +157,20 @@ def test_cli_without_tensorrt_exits_3(tmp_path, monkeypatch, capsys):
     assert "TensorRT is missing" in err and err.count("\n") == 1
 
 
+def test_cli_without_tensorrt_still_prints_the_cross_check_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    from trt_res2net import trt_runtime
+
+    engine = write_engine(tmp_path / "m.engine")
+    manifest = {"io": {"input": {"name": "x", "shape": [-1, 3, 224, 224]}}}  # the builder's "io" record
+    monkeypatch.setattr(trt_runtime, "find_manifest", lambda path: tmp_path / "m.engine.json")
+    monkeypatch.setattr(trt_runtime, "load_manifest", lambda path: manifest)
+    assert bm.main([str(engine), "--batch", "1,8", "--polygraphy", "--iterations", "10"]) == EXIT_NO_TENSORRT
+    out = capsys.readouterr().out
+    assert f"trtexec --loadEngine={engine} --shapes=x:8x3x224x224 --useCudaGraph" in out
+    assert "polygraphy run" in out and "'x:[1,3,224,224]'" in out and "polygraphy not run" in out
+
+
 def test_cli_end_to_end_on_a_fake_engine(tmp_path, monkeypatch, capsys):
     install(monkeypatch)
     monkeypatch.setattr(bm, "_polygraphy_runnable", lambda: False)

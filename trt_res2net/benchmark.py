@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EXIT_OK, UserError
+from .errors import EXIT_OK, MissingDependency, UserError
 
 CV_WARN_THRESHOLD = 0.025
 DEFAULT_BATCHES = (1, 8, 32)
@@ -369,7 +369,13 @@ def run_benchmark_cli(args) -> int:
     if not engine.is_file():
         raise UserError(f"engine not found: {engine}")
     batches = parse_batch_list(getattr(args, "batch", None))
-    backend = TensorRTBackend(engine, cuda_graph=getattr(args, "cuda_graph", False))
+    iterations = getattr(args, "iterations", DEFAULT_ITERATIONS)
+    try:
+        backend = TensorRTBackend(engine, cuda_graph=getattr(args, "cuda_graph", False))
+    except MissingDependency:
+        if getattr(args, "polygraphy", False):  # the commands are still worth having for another machine
+            _cross_check(engine, _info_from_manifest(engine), batches, iterations, run=False)
+        raise
     try:
         usable = [b for b in batches if backend.min_batch <= b <= backend.max_batch]
         for b in sorted(set(batches) - set(usable)):
@@ -382,7 +388,6 @@ def run_benchmark_cli(args) -> int:
         images = _load_images(paths) if paths else synthetic_images(min(max(usable), 64))
         source = f"{len(images)} images" if paths else "synthetic {}x{} images".format(*SYNTHETIC_SIZE)
         k = min(int(getattr(args, "topk", 5) or 5), backend.num_classes)
-        iterations = getattr(args, "iterations", DEFAULT_ITERATIONS)
         warmup = getattr(args, "warmup", DEFAULT_WARMUP)
         results = run_benchmark(backend, usable, images, iterations=iterations, warmup=warmup, k=k)
         info = backend.info()
@@ -412,10 +417,27 @@ def run_benchmark_cli(args) -> int:
     return EXIT_OK
 
 
-def _cross_check(engine: Path, info: dict, batches, iterations: int) -> None:
+def _info_from_manifest(engine: Path) -> dict:
+    """Input name and batch range from the engine's manifest when TensorRT cannot be asked."""
+    from .trt_runtime import find_manifest, load_manifest
+
+    name, batch = "input", [1, 1, 2]  # unknown: assume our exporter's name and a dynamic batch
+    try:
+        path = find_manifest(engine)
+        doc = load_manifest(path) if path else {}
+        name = doc["io"]["input"]["name"]
+        first = int(doc["io"]["input"]["shape"][0])
+        if first > 0:
+            batch = [first, first, first]
+    except (UserError, KeyError, TypeError, ValueError, IndexError):
+        pass
+    return {"input": {"name": name, "batch": batch}}
+
+
+def _cross_check(engine: Path, info: dict, batches, iterations: int, run: bool = True) -> None:
     name = info["input"]["name"]
     dynamic = info["input"]["batch"][0] != info["input"]["batch"][2]
-    runnable = _polygraphy_runnable()
+    runnable = run and _polygraphy_runnable()
     for b in batches:
         print(f"trtexec equivalent:    {shlex.join(trtexec_command(engine, name, b, dynamic=dynamic))}")
         cmd = polygraphy_command(engine, name, b, iterations=iterations)
