@@ -37,7 +37,7 @@ from .errors import UserError
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "max", "percentile")
 CALIB_DIR = Path("calib")
-SENSITIVITY_IMAGES = 16
+SENSITIVITY_IMAGES = 8  # enough for a continuous error measure; each layer costs one inference of them
 ONNX_SIDECAR_FORMAT = "trt_res2net.precision-onnx"
 
 
@@ -46,9 +46,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     g = parser.add_argument_group(
         "precision (FP16 / INT8 ONNX made with NVIDIA ModelOpt; needs the quant extra)"
     )
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp16: AutoCast FP16 ONNX (float32 I/O kept); int8: Q/DQ ONNX from post-training "
-                        "quantization (opset 19). Default fp32")
+    if "--precision" not in parser._option_string_actions:  # build.py may define it itself
+        g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp16: AutoCast FP16 ONNX (float32 I/O kept); int8: Q/DQ ONNX from post-training "
+                            "quantization (opset 19). Default fp32")
     g.add_argument("--calib-dir", metavar="DIR",
                    help="INT8 calibration images (searched recursively: jpg, jpeg, png, bmp, webp)")
     g.add_argument("--calib-images", type=int, default=500, metavar="N",
@@ -320,6 +321,13 @@ def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, 
     from .preprocess import SPEC
 
     cache_path = Path(opts.calib_cache) if opts.calib_cache else default_cache_path(model_name, opts)
+    if not cache_path.exists() and not opts.calib_dir:
+        raise UserError(
+            f"INT8 needs calibration: pass --calib-dir DIR (a folder of ~{opts.calib_images} representative "
+            f"images, e.g. from the ImageNet train set) or --calib-cache PATH to a cache made earlier "
+            f"(no cache at {cache_path})"
+        )
+    mb.require_modelopt("--precision int8")  # before the key: it names ModelOpt's version
     images = manifest = None
     if opts.calib_dir:
         images = cal.select_calibration_images(opts.calib_dir, opts.calib_images, opts.calib_seed)
@@ -336,14 +344,7 @@ def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, 
             cache = read_cache(cache_path)
             _say(f"reusing calibration cache {cache_path} ({len(cache.scales)} activation scales; key matches)")
             return _Calibration(cache_path, cache, key, images, reused=True)
-    elif images is None:
-        raise UserError(
-            f"INT8 needs calibration: pass --calib-dir DIR (a folder of ~{opts.calib_images} representative "
-            f"images, e.g. from the ImageNet train set) or --calib-cache PATH to a cache made earlier "
-            f"(no cache at {cache_path})"
-        )
 
-    mb.require_modelopt("--precision int8")
     from tqdm import tqdm
 
     bar = tqdm(total=len(images), desc=f"calibrate ({opts.method_tag})", unit="img", disable=not opts.progress,
@@ -393,7 +394,6 @@ def _make_int8(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, ev
 
     fp32_sha = sha256_file(fp32_onnx_path)
     calib = _calibration(opts, fp32_onnx_path, model_name, fp32_sha)
-    mb.require_modelopt("--precision int8")
     if eval_set is not None and calib.images is not None:
         warning = overlap_warning(eval_set.paths, calib.images)
         if warning:
