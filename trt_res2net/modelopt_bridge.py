@@ -208,13 +208,23 @@ def _quantize(fp32_onnx: Path, out_path: Path, *, reader=None, method: str = "en
         kwargs["calibration_data_reader"] = reader
     if cache_path is not None:
         kwargs["calibration_cache_path"] = str(cache_path)
+    source = _private_copy(fp32_onnx, out_path.parent)
     try:
         with captured_output(log_path):
-            quantize(str(fp32_onnx), **kwargs)
+            quantize(str(source), **kwargs)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as e:
         raise _modelopt_failed("quantize the model", e, log_path) from e
+
+
+def _private_copy(fp32_onnx: Path, work: Path) -> Path:
+    """ModelOpt rewrites the model it is given in place (``onnx.shape_inference.infer_shapes_path`` with no
+    output path), which would change the FP32 ONNX's bytes and hash under the caller: give it a copy."""
+    copy = work / "source.onnx"
+    if not copy.exists():
+        shutil.copyfile(fp32_onnx, copy)
+    return copy
 
 
 @contextlib.contextmanager
@@ -379,7 +389,7 @@ def autocast_fp16(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, *,
         try:
             with captured_output(log_path):
                 model = convert_to_mixed_precision(
-                    onnx_path=str(fp32_onnx), low_precision_type="fp16", keep_io_types=True,
+                    onnx_path=str(_private_copy(fp32_onnx, work)), low_precision_type="fp16", keep_io_types=True,
                     providers=["cpu"], **kwargs,
                 )
         except (UserError, KeyboardInterrupt):
