@@ -155,7 +155,7 @@ def fit_classifier_head(features: np.ndarray, num_classes: int, seed: int = 0, s
 
 def realistic_random_model(spec, images_nchw: np.ndarray, path: str | os.PathLike, *, seed: int = 0,
                            head_images: np.ndarray | None = None, max_active_classes: int | None = None,
-                           metadata: dict | None = None) -> Path:
+                           head_sharpness: float = 12.0, metadata: dict | None = None) -> Path:
     """Export ``spec`` with random weights made realistic for precision tests: BatchNorm statistics fitted to
     ``images_nchw`` (preprocessed real-looking images, trt_res2net.reference.fit_bn_statistics) so that
     activation ranges look like a trained network's, and a classifier head fitted to the features of
@@ -183,5 +183,6 @@ def realistic_random_model(spec, images_nchw: np.ndarray, path: str | os.PathLik
     feats = np.concatenate([session.run(["head.flatten"], {"input": imgs[i : i + 16]})[0]
                             for i in range(0, len(imgs), 16)])
     state["out.weight"], state["out.bias"] = fit_classifier_head(feats, spec.num_classes, seed=seed,
+                                                                 sharpness=head_sharpness,
                                                                  max_active=max_active_classes)
     return export_onnx(spec, state, path, metadata=meta)
