@@ -268,3 +268,36 @@ def test_evaluator_labelled_list(ws, int8_build, tmp_path):
     from trt_res2net.precision_eval import top1_drop_pp
 
     assert top1_drop_pp(report) == pytest.approx(100 * (report["fp32_top1"] - report["top1"]))
+
+
+def test_a_tensorrt_calibration_cache_makes_the_qdq_model(int8_build, ws, tmp_path, capsys):
+    """A cache as TensorRT's calibrator writes it (numeric tag, unpadded hex, e.g. made on a Jetson) feeds
+    ModelOpt; it is read, sanitized for ModelOpt, and never overwritten."""
+    from trt_res2net.calib_cache import scale_to_hex, write_cache_key
+
+    ours = read_cache(int8_build["cache"])
+    lines = ["TRT-100300-EntropyCalibration2"] + [f"{n}: {int(scale_to_hex(s), 16):x}" for n, s in ours.scales.items()]
+    cache = tmp_path / "tiny16.trt100300.cache"
+    cache.write_text("\n".join(lines) + "\n")
+    key = read_cache_key(int8_build["cache"])["key"]
+    write_cache_key(cache, {"onnx_sha256": key["onnx_sha256"], "preprocess_sha256": key["preprocess_sha256"],
+                            "method": "EntropyCalibration2", "tools": {"tensorrt": "10.3.0"}})
+    before = cache.read_bytes()
+    fp32_copy = tmp_path / "tiny16.onnx"
+    shutil.copy(ws["onnx"], fp32_copy)
+    out = run_precision_step(args(precision="int8", calib_cache=cache, high_precision="fp32"), fp32_copy, "tiny16")
+    assert "using TensorRT 10.3.0's calibration cache" in capsys.readouterr().out
+    scales = mb.activation_scales(onnx.load(str(out)))
+    assert scales.keys() == ours.scales.keys()
+    assert all(np.float32(scales[k]) == np.float32(ours.scales[k]) for k in scales)
+    assert cache.read_bytes() == before
+    side = json.loads(out.with_name(out.name + ".json").read_text())
+    assert side["calibration_key"]["tools"] == {"tensorrt": "10.3.0"}
+    # Another model: refused, even with --calib-dir (TensorRT's cache is not overwritten by ModelOpt's).
+    other = tmp_path / "other.onnx"
+    m = onnx.load(str(ws["onnx"]))
+    m.doc_string = "another model"
+    onnx.save(m, str(other))
+    with pytest.raises(UserError, match="TensorRT's cache, which this step does not overwrite"):
+        run_precision_step(args(precision="int8", calib_cache=cache, calib_dir=ws["calib_dir"]), other, "other")
+    assert cache.read_bytes() == before

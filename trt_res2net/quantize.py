@@ -333,6 +333,8 @@ def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, 
         images = cal.select_calibration_images(opts.calib_dir, opts.calib_images, opts.calib_seed)
         manifest = cal.build_manifest(images, opts.calib_dir, seed=opts.calib_seed, requested=opts.calib_images)
     key = _expected_key(opts, fp32_sha, manifest)
+    if cache_path.exists() and read_cache(cache_path).made_by_tensorrt:
+        return _tensorrt_cache(cache_path, key, images)
     if cache_path.exists():
         try:
             check_cache_key(cache_path, key)
@@ -386,6 +388,26 @@ def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, 
     _say(f"calibrated on {decoded[0]} images in {_minutes(seconds)} → {cache_path} "
          f"({len(cache.scales)} activation scales; manifest {manifest_path.name})")
     return _Calibration(cache_path, cache, key, images, reused=False, seconds=seconds)
+
+
+def _tensorrt_cache(cache_path: Path, key: dict, images) -> _Calibration:
+    """A cache written by TensorRT's own calibrator (e.g. on a Jetson) makes the Q/DQ model too: its scales
+    are TensorRT's, so only the model and the preprocessing must match; it is never overwritten."""
+    from .calib_cache import check_cache_key, read_cache, read_cache_key
+
+    try:
+        check_cache_key(cache_path, {k: key[k] for k in ("onnx_sha256", "preprocess_sha256")})
+    except UserError as e:
+        if images is not None:
+            raise UserError(f"{e} — it is TensorRT's cache, which this step does not overwrite: pass "
+                            "--calib-cache with another path to calibrate with ModelOpt") from None
+        raise
+    cache = read_cache(cache_path)
+    stored = read_cache_key(cache_path)["key"]
+    trt = stored.get("tools", {}).get("tensorrt", cache.version_tag)
+    _say(f"using TensorRT {trt}'s calibration cache {cache_path} ({cache.algorithm}, {len(cache.scales)} scales)")
+    return _Calibration(cache_path, cache, {**key, "method": stored.get("method"), "tools": stored.get("tools")},
+                        images, reused=True)
 
 
 def _make_int8(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, eval_set) -> Path:

@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="build.py",
         description="Build an exact ONNX graph and a TensorRT engine for a PaddleClas Res2Net classifier.",
-        epilog="Exit status: 0 done; 2 usage or input error; 3 ONNX written but TensorRT/GPU missing.",
+        epilog="Exit status: 0 done; 1 the FP16/INT8 model missed --max-top1-drop; 2 usage or input error; "
+               "3 ONNX written but TensorRT/GPU (or ModelOpt, for fp16/int8) missing.",
     )
     src = p.add_argument_group("model")
     src.add_argument("--model", metavar="NAME", help="zoo model name (see --list-models)")
