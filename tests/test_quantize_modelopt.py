@@ -1,15 +1,16 @@
 """FP16 and INT8 ONNX made by ModelOpt on the CPU, checked against the FP32 ONNX (needs the quant extra).
 
-Thresholds, and why. The test model is a confident classifier (median top-1 softmax ≈ 0.6, see
-quant_helpers), so top-1 agreement measures precision, not tie-breaking. 48 held-out images: one changed
-prediction costs 2.1 points of agreement.
+Thresholds, and why. The test model is a decided classifier (on the 48 held-out images: 14 classes predicted,
+median top-1 softmax 0.48, where a random head gives ≈ 0.002 and near ties), so top-1 agreement measures
+precision, not tie-breaking. One changed prediction costs 2.1 points of agreement.
 * INT8: top-1 agreement ≥ 93.75 % (at most 3 of 48 changed) and logit cosine ≥ 0.995. Post-training INT8 of
   ResNet-like classifiers keeps roughly 97–99 % top-1 agreement with FP32 (≈ 0.5–1 pp of ImageNet top-1);
-  on this model we measure 100 % and cosine ≈ 0.999 (noise-to-signal ≈ 2·(1−cos) ≈ 0.2 %), so the
+  on this model we measure 100 % and cosine 0.9988–0.9992 for entropy, max and percentile (noise-to-signal
+  ≈ 2·(1−cos) ≈ 0.2 %), so the
   thresholds leave room for 3 flips and 2.5× the measured noise while still catching a broken quantization
   (a wrong scale or a Q/DQ on the wrong tensor gives cosine < 0.98 and agreement well under 90 %).
 * FP16: top-1 agreement ≥ 97.9 % (at most 1 flip) and cosine ≥ 0.9999: FP16 rounds each value to 2⁻¹¹
-  relative, so logits move by ~1e-3 relative (1 − cos ~ 1e-6); measured 100 % and > 0.99999.
+  relative, so logits move by ~1e-3 relative (1 − cos ~ 1e-6); measured 100 % and 0.9999993.
 """
 
 from __future__ import annotations
