@@ -183,10 +183,11 @@ def main() -> int:
     ap.add_argument("--methods", default="entropy", help="comma-separated: entropy,max,percentile")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--head-sharpness", type=float, default=40.0,
-                    help="logit scale of the fitted head (default 40: median top-1 probability ≈ 0.8, like a "
-                         "trained ImageNet classifier)")
+                    help="logit scale of the fitted head (default 40: median top-1 probability 0.81 on the "
+                         "held-out images of res2net50_vd_26w_4s)")
     ap.add_argument("--active-classes", type=int, default=100,
-                    help="classes the fitted head can predict (clusters of the features; default 100)")
+                    help="classes the fitted head can predict (clusters of the features; default 100; 0 = one per "
+                         "4 head images)")
     ap.add_argument("--fallback-budget", type=float, metavar="PP",
                     help="also run --auto-fallback with --max-top1-drop PP (entropy cache)")
     ap.add_argument("--workdir", help="keep images, models and caches here (default: a temporary folder)")
