@@ -145,8 +145,9 @@ def test_grayscale_is_replicated_to_three_channels(image_bytes):
 
 
 def test_alpha_is_dropped_not_composited(image_bytes):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     rgba = np.asarray(Image.open(io.BytesIO(image_bytes["rgba.png"])))
     np.testing.assert_array_equal(decode_image(image_bytes["rgba.png"]), rgba[:, :, 2::-1])
@@ -162,8 +163,9 @@ def test_16bit_keeps_the_high_byte(image_bytes):
 
 
 def test_cmyk_jpeg_is_converted_to_colour(image_bytes):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     data = image_bytes["cmyk.jpg"]
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
