@@ -1,0 +1,6 @@
+#!/usr/bin/env python3
+"""Classify images with an ONNX model (ONNX Runtime) or a TensorRT engine; see ``--help``."""
+
+from trt_res2net.cli.infer import main
+
+raise SystemExit(main())

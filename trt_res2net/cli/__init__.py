@@ -1,0 +1,1 @@
+"""Command-line front ends (``build.py``, ``infer.py`` at the top level are thin wrappers)."""

@@ -1,0 +1,152 @@
+"""infer.py: top-k for images, or accuracy on a labelled list, with an ONNX model or a TensorRT engine.
+
+    python infer.py MODEL_FILE IMAGE_OR_DIR... [--topk 5] [--batch N] [--json PATH] [--labels FILE]
+    python infer.py MODEL_FILE [MODEL_FILE...] --eval LIST [--data-root DIR] [--limit N] [--json PATH]
+
+Exit status: 0 every image classified, 1 some images could not be read (the others are still reported),
+2 usage or input error, 3 a TensorRT engine was given but TensorRT / a GPU is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, UserError
+
+PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; later stages add their own option groups to it (e.g. ``--benchmark``)."""
+    p = argparse.ArgumentParser(
+        prog="infer.py",
+        description="Classify images with an ONNX model (ONNX Runtime, CUDA if present, else CPU) or a "
+        "TensorRT engine (.engine/.plan). Preprocessing is PaddleClas's evaluation recipe.",
+        epilog="Exit status: 0 all classified, 1 some images unreadable, 2 usage error, 3 TensorRT missing.",
+    )
+    p.add_argument("model", metavar="MODEL_FILE", help="a classifier .onnx, or a TensorRT .engine/.plan")
+    p.add_argument(
+        "inputs",
+        metavar="IMAGE_OR_DIR",
+        nargs="*",
+        help="image files, or folders walked for .jpg .jpeg .png .bmp .webp (any case); "
+        "with --eval: more model files to evaluate and compare with the first",
+    )
+    out = p.add_argument_group("output")
+    out.add_argument("--topk", type=_positive, default=5, metavar="K", help="classes to report per image (5)")
+    out.add_argument("--labels", metavar="FILE",
+                     help="class names: PaddleClas '<id> <label>' lines or one label per line "
+                     "(default: ImageNet's for 1000 classes, else the ids)")
+    out.add_argument("--json", metavar="PATH", help="also write the results (or evaluation summary) as JSON")
+    out.add_argument("-q", "--quiet", action="store_true", help="no per-image tables: failures and totals")
+    out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    run = p.add_argument_group("running")
+    run.add_argument("--batch", type=_positive, default=8, metavar="N",
+                     help="images per inference batch (8; a fixed-batch model uses its own size)")
+    run.add_argument("--threads", type=_positive, default=2, metavar="N",
+                     help="threads decoding and preprocessing images ahead of inference (2)")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval", metavar="LIST",
+                    help="labelled list in PaddleClas val_list.txt form ('relative/path.jpg label' per "
+                    "line): report top-1/top-5, and agreement when several models are given")
+    ev.add_argument("--data-root", metavar="DIR", help="where the list's paths start (the list's folder)")
+    ev.add_argument("--limit", type=_positive, metavar="N", help="evaluate only the first N listed images")
+    return p
+
+
+def _show_progress(args: argparse.Namespace, n: int) -> bool:
+    return args.progress and n >= PROGRESS_MIN_IMAGES
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..atomic import write_json
+    from ..images import find_images
+    from ..postprocess import format_topk
+    from ..runtime import Classifier
+
+    if not args.inputs:
+        raise UserError("no images given (IMAGE_OR_DIR...), and no --eval list")
+    paths = find_images(args.inputs)
+    if not paths:
+        where = ", ".join(args.inputs)
+        raise UserError(f"no images found in {where} (looked for .jpg .jpeg .png .bmp .webp)")
+    clf = Classifier(args.model, labels=args.labels, topk=args.topk, batch=args.batch, threads=args.threads)
+    describe = getattr(clf.backend, "describe", None)
+    if describe and not args.quiet:
+        print(f"{args.model}: {describe()}", file=sys.stderr)
+    results, failed = [], 0
+    bar = tqdm(total=len(paths), unit="img", disable=not _show_progress(args, len(paths)), dynamic_ncols=True)
+    try:
+        for result in clf.classify(paths):
+            results.append(result)
+            if "error" in result:
+                failed += 1
+                tqdm.write(f"skipped {result['image']}: {result['error']}", file=sys.stderr)
+            elif not args.quiet:
+                tqdm.write(format_topk(result["topk"], title=result["image"]), file=sys.stdout)
+            bar.update(1)
+    finally:
+        bar.close()
+    if args.json:
+        write_json(args.json, results)
+    if failed or args.quiet:
+        print(f"classified {len(results) - failed} of {len(results)} images; {failed} could not be read",
+              file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..atomic import write_json
+    from ..evaluate import evaluate
+    from ..runtime import ENGINE_SUFFIXES, ONNX_SUFFIXES
+
+    models = [args.model, *args.inputs]
+    for m in models:
+        if Path(m).suffix.lower() not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
+            raise UserError(f"{m}: with --eval, positional arguments are model files (.onnx, .engine, .plan)")
+    result = evaluate(models, args.eval, args.data_root, batch=args.batch, threads=args.threads,
+                      limit=args.limit, progress=args.progress)
+    for f in result.failures:
+        print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
+    print(result.format())
+    if args.json:
+        write_json(args.json, result.to_dict())
+    return EXIT_SOME_FAILED if result.failures else EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch parsed arguments (raises UserError)."""
+    if args.eval:
+        return run_eval(args)
+    return run_classify(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
+        return int(e.code) if isinstance(e.code, int) else 2
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
