@@ -188,12 +188,13 @@ def evaluate(
     batch: int = 8,
     threads: int = 2,
     limit: int | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     backends: list | None = None,
 ) -> Evaluation:
     """Top-1/top-5 of each model on the list, and each model's agreement with the first one.
 
     Unreadable images are skipped and listed in ``failures``; each image is decoded once for all models.
+    ``progress``: a tqdm bar with the running figures (None: only on a terminal).
     """
     from tqdm import tqdm
 
@@ -218,7 +219,8 @@ def evaluate(
     acc = [AccuracyMeter() for _ in classifiers]
     agree = [AgreementMeter() for _ in classifiers[1:]]
     result = Evaluation(str(list_path), root, len(items))
-    bar = tqdm(total=len(items), unit="img", desc="eval", disable=not progress, dynamic_ncols=True)
+    disable = None if progress is None else not progress
+    bar = tqdm(total=len(items), unit="img", desc="eval", disable=disable, dynamic_ncols=True)
     try:
         for b in classifiers[0].batches([p for p, _ in items]):
             result.failures += [{"image": p, "error": r} for p, r in b.failures]

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show_progress(args: argparse.Namespace, n: int) -> bool:
-    return args.progress and n >= PROGRESS_MIN_IMAGES
+def _progress_disable(args: argparse.Namespace, n: int) -> bool | None:
+    """tqdm's ``disable``: None lets tqdm show the bar only on a terminal."""
+    return None if args.progress and n >= PROGRESS_MIN_IMAGES else True
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -88,7 +89,7 @@ def run_classify(args: argparse.Namespace) -> int:
     if describe and not args.quiet:
         print(f"{args.model}: {describe()}", file=sys.stderr)
     results, failed = [], 0
-    bar = tqdm(total=len(paths), unit="img", disable=not _show_progress(args, len(paths)), dynamic_ncols=True)
+    bar = tqdm(total=len(paths), unit="img", disable=_progress_disable(args, len(paths)), dynamic_ncols=True)
     try:
         for result in clf.classify(paths):
             results.append(result)
@@ -120,7 +121,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if Path(m).suffix.lower() not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
             raise UserError(f"{m}: with --eval, positional arguments are model files (.onnx, .engine, .plan)")
     result = evaluate(models, args.eval, args.data_root, batch=args.batch, threads=args.threads,
-                      limit=args.limit, progress=args.progress)
+                      limit=args.limit, progress=None if args.progress else False)
     for f in result.failures:
         print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
     print(result.format())

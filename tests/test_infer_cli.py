@@ -1,0 +1,175 @@
+"""infer.py end to end: generated models, real photographs, awkward and broken inputs, exit statuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import image_factory as imf
+import numpy as np
+import onnx_models
+import pytest
+
+from trt_res2net.cli.infer import build_parser, main
+from trt_res2net.postprocess import load_labels, softmax
+from trt_res2net.preprocess import preprocess_batch
+from trt_res2net.runtime import open_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return onnx_models.make_classifier(tmp_path_factory.mktemp("m") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def paddle_like(tmp_path_factory):
+    return onnx_models.make_paddle2onnx_like(tmp_path_factory.mktemp("p") / "inference.onnx", num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mixed")
+    imf.write_all(d / "awkward", imf.AWKWARD)
+    imf.write_all(d / "broken", imf.BROKEN)
+    (d / "notes.txt").write_text("not an image, and not an image extension either")
+    for p in imf.PHOTOS:
+        (d / p.name.upper()).write_bytes(p.read_bytes())  # upper-case extensions are found too
+    return d
+
+
+def run_main(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_photos_end_to_end_json(tiny, tmp_path, capsys):
+    out_json = tmp_path / "out" / "results.json"
+    code, out, err = run_main(capsys, tiny, *imf.PHOTOS, "--topk", 3, "--json", out_json)
+    assert code == 0
+    results = json.loads(out_json.read_text())
+    assert [r["image"] for r in results] == [str(p) for p in imf.PHOTOS]
+    probs = softmax(open_backend(tiny).run(preprocess_batch(imf.PHOTOS)))
+    labels = load_labels()
+    for r, p in zip(results, probs, strict=True):
+        assert set(r) == {"image", "topk"} and len(r["topk"]) == 3
+        assert all(set(e) == {"class_id", "label", "score"} for e in r["topk"])
+        ids = [e["class_id"] for e in r["topk"]]
+        assert ids == list(np.argsort(-p, kind="stable")[:3])
+        assert [e["label"] for e in r["topk"]] == [labels[i] for i in ids]
+        np.testing.assert_allclose([e["score"] for e in r["topk"]], p[ids], atol=1e-6)
+    # The readable table names each image and its best label.
+    for r in results:
+        assert r["image"] in out and r["topk"][0]["label"] in out
+
+
+def test_directory_with_awkward_and_broken_images(tiny, mixed_dir, tmp_path, capsys):
+    out_json = tmp_path / "r.json"
+    code, out, err = run_main(capsys, tiny, mixed_dir, "--json", out_json, "--batch", 4, "--no-progress")
+    assert code == 1  # some failed, the rest reported
+    results = json.loads(out_json.read_text())
+    by_name = {Path(r["image"]).name: r for r in results}
+    assert "notes.txt" not in by_name
+    assert set(by_name) == set(imf.AWKWARD) | set(imf.BROKEN) | {p.name.upper() for p in imf.PHOTOS}
+    for name in imf.BROKEN:
+        r = by_name[name]
+        assert set(r) == {"image", "error"} and "\n" not in r["error"] and r["error"]
+        assert f"skipped {r['image']}: {r['error']}" in err
+    for name in set(by_name) - set(imf.BROKEN):
+        assert len(by_name[name]["topk"]) == 5, name
+    assert by_name["truncated.jpg"]["error"].startswith("truncated JPEG")
+    assert by_name["empty.jpg"]["error"] == "empty file"
+    n, bad = len(results), len(imf.BROKEN)
+    assert f"classified {n - bad} of {n} images; {bad} could not be read" in err
+
+
+def test_each_broken_file_alone_exits_1_without_traceback(tiny, tmp_path, capsys):
+    for name, make in imf.BROKEN.items():
+        p = tmp_path / name
+        p.write_bytes(make())
+        code, out, err = run_main(capsys, tiny, p, "--json", tmp_path / "x.json")
+        assert code == 1, name
+        assert json.loads((tmp_path / "x.json").read_text())[0]["image"] == str(p)
+
+
+def test_foreign_onnx_uses_model_names_ids_and_labels_file(paddle_like, tmp_path, capsys):
+    out_json = tmp_path / "r.json"
+    code, out, err = run_main(capsys, paddle_like, imf.PHOTOS[0], "--json", out_json, "--topk", 20)
+    assert code == 0
+    (r,) = json.loads(out_json.read_text())
+    assert len(r["topk"]) == 10  # only 10 classes
+    assert all(e["label"] == str(e["class_id"]) for e in r["topk"])
+    assert abs(sum(e["score"] for e in r["topk"]) - 1) < 1e-4  # its own softmax, not applied twice
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{i} flower {i}\n" for i in range(10)))
+    code, out, err = run_main(capsys, paddle_like, imf.PHOTOS[0], "--json", out_json, "--labels", labels)
+    (r,) = json.loads(out_json.read_text())
+    assert code == 0 and all(e["label"] == f"flower {e['class_id']}" for e in r["topk"])
+
+
+def test_quiet(tiny, capsys):
+    code, out, err = run_main(capsys, tiny, *imf.PHOTOS, "-q")
+    assert code == 0 and out == "" and "classified 4 of 4 images" in err
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["{tiny}"], 2, "no images given"),
+        (["{tiny}", "{tmp}/missing.jpg"], 2, "missing.jpg: no such file or directory"),
+        (["{tiny}", "{tmp}/emptydir"], 2, "no images found"),
+        (["{tmp}/missing.onnx", "{photo}"], 2, "no such model file"),
+        (["{tmp}/model.pt", "{photo}"], 2, "unsupported model file"),
+        (["{tiny}", "{photo}", "--labels", "{tmp}/nolabels.txt"], 2, "labels file not found"),
+        (["{tiny}", "{photo}", "--topk", "0"], 2, "positive integer"),
+        (["{tiny}", "{photo}", "--batch", "x"], 2, "positive integer"),
+        (["{tiny}", "{photo}", "--bogus"], 2, "unrecognized arguments"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(tiny, tmp_path, capsys, argv, code, message):
+    (tmp_path / "emptydir").mkdir(exist_ok=True)
+    (tmp_path / "model.pt").write_bytes(b"x")
+    argv = [a.format(tiny=tiny, tmp=tmp_path, photo=imf.PHOTOS[0]) for a in argv]
+    got, out, err = run_main(capsys, *argv)
+    assert got == code and message in err
+    if "error:" in err and "usage:" not in err:
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_engine_without_tensorrt_exits_3(tmp_path, capsys):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\0" * 16)
+    code, out, err = run_main(capsys, engine, imf.PHOTOS[0])
+    assert code == 3 and err.startswith("error:") and "pip install" in err
+
+
+def test_help_and_parser_leave_room_for_more_options(capsys):
+    assert main(["--help"]) == 0
+    parser = build_parser()
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--benchmark", action="store_true")  # what issue 5 will add
+    args = parser.parse_args(["m.engine", "--benchmark"])
+    assert args.benchmark and args.model == "m.engine" and args.inputs == []
+
+
+def test_top_level_script_runs(tiny):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), str(tiny), str(imf.PHOTOS[0]), "--topk", "2"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert str(imf.PHOTOS[0]) in proc.stdout and "rank" in proc.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(tiny), "/nonexistent/x.jpg"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "Traceback" not in bad.stderr
