@@ -18,6 +18,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".part"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -28,6 +29,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".part"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:

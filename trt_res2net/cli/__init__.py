@@ -1,1 +1,1 @@
-"""Command-line front ends (``build.py``, ``infer.py`` at the top level are thin wrappers)."""
+"""Command-line front ends; the top-level build.py and infer.py only call ``main()`` here."""
