@@ -3,4 +3,5 @@
 
 from trt_res2net.cli.infer import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

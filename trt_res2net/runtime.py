@@ -96,6 +96,7 @@ class OnnxRuntimeBackend:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{self.path}: not a loadable ONNX model ({reason[:300]})") from None
         self.provider = self.session.get_providers()[0]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self._check_io()
         self.outputs_probabilities = onnx_output_is_softmax(self.path, self.output_name)
 

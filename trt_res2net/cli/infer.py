@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, UserError
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
+from .common import run_main, warn
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
 
@@ -70,6 +71,16 @@ def _progress_disable(args: argparse.Namespace, n: int) -> bool | None:
     return None if args.progress and n >= PROGRESS_MIN_IMAGES else True
 
 
+def _check_preprocessing_metadata(backend, model: str) -> None:
+    """Our exporter records the preprocessing spec in the ONNX metadata; a different one means the model
+    was made for other inputs than the ones this version feeds it."""
+    from ..preprocess import SPEC
+
+    recorded = (getattr(backend, "metadata", None) or {}).get("preprocessing")
+    if recorded and recorded != SPEC.to_json():
+        warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
+
+
 def run_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -88,6 +99,7 @@ def run_classify(args: argparse.Namespace) -> int:
     describe = getattr(clf.backend, "describe", None)
     if describe and not args.quiet:
         print(f"{args.model}: {describe()}", file=sys.stderr)
+    _check_preprocessing_metadata(clf.backend, args.model)
     results, failed = [], 0
     bar = tqdm(total=len(paths), unit="img", disable=_progress_disable(args, len(paths)), dynamic_ncols=True)
     try:
@@ -142,12 +154,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
-        return int(e.code) if isinstance(e.code, int) else 2
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    return run_main(lambda: run(args))
