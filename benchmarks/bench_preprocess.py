@@ -129,7 +129,8 @@ def main() -> int:
     args = p.parse_args()
 
     env = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
-           "cpus": os.cpu_count(), "cv2_threads": cv2.getNumThreads(), "threads": args.threads, "runs": args.runs}
+           "cpus": os.cpu_count(), "cv2_threads": cv2.getNumThreads(), "threads": args.threads, "runs": args.runs,
+           "loadavg_1min_before": round(os.getloadavg()[0], 2)}
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
     print(f"{'set':9s} {'input':8s} {'ours img/s':>11s} {'baseline img/s':>15s} {'ratio':>6s}  identical")
