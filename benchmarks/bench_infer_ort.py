@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end images/s of infer.py's path on ONNX Runtime (CPU here) for a zoo model at several batch sizes.
 
-    python benchmarks/bench_infer_ort.py [--model res2net50_vd_26w_4s] [--batch 1 8] [--images 64]
-                                         [--runs 3] [--onnx PATH] [--json out.json]
+    python benchmarks/bench_infer_ort.py [--model res2net50_vd_26w_4s] [--batch 1 8] [--images 48]
+                                         [--runs 5] [--onnx PATH] [--json out.json]
 
 The model is exported with seeded random weights (``build.py --random-weights`` does the same; speed does
 not depend on the weights) unless --onnx names an existing export. The images are --images JPEG files at
@@ -11,9 +11,13 @@ folder. Per batch size:
 - end-to-end: ``Classifier.classify`` over all files — reading, decoding and preprocessing in 2 threads
   ahead of inference, ONNX Runtime, softmax, top-5 — exactly what ``infer.py`` runs; median of --runs
   passes after a warm-up pass;
-- model only: ``backend.run`` on the already preprocessed batches, same images, median of --runs;
+- end-to-end with ONNX Runtime's idle threads spin-waiting (its default; the backend turns it off);
+- model only: ``backend.run`` on the already preprocessed batches, same images;
+the three take turns in each of --runs rounds (medians reported), so they see the same machine load;
 - the CLI once: ``python infer.py MODEL DIR -q --batch N`` as a subprocess, wall time including
   interpreter start, imports and session creation.
+Each figure is also given per CPU-second (process CPU time over all threads), which a shared machine
+disturbs far less than wall time.
 """
 
 from __future__ import annotations
@@ -65,26 +69,38 @@ def export(model: str, directory: Path) -> Path:
 
 def bench_batch(onnx_path: Path, paths: list[Path], batch: int, runs: int) -> dict:
     from trt_res2net.preprocess import preprocess_batch
-    from trt_res2net.runtime import Classifier
+    from trt_res2net.runtime import Classifier, OnnxRuntimeBackend
 
     clf = Classifier(onnx_path, batch=batch, threads=2)
-    list(clf.classify(paths[: max(batch, 4)]))  # warm-up: first runs allocate ORT buffers
-    e2e = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        results = list(clf.classify(paths))
-        e2e.append(len(paths) / (time.perf_counter() - t))
-        assert len(results) == len(paths) and all("topk" in r for r in results)
+    spin = Classifier(onnx_path, batch=batch, threads=2, backend=OnnxRuntimeBackend(onnx_path, spinning=True))
     pre = preprocess_batch(paths)
-    model_only = []
-    for _ in range(runs):
-        t = time.perf_counter()
+
+    def e2e(c):
+        results = list(c.classify(paths))
+        assert len(results) == len(paths) and all("topk" in r for r in results)
+
+    def model_only():
         for i in range(0, len(paths), batch):
             clf.backend.run(pre[i : i + batch])
-        model_only.append(len(paths) / (time.perf_counter() - t))
-    return {"batch": batch, "e2e_img_s": round(statistics.median(e2e), 2), "e2e_all": [round(x, 2) for x in e2e],
-            "model_img_s": round(statistics.median(model_only), 2),
-            "model_all": [round(x, 2) for x in model_only], "provider": clf.backend.provider}
+
+    cases = {"e2e": lambda: e2e(clf), "e2e_spinning": lambda: e2e(spin), "model": model_only}
+    for c in (clf, spin):
+        list(c.classify(paths[: max(batch, 4)]))  # warm-up: first runs allocate ORT buffers
+    wall = {k: [] for k in cases}
+    cpu = {k: [] for k in cases}
+    for r in range(runs):  # the three cases take turns, so each sees the same machine load
+        order = list(cases.items())
+        for name, fn in order[r % 3 :] + order[: r % 3]:
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(len(paths) / (time.perf_counter() - t))
+            cpu[name].append(len(paths) / (time.process_time() - c))
+    row = {"batch": batch, "provider": clf.backend.provider}
+    for name in cases:
+        row[f"{name}_img_s"] = round(statistics.median(wall[name]), 2)
+        row[f"{name}_img_per_cpu_s"] = round(statistics.median(cpu[name]), 2)
+        row[f"{name}_all"] = [round(x, 2) for x in wall[name]]
+    return row
 
 
 def cli_once(onnx_path: Path, directory: Path, batch: int, n: int) -> float:
@@ -94,13 +110,20 @@ def cli_once(onnx_path: Path, directory: Path, batch: int, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def cpu_seconds_of_children() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="res2net50_vd_26w_4s")
     p.add_argument("--onnx", metavar="PATH", help="use this ONNX instead of exporting --model")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--images", type=int, default=64)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
 
@@ -117,15 +140,17 @@ def main() -> int:
         paths = write_images(d / "images", args.images)
         onnx_path = Path(args.onnx) if args.onnx else export(args.model, d)
         env["model"] = args.model if not args.onnx else str(onnx_path)
-        print(f"{'batch':>5s} {'end-to-end img/s':>17s} {'model-only img/s':>17s} {'e2e/model':>10s} "
-              f"{'CLI img/s':>10s}  provider")
+        print(f"{'batch':>5s} {'e2e img/s':>10s} {'e2e spinning':>13s} {'model img/s':>12s} {'CLI img/s':>10s}   "
+              f"{'e2e img/CPU-s':>14s} {'spinning':>9s} {'model':>7s} {'CLI':>6s}  provider")
         for b in args.batch:
             r = bench_batch(onnx_path, paths, b, args.runs)
+            before = cpu_seconds_of_children()
             r["cli_img_s"] = round(cli_once(onnx_path, d / "images", b, len(paths)), 2)
-            r["e2e_over_model"] = round(r["e2e_img_s"] / r["model_img_s"], 3)
+            r["cli_img_per_cpu_s"] = round(len(paths) / (cpu_seconds_of_children() - before), 2)
             rows.append(r)
-            print(f"{b:>5d} {r['e2e_img_s']:>17.2f} {r['model_img_s']:>17.2f} {r['e2e_over_model']:>10.2f} "
-                  f"{r['cli_img_s']:>10.2f}  {r['provider']}")
+            print(f"{b:>5d} {r['e2e_img_s']:>10.2f} {r['e2e_spinning_img_s']:>13.2f} {r['model_img_s']:>12.2f} "
+                  f"{r['cli_img_s']:>10.2f}   {r['e2e_img_per_cpu_s']:>14.2f} {r['e2e_spinning_img_per_cpu_s']:>9.2f} "
+                  f"{r['model_img_per_cpu_s']:>7.2f} {r['cli_img_per_cpu_s']:>6.2f}  {r['provider']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
     return 0

@@ -7,9 +7,11 @@ Both implementations take the same encoded JPEGs from memory (no disk I/O) and w
 into rows of one batch array, in a pool of --threads threads (the baseline gets the same pool). Two
 figures per image set: from encoded bytes (decode + preprocess, what inference pays), and from decoded
 BGR arrays (the preprocessing alone). Images/s is the median of --runs timed passes after one warm-up;
-the ratio is ours over the baseline's, measured in the same run. Output equality is checked on every image:
-bit-for-bit against the recipe with scale 1/255 (the training configs' value, which SPEC records), and the
-largest difference against the deploy config's rounded scale 0.00392157 is reported.
+the ratio is ours over the baseline's, measured in the same run, passes alternating. Images per CPU-second
+(process CPU time over all threads) is printed too: on a shared machine it moves far less than wall time.
+Output equality is checked on every image: bit-for-bit against the recipe with scale 1/255 (the training
+configs' value, which SPEC records); the largest difference against the deploy config's rounded scale
+0.00392157 is reported.
 
 Image sets, generated from the four photographs in tests/data (no dataset download is possible here):
 "imagenet" — JPEG q90 at typical ImageNet validation sizes (500×375, 375×500, 500×333, 500×500, 640×480);
@@ -78,14 +80,15 @@ def make_images(kind: str, n: int) -> list[bytes]:
     return out
 
 
-def run_pass(fn, items, out, pool) -> float:
-    t = time.perf_counter()
+def run_pass(fn, items, out, pool) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process, all threads) for one pass."""
+    t, c = time.perf_counter(), time.process_time()
     if pool is None:
         for i, x in enumerate(items):
             fn(i, x, out)
     else:
         list(pool.map(lambda ix: fn(ix[0], ix[1], out), enumerate(items)))
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def ours(i, x, out):
@@ -102,21 +105,56 @@ def measure(items, threads: int, runs: int) -> dict:
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         rates = {"ours": [], "baseline": []}
+        cpu_rates = {"ours": [], "baseline": []}
         for r in range(runs + 1):  # the first pass warms up
             # Alternate the order so neither side always runs on a warmer cache.
             order = [("ours", ours, out_a), ("baseline", baseline, out_b)]
             for name, fn, out in order if r % 2 == 0 else order[::-1]:
-                dt = run_pass(fn, items, out, pool)
+                dt, cpu = run_pass(fn, items, out, pool)
                 if r:
                     rates[name].append(len(items) / dt)
+                    cpu_rates[name].append(len(items) / cpu)
     finally:
         if pool:
             pool.shutdown()
     med = {k: statistics.median(v) for k, v in rates.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_rates.items()}
     return {"ours_img_s": round(med["ours"], 1), "baseline_img_s": round(med["baseline"], 1),
             "ratio": round(med["ours"] / med["baseline"], 3),
+            "ours_img_per_cpu_s": round(cpu["ours"], 1), "baseline_img_per_cpu_s": round(cpu["baseline"], 1),
+            "cpu_ratio": round(cpu["ours"] / cpu["baseline"], 3),
             "ours_all": [round(x, 1) for x in rates["ours"]], "baseline_all": [round(x, 1) for x in rates["baseline"]],
             "identical": bool(np.array_equal(out_a, out_b))}
+
+
+def per_image_ms(fn, items, runs: int) -> float:
+    """Median over ``runs`` passes of the mean milliseconds per item, one thread."""
+    fn(items[0])
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        for x in items:
+            fn(x)
+        times.append((time.perf_counter() - t) / len(items) * 1e3)
+    return statistics.median(times)
+
+
+def breakdown(runs: int) -> dict:
+    """Single-thread milliseconds per step, to show where the time goes."""
+    encoded = make_images("imagenet", 20)
+    decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in encoded]
+    camera = cv2.imdecode(np.frombuffer(make_images("camera", 1)[0], np.uint8), cv2.IMREAD_COLOR)
+    w, h = SPEC.resized_size(camera.shape[1], camera.shape[0])
+    return {
+        "imagenet_decode_ms": per_image_ms(lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), 1), encoded, runs),
+        "imagenet_ours_after_decode_ms": per_image_ms(preprocess_bgr, decoded, runs),
+        "imagenet_baseline_after_decode_ms": per_image_ms(paddleclas_style, decoded, runs),
+        "camera_resize_contiguous_ms": per_image_ms(lambda x: cv2.resize(x, (w, h)), [camera], runs * 4),
+        "camera_resize_reversed_view_ms": per_image_ms(lambda x: cv2.resize(x[:, :, ::-1], (w, h)), [camera],
+                                                       runs * 4),
+        "camera_copy_reversed_view_ms": per_image_ms(lambda x: np.ascontiguousarray(x[:, :, ::-1]), [camera],
+                                                     runs * 4),
+    }
 
 
 def main() -> int:
@@ -133,7 +171,8 @@ def main() -> int:
            "loadavg_1min_before": round(os.getloadavg()[0], 2)}
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     rows = []
-    print(f"{'set':9s} {'input':8s} {'ours img/s':>11s} {'baseline img/s':>15s} {'ratio':>6s}  identical")
+    print(f"{'set':9s} {'input':8s} {'ours img/s':>11s} {'baseline img/s':>15s} {'ratio':>6s} "
+          f"{'ours img/CPU-s':>15s} {'baseline img/CPU-s':>19s} {'ratio':>6s}  identical")
     for kind in args.sets:
         encoded = make_images(kind, args.images)
         decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in encoded]
@@ -143,11 +182,14 @@ def main() -> int:
             r.update({"set": kind, "input": label, "images": len(items),
                       "max_abs_diff_vs_deploy_scale": worst_deploy})
             rows.append(r)
-            print(f"{kind:9s} {label:8s} {r['ours_img_s']:>11.1f} {r['baseline_img_s']:>15.1f} {r['ratio']:>5.2f}x  "
+            print(f"{kind:9s} {label:8s} {r['ours_img_s']:>11.1f} {r['baseline_img_s']:>15.1f} {r['ratio']:>5.2f}x "
+                  f"{r['ours_img_per_cpu_s']:>15.1f} {r['baseline_img_per_cpu_s']:>19.1f} {r['cpu_ratio']:>5.2f}x  "
                   f"{r['identical']}")
     print(f"max |ours - recipe with scale 0.00392157| = {max(r['max_abs_diff_vs_deploy_scale'] for r in rows):.3g}")
+    steps = breakdown(args.runs)
+    print("one thread, ms per image: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"env": env, "rows": rows, "breakdown_ms": steps}, indent=2) + "\n")
     return 0 if all(r["identical"] for r in rows) else 1
 
 
