@@ -41,6 +41,11 @@ def mixed_dir(tmp_path_factory):
     return d
 
 
+def error_lines(err: str) -> list[str]:
+    """stderr without infer.py's one-line model header."""
+    return [ln for ln in err.strip().splitlines() if "ONNX Runtime (" not in ln]
+
+
 def run_main(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -129,6 +134,7 @@ def test_quiet(tiny, capsys):
         (["{tiny}", "{photo}", "--topk", "0"], 2, "positive integer"),
         (["{tiny}", "{photo}", "--batch", "x"], 2, "positive integer"),
         (["{tiny}", "{photo}", "--bogus"], 2, "unrecognized arguments"),
+        (["{tiny}", "{photo}", "--json", "{tmp}/emptydir"], 2, "cannot write the JSON"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(tiny, tmp_path, capsys, argv, code, message):
@@ -138,7 +144,27 @@ def test_usage_errors_are_one_line_exit_2(tiny, tmp_path, capsys, argv, code, me
     got, out, err = run_main(capsys, *argv)
     assert got == code and message in err
     if "error:" in err and "usage:" not in err:
-        assert len(err.strip().splitlines()) == 1
+        assert len(error_lines(err)) == 1 and error_lines(err)[0].startswith("error:")
+
+
+def test_model_that_fails_at_run_time_is_one_line(tmp_path, capsys):
+    # Symbolic spatial size, but the graph only works at 256×256: ONNX Runtime fails inside run().
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["y"])],
+        "fixed_inside",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(np.array([-1, 3 * 256 * 256], np.int64), "shape"),
+         numpy_helper.from_array(np.zeros((3 * 256 * 256, 4), np.float32), "w")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code, out, err = run_main(capsys, path, imf.PHOTOS[0])
+    assert code == 2 and "inference failed" in err and len(error_lines(err)) == 1
 
 
 def test_engine_without_tensorrt_exits_3(tmp_path, capsys):

@@ -148,7 +148,11 @@ class OnnxRuntimeBackend:
 
     def run(self, batch_nchw_float32: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch_nchw_float32, dtype=self._input_dtype)
-        (y,) = self.session.run([self.output_name], {self.input_name: x})
+        try:
+            (y,) = self.session.run([self.output_name], {self.input_name: x})
+        except Exception as e:  # e.g. a model whose symbolic input size hides a fixed one
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+            raise UserError(f"{self.path}: inference failed on a batch of shape {x.shape}: {lines[0][:300]}") from None
         y = np.asarray(y)
         return y.reshape(y.shape[0], -1).astype(np.float32, copy=False)
 

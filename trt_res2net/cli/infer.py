@@ -71,6 +71,15 @@ def _progress_disable(args: argparse.Namespace, n: int) -> bool | None:
     return None if args.progress and n >= PROGRESS_MIN_IMAGES else True
 
 
+def _write_json(path: str, obj) -> None:
+    from ..atomic import write_json
+
+    try:
+        write_json(path, obj)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the JSON ({e.strerror or e})") from None
+
+
 def _check_preprocessing_metadata(backend, model: str) -> None:
     """Our exporter records the preprocessing spec in the ONNX metadata; a different one means the model
     was made for other inputs than the ones this version feeds it."""
@@ -84,7 +93,6 @@ def _check_preprocessing_metadata(backend, model: str) -> None:
 def run_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..atomic import write_json
     from ..images import find_images
     from ..postprocess import format_topk
     from ..runtime import Classifier
@@ -114,7 +122,7 @@ def run_classify(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if args.json:
-        write_json(args.json, results)
+        _write_json(args.json, results)
     if failed or args.quiet:
         print(f"classified {len(results) - failed} of {len(results)} images; {failed} could not be read",
               file=sys.stderr)
@@ -124,7 +132,6 @@ def run_classify(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..atomic import write_json
     from ..evaluate import evaluate
     from ..runtime import ENGINE_SUFFIXES, ONNX_SUFFIXES
 
@@ -138,7 +145,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
     print(result.format())
     if args.json:
-        write_json(args.json, result.to_dict())
+        _write_json(args.json, result.to_dict())
     return EXIT_SOME_FAILED if result.failures else EXIT_OK
 
 
