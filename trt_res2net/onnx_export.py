@@ -38,13 +38,13 @@ def fold_bn(weights: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np
 class _GraphBuilder:
     """Collects nodes and (lazily folded) initializers; node and tensor names follow the weight keys."""
 
-    def __init__(self, weights: dict[str, np.ndarray] | None):
+    def __init__(self):
         from onnx import helper
 
         self.helper = helper
-        self.weights = weights
         self.nodes = []
-        self.initializers: list[tuple[str, tuple[int, ...], object]] = []  # (name, shape, make_array)
+        # (name, shape, make_array(weights)): arrays are made only when written, one at a time
+        self.initializers: list[tuple[str, tuple[int, ...], object]] = []
 
     def node(self, op, inputs, name, **attrs):
         self.nodes.append(self.helper.make_node(op, inputs, [name], name=name, **attrs))
@@ -56,8 +56,8 @@ class _GraphBuilder:
 
     def conv_bn(self, x: str, u: ConvUnit) -> str:
         w_name = self.const(f"{u.prefix}.weight", (u.cout, u.cin, u.kernel, u.kernel),
-                            lambda p=u.prefix: fold_bn(self.weights, p)[0])
-        b_name = self.const(f"{u.prefix}.bias", (u.cout,), lambda p=u.prefix: fold_bn(self.weights, p)[1])
+                            lambda w, p=u.prefix: fold_bn(w, p)[0])
+        b_name = self.const(f"{u.prefix}.bias", (u.cout,), lambda w, p=u.prefix: fold_bn(w, p)[1])
         pad = (u.kernel - 1) // 2
         y = self.node("Conv", [x, w_name, b_name], f"{u.prefix}.conv", kernel_shape=[u.kernel] * 2,
                       strides=[u.stride] * 2, pads=[pad] * 4, dilations=[1, 1], group=1)
@@ -74,7 +74,7 @@ def _bottle2neck(g: _GraphBuilder, b: BlockLayout, x: str) -> str:
     p = b.prefix
     h = g.conv_bn(x, b.conv0)
     scales = len(b.branches) + 1
-    sizes = g.const(f"{p}.split_sizes", (scales,), lambda: np.full(scales, b.split, np.int64))
+    sizes = g.const(f"{p}.split_sizes", (scales,), lambda w: np.full(scales, b.split, np.int64))
     chunks = [f"{p}.split_{j}" for j in range(1, scales + 1)]
     g.nodes.append(g.helper.make_node("Split", [h, sizes], chunks, name=f"{p}.split", axis=1))
     ys = []
@@ -105,8 +105,8 @@ def _head(g: _GraphBuilder, spec: ModelSpec, x: str, softmax: bool) -> str:
     x = g.node("GlobalAveragePool", [x], "head.pool")
     x = g.node("Flatten", [x], "head.flatten", axis=1)
     c = feature_channels(spec)
-    w = g.const("out.weight", (c, spec.num_classes), lambda: g.weights["out.weight"])  # [in, out]: transB=0
-    b = g.const("out.bias", (spec.num_classes,), lambda: g.weights["out.bias"])
+    w = g.const("out.weight", (c, spec.num_classes), lambda w: w["out.weight"])  # [in, out]: transB=0
+    b = g.const("out.bias", (spec.num_classes,), lambda w: w["out.bias"])
     name = LOGITS_NAME if not softmax else "head.logits"
     y = g.node("Gemm", [x, w, b], name, transB=0)
     return g.node("Softmax", [y], PROBS_NAME, axis=-1) if softmax else y
@@ -124,14 +124,14 @@ def _metadata(spec: ModelSpec, extra: dict | None) -> dict[str, str]:
     return meta
 
 
-def _skeleton(spec: ModelSpec, weights, opset: int, softmax: bool, metadata: dict | None, image_size: int | None):
+def _skeleton(spec: ModelSpec, opset: int, softmax: bool, metadata: dict | None, image_size: int | None):
     """The model without initializer data, plus the list of (name, shape, make_array) initializers."""
     from onnx import TensorProto, helper
 
     if opset < 13:
         raise ValueError("opset must be at least 13 (Split with a sizes input)")
     hw = [image_size, image_size] if image_size else ["height", "width"]
-    g = _GraphBuilder(weights)
+    g = _GraphBuilder()
     x = _stem(g, spec, INPUT_NAME)
     for b in block_layouts(spec):
         x = _bottle2neck(g, b, x)
@@ -148,10 +148,10 @@ def _skeleton(spec: ModelSpec, weights, opset: int, softmax: bool, metadata: dic
     return model, g.initializers
 
 
-def _tensor(name, shape, make):
+def _tensor(name, shape, make, weights):
     from onnx import numpy_helper
 
-    arr = np.asarray(make())
+    arr = np.asarray(make(weights))
     assert arr.shape == shape, (name, arr.shape, shape)
     return numpy_helper.from_array(np.ascontiguousarray(arr), name)
 
@@ -162,8 +162,8 @@ def build_onnx(spec: ModelSpec, weights: dict[str, np.ndarray], *, opset: int = 
 
     ``image_size`` fixes the spatial input size (224, the crop of the preprocessing spec); None leaves
     height and width dynamic. The batch dimension is always dynamic."""
-    model, inits = _skeleton(spec, weights, opset, softmax, metadata, image_size)
-    model.graph.initializer.extend(_tensor(*i) for i in inits)
+    model, inits = _skeleton(spec, opset, softmax, metadata, image_size)
+    model.graph.initializer.extend(_tensor(*i, weights) for i in inits)
     return model
 
 
@@ -188,7 +188,7 @@ def export_onnx(spec: ModelSpec, weights: dict[str, np.ndarray], path: str | os.
     from onnx import GraphProto, ModelProto
     from tqdm import tqdm
 
-    model, inits = _skeleton(spec, weights, opset, softmax, metadata, image_size)
+    model, inits = _skeleton(spec, opset, softmax, metadata, image_size)
     graph = model.graph
     head = GraphProto(node=graph.node, name=graph.name).SerializeToString()
     tail = GraphProto(input=graph.input, output=graph.output).SerializeToString()
@@ -208,7 +208,7 @@ def export_onnx(spec: ModelSpec, weights: dict[str, np.ndarray], path: str | os.
         f.write(before + b"\x3a" + _varint(graph_len) + head)  # field 7 (graph), length-delimited
         for name, shape, make, size in tqdm(entries, desc=f"export {path.name}", unit="tensor",
                                             disable=not progress, leave=False):
-            data = _tensor(name, shape, make).SerializeToString()
+            data = _tensor(name, shape, make, weights).SerializeToString()
             assert len(data) == size, (name, len(data), size)
             f.write(b"\x2a" + _varint(size) + data)  # field 5 (initializer), length-delimited
         f.write(tail + after)
@@ -239,11 +239,11 @@ def graph_statistics(spec: ModelSpec, image_size: int = SPEC.crop_size) -> dict[
     import onnx
     from onnx import TensorProto, helper
 
-    model, inits = _skeleton(spec, None, DEFAULT_OPSET, False, None, image_size)
+    model, inits = _skeleton(spec, DEFAULT_OPSET, False, None, image_size)
     shapes = {name: shape for name, shape, _ in inits}
     for name, shape, make in inits:
         if name.endswith("split_sizes"):
-            model.graph.initializer.append(_tensor(name, shape, make))
+            model.graph.initializer.append(_tensor(name, shape, make, None))
         else:  # weight shapes only: declared as typed graph inputs so shape inference can see them
             model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)

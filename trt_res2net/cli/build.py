@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import EXIT_OK, UserError
+from ..errors import EXIT_OK
 from .common import run_main, usage_error, warn
 
 ENGINES_DIR = Path("engines")
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("model")
     src.add_argument("--model", metavar="NAME", help="zoo model name (see --list-models)")
+    src.add_argument("--onnx", metavar="PATH",
+                     help="build from this classification ONNX instead of a zoo model (e.g. a paddle2onnx export)")
     src.add_argument("--list-models", action="store_true",
                      help="print every model with its parameters, GFLOPs and published accuracy, then exit")
     src.add_argument("--weights", metavar="PATH", help="PaddleClas .pdparams file (default: download once)")
@@ -34,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ONNX opset (default 17, which TensorRT 8.6 parses; INT8 Q/DQ needs 19)")
     onnx.add_argument("--softmax", action="store_true",
                       help="end the graph with Softmax (output 'probabilities') like PaddleClas's exported models")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="engine precision (default fp32); fp16/int8 also write the converted ONNX")
+    from ..builder import add_cli_arguments as add_engine_arguments
+
+    add_engine_arguments(p)
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--version", action="version", version=f"trt_res2net {__version__}")
@@ -95,29 +102,34 @@ def _main(argv) -> int:
     args = parser.parse_args(argv)
     if args.list_models:
         return list_models(args.json)
-    if not args.model:
-        raise usage_error("pass --model NAME (or --list-models to see the names)")
+    if bool(args.model) == bool(args.onnx):
+        raise usage_error("pass --model NAME or --onnx PATH (--list-models shows the names)")
     if args.weights and args.random_weights:
         raise usage_error("--weights and --random-weights exclude each other")
-    from ..zoo import get_model
+    if args.onnx:
+        fp32_path = Path(args.onnx)
+        if not fp32_path.is_file():
+            raise usage_error(f"--onnx {fp32_path}: no such file")
+        model_name = fp32_path.stem
+    else:
+        from ..zoo import get_model
 
-    spec = get_model(args.model)
-    onnx_path = export_fp32(args, spec)
-    size_mb = onnx_path.stat().st_size / 1e6
-    print(f"wrote {onnx_path} (fp32 ONNX, {size_mb:.1f} MB, checked)")
+        spec = get_model(args.model)
+        model_name = spec.name
+        fp32_path = export_fp32(args, spec)
+        print(f"wrote {fp32_path} (fp32 ONNX, {fp32_path.stat().st_size / 1e6:.1f} MB, checked)")
+    from .. import builder, trt_compat
+
+    onnx_path = fp32_path
+    if builder.precision_onnx_needed(args.precision, args.int8_mode, trt_compat.installed_version()):
+        from ..quantize import run_precision_step
+
+        onnx_path = run_precision_step(args, fp32_path, model_name)
     if args.onnx_only:
         return EXIT_OK
-    from ..errors import MissingDependency
-
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        raise MissingDependency(
-            f"TensorRT is not installed, so no engine was built; {onnx_path} is ready. To finish on a GPU machine: "
-            "pip install tensorrt cuda-python (x86) or use JetPack's python3-libnvinfer (Jetson), then run the "
-            "same command again"
-        ) from None
-    raise UserError("the TensorRT engine builder is not available in this version")
+    engine = builder.run_engine_step(args, onnx_path, model_name, args.precision, fp32_path)
+    print(f"engine ready: {engine}")
+    return EXIT_OK
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,314 @@
+"""Stand-ins for TensorRT and the GPU, so that TensorRTBackend's plumbing runs on any CPU.
+
+- ``install(monkeypatch)`` replaces ``tensorrt`` (a fake module) and the CUDA layer of
+  ``trt_res2net.cuda_util`` (host memory behind "device" addresses, copies done at once, no-op syncs).
+- A fake engine file is JSON describing the engine's tensors; the fake engine computes
+  ``outputs = mean over H, W of the input @ WEIGHTS[:, :classes]`` so results can be checked in numpy.
+- ``FakeKernels`` does what the CUDA kernels do with the numpy port of their arithmetic.
+Nothing here is TensorRT's real API surface beyond the names the runtime uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trt_res2net import cuda_preprocess, cuda_util
+from trt_res2net.trt_runtime import topk_numpy
+
+WEIGHTS = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
+
+
+def expected_outputs(batch: np.ndarray, classes: int) -> np.ndarray:
+    return batch.astype(np.float32).mean(axis=(2, 3)) @ WEIGHTS[:, :classes]
+
+
+def array_at(address: int, dtype, shape) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(address)
+    return np.frombuffer(raw, dtype=np.uint8)[:nbytes].view(dtype).reshape(shape)
+
+
+def write_engine(path, *, inputs=None, outputs=None, batch=(1, 4, 8), classes=10, in_dtype="FLOAT",
+                 out_dtype="FLOAT", out_name="logits", fixed=None):
+    """A fake engine file. ``fixed=N`` makes a static-batch engine."""
+    n = fixed if fixed else -1
+    spec = {
+        "inputs": inputs or {"input": {"shape": [n, 3, 224, 224], "dtype": in_dtype,
+                                       "profile": [[b, 3, 224, 224] for b in batch]}},
+        "outputs": outputs or {out_name: {"shape": [n, classes], "dtype": out_dtype}},
+    }
+    path.write_text(json.dumps(spec))
+    return path
+
+
+# -- fake tensorrt ------------------------------------------------------------------------------------
+
+
+class _Enum:
+    def __init__(self, name):
+        self.name = name
+
+    def __eq__(self, other):
+        return isinstance(other, _Enum) and other.name == self.name
+
+    def __hash__(self):
+        return hash(self.name)
+
+
+class FakeContext:
+    def __init__(self, engine):
+        self.engine = engine
+        self.shapes = {}
+        self.addresses = {}
+        self.executions = 0
+        self.fail_execute = False
+
+    def set_input_shape(self, name, shape):
+        profile = self.engine.spec["inputs"][name].get("profile")
+        declared = self.engine.spec["inputs"][name]["shape"]
+        if profile:
+            low, _, high = profile
+            if not all(lo <= s <= hi for lo, s, hi in zip(low, shape, high, strict=True)):
+                return False
+        elif list(shape) != declared:
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        if name in self.engine.spec["outputs"]:
+            n = next(iter(self.shapes.values()))[0]
+            return (n, *self.engine.spec["outputs"][name]["shape"][1:])
+        return self.shapes[name]
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = int(address)
+        return True
+
+    def snapshot(self):
+        return dict(self.shapes), dict(self.addresses)
+
+    def execute_async_v3(self, stream_handle, state=None):
+        if self.fail_execute:
+            return False
+        shapes, addresses = state or self.snapshot()
+        (in_name, in_spec), = self.engine.spec["inputs"].items()
+        (out_name, out_spec), = self.engine.spec["outputs"].items()
+        shape = shapes[in_name]
+        x = array_at(addresses[in_name], _DTYPES[in_spec["dtype"]], shape)
+        classes = out_spec["shape"][1]
+        y = array_at(addresses[out_name], _DTYPES[out_spec["dtype"]], (shape[0], classes))
+        y[:] = expected_outputs(x, classes)
+        self.executions += 1
+        return True
+
+
+_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8}
+
+
+class FakeEngine:
+    def __init__(self, spec):
+        self.spec = spec
+        self.names = list(spec["inputs"]) + list(spec["outputs"])
+        self.contexts = []
+
+    @property
+    def num_io_tensors(self):
+        return len(self.names)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return _Enum("INPUT") if name in self.spec["inputs"] else _Enum("OUTPUT")
+
+    def get_tensor_shape(self, name):
+        group = "inputs" if name in self.spec["inputs"] else "outputs"
+        return tuple(self.spec[group][name]["shape"])
+
+    def get_tensor_dtype(self, name):
+        group = "inputs" if name in self.spec["inputs"] else "outputs"
+        return _Enum(self.spec[group][name]["dtype"])
+
+    def get_tensor_profile_shape(self, name, index):
+        assert index == 0
+        return [tuple(s) for s in self.spec["inputs"][name]["profile"]]
+
+    def create_execution_context(self):
+        ctx = FakeContext(self)
+        self.contexts.append(ctx)
+        return ctx
+
+
+def make_tensorrt(version="10.3.0"):
+    trt = types.ModuleType("fake_tensorrt")
+    trt.__version__ = version
+    trt.loaded = []
+
+    class Logger:
+        WARNING = "WARNING"
+
+        def __init__(self, level):
+            self.level = level
+
+    class Runtime:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, plan):
+            try:
+                engine = FakeEngine(json.loads(bytes(plan)))
+            except ValueError:
+                return None  # TensorRT returns None for a plan it cannot load
+            trt.loaded.append(engine)
+            return engine
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    trt.TensorIOMode = types.SimpleNamespace(INPUT=_Enum("INPUT"), OUTPUT=_Enum("OUTPUT"))
+    return trt
+
+
+# -- fake CUDA -----------------------------------------------------------------------------------------
+
+
+class FakeDeviceBuffer:
+    def __init__(self, nbytes):
+        self.nbytes = int(nbytes)
+        self._mem = np.zeros(max(self.nbytes, 1), np.uint8)
+        self.address = int(self._mem.ctypes.data)
+
+    def free(self):
+        self.address = 0
+
+
+class FakePinnedBuffer(cuda_util.PinnedBuffer):
+    def __init__(self, nbytes):
+        self.nbytes = int(nbytes)
+        self.bytes = np.zeros(max(self.nbytes, 1), np.uint8)[: self.nbytes]
+        self.address = int(self.bytes.ctypes.data) if self.nbytes else 0
+
+    def free(self):
+        self.address = 0
+
+
+@dataclass
+class FakeStream:
+    handle: int = 77
+    copies: list = field(default_factory=list)
+
+    def copy_htod(self, dst, host, nbytes):
+        ctypes.memmove(int(dst), cuda_util._host_address(host), int(nbytes))
+        self.copies.append(("htod", int(nbytes)))
+
+    def copy_dtoh(self, host, src, nbytes):
+        ctypes.memmove(cuda_util._host_address(host), int(src), int(nbytes))
+        self.copies.append(("dtoh", int(nbytes)))
+
+    def copy_dtod(self, dst, src, nbytes):
+        ctypes.memmove(int(dst), int(src), int(nbytes))
+
+    def memset(self, dst, value, nbytes):
+        ctypes.memset(int(dst), int(value), int(nbytes))
+
+    def synchronize(self):
+        pass
+
+    def destroy(self):
+        pass
+
+
+class FakeEvent:
+    def __init__(self):
+        self.t = None
+
+    def record(self, stream):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_ms(self, start):
+        return (self.t - start.t) * 1000.0
+
+    def destroy(self):
+        pass
+
+
+class FakeGraph:
+    """Captures like CUDA does: the bindings at capture time are baked in; launch replays them."""
+
+    instances = []
+    fail = False
+
+    def __init__(self, stream, enqueue):
+        if FakeGraph.fail:
+            raise cuda_util.CudaError("cudaStreamEndCapture failed: cudaErrorStreamCaptureUnsupported")
+        backend = enqueue.__self__
+        self.context, self.state, self.launches = backend.context, backend.context.snapshot(), 0
+        FakeGraph.instances.append(self)
+
+    def launch(self):
+        self.launches += 1
+        assert self.context.execute_async_v3(0, self.state)
+
+    def destroy(self):
+        pass
+
+
+class FakeKernels:
+    """What GpuKernels does, with the numpy port of the preprocessing kernel and the CPU top-k."""
+
+    instances = []
+
+    def __init__(self, stream, compute_capability, spec=cuda_preprocess.SPEC, cache_directory=None):
+        self.spec = spec
+        self.cache_path = cuda_preprocess.cache_dir() / "kernels" / "fake.cubin"
+        self.batches = []
+        self._result = None
+        FakeKernels.instances.append(self)
+
+    def stage(self, images):
+        return list(images)
+
+    def launch_preprocess(self, staged, out_ptr):
+        crop = self.spec.crop_size
+        out = array_at(out_ptr, np.float32, (len(staged), 3, crop, crop))
+        for i, img in enumerate(staged):
+            out[i] = cuda_preprocess.emulate_preprocess(img, self.spec)
+        self.batches.append(len(staged))
+
+    def preprocess(self, images, out_ptr):
+        self.launch_preprocess(self.stage(images), out_ptr)
+
+    def topk(self, logits_ptr, n, num_classes, k, apply_softmax):
+        self._result = topk_numpy(array_at(logits_ptr, np.float32, (n, num_classes)).copy(), k, apply_softmax)
+
+    def topk_result(self):
+        return self._result.ids.copy(), self._result.scores.copy()
+
+    def close(self):
+        pass
+
+
+def install(monkeypatch, version="10.3.0", gpu_name="NVIDIA H200", cc=(9, 0)):
+    """Fake TensorRT + GPU for the duration of a test; returns the fake tensorrt module."""
+    trt = make_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    info = cuda_util.DeviceInfo(0, gpu_name, cc, 80 << 30, 79 << 30, False, 132, 5120, 2_619_000)
+    monkeypatch.setattr(cuda_util, "init_device", lambda device=0: info)
+    monkeypatch.setattr(cuda_util, "set_device", lambda device: None)
+    monkeypatch.setattr(cuda_util, "DeviceBuffer", FakeDeviceBuffer)
+    monkeypatch.setattr(cuda_util, "PinnedBuffer", FakePinnedBuffer)
+    monkeypatch.setattr(cuda_util, "Stream", FakeStream)
+    monkeypatch.setattr(cuda_util, "Event", FakeEvent)
+    monkeypatch.setattr(cuda_util, "Graph", FakeGraph)
+    monkeypatch.setattr(cuda_preprocess, "GpuKernels", FakeKernels)
+    FakeGraph.instances, FakeGraph.fail, FakeKernels.instances = [], False, []
+    return trt

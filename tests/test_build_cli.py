@@ -1,0 +1,55 @@
+"""build.py as a user runs it: one-line errors, exit statuses, the ONNX written without TensorRT."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from trt_res2net import weights as W
+from trt_res2net.cli.build import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list_models_table_and_json(capsys):
+    assert main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "res2net50_vd_26w_4s" in out and "25,718,352" in out and "8.990" in out
+    assert main(["--list-models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["model"]: r["params"] for r in rows}["res2net50_14w_8s"] == 25_059_816
+    assert len(rows) == 8
+
+
+def test_unknown_model_is_one_line_with_suggestions(capsys):
+    assert main(["--model", "res2net101_vd", "--onnx-only", "--random-weights"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Did you mean res2net101_vd_26w_4s" in err
+
+
+def test_wrong_weights_name_the_keys(tmp_path, capsys):
+    other = W.write_pdparams(tmp_path / "x.pdparams", {"conv1._conv.weight": W.np.zeros((64, 3, 7, 7), "f4")})
+    assert main(["--model", "res2net50_vd_26w_4s", "--weights", str(other), "--onnx-out",
+                 str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: weights") and "missing 437 keys: conv1_1._conv.weight" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_without_tensorrt_the_onnx_is_written_and_exit_status_is_3(tmp_path):
+    out = tmp_path / "engines" / "m.onnx"
+    proc = subprocess.run([sys.executable, str(ROOT / "build.py"), "--model", "res2net50_26w_4s", "--random-weights",
+                           "--onnx-out", str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "wrote" in proc.stdout and out.exists()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: wrote {out}") and "pip install tensorrt" in last
+    assert "random weights" in proc.stderr
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert meta["weights"] == "random (seed 0)" and len(meta["weights_sha256"]) == 64

@@ -1,0 +1,179 @@
+"""Real TensorRT engines from a small Res2Net, checked against ONNX Runtime (``pytest -m gpu``).
+
+Needs TensorRT, cuda-python and an NVIDIA GPU; everything is skipped, with the reason, where one is missing.
+A user with a GPU runs this first (README). The model is the tiny Res2Net of tests/conftest.py (the same
+architecture code as the zoo models) with BN statistics fitted to generated images, so that activations —
+and therefore FP16/INT8 errors — are realistically scaled.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from trt_res2net import builder, manifest, trt_compat
+from trt_res2net.errors import MissingDependency, UserError
+
+from trt_fakes import tiny_classifier_onnx, write_images  # isort: skip
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def trt_gpu():
+    try:
+        trt = trt_compat.import_tensorrt()
+    except MissingDependency as e:
+        pytest.skip(str(e).split(";")[0])  # "TensorRT is not importable (...)"
+    try:
+        gpu = manifest.detect_gpu()
+    except MissingDependency as e:
+        pytest.skip(str(e).split(";")[0])
+    return trt_compat.version_of(trt), gpu
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return pytest.importorskip("trt_res2net.trt_runtime", reason="trt_res2net.trt_runtime (the TensorRT runtime)")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Calibration and evaluation images (generated, disjoint) and their preprocessed arrays."""
+    import cv2
+
+    from trt_res2net.preprocess import preprocess_bgr
+
+    root = tmp_path_factory.mktemp("gpu_images")
+    calib = write_images(root / "calib", n=32, seed=1, size=(300, 240))
+    held = write_images(root / "eval", n=12, seed=2, size=(280, 260))
+
+    def arr(paths):
+        return np.stack([preprocess_bgr(cv2.imread(str(p))) for p in paths])
+
+    return {"calib_dir": root / "calib", "calib": arr(calib), "eval": arr(held)}
+
+
+@pytest.fixture(scope="module")
+def fitted_onnx(tmp_path_factory, tiny_spec, tiny_weights, images):
+    from trt_res2net.onnx_export import export_onnx
+    from trt_res2net.reference import fit_bn_statistics
+
+    fitted = fit_bn_statistics(tiny_spec, tiny_weights, images["calib"])
+    path = tmp_path_factory.mktemp("gpu_onnx") / "tiny_fitted.onnx"
+    return export_onnx(tiny_spec, fitted, path)
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _args(tmp_path, *argv):
+    p = argparse.ArgumentParser()
+    p.add_argument("--calib-dir")
+    p.add_argument("--calib-images", type=int, default=500)
+    p.add_argument("--quiet", action="store_true")
+    builder.add_cli_arguments(p)
+    return p.parse_args(["--quiet", "--engine-dir", str(tmp_path / "engines"), *argv])
+
+
+def _cosine(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _run(runtime, engine, x):
+    backend = runtime.TensorRTBackend(engine)
+    return np.asarray(backend.run(x), np.float32)
+
+
+def test_fp32_engine_matches_onnxruntime(trt_gpu, runtime, fitted_onnx, images, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    engine = builder.run_engine_step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp32", fitted_onnx)
+    m = manifest.read_manifest(engine)
+    version, gpu = trt_gpu
+    manifest.check_engine_compatible(m, str(version), gpu.name, gpu.compute_capability)
+    x = images["eval"][:8]
+    ref = _ort(fitted_onnx, x)
+    got = _run(runtime, engine, x)
+    # TF32 is on by default in TensorRT (as in trtexec): allow its ~1e-3 relative error on the logits.
+    assert np.abs(got - ref).max() <= 2e-3 * np.abs(ref).max() + 1e-4
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    for n in (1, 3):  # inside the dynamic profile
+        assert np.abs(_run(runtime, engine, x[:n]) - ref[:n]).max() <= 2e-3 * np.abs(ref).max() + 1e-4
+
+
+def test_fp16_engine_agrees(trt_gpu, runtime, fitted_onnx, images, tmp_path, monkeypatch):
+    version, _ = trt_gpu
+    if trt_compat.fp16_source(version) == "onnx":
+        pytest.skip(f"TensorRT {version}: FP16 comes from the AutoCast ONNX (precision step, needs ModelOpt)")
+    monkeypatch.chdir(tmp_path)
+    engine = builder.run_engine_step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp16", fitted_onnx)
+    assert manifest.read_manifest(engine)["build_options"]["flags"] == ["FP16"]
+    x = images["eval"][:8]
+    ref, got = _ort(fitted_onnx, x), _run(runtime, engine, x)
+    assert _cosine(got, ref) > 0.999
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.75
+
+
+def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fitted_onnx, images, tmp_path,
+                                                           monkeypatch):
+    version, _ = trt_gpu
+    if "calibrator" not in trt_compat.int8_modes(version):
+        pytest.skip(f"TensorRT {version} has no INT8 calibrator")
+    monkeypatch.chdir(tmp_path)
+    args = _args(tmp_path, "--int8-mode", "calibrator", "--calib-dir", str(images["calib_dir"]), "--calib-batch",
+                 "8", "--max-batch", "8")
+    engine = builder.run_engine_step(args, fitted_onnx, "tiny", "int8", fitted_onnx)
+    m = manifest.read_manifest(engine)
+    assert m["int8_mode"] == "calibrator" and m["calibration"]["reused"] is False
+    from trt_res2net.calib_cache import read_cache, trt_version_tag
+
+    cache = read_cache(m["calibration"]["cache"])
+    assert cache.version_tag == trt_version_tag(str(version)) and cache.algorithm == "EntropyCalibration2"
+    assert len(cache.scales) > 10
+    x = images["eval"][:8]
+    ref, got = _ort(fitted_onnx, x), _run(runtime, engine, x)
+    assert _cosine(got, ref) > 0.95
+
+    again = builder.run_engine_step(_args(tmp_path, "--int8-mode", "calibrator", "--max-batch", "8"), fitted_onnx,
+                                    "tiny", "int8", fitted_onnx)
+    assert manifest.read_manifest(again)["calibration"]["reused"] is True
+
+
+def test_int8_qdq_engine_matches_onnxruntime_on_the_qdq_graph(trt_gpu, runtime, images, tmp_path, monkeypatch):
+    """Explicit quantization: TensorRT runs the Q/DQ graph as written (strongly typed); ONNX Runtime runs the
+    same graph on the CPU."""
+    version, _ = trt_gpu
+    if "qdq" not in trt_compat.int8_modes(version):
+        pytest.skip(f"TensorRT {version} cannot parse opset-19 Q/DQ ONNX")
+    monkeypatch.chdir(tmp_path)
+    fp32 = tiny_classifier_onnx(tmp_path / "toy.onnx", opset=19)
+    qdq = tiny_classifier_onnx(tmp_path / "toy_qdq.onnx", qdq=True, opset=19)
+    engine = builder.run_engine_step(_args(tmp_path, "--int8-mode", "qdq", "--max-batch", "4"), qdq, "toy", "int8",
+                                     fp32)
+    m = manifest.read_manifest(engine)
+    assert m["int8_mode"] == "qdq" and m["build_options"]["strongly_typed"] and m["build_options"]["flags"] == []
+    x = images["eval"][:4]
+    ref, got = _ort(qdq, x), _run(runtime, engine, x)
+    assert _cosine(got, ref) > 0.99
+
+
+def test_timing_cache_reuse_and_manifest_refusal(trt_gpu, fitted_onnx, tmp_path, monkeypatch):
+    version, gpu = trt_gpu
+    monkeypatch.chdir(tmp_path)
+    tc = tmp_path / "timing.cache"
+    first = builder.run_engine_step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t",
+                                    "fp32", fitted_onnx)
+    assert tc.stat().st_size > 0
+    builder.run_engine_step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t", "fp32",
+                            fitted_onnx)
+    m = manifest.read_manifest(first)
+    m["tensorrt_version"] = "7.0.0"
+    with pytest.raises(UserError, match="built with TensorRT 7.0.0"):
+        manifest.check_engine_compatible(m, str(version), gpu.name, gpu.compute_capability)

@@ -1,0 +1,181 @@
+"""Engine manifests, the compatibility refusal, and GPU/Jetson detection (fake cuda-python)."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from trt_res2net import manifest as mf
+from trt_res2net.errors import MissingDependency, UserError
+from trt_res2net.preprocess import SPEC
+
+
+def _manifest(tmp_path, **over):
+    engine = tmp_path / "m_fp16_b8.engine"
+    engine.write_bytes(b"plan-bytes")
+    from trt_fakes import fake_gpu
+
+    kw = dict(
+        engine_path=engine,
+        model="m",
+        precision="fp16",
+        int8_mode=None,
+        tensorrt_version="10.3.0",
+        gpu=fake_gpu(name="Orin", cc="8.7", integrated=True),
+        onnx_path="onnx/m.onnx",
+        onnx_sha256="ab" * 32,
+        io={"input": {"name": "input"}},
+        profiles=[{"input": "input", "min": [1, 3, 224, 224]}],
+        build_options={"flags": ["FP16"]},
+        build_time_s=12.3456,
+    )
+    kw.update(over)
+    return engine, mf.build_manifest(**kw)
+
+
+def test_manifest_round_trip(tmp_path):
+    engine, doc = _manifest(tmp_path)
+    path = mf.write_manifest(engine, doc)
+    assert path == tmp_path / "m_fp16_b8.engine.json" == mf.manifest_path_for(engine)
+    assert not list(tmp_path.glob(".*.part"))  # atomic write left no temporary behind
+    back = mf.read_manifest(engine)
+    assert back == json.loads(json.dumps(doc))
+    assert back["format"] == mf.MANIFEST_FORMAT and back["tensorrt_version"] == "10.3.0"
+    assert back["gpu"]["name"] == "Orin" and back["gpu"]["compute_capability"] == "8.7"
+    assert back["gpu"]["integrated"] is True and back["gpu"]["total_memory_mib"] == 24 * 1024
+    assert back["preprocess"] == SPEC.to_dict() and back["preprocess_sha256"] == SPEC.sha256()
+    assert back["engine_sha256"] == mf.sha256_file(engine) and back["engine_bytes"] == len(b"plan-bytes")
+    assert back["build_time_s"] == 12.346
+    assert mf.read_manifest(path) == back  # by the manifest's own path too
+    assert mf.find_manifest(engine) == back
+
+
+def test_read_manifest_errors(tmp_path):
+    engine = tmp_path / "x.engine"
+    assert mf.find_manifest(engine) is None
+    with pytest.raises(UserError, match="not found"):
+        mf.read_manifest(engine)
+    mf.manifest_path_for(engine).write_text("{broken")
+    with pytest.raises(UserError, match="unreadable"):
+        mf.read_manifest(engine)
+    mf.manifest_path_for(engine).write_text('{"format": "something else"}')
+    with pytest.raises(UserError, match="not a trt_res2net engine manifest"):
+        mf.read_manifest(engine)
+    mf.manifest_path_for(engine).write_text(json.dumps({"format": mf.MANIFEST_FORMAT, "format_version": 99}))
+    with pytest.raises(UserError, match="upgrade"):
+        mf.read_manifest(engine)
+
+
+@pytest.mark.parametrize(
+    "cc, expected",
+    [((8, 7), "8.7"), ("8.7", "8.7"), ("sm_90", "9.0"), ("12.0", "12.0"), (8.6, "8.6"), ([7, 5], "7.5")],
+)
+def test_normalize_cc(cc, expected):
+    assert mf.normalize_cc(cc) == expected
+
+
+def test_check_engine_compatible(tmp_path):
+    _, doc = _manifest(tmp_path)
+    mf.check_engine_compatible(doc, "10.3.0.30", "Orin", (8, 7))  # build number does not matter
+    with pytest.raises(UserError) as info:
+        mf.check_engine_compatible(doc, "10.13.3", "Orin", "8.7")
+    assert "built with TensorRT 10.3.0" in str(info.value) and "10.13.3" in str(info.value)
+    assert "rebuild" in str(info.value)
+    with pytest.raises(UserError, match=r"compute capability 8.7 \(Orin\).*NVIDIA H200.*9.0"):
+        mf.check_engine_compatible(doc, "10.3.0", "NVIDIA H200", "9.0")
+    with pytest.raises(UserError, match=r"built on GPU 'Orin'.*'Orin Nano'"):
+        mf.check_engine_compatible(doc, "10.3.0", "Orin Nano", "8.7")
+    with pytest.raises(UserError, match="TensorRT"):
+        mf.check_engine_compatible({"gpu": {}}, "10.3.0", "x", "8.7")  # no version recorded → refused
+
+
+def test_check_engine_file(tmp_path):
+    engine, doc = _manifest(tmp_path)
+    mf.check_engine_file(doc, engine)
+    engine.write_bytes(b"another plan")
+    with pytest.raises(UserError, match="engine_sha256 differs"):
+        mf.check_engine_file(doc, engine)
+
+
+def test_jetson_info(tmp_path):
+    assert mf.jetson_info(tmp_path) is None
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n"
+    )
+    assert mf.jetson_info(tmp_path) == {"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3"}
+    (tmp_path / "proc/device-tree/model").write_bytes(b"Raspberry Pi 4\x00")
+    (tmp_path / "etc/nv_tegra_release").unlink()
+    assert mf.jetson_info(tmp_path) is None
+
+
+class _Err(int):
+    @property
+    def name(self):
+        return {0: "cudaSuccess", 35: "cudaErrorInsufficientDriver"}.get(int(self), "cudaErrorUnknown")
+
+
+def _fake_cudart(
+    count=1, count_err=0, name=b"NVIDIA GeForce RTX 4090\x00\x00", major=8, minor=9, integrated=0
+):
+    rt = types.SimpleNamespace()
+    rt.cudaError_t = types.SimpleNamespace(cudaSuccess=_Err(0))
+    props = types.SimpleNamespace(name=name, major=major, minor=minor, integrated=integrated)
+    rt.cudaGetDeviceCount = lambda: (_Err(count_err), count if count_err == 0 else None)
+    rt.cudaGetDeviceProperties = lambda dev: (_Err(0), props)
+    rt.cudaSetDevice = lambda dev: (_Err(0),)
+    rt.cudaMemGetInfo = lambda: (_Err(0), 20 << 30, 24 << 30)
+    rt.cudaGetErrorName = lambda err: (_Err(0), _Err(err).name.encode())
+    return rt
+
+
+def test_detect_gpu_with_fake_cuda(monkeypatch):
+    monkeypatch.setattr(mf, "cuda_runtime", lambda: _fake_cudart())
+    gpu = mf.detect_gpu()
+    assert gpu.name == "NVIDIA GeForce RTX 4090" and gpu.compute_capability == "8.9"
+    assert gpu.free_memory == 20 << 30 and gpu.total_memory == 24 << 30 and not gpu.integrated
+    with pytest.raises(UserError, match="device 3 does not exist"):
+        mf.detect_gpu(3)
+
+
+def test_detect_gpu_without_driver_is_exit_3(monkeypatch):
+    monkeypatch.setattr(mf, "cuda_runtime", lambda: _fake_cudart(count_err=35))
+    with pytest.raises(MissingDependency, match="no usable NVIDIA GPU.*CUDA error 35") as info:
+        mf.detect_gpu()
+    assert info.value.exit_code == 3
+    monkeypatch.setattr(mf, "cuda_runtime", lambda: _fake_cudart(count=0))
+    with pytest.raises(MissingDependency, match="no CUDA device"):
+        mf.detect_gpu()
+
+
+def test_cuda_check():
+    rt = _fake_cudart()
+    assert mf.cuda_check(rt, (_Err(0), 5), "x") == 5
+    assert mf.cuda_check(rt, (_Err(0), 1, 2), "x") == (1, 2)
+    assert mf.cuda_check(rt, (_Err(0),), "x") is None
+    with pytest.raises(RuntimeError, match=r"cudaMalloc failed: cudaErrorInsufficientDriver \(35\)"):
+        mf.cuda_check(rt, (_Err(35), None), "cudaMalloc")
+
+
+def test_cuda_runtime_missing_is_exit_3(monkeypatch):
+    import sys
+
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingDependency, match="pip install cuda-python"):
+        mf.cuda_runtime()
+
+
+def test_real_cuda_python_if_installed_reports_no_gpu_cleanly():
+    """Where cuda-python is installed without a driver (CI), detection is exit 3, not a traceback."""
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed")
+    try:
+        gpu = mf.detect_gpu()
+    except MissingDependency as e:
+        assert e.exit_code == 3
+    else:  # a machine with a GPU
+        assert gpu.name and "." in gpu.compute_capability
