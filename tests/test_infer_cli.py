@@ -132,7 +132,8 @@ def test_quiet(tiny, capsys):
         (["{tmp}/model.pt", "{photo}"], 2, "unsupported model file"),
         (["{tiny}", "{photo}", "--labels", "{tmp}/nolabels.txt"], 2, "labels file not found"),
         (["{tiny}", "{photo}", "--topk", "0"], 2, "positive integer"),
-        (["{tiny}", "{photo}", "--batch", "x"], 2, "positive integer"),
+        (["{tiny}", "{photo}", "--batch", "x"], 2, "positive integers"),
+        (["{tiny}", "{photo}", "--batch", "0"], 2, "positive integers"),
         (["{tiny}", "{photo}", "--bogus"], 2, "unrecognized arguments"),
         (["{tiny}", "{photo}", "--json", "{tmp}/emptydir"], 2, "cannot write the JSON"),
     ],
@@ -180,13 +181,23 @@ def test_engine_without_tensorrt_exits_3(tmp_path, capsys):
     assert code == 3 and err.startswith("error:") and "pip install" in err
 
 
-def test_help_and_parser_leave_room_for_more_options(capsys):
+def test_help_and_the_benchmark_options(tmp_path, capsys):
     assert main(["--help"]) == 0
-    parser = build_parser()
-    group = parser.add_argument_group("benchmark")
-    group.add_argument("--benchmark", action="store_true")  # what issue 5 will add
-    args = parser.parse_args(["m.engine", "--benchmark"])
-    assert args.benchmark and args.model == "m.engine" and args.inputs == []
+    assert "--benchmark" in capsys.readouterr().out
+    args = build_parser().parse_args(["m.engine", "--benchmark", "--batch", "8,1", "--iterations", "5"])
+    assert args.benchmark and args.batch == [1, 8] and args.iterations == 5 and args.inputs == []
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:  # the benchmark needs TensorRT: exit 3, one line
+        engine = tmp_path / "m.engine"
+        engine.write_bytes(b"\0" * 16)
+        code, out, err = run_main(capsys, engine, "--benchmark", "--batch", "1,8")
+        assert code == 3 and err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_batch_list_is_for_the_benchmark_only(tiny, capsys):
+    code, out, err = run_main(capsys, tiny, imf.PHOTOS[0], "--batch", "1,8")
+    assert code == 2 and "one size" in err
 
 
 def test_top_level_script_runs(tiny):

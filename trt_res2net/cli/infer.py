@@ -2,6 +2,7 @@
 
     python infer.py MODEL_FILE IMAGE_OR_DIR... [--topk 5] [--batch N] [--json PATH] [--labels FILE]
     python infer.py MODEL_FILE [MODEL_FILE...] --eval LIST [--data-root DIR] [--limit N] [--json PATH]
+    python infer.py ENGINE --benchmark [--batch 1,8,32] [--iterations N] [--warmup N] [--polygraphy] ...
 
 Exit status: 0 every image classified, 1 some images could not be read (the others are still reported),
 2 usage or input error, 3 a TensorRT engine was given but TensorRT / a GPU is missing.
@@ -11,11 +12,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
 from .common import run_main, warn
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
+DEFAULT_BATCH = 8
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch``: one size ("8"), or with --benchmark a list ("1,8,32")."""
+    from ..benchmark import parse_batch_list
+
+    return parse_batch_list(text)
 
 
 def _positive(text: str) -> int:
@@ -49,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--labels", metavar="FILE",
                      help="class names: PaddleClas '<id> <label>' lines or one label per line "
                      "(default: ImageNet's for 1000 classes, else the ids)")
-    out.add_argument("--json", metavar="PATH", help="also write the results (or evaluation summary) as JSON")
+    out.add_argument("--json", type=Path, metavar="PATH",
+                     help="also write the results (or evaluation summary, or benchmark) as JSON")
     out.add_argument("-q", "--quiet", action="store_true", help="no per-image tables: failures and totals")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     run = p.add_argument_group("running")
-    run.add_argument("--batch", type=_positive, default=8, metavar="N",
-                     help="images per inference batch (8; a fixed-batch model uses its own size)")
+    run.add_argument("--batch", type=_batch_sizes, default=None, metavar="N",
+                     help=f"images per inference batch ({DEFAULT_BATCH}; a fixed-batch model uses its own size); "
+                     "with --benchmark a list B[,B...] (default 1,8,32)")
     run.add_argument("--threads", type=_positive, default=2, metavar="N",
                      help="threads decoding and preprocessing images ahead of inference (2)")
     ev = p.add_argument_group("evaluation")
@@ -63,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "line): report top-1/top-5, and agreement when several models are given")
     ev.add_argument("--data-root", metavar="DIR", help="where the list's paths start (the list's folder)")
     ev.add_argument("--limit", type=_positive, metavar="N", help="evaluate only the first N listed images")
+    from ..benchmark import add_cli_arguments as add_benchmark_arguments
+
+    add_benchmark_arguments(p)  # --benchmark, --iterations, --warmup, --cuda-graph, --plot, --polygraphy
     return p
 
 
@@ -88,6 +103,14 @@ def _check_preprocessing_metadata(backend, model: str) -> None:
     recorded = (getattr(backend, "metadata", None) or {}).get("preprocessing")
     if recorded and recorded != SPEC.to_json():
         warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
+
+
+def _one_batch_size(batch: list[int] | None) -> int:
+    if batch is None:
+        return DEFAULT_BATCH
+    if len(batch) != 1:
+        raise UserError(f"--batch takes one size here (a list {','.join(map(str, batch))} is for --benchmark)")
+    return batch[0]
 
 
 def run_classify(args: argparse.Namespace) -> int:
@@ -130,8 +153,6 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..evaluate import evaluate
     from ..runtime import ENGINE_SUFFIXES, ONNX_SUFFIXES
 
@@ -151,6 +172,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch parsed arguments (raises UserError)."""
+    if getattr(args, "benchmark", False) or getattr(args, "polygraphy", False):
+        from ..benchmark import run_benchmark_cli
+
+        return run_benchmark_cli(args)
+    args.batch = _one_batch_size(args.batch)
     if args.eval:
         return run_eval(args)
     return run_classify(args)
