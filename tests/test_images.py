@@ -69,6 +69,8 @@ def test_batches_in_order_with_bad_images_skipped(tmp_path):
     for b in batches:
         for row, path in zip(b.array, b.paths, strict=True):
             np.testing.assert_array_equal(row, preprocess(path))
+    array, paths, failures = batches[0]  # unpacks like a tuple
+    assert array is batches[0].array and paths == batches[0].paths and failures == batches[0].failures
 
 
 def test_exact_batches_drop_the_remainder(tmp_path):

@@ -65,6 +65,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __iter__(self):
+        """Unpacks as ``array, paths, failures = batch`` (the positions first agreed on)."""
+        return iter((self.array, self.paths, self.failures))
+
 
 def _name(item, index: int) -> str:
     return str(item) if isinstance(item, (str, os.PathLike)) else f"<item {index}>"
