@@ -93,7 +93,7 @@ def compare(directory: Path, ref: Path) -> int:
     info = json.loads(str(data["info"]))
     print(f"PaddleClas side: OpenCV {info['opencv']}; this side: OpenCV {cv2.__version__}")
     print("max |difference| from PaddleClas's deploy code (scale 0.00392157 as in inference_cls.yaml; and 1/255)")
-    print(f"{'image':18s} {'ours here':>10s} {'ours there':>11s} {'here, 1/255':>12s}  notes")
+    print(f"{'image':18s} {'ours here':>10s} {'ours there':>11s} {'here, 1/255':>12s} {'here==there':>12s}  notes")
     worst = 0.0
     for path in sorted(directory.iterdir()):
         name = path.name
@@ -115,9 +115,10 @@ def compare(directory: Path, ref: Path) -> int:
         d_there = f"{np.abs(there - pad).max():.3g}" if there is not None and pad is not None else "-"
         pad255 = data.get(f"paddle255/{name}")
         d_255 = f"{np.abs(here - pad255).max():.3g}" if here is not None and pad255 is not None else "-"
+        same = str(bool(np.array_equal(here, there))) if here is not None and there is not None else "-"
         if here is not None and pad is not None:
             worst = max(worst, float(np.abs(here - pad).max()))
-        print(f"{name:18s} {d_here:>10s} {d_there:>11s} {d_255:>12s}  {'; '.join(notes)}")
+        print(f"{name:18s} {d_here:>10s} {d_there:>11s} {d_255:>12s} {same:>12s}  {'; '.join(notes)}")
     print(f"largest difference, ours here vs PaddleClas: {worst:.3g}")
     return 0
 
