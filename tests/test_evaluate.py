@@ -125,7 +125,7 @@ def test_eval_cli_two_models_json_and_a_broken_image(setup, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 1 and "skipped" in err and "missing.jpg" in err and "Traceback" not in err
     d = json.loads(out_json.read_text())
-    assert d["listed"] == 5 and d["evaluated"] == 4 and d["failed"] == 1
+    assert d["listed"] == 5 and d["evaluated"] == 4 and d["failed"] == 1 and d["preprocessing"] == "cpu"
     assert d["failures"][0]["error"] == "no such file"
     assert d["agreement"][0]["top1_agreement"] == 1.0 and d["agreement"][0]["mean_top5_overlap"] == 1.0
     assert "top-1" in out and "agreement 100.00%" in out

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .preprocess import SPEC, ImageDecodeError, PreprocessSpec, preprocess
+from .preprocess import SPEC, ImageDecodeError, PreprocessSpec, decode_for_preprocessing, preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -52,15 +52,17 @@ def find_images(paths: Iterable[str | os.PathLike], recursive: bool = True) -> l
 
 @dataclass
 class Batch:
-    """``array`` float32 [n, 3, crop, crop] holds the images of ``paths`` in order; ``failures`` are the
+    """``array`` float32 [n, 3, crop, crop] holds the images of ``paths`` in order (from a ``decode_only``
+    batcher: ``array`` is None and ``images`` holds the decoded BGR uint8 arrays); ``failures`` are the
     (path, one-line reason) of images skipped since the previous batch. ``indices`` and
     ``failure_indices`` are positions in the batcher's items (to attach labels, or restore input order)."""
 
-    array: np.ndarray
+    array: np.ndarray | None
     paths: list[str]
     failures: list[tuple[str, str]] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     failure_indices: list[int] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -82,6 +84,9 @@ class ImageBatcher:
     ``batch_size`` images (calibration wants that) and the remainder is dropped (counted in
     ``self.dropped``); otherwise the last batch is short, and a final empty batch carries failures met
     after the last image. Up to ``prefetch`` images (default: two batches) are decoded ahead.
+
+    ``decode_only``: batches of decoded BGR uint8 images (``Batch.images``) for preprocessing elsewhere
+    (the GPU); the same images are refused as when preprocessing here.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class ImageBatcher:
         threads: int = 2,
         exact_batches: bool = False,
         prefetch: int | None = None,
+        decode_only: bool = False,
     ):
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -100,6 +106,7 @@ class ImageBatcher:
         self.spec = spec
         self.threads = max(1, threads)
         self.exact_batches = exact_batches
+        self.decode_only = decode_only
         self.prefetch = max(prefetch or 2 * batch_size, self.threads)
         self.failures: list[tuple[str, str]] = []
         self.dropped = 0
@@ -114,6 +121,8 @@ class ImageBatcher:
         return len(self.items)
 
     def _load(self, item) -> np.ndarray:
+        if self.decode_only:
+            return decode_for_preprocessing(item, self.spec)
         return preprocess(item, self.spec)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -134,7 +143,7 @@ class ImageBatcher:
                 pending.append((i, item, pool.submit(self._load, item)))
 
         def new_batch() -> Batch:
-            return Batch(np.empty((self.batch_size, 3, c, c), np.float32), [])
+            return Batch(None if self.decode_only else np.empty((self.batch_size, 3, c, c), np.float32), [])
 
         try:
             top_up()
@@ -150,7 +159,10 @@ class ImageBatcher:
                     batch.failure_indices.append(i)
                     self.failures.append(failure)
                     continue
-                batch.array[len(batch.paths)] = image
+                if self.decode_only:
+                    batch.images.append(image)
+                else:
+                    batch.array[len(batch.paths)] = image
                 batch.paths.append(_name(item, i))
                 batch.indices.append(i)
                 if len(batch.paths) == self.batch_size:
@@ -160,7 +172,8 @@ class ImageBatcher:
             if self.exact_batches:
                 self.dropped = n
             elif n or batch.failures:
-                batch.array = batch.array[:n]
+                if batch.array is not None:
+                    batch.array = batch.array[:n]
                 yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -21,6 +21,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -268,10 +269,7 @@ def preprocess_bgr(
     """
     import cv2
 
-    h, w = image_bgr.shape[:2]
-    new_w, new_h = spec.resized_size(w, h)
-    if new_w * new_h > MAX_RESIZED_PIXELS:
-        raise ImageDecodeError(f"aspect ratio too extreme: {w}×{h} would resize to {new_w}×{new_h}")
+    new_w, new_h = _resized_size(image_bgr, spec)
     # Resizing the BGR image equals resizing its RGB view (cv2 interpolates each channel alone) and
     # avoids the copy that a negatively strided view costs.
     resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -292,17 +290,42 @@ def preprocess_bgr(
     return out
 
 
-def preprocess(image, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None) -> np.ndarray:
-    """A path, encoded bytes or BGR uint8 array → float32 [3, 224, 224] (raises ImageDecodeError)."""
+def _resized_size(image_bgr: np.ndarray, spec: PreprocessSpec) -> tuple[int, int]:
+    """The short-side resize's (width, height); ImageDecodeError for an absurd aspect ratio."""
+    h, w = image_bgr.shape[:2]
+    new_w, new_h = spec.resized_size(w, h)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageDecodeError(f"aspect ratio too extreme: {w}×{h} would resize to {new_w}×{new_h}")
+    return new_w, new_h
+
+
+@contextmanager
+def _one_line_errors(image):
+    """Any failure on ``image`` becomes an ImageDecodeError naming it (one line, never a traceback)."""
     try:
-        img = decode_image(image)
-        return preprocess_bgr(img, spec, out)
+        yield
     except ImageDecodeError as e:
         if e.source is None and _source(image) is not None:
             raise ImageDecodeError(e.reason, _source(image)) from None
         raise
-    except Exception as e:  # an unreadable input must be one line, never a traceback
+    except Exception as e:
         raise ImageDecodeError(_first_line(e), _source(image)) from None
+
+
+def preprocess(image, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None) -> np.ndarray:
+    """A path, encoded bytes or BGR uint8 array → float32 [3, 224, 224] (raises ImageDecodeError)."""
+    with _one_line_errors(image):
+        return preprocess_bgr(decode_image(image), spec, out)
+
+
+def decode_for_preprocessing(image, spec: PreprocessSpec = SPEC) -> np.ndarray:
+    """A path, encoded bytes or BGR uint8 array → decoded BGR uint8 [H, W, 3], refused (ImageDecodeError)
+    exactly when :func:`preprocess` would refuse it: for preprocessing elsewhere (the GPU) that skips the
+    same images as the CPU path."""
+    with _one_line_errors(image):
+        image_bgr = decode_image(image)
+        _resized_size(image_bgr, spec)
+        return image_bgr
 
 
 def preprocess_batch(

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .errors import MissingDependency, UserError
-from .images import ImageBatcher
+from .images import Batch, ImageBatcher
 from .postprocess import is_probability, load_labels, softmax, topk, topk_entries
 from .preprocess import SPEC
 
@@ -178,6 +178,11 @@ def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
     return TensorRTBackend(p, **kwargs)
 
 
+def backend_preprocesses_on_gpu(backend) -> bool:
+    """Whether ``backend`` takes decoded images and preprocesses them on the GPU (``classify_bgr``)."""
+    return callable(getattr(backend, "classify_bgr", None)) and bool(getattr(backend, "gpu_preprocessing", False))
+
+
 # ------------------------------------------------------------------------------------------ Classifier
 
 
@@ -187,6 +192,14 @@ class Classifier:
     ``labels``: a labels file (``--labels``), a list of names, or None (ImageNet's for 1000 classes, else
     ids). Softmax is applied unless the model already outputs probabilities (a Softmax at the end of the
     graph, or rows that are non-negative and sum to one).
+
+    ``gpu_preprocess``: when the backend can preprocess on the GPU (a TensorRT engine with float32 I/O:
+    ``backend.gpu_preprocessing`` and ``classify_bgr``), ``classify`` only decodes images on the CPU and
+    hands them to ``backend.classify_bgr``, which preprocesses, runs and takes the top-k on the GPU; False
+    keeps preprocessing on the CPU (to cross-check). ``self.preprocessing`` says which ("gpu" or "cpu").
+    On the GPU path whether the outputs already are probabilities is the backend's own
+    ``outputs_probabilities`` (from the engine's manifest or output name), without the row heuristic.
+    ``infer``/``batches`` (what evaluation uses) always preprocess on the CPU: they need the full outputs.
     """
 
     def __init__(
@@ -197,6 +210,7 @@ class Classifier:
         batch: int = 8,
         threads: int = 2,
         backend: Backend | None = None,
+        gpu_preprocess: bool = True,
     ):
         if batch < 1 or topk < 1:
             raise UserError("--batch and --topk must be at least 1")
@@ -213,6 +227,7 @@ class Classifier:
         self.batch = batch
         self.threads = threads
         self._probabilities: bool | None = True if self.backend.outputs_probabilities else None
+        self.preprocessing = "gpu" if gpu_preprocess and backend_preprocesses_on_gpu(self.backend) else "cpu"
 
     @property
     def num_classes(self) -> int:
@@ -251,18 +266,26 @@ class Classifier:
     def batches(self, items: Sequence, exact_batches: bool = False) -> ImageBatcher:
         return ImageBatcher(items, self.batch, threads=self.threads, exact_batches=exact_batches)
 
+    def _topk(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) [n, k] of a batch: on the GPU from decoded images, else from preprocessed ones."""
+        if self.preprocessing == "gpu":
+            top = self.backend.classify_bgr(batch.images, self.topk)
+            return top.ids, top.scores
+        return topk(self.probabilities(self.infer(batch.array)), self.topk)
+
     def classify(self, items: Iterable) -> Iterator[dict]:
         """Yield one result per item, in input order: ``{"image", "topk": [{"class_id", "label", "score"}]}``
-        or ``{"image", "error"}`` for an input that could not be read. Decoding of the next images runs
-        in a thread pool while the model runs on the current batch."""
-        for batch in self.batches(list(items)):
+        or ``{"image", "error"}`` for an input that could not be read. Decoding (and on the CPU path
+        preprocessing) of the next images runs in a thread pool while the model runs on the current batch."""
+        batcher = ImageBatcher(list(items), self.batch, threads=self.threads,
+                               decode_only=self.preprocessing == "gpu")
+        for batch in batcher:
             results: list[tuple[int, dict]] = [
                 (i, {"image": path, "error": reason})
                 for i, (path, reason) in zip(batch.failure_indices, batch.failures, strict=True)
             ]
             if len(batch):
-                scores = self.probabilities(self.infer(batch.array))
-                ids, vals = topk(scores, self.topk)
+                ids, vals = self._topk(batch)
                 for row, (i, path) in enumerate(zip(batch.indices, batch.paths, strict=True)):
                     entries = topk_entries(ids[row], vals[row], self.labels)
                     results.append((i, {"image": path, "topk": entries}))

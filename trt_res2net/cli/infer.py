@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "with --benchmark a list B[,B...] (default 1,8,32)")
     run.add_argument("--threads", type=_positive, default=2, metavar="N",
                      help="threads decoding and preprocessing images ahead of inference (2)")
+    run.add_argument("--cpu-preprocess", action="store_true",
+                     help="preprocess on the CPU even where a TensorRT engine can do it on the GPU (its "
+                     "default: images are only decoded on the CPU; resize, crop, normalisation and top-k run "
+                     "on the GPU), e.g. to cross-check the two; --eval always preprocesses on the CPU (it "
+                     "needs every model's full outputs)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval", metavar="LIST",
                     help="labelled list in PaddleClas val_list.txt form ('relative/path.jpg label' per "
@@ -126,10 +131,11 @@ def run_classify(args: argparse.Namespace) -> int:
     if not paths:
         where = ", ".join(args.inputs)
         raise UserError(f"no images found in {where} (looked for .jpg .jpeg .png .bmp .webp)")
-    clf = Classifier(args.model, labels=args.labels, topk=args.topk, batch=args.batch, threads=args.threads)
+    clf = Classifier(args.model, labels=args.labels, topk=args.topk, batch=args.batch, threads=args.threads,
+                     gpu_preprocess=not args.cpu_preprocess)
     describe = getattr(clf.backend, "describe", None)
     if describe and not args.quiet:
-        print(f"{args.model}: {describe()}", file=sys.stderr)
+        print(f"{args.model}: {describe()}; preprocessing on the {clf.preprocessing.upper()}", file=sys.stderr)
     _check_preprocessing_metadata(clf.backend, args.model)
     results, failed = [], 0
     bar = tqdm(total=len(paths), unit="img", disable=_progress_disable(args, len(paths)), dynamic_ncols=True)
@@ -145,7 +151,8 @@ def run_classify(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if args.json:
-        _write_json(args.json, results)
+        _write_json(args.json, {"model": str(args.model), "preprocessing": clf.preprocessing,
+                                "images": len(results), "failed": failed, "results": results})
     if failed or args.quiet:
         print(f"classified {len(results) - failed} of {len(results)} images; {failed} could not be read",
               file=sys.stderr)
@@ -166,7 +173,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
     print(result.format())
     if args.json:
-        _write_json(args.json, result.to_dict())
+        _write_json(args.json, {**result.to_dict(), "preprocessing": "cpu"})
     return EXIT_SOME_FAILED if result.failures else EXIT_OK
 
 
