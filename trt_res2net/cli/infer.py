@@ -105,9 +105,12 @@ def _check_preprocessing_metadata(backend, model: str) -> None:
     was made for other inputs than the ones this version feeds it."""
     from ..preprocess import SPEC
 
-    recorded = (getattr(backend, "metadata", None) or {}).get("preprocessing")
+    metadata = getattr(backend, "metadata", None) or {}
+    recorded = metadata.get("preprocessing")
     if recorded and recorded != SPEC.to_json():
         warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
+    if str(metadata.get("weights", "")).startswith("random"):
+        warn(f"{model} was built with {metadata['weights']} weights (--random-weights): its predictions mean nothing")
 
 
 def _one_batch_size(batch: list[int] | None) -> int:
