@@ -113,21 +113,15 @@ def test_decode_only_batcher_keeps_images_and_failures(inputs):
     assert sum(len(b) for b in batches) == len(inputs["all"]) - len(inputs["bad"])
 
 
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
-
-
 def test_infer_cli_on_an_engine_says_which_preprocessing_ran(engine, inputs, tmp_path, capsys):
     gpu_json, cpu_json = tmp_path / "gpu.json", tmp_path / "cpu.json"
-    code, out, err = _run(capsys, engine, *inputs["all"], "--json", gpu_json, "--batch", 4, "--no-progress")
-    assert code == 1  # the broken files are named and skipped, the rest classified
+    argv = [str(engine), *map(str, inputs["all"]), "--batch", "4", "--no-progress", "--json"]
+    assert main([*argv, str(gpu_json)]) == 1  # the broken files are named and skipped, the rest classified
+    err = capsys.readouterr().err
     assert "TensorRT 10.3.0 on NVIDIA H200" in err and "preprocessing on the GPU" in err
-    code_cpu, _, err_cpu = _run(capsys, engine, *inputs["all"], "--json", cpu_json, "--cpu-preprocess",
-                                "--batch", 4, "--no-progress")
-    assert code_cpu == 1 and "preprocessing on the CPU" in err_cpu
+    assert main([*argv, str(cpu_json), "--cpu-preprocess"]) == 1
+    err_cpu = capsys.readouterr().err
+    assert "preprocessing on the CPU" in err_cpu and "Traceback" not in err + err_cpu
     gpu, cpu = json.loads(gpu_json.read_text()), json.loads(cpu_json.read_text())
     assert gpu["preprocessing"] == "gpu" and cpu["preprocessing"] == "cpu"
     assert gpu["images"] == cpu["images"] == len(inputs["all"]) and gpu["failed"] == cpu["failed"]
