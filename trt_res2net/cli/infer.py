@@ -154,8 +154,9 @@ def run_classify(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     if args.json:
-        _write_json(args.json, {"model": str(args.model), "preprocessing": clf.preprocessing,
-                                "images": len(results), "failed": failed, "results": results})
+        # The format: a list of {"image", "topk"} / {"image", "error"}; each classified image also
+        # says where it was preprocessed ("gpu" kernel or the "cpu" reference).
+        _write_json(args.json, [r if "error" in r else {**r, "preprocessing": clf.preprocessing} for r in results])
     if failed or args.quiet:
         print(f"classified {len(results) - failed} of {len(results)} images; {failed} could not be read",
               file=sys.stderr)
