@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="engine precision (default fp32); fp16/int8 also write the converted ONNX")
     from ..builder import add_cli_arguments as add_engine_arguments
+    from ..quantize import add_cli_arguments as add_precision_arguments
 
+    add_precision_arguments(p)
     add_engine_arguments(p)
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,0 +1,59 @@
+"""A small Res2Net whose activations and predictions look like a trained network's, and images for it.
+
+Used by the ModelOpt tests: width 16 (ModelOpt leaves convolutions with fewer than 16 channels unquantized,
+so width 4 would test nothing), one block per stage, 1000 classes; BN statistics fitted to real-looking
+images and a classifier head fitted to their features (trt_res2net.synthetic.realistic_random_model).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from trt_res2net import zoo
+from trt_res2net.calibration import iter_batches
+from trt_res2net.synthetic import realistic_random_model, write_images
+
+DATA = Path(__file__).parent / "data"
+
+
+def photos() -> list[Path]:
+    """The freely licensed photographs shipped in tests/data (when present) seed part of the images."""
+    return sorted(DATA.glob("*.jpg"))
+
+
+def quant_spec() -> zoo.ModelSpec:
+    return zoo.get_model("res2net50_vd_26w_4s").reduced(width=16, depths=(1, 1, 1, 1))
+
+
+def preprocessed(paths) -> np.ndarray:
+    return np.concatenate([a for a, _, _ in iter_batches(paths, 16) if len(a)])
+
+
+def make_workspace(root: Path, calib: int = 48, held_out: int = 48) -> dict:
+    """Images (fit / calibration / held-out, disjoint seeds) and the realistic FP32 ONNX under ``root``."""
+    src = photos()
+    fit = write_images(root / "fit", 16, seed=100, photos=src)
+    cal = write_images(root / "calib", calib, seed=101, photos=src)
+    ev = write_images(root / "eval", held_out, seed=102, photos=src)
+    spec = quant_spec()
+    onnx_path = realistic_random_model(spec, preprocessed(fit), root / "model" / "tiny16.onnx",
+                                       head_images=preprocessed(fit + cal))
+    return {"root": root, "spec": spec, "onnx": onnx_path, "calib_dir": root / "calib", "eval_dir": root / "eval",
+            "calib": cal, "eval": ev}
+
+
+def args(**kw) -> argparse.Namespace:
+    """The Namespace build.py would pass, with the precision options' defaults."""
+    from trt_res2net.quantize import add_cli_arguments
+
+    p = argparse.ArgumentParser()
+    add_cli_arguments(p)
+    p.add_argument("--opset", type=int)
+    p.add_argument("--quiet", action="store_true")
+    ns = p.parse_args(["--quiet"])
+    for k, v in kw.items():
+        setattr(ns, k, str(v) if isinstance(v, Path) else v)
+    return ns
