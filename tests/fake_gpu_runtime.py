@@ -5,12 +5,16 @@
 - A fake engine file is JSON describing the engine's tensors; the fake engine computes
   ``outputs = mean over H, W of the input @ WEIGHTS[:, :classes]`` so results can be checked in numpy.
 - ``FakeKernels`` does what the CUDA kernels do with the numpy port of their arithmetic.
+- ``fake_cuda_runtime(...)`` + ``install_cuda_runtime(monkeypatch, rt)``: a cuda-python runtime module
+  with the calls device detection and plain device buffers make, behind ``cuda_util.cuda_modules()``, so
+  that code built on ``cuda_util`` runs its real error handling against chosen CUDA results.
 Nothing here is TensorRT's real API surface beyond the names the runtime uses.
 """
 
 from __future__ import annotations
 
 import ctypes
+import enum
 import json
 import sys
 import time
@@ -295,6 +299,75 @@ class FakeKernels:
 
     def close(self):
         pass
+
+
+class cudaError_t(enum.IntEnum):  # named like cuda-python's enum (cuda_util reads the type's name)
+    cudaSuccess = 0
+    cudaErrorMemoryAllocation = 2
+    cudaErrorInitializationError = 3
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
+
+
+class cudaMemcpyKind(enum.IntEnum):
+    cudaMemcpyHostToDevice = 1
+    cudaMemcpyDeviceToHost = 2
+
+
+def fake_cuda_runtime(*, count=1, count_error=cudaError_t.cudaSuccess, name=b"NVIDIA GeForce RTX 4090\x00\x00",
+                      cc=(8, 9), integrated=False, free=20 << 30, total=24 << 30):
+    """A stand-in for cuda-python's runtime module: ``count`` devices (or ``count_error`` from
+    cudaGetDeviceCount), one set of device properties, and malloc/memcpy/free on fake addresses.
+    ``rt.calls`` records (function name, arguments) of everything but the queries."""
+    ok = cudaError_t.cudaSuccess
+    props = types.SimpleNamespace(name=name, major=cc[0], minor=cc[1], integrated=int(integrated),
+                                  multiProcessorCount=128)
+    rt = types.ModuleType("fake_cudart")
+    rt.calls, rt.allocated = [], {}
+    rt.cudaError_t, rt.cudaMemcpyKind = cudaError_t, cudaMemcpyKind
+    rt.cudaDeviceAttr = types.SimpleNamespace()  # no attributes: cuda_util reports None for them
+
+    def cudaGetDeviceCount():
+        return cudaError_t(count_error), (count if count_error == ok else 0)
+
+    def cudaGetDeviceProperties(device):
+        return ok, props
+
+    def cudaMemGetInfo():
+        return ok, free, total
+
+    def cudaGetErrorString(err):
+        return ok, f"description of {cudaError_t(err).name}".encode()
+
+    def cudaSetDevice(device):
+        rt.calls.append(("cudaSetDevice", device))
+        return (ok,)
+
+    def cudaMalloc(nbytes):
+        address = 0x1000 * (len(rt.allocated) + 1)
+        rt.allocated[address] = nbytes
+        rt.calls.append(("cudaMalloc", nbytes))
+        return ok, address
+
+    def cudaMemcpy(dst, src, nbytes, kind):
+        rt.calls.append(("cudaMemcpy", dst, nbytes, cudaMemcpyKind(kind).name))
+        return (ok,)
+
+    def cudaFree(address):
+        rt.calls.append(("cudaFree", address))
+        return (ok,)
+
+    for fn in (cudaGetDeviceCount, cudaGetDeviceProperties, cudaMemGetInfo, cudaGetErrorString, cudaSetDevice,
+               cudaMalloc, cudaMemcpy, cudaFree):
+        setattr(rt, fn.__name__, fn)
+    return rt
+
+
+def install_cuda_runtime(monkeypatch, rt):
+    """Make ``cuda_util.cuda_modules()`` hand out ``rt`` as the runtime module for one test."""
+    modules = cuda_util.CudaModules(runtime=rt, driver=None, nvrtc=None, layout="fake")
+    monkeypatch.setattr(cuda_util, "cuda_modules", lambda: modules)
+    return rt
 
 
 def install(monkeypatch, version="10.3.0", gpu_name="NVIDIA H200", cc=(9, 0)):

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import ctypes
-import enum
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_gpu_runtime import cudaError_t
 
 from trt_res2net import cuda_util as cu
 from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
-
-
-class cudaError_t(enum.IntEnum):  # named like cuda-python's enum
-    cudaSuccess = 0
-    cudaErrorMemoryAllocation = 2
-    cudaErrorInsufficientDriver = 35
-    cudaErrorNoDevice = 100
 
 
 def test_check_unwraps_values():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import types
 
 import pytest
+from fake_gpu_runtime import cudaError_t, fake_cuda_runtime, install_cuda_runtime
 
 from trt_res2net import manifest as mf
 from trt_res2net.errors import MissingDependency, UserError
@@ -113,61 +113,53 @@ def test_jetson_info(tmp_path):
     assert mf.jetson_info(tmp_path) is None
 
 
-class _Err(int):
-    @property
-    def name(self):
-        return {0: "cudaSuccess", 35: "cudaErrorInsufficientDriver"}.get(int(self), "cudaErrorUnknown")
-
-
-def _fake_cudart(
-    count=1, count_err=0, name=b"NVIDIA GeForce RTX 4090\x00\x00", major=8, minor=9, integrated=0
-):
-    rt = types.SimpleNamespace()
-    rt.cudaError_t = types.SimpleNamespace(cudaSuccess=_Err(0))
-    props = types.SimpleNamespace(name=name, major=major, minor=minor, integrated=integrated)
-    rt.cudaGetDeviceCount = lambda: (_Err(count_err), count if count_err == 0 else None)
-    rt.cudaGetDeviceProperties = lambda dev: (_Err(0), props)
-    rt.cudaSetDevice = lambda dev: (_Err(0),)
-    rt.cudaMemGetInfo = lambda: (_Err(0), 20 << 30, 24 << 30)
-    rt.cudaGetErrorName = lambda err: (_Err(0), _Err(err).name.encode())
-    return rt
-
-
 def test_detect_gpu_with_fake_cuda(monkeypatch):
-    monkeypatch.setattr(mf, "cuda_runtime", lambda: _fake_cudart())
-    gpu = mf.detect_gpu()
-    assert gpu.name == "NVIDIA GeForce RTX 4090" and gpu.compute_capability == "8.9"
+    rt = install_cuda_runtime(monkeypatch, fake_cuda_runtime(count=2))
+    gpu = mf.detect_gpu(1)
+    assert gpu.name == "NVIDIA GeForce RTX 4090" and gpu.compute_capability == "8.9" and gpu.device == 1
     assert gpu.free_memory == 20 << 30 and gpu.total_memory == 24 << 30 and not gpu.integrated
-    with pytest.raises(UserError, match="device 3 does not exist"):
+    assert ("cudaSetDevice", 1) in rt.calls  # free memory is that of the device asked for
+    with pytest.raises(UserError, match=r"device 3 does not exist \(this machine has 2\)") as info:
         mf.detect_gpu(3)
+    assert not isinstance(info.value, MissingDependency)
 
 
-def test_detect_gpu_without_driver_is_exit_3(monkeypatch):
-    monkeypatch.setattr(mf, "cuda_runtime", lambda: _fake_cudart(count_err=35))
-    with pytest.raises(MissingDependency, match="no usable NVIDIA GPU.*CUDA error 35") as info:
+def test_detect_gpu_integrated_looks_for_jetson(monkeypatch):
+    install_cuda_runtime(monkeypatch, fake_cuda_runtime(name=b"Orin", cc=(8, 7), integrated=True))
+    monkeypatch.setattr(mf, "jetson_info", lambda: {"module": "NVIDIA Jetson AGX Orin", "l4t": "36.4.3"})
+    gpu = mf.detect_gpu()
+    assert gpu.integrated and gpu.compute_capability == "8.7" and gpu.jetson["l4t"] == "36.4.3"
+
+
+@pytest.mark.parametrize(
+    ("runtime", "message"),
+    [
+        (dict(count_error=cudaError_t.cudaErrorInsufficientDriver),
+         "no usable NVIDIA GPU: cudaGetDeviceCount failed: cudaErrorInsufficientDriver"),
+        (dict(count_error=cudaError_t.cudaErrorNoDevice), "no usable NVIDIA GPU: .*cudaErrorNoDevice"),
+        (dict(count_error=cudaError_t.cudaErrorInitializationError),
+         "no usable NVIDIA GPU: .*cudaErrorInitializationError.*driver installed"),
+        (dict(count=0), "no usable NVIDIA GPU: CUDA sees no device"),
+    ],
+)
+def test_detect_gpu_without_driver_or_device_is_exit_3(monkeypatch, runtime, message):
+    install_cuda_runtime(monkeypatch, fake_cuda_runtime(**runtime))
+    with pytest.raises(MissingDependency, match=message) as info:
         mf.detect_gpu()
-    assert info.value.exit_code == 3
-    monkeypatch.setattr(mf, "cuda_runtime", lambda: _fake_cudart(count=0))
-    with pytest.raises(MissingDependency, match="no CUDA device"):
-        mf.detect_gpu()
+    assert info.value.exit_code == 3 and "\n" not in str(info.value)
 
 
-def test_cuda_check():
-    rt = _fake_cudart()
-    assert mf.cuda_check(rt, (_Err(0), 5), "x") == 5
-    assert mf.cuda_check(rt, (_Err(0), 1, 2), "x") == (1, 2)
-    assert mf.cuda_check(rt, (_Err(0),), "x") is None
-    with pytest.raises(RuntimeError, match=r"cudaMalloc failed: cudaErrorInsufficientDriver \(35\)"):
-        mf.cuda_check(rt, (_Err(35), None), "cudaMalloc")
-
-
-def test_cuda_runtime_missing_is_exit_3(monkeypatch):
+def test_detect_gpu_without_cuda_python_is_exit_3(monkeypatch):
     import sys
 
+    from trt_res2net import cuda_util
+
+    monkeypatch.setattr(cuda_util, "cuda_modules", cuda_util.cuda_modules.__wrapped__)  # no cached modules
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(MissingDependency, match="pip install cuda-python"):
-        mf.cuda_runtime()
+    with pytest.raises(MissingDependency, match="cuda-python is not installed: pip install") as info:
+        mf.detect_gpu()
+    assert info.value.exit_code == 3
 
 
 def test_real_cuda_python_if_installed_reports_no_gpu_cleanly():

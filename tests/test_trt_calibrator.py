@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
+from fake_gpu_runtime import cudaError_t, fake_cuda_runtime, install_cuda_runtime
 
 from trt_res2net import trt_calibrator as tc
+from trt_res2net.cuda_util import CudaError
 from trt_res2net.errors import UserError
 
 from trt_fakes import FakeDeviceBuffer, install_missing_modules, write_images  # isort: skip
@@ -117,23 +117,24 @@ def test_prepare_calibration_paths(tmp_path, monkeypatch):
 
 
 def test_cuda_device_buffer_with_fake_cudart(monkeypatch):
-    from trt_res2net import manifest
-
-    calls = []
-    ok = 0
-
-    rt = types.SimpleNamespace(
-        cudaError_t=types.SimpleNamespace(cudaSuccess=ok),
-        cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyHostToDevice="H2D"),
-        cudaMalloc=lambda n: (ok, 0x1000),
-        cudaMemcpy=lambda dst, src, n, kind: calls.append((dst, n, kind)) or (ok,),
-        cudaFree=lambda p: calls.append(("free", p)) or (ok,),
-    )
-    monkeypatch.setattr(manifest, "cuda_runtime", lambda: rt)
+    rt = install_cuda_runtime(monkeypatch, fake_cuda_runtime())
     buf = tc.CudaDeviceBuffer(64)
-    assert buf.upload(np.zeros(16, np.float32)) == 0x1000
+    assert buf.upload(np.zeros(16, np.float32)) == buf.address == 0x1000
     with pytest.raises(ValueError, match="does not fit"):
         buf.upload(np.zeros(17, np.float32))
     buf.free()
     buf.free()  # idempotent
-    assert calls == [(0x1000, 64, "H2D"), ("free", 0x1000)]
+    assert rt.calls == [("cudaMalloc", 64), ("cudaMemcpy", 0x1000, 64, "cudaMemcpyHostToDevice"),
+                        ("cudaFree", 0x1000)]
+
+
+def test_cuda_device_buffer_errors_are_one_line(monkeypatch):
+    rt = install_cuda_runtime(monkeypatch, fake_cuda_runtime())
+
+    def cudaMalloc(nbytes):
+        return cudaError_t.cudaErrorMemoryAllocation, None
+
+    monkeypatch.setattr(rt, "cudaMalloc", cudaMalloc)
+    with pytest.raises(CudaError, match="^cudaMalloc failed: cudaErrorMemoryAllocation") as info:
+        tc.CudaDeviceBuffer(1 << 40)
+    assert isinstance(info.value, UserError) and "\n" not in str(info.value)

@@ -237,60 +237,33 @@ def jetson_info(root: str | os.PathLike = "/") -> dict | None:
     return {"module": model, "l4t": l4t}
 
 
-def cuda_runtime():
-    """cuda-python's runtime module, from its current layout (``cuda.bindings``, 12.6+) or the old one
-    (``from cuda import cudart``, the wheels JetPack-era Pythons get)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as e:
-            raise MissingDependency(
-                "cuda-python is not installed; pip install cuda-python (on JetPack 6: 'cuda-python<=12.9.10')"
-            ) from e
-    return cudart
-
-
-def cuda_check(cudart, result, what: str):
-    """cuda-python returns ``(error, *values)``; raise on any error, return the value(s)."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        try:
-            name = cudart.cudaGetErrorName(err)[1].decode()
-        except Exception:  # an unknown code must not hide the original failure
-            name = str(err)
-        raise RuntimeError(f"{what} failed: {name} ({int(err)})")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def _decode(raw) -> str:
-    if isinstance(raw, (bytes, bytearray)):
-        raw = bytes(raw).split(b"\x00", 1)[0].decode("utf-8", "replace")
-    return str(raw).strip()
-
-
 def detect_gpu(device: int = 0) -> GpuInfo:
-    """The CUDA device TensorRT will build for; MissingDependency (exit 3) when there is none."""
-    cudart = cuda_runtime()
-    err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or not count:
-        reason = "no CUDA device" if err == cudart.cudaError_t.cudaSuccess else f"CUDA error {int(err)}"
-        raise MissingDependency(f"no usable NVIDIA GPU ({reason}: is the driver installed?)")
-    if device >= count:
+    """The CUDA device TensorRT will build for (through ``trt_res2net.cuda_util``).
+
+    MissingDependency (exit 3) when cuda-python, the driver or a GPU is missing; UserError for a device index
+    this machine does not have.
+    """
+    from . import cuda_util as cu
+
+    runtime = cu.cuda_modules().runtime  # CudaUnavailable (exit 3) without cuda-python
+    try:
+        count = int(cu.call(runtime.cudaGetDeviceCount))
+    except cu.CudaUnavailable as e:  # no driver, no device, no libcuda: the message says which
+        raise MissingDependency(f"no usable NVIDIA GPU: {e}") from None
+    except cu.CudaError as e:  # any other failure to count devices also leaves no GPU to build for
+        raise MissingDependency(f"no usable NVIDIA GPU: {e}; is the NVIDIA driver installed?") from None
+    if count == 0:
+        raise MissingDependency("no usable NVIDIA GPU: CUDA sees no device; is the NVIDIA driver installed?")
+    if not 0 <= device < count:
         raise UserError(f"CUDA device {device} does not exist (this machine has {count})")
-    props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    cuda_check(cudart, cudart.cudaSetDevice(device), "cudaSetDevice")
-    free, total = cuda_check(cudart, cudart.cudaMemGetInfo(), "cudaMemGetInfo")
-    integrated = bool(getattr(props, "integrated", 0))
+    cu.set_device(device)  # the free memory reported is the device's own
+    info = cu.device_info(device)
     return GpuInfo(
-        name=_decode(props.name),
-        compute_capability=f"{props.major}.{props.minor}",
-        total_memory=int(total),
-        free_memory=int(free),
-        integrated=integrated,
+        name=info.name,
+        compute_capability=info.cc,
+        total_memory=info.total_memory,
+        free_memory=info.free_memory,
+        integrated=info.integrated,
         device=device,
-        jetson=jetson_info() if integrated or platform.machine() == "aarch64" else None,
+        jetson=jetson_info() if info.integrated or platform.machine() == "aarch64" else None,
     )

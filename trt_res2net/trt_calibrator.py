@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cuda_util
 from .atomic import write_bytes
 from .errors import UserError
 
@@ -204,30 +205,18 @@ def _warn(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-class CudaDeviceBuffer:
-    """One device allocation that calibration batches are copied into (cuda-python runtime API)."""
-
-    def __init__(self, nbytes: int):
-        from .manifest import cuda_check, cuda_runtime
-
-        self._rt = cuda_runtime()
-        self._check = cuda_check
-        self.nbytes = int(nbytes)
-        self.ptr = int(self._check(self._rt, self._rt.cudaMalloc(self.nbytes), "cudaMalloc"))
+class CudaDeviceBuffer(cuda_util.DeviceBuffer):
+    """One device allocation (``cuda_util.DeviceBuffer``) that calibration batches are copied into."""
 
     def upload(self, array: np.ndarray) -> int:
+        """Copy ``array`` to the start of the buffer (synchronously: TensorRT reads it next); its address."""
         array = np.ascontiguousarray(array)
         if array.nbytes > self.nbytes:
             raise ValueError(f"batch of {array.nbytes} bytes does not fit a {self.nbytes}-byte buffer")
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        copy = self._rt.cudaMemcpy(self.ptr, array.ctypes.data, array.nbytes, kind)
-        self._check(self._rt, copy, "cudaMemcpy")
-        return self.ptr
-
-    def free(self) -> None:
-        if self.ptr:
-            self._check(self._rt, self._rt.cudaFree(self.ptr), "cudaFree")
-            self.ptr = 0
+        runtime = cuda_util.cuda_modules().runtime
+        cuda_util.call(runtime.cudaMemcpy, self.address, array.ctypes.data, array.nbytes,
+                       runtime.cudaMemcpyKind.cudaMemcpyHostToDevice)
+        return self.address
 
 
 class CalibrationFeed:

@@ -1,0 +1,202 @@
+"""infer.py: top-k for images, or accuracy on a labelled list, with an ONNX model or a TensorRT engine.
+
+    python infer.py MODEL_FILE IMAGE_OR_DIR... [--topk 5] [--batch N] [--json PATH] [--labels FILE]
+    python infer.py MODEL_FILE [MODEL_FILE...] --eval LIST [--data-root DIR] [--limit N] [--json PATH]
+    python infer.py ENGINE --benchmark [--batch 1,8,32] [--iterations N] [--warmup N] [--polygraphy] ...
+
+Exit status: 0 every image classified, 1 some images could not be read (the others are still reported),
+2 usage or input error, 3 a TensorRT engine was given but TensorRT / a GPU is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
+from .common import run_main, warn
+
+PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
+DEFAULT_BATCH = 8
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch``: one size ("8"), or with --benchmark a list ("1,8,32")."""
+    from ..benchmark import parse_batch_list
+
+    return parse_batch_list(text)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser; later stages add their own option groups to it (e.g. ``--benchmark``)."""
+    p = argparse.ArgumentParser(
+        prog="infer.py",
+        description="Classify images with an ONNX model (ONNX Runtime, CUDA if present, else CPU) or a "
+        "TensorRT engine (.engine/.plan). Preprocessing is PaddleClas's evaluation recipe.",
+        epilog="Exit status: 0 all classified, 1 some images unreadable, 2 usage error, 3 TensorRT missing.",
+    )
+    p.add_argument("model", metavar="MODEL_FILE", help="a classifier .onnx, or a TensorRT .engine/.plan")
+    p.add_argument(
+        "inputs",
+        metavar="IMAGE_OR_DIR",
+        nargs="*",
+        help="image files, or folders walked for .jpg .jpeg .png .bmp .webp (any case); "
+        "with --eval: more model files to evaluate and compare with the first",
+    )
+    out = p.add_argument_group("output")
+    out.add_argument("--topk", type=_positive, default=5, metavar="K", help="classes to report per image (5)")
+    out.add_argument("--labels", metavar="FILE",
+                     help="class names: PaddleClas '<id> <label>' lines or one label per line "
+                     "(default: ImageNet's for 1000 classes, else the ids)")
+    out.add_argument("--json", type=Path, metavar="PATH",
+                     help="also write the results (or evaluation summary, or benchmark) as JSON")
+    out.add_argument("-q", "--quiet", action="store_true", help="no per-image tables: failures and totals")
+    out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    run = p.add_argument_group("running")
+    run.add_argument("--batch", type=_batch_sizes, default=None, metavar="N",
+                     help=f"images per inference batch ({DEFAULT_BATCH}; a fixed-batch model uses its own size); "
+                     "with --benchmark a list B[,B...] (default 1,8,32)")
+    run.add_argument("--threads", type=_positive, default=2, metavar="N",
+                     help="threads decoding and preprocessing images ahead of inference (2)")
+    run.add_argument("--cpu-preprocess", action="store_true",
+                     help="preprocess on the CPU even where a TensorRT engine can do it on the GPU (its "
+                     "default: images are only decoded on the CPU; resize, crop, normalisation and top-k run "
+                     "on the GPU), e.g. to cross-check the two; --eval always preprocesses on the CPU (it "
+                     "needs every model's full outputs)")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval", metavar="LIST",
+                    help="labelled list in PaddleClas val_list.txt form ('relative/path.jpg label' per "
+                    "line): report top-1/top-5, and agreement when several models are given")
+    ev.add_argument("--data-root", metavar="DIR", help="where the list's paths start (the list's folder)")
+    ev.add_argument("--limit", type=_positive, metavar="N", help="evaluate only the first N listed images")
+    from ..benchmark import add_cli_arguments as add_benchmark_arguments
+
+    add_benchmark_arguments(p)  # --benchmark, --iterations, --warmup, --cuda-graph, --plot, --polygraphy
+    return p
+
+
+def _progress_disable(args: argparse.Namespace, n: int) -> bool | None:
+    """tqdm's ``disable``: None lets tqdm show the bar only on a terminal."""
+    return None if args.progress and n >= PROGRESS_MIN_IMAGES else True
+
+
+def _write_json(path: str, obj) -> None:
+    from ..atomic import write_json
+
+    try:
+        write_json(path, obj)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the JSON ({e.strerror or e})") from None
+
+
+def _check_preprocessing_metadata(backend, model: str) -> None:
+    """Our exporter records the preprocessing spec in the ONNX metadata; a different one means the model
+    was made for other inputs than the ones this version feeds it."""
+    from ..preprocess import SPEC
+
+    metadata = getattr(backend, "metadata", None) or {}
+    recorded = metadata.get("preprocessing")
+    if recorded and recorded != SPEC.to_json():
+        warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
+    if str(metadata.get("weights", "")).startswith("random"):
+        warn(f"{model} was built with {metadata['weights']} weights (--random-weights): its predictions mean nothing")
+
+
+def _one_batch_size(batch: list[int] | None) -> int:
+    if batch is None:
+        return DEFAULT_BATCH
+    if len(batch) != 1:
+        raise UserError(f"--batch takes one size here (a list {','.join(map(str, batch))} is for --benchmark)")
+    return batch[0]
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..images import find_images
+    from ..postprocess import format_topk
+    from ..runtime import Classifier
+
+    if not args.inputs:
+        raise UserError("no images given (IMAGE_OR_DIR...), and no --eval list")
+    paths = find_images(args.inputs)
+    if not paths:
+        where = ", ".join(args.inputs)
+        raise UserError(f"no images found in {where} (looked for .jpg .jpeg .png .bmp .webp)")
+    clf = Classifier(args.model, labels=args.labels, topk=args.topk, batch=args.batch, threads=args.threads,
+                     gpu_preprocess=not args.cpu_preprocess)
+    describe = getattr(clf.backend, "describe", None)
+    if describe and not args.quiet:
+        print(f"{args.model}: {describe()}; preprocessing on the {clf.preprocessing.upper()}", file=sys.stderr)
+    _check_preprocessing_metadata(clf.backend, args.model)
+    results, failed = [], 0
+    bar = tqdm(total=len(paths), unit="img", disable=_progress_disable(args, len(paths)), dynamic_ncols=True)
+    try:
+        for result in clf.classify(paths):
+            results.append(result)
+            if "error" in result:
+                failed += 1
+                tqdm.write(f"skipped {result['image']}: {result['error']}", file=sys.stderr)
+            elif not args.quiet:
+                tqdm.write(format_topk(result["topk"], title=result["image"]), file=sys.stdout)
+            bar.update(1)
+    finally:
+        bar.close()
+    if args.json:
+        # The issue's format: a list of {"image", "topk"} / {"image", "error"}; each classified image also
+        # says where it was preprocessed ("gpu" kernel or the "cpu" reference).
+        _write_json(args.json, [r if "error" in r else {**r, "preprocessing": clf.preprocessing} for r in results])
+    if failed or args.quiet:
+        print(f"classified {len(results) - failed} of {len(results)} images; {failed} could not be read",
+              file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+    from ..runtime import ENGINE_SUFFIXES, ONNX_SUFFIXES
+
+    models = [args.model, *args.inputs]
+    for m in models:
+        if Path(m).suffix.lower() not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
+            raise UserError(f"{m}: with --eval, positional arguments are model files (.onnx, .engine, .plan)")
+    result = evaluate(models, args.eval, args.data_root, batch=args.batch, threads=args.threads,
+                      limit=args.limit, progress=None if args.progress else False)
+    for f in result.failures:
+        print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
+    print(result.format())
+    if args.json:
+        _write_json(args.json, {**result.to_dict(), "preprocessing": "cpu"})
+    return EXIT_SOME_FAILED if result.failures else EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch parsed arguments (raises UserError)."""
+    if getattr(args, "benchmark", False) or getattr(args, "polygraphy", False):
+        from ..benchmark import run_benchmark_cli
+
+        return run_benchmark_cli(args)
+    args.batch = _one_batch_size(args.batch)
+    if args.eval:
+        return run_eval(args)
+    return run_classify(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    return run_main(lambda: run(args))
