@@ -27,20 +27,11 @@ from .preprocess import SPEC, PreprocessSpec
 DEFAULT_CALIB_IMAGES = 500
 MANIFEST_FORMAT = "trt_res2net.calibration-manifest"
 MANIFEST_VERSION = 1
-# Kept in step with trt_res2net.images.IMAGE_EXTENSIONS (what infer.py accepts).
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _find_images(root: Path) -> list[Path]:
-    try:
-        from .images import find_images
-    except ImportError:  # issue 3's module not merged yet
-        files = [
-            f for f in root.rglob("*")
-            if f.suffix.lower() in _IMAGE_EXTENSIONS and f.is_file()
-            and not any(part.startswith(".") for part in f.relative_to(root).parts)
-        ]
-        return sorted(files)
+    from .images import find_images
+
     return find_images([root], recursive=True)
 
 
@@ -58,9 +49,9 @@ def select_calibration_images(calib_dir: str | os.PathLike, n: int = DEFAULT_CAL
         raise UserError(f"calibration directory {root} does not exist or is not a directory")
     images = sorted(_find_images(root), key=lambda p: _rel(p, root))
     if not images:
-        raise UserError(
-            f"no images in {root} (looked for {', '.join(_IMAGE_EXTENSIONS)} in it and its subfolders)"
-        )
+        from .images import IMAGE_EXTENSIONS
+
+        raise UserError(f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)} in it and its subfolders)")
     if len(images) <= n:
         return images
 
@@ -142,35 +133,10 @@ def manifest_path_for(cache_path: str | os.PathLike) -> Path:
 
 def iter_batches(paths: Sequence[str | os.PathLike], batch_size: int, spec: PreprocessSpec = SPEC,
                  threads: int = 2) -> Iterator[tuple[np.ndarray, list[str], list[tuple[str, str]]]]:
-    """Yield ``(array [n,3,crop,crop] float32, paths, failures)``; unreadable images are skipped and
-    listed in ``failures`` as (path, one-line reason). Uses the shared ImageBatcher when present."""
-    try:
-        from .images import ImageBatcher
-    except ImportError:  # issue 3's batcher not merged yet: a small sequential stand-in
-        yield from _local_batches(paths, batch_size, spec)
-        return
+    """Yield ``(array [n,3,crop,crop] float32, paths, failures)`` through the shared ImageBatcher (decoding
+    in threads ahead of the consumer); unreadable images are skipped and listed in ``failures`` as
+    (path, one-line reason)."""
+    from .images import ImageBatcher
+
     for batch in ImageBatcher(list(paths), batch_size, spec=spec, threads=threads, exact_batches=False):
         yield batch.array[: len(batch.paths)], list(batch.paths), list(batch.failures)
-
-
-def _local_batches(paths, batch_size, spec):
-    import cv2
-
-    from .preprocess import preprocess_bgr
-
-    c = spec.crop_size
-    arr = np.empty((batch_size, 3, c, c), np.float32)
-    names: list[str] = []
-    failures: list[tuple[str, str]] = []
-    for p in paths:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            failures.append((str(p), "cannot be decoded as an image"))
-            continue
-        arr[len(names)] = preprocess_bgr(img, spec)
-        names.append(str(p))
-        if len(names) == batch_size:
-            yield arr.copy(), names, failures
-            names, failures = [], []
-    if names or failures:
-        yield arr[: len(names)].copy(), names, failures

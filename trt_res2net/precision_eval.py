@@ -1,6 +1,6 @@
 """How close an FP16 or INT8 ONNX stays to the FP32 ONNX, on held-out images, in ONNX Runtime.
 
-Metrics (issue 3's ``trt_res2net.evaluate`` when present): top-1 agreement, mean top-5 overlap, logit
+Metrics (``trt_res2net.evaluate``, as infer.py --eval): top-1 agreement, mean top-5 overlap, logit
 cosine similarity, and top-1/top-5 accuracy of both models when labels are given. The budget of
 ``--max-top1-drop X`` is in percentage points: the drop of top-1 accuracy when labelled, otherwise
 100 − top-1 agreement (% of images whose top class changed).
@@ -38,74 +38,25 @@ class AccuracyBudgetExceeded(UserError):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Metrics (issue 3's evaluate module when merged; the same definitions otherwise)
-
-
-def _topk_ids(x: np.ndarray, k: int) -> np.ndarray:
-    # Stable descending order: ties resolve to the lower class id, like postprocess.topk.
-    return np.argsort(-np.asarray(x, np.float64), axis=1, kind="stable")[:, :k]
+# Metrics: issue 3's evaluate module (the same definitions infer.py --eval reports)
 
 
 def compare_predictions(logits_a: np.ndarray, logits_b: np.ndarray, k: int = 5) -> dict:
-    try:
-        from .evaluate import compare_predictions as impl
-    except ImportError:
-        pass
-    else:
-        return impl(logits_a, logits_b, k)
-    a, b = np.asarray(logits_a, np.float64), np.asarray(logits_b, np.float64)
-    n = a.shape[0]
-    k = min(k, a.shape[1])
-    ia, ib = _topk_ids(a, k), _topk_ids(b, k)
-    agree = int((ia[:, 0] == ib[:, 0]).sum())
-    overlap = (ia[:, :, None] == ib[:, None, :]).any(axis=2).sum(axis=1) / k
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
-    return {"images": n, "top1_agree": agree, "top1_agreement": agree / n,
-            "mean_top5_overlap": float(overlap.mean()), "cosine_similarity": float(cos.mean()),
-            "max_abs_diff": float(np.abs(a - b).max())}
+    from .evaluate import compare_predictions as impl
+
+    return impl(logits_a, logits_b, k)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> dict:
-    try:
-        from .evaluate import accuracy as impl
-    except ImportError:
-        pass
-    else:
-        return impl(logits, labels, k)
-    labels = np.asarray(labels, np.int64).reshape(-1)
-    ids = _topk_ids(logits, k)
-    hits = ids == labels[:, None]
-    n = labels.shape[0]
-    c1, ck = int(hits[:, 0].sum()), int(hits.any(axis=1).sum())
-    return {"images": n, "top1_correct": c1, f"top{k}_correct": ck, "top1": c1 / n, f"top{k}": ck / n}
+    from .evaluate import accuracy as impl
+
+    return impl(logits, labels, k)
 
 
 def read_val_list(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
-    try:
-        from .evaluate import read_val_list as impl
-    except ImportError:
-        pass
-    else:
-        return impl(path, data_root)
-    p = Path(path)
-    root = Path(data_root) if data_root is not None else p.parent
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: cannot read the list ({getattr(e, 'strerror', None) or e})") from None
-    items = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise UserError(f"{p}:{number}: expected 'relative/path.jpg label', got {line[:80]!r}")
-        items.append((root / parts[0], int(parts[1])))
-    if not items:
-        raise UserError(f"{p}: the list has no images")
-    return items
+    from .evaluate import read_val_list as impl
+
+    return impl(path, data_root)
 
 
 # --------------------------------------------------------------------------------------------------------
