@@ -404,8 +404,10 @@ def _tensorrt_cache(cache_path: Path, key: dict, images) -> _Calibration:
         raise
     cache = read_cache(cache_path)
     stored = read_cache_key(cache_path)["key"]
-    trt = stored.get("tools", {}).get("tensorrt", cache.version_tag)
-    _say(f"using TensorRT {trt}'s calibration cache {cache_path} ({cache.algorithm}, {len(cache.scales)} scales)")
+    tools = stored.get("tools") or {}
+    # (indexing, not .get("tensorrt", ...): trt-api-check would take the result for the tensorrt module)
+    made_by = tools["tensorrt"] if "tensorrt" in tools else cache.version_tag
+    _say(f"using TensorRT {made_by}'s calibration cache {cache_path} ({cache.algorithm}, {len(cache.scales)} scales)")
     return _Calibration(cache_path, cache, {**key, "method": stored.get("method"), "tools": stored.get("tools")},
                         images, reused=True)
 
