@@ -51,3 +51,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str, missing: str | None = None):
+    """A JSON document written by ``write_json``; one-line UserError naming ``what`` when missing or damaged.
+
+    ``missing`` replaces the default "<what> <path> not found" message."""
+    from .errors import UserError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(missing or f"{what} {path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is unreadable: {e}") from None

@@ -31,7 +31,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import write_bytes, write_json
+from .atomic import read_json, write_bytes, write_json
 from .errors import UserError
 
 MODELOPT_VERSION_TAG = "modelopt"
@@ -198,15 +198,9 @@ def read_cache_key(cache_path: str | os.PathLike) -> dict:
     """The sidecar document of a cache; UserError when it is missing or damaged."""
     cache_path = Path(cache_path)
     side = sidecar_path(cache_path)
-    try:
-        doc = json.loads(side.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"calibration cache {cache_path} has no sidecar {side.name}, so what it was made for is unknown; "
-            "delete it or pass --calib-dir to recalibrate"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"calibration cache sidecar {side} is unreadable: {e}") from None
+    doc = read_json(side, "calibration cache sidecar", missing=(
+        f"calibration cache {cache_path} has no sidecar {side.name}, so what it was made for is unknown; "
+        "delete it or pass --calib-dir to recalibrate"))
     is_sidecar = isinstance(doc, dict) and doc.get("format") == SIDECAR_FORMAT
     if not (is_sidecar and isinstance(doc.get("key"), dict)):
         raise UserError(f"{side} is not a trt_res2net calibration-cache sidecar")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
+from .atomic import read_json, write_json
 from .errors import UserError
 from .preprocess import SPEC, PreprocessSpec
 
@@ -110,12 +110,7 @@ def write_manifest(path: str | os.PathLike, manifest: dict) -> Path:
 
 def read_manifest(path: str | os.PathLike) -> dict:
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"calibration manifest {path} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"calibration manifest {path} is unreadable: {e}") from None
+    doc = read_json(path, "calibration manifest")
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or "images" not in doc:
         raise UserError(f"{path} is not a trt_res2net calibration manifest")
     return doc

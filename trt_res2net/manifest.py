@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import platform
 import re
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import __version__
-from .atomic import write_json
+from .atomic import read_json, write_json
 from .errors import MissingDependency, UserError
 
 MANIFEST_FORMAT = "trt_res2net.engine-manifest"
@@ -56,12 +55,8 @@ def write_manifest(engine_path: str | os.PathLike, manifest: dict) -> Path:
 def read_manifest(path: str | os.PathLike) -> dict:
     """Read a manifest, given the engine's path or the manifest's own; UserError when missing or damaged."""
     mpath = manifest_path_for(path)
-    try:
-        data = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise UserError(f"engine manifest {mpath} not found (build.py writes it beside the engine)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"engine manifest {mpath} is unreadable: {e}") from None
+    data = read_json(mpath, "engine manifest",
+                     missing=f"engine manifest {mpath} not found (build.py writes it beside the engine)")
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise UserError(f"{mpath} is not a trt_res2net engine manifest")
     if int(data.get("format_version", 0)) > MANIFEST_VERSION:
