@@ -2,7 +2,10 @@
 
 - ``install(monkeypatch)`` replaces ``tensorrt`` (a fake module) and the CUDA layer of
   ``trt_res2net.cuda_util`` (host memory behind "device" addresses, copies done at once, no-op syncs).
-- A fake engine file is JSON describing the engine's tensors; the fake engine computes
+- ``install(monkeypatch, rtx=True)`` installs a fake ``tensorrt_rtx`` instead: engine validity, an
+  IRuntimeConfig with a runtime cache (its bytes list the batch sizes "compiled") and a CUDA-graph strategy.
+- A fake engine file is JSON describing the engine's tensors (behind a 64-byte TensorRT-RTX-like header with
+  ``rtx=True``); the fake engine computes
   ``outputs = mean over H, W of the input @ WEIGHTS[:, :classes]`` so results can be checked in numpy.
 - ``FakeKernels`` does what the CUDA kernels do with the numpy port of their arithmetic.
 - ``fake_cuda_runtime(...)`` + ``install_cuda_runtime(monkeypatch, rt)``: a cuda-python runtime module
@@ -39,16 +42,24 @@ def array_at(address: int, dtype, shape) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8)[:nbytes].view(dtype).reshape(shape)
 
 
+RTX_HEADER_SIZE = 64
+
+
 def write_engine(path, *, inputs=None, outputs=None, batch=(1, 4, 8), classes=10, in_dtype="FLOAT",
-                 out_dtype="FLOAT", out_name="logits", fixed=None):
-    """A fake engine file. ``fixed=N`` makes a static-batch engine."""
+                 out_dtype="FLOAT", out_name="logits", fixed=None, rtx=False):
+    """A fake engine file. ``fixed=N`` makes a static-batch engine; ``rtx=True`` a TensorRT-RTX-like one."""
     n = fixed if fixed else -1
     spec = {
         "inputs": inputs or {"input": {"shape": [n, 3, 224, 224], "dtype": in_dtype,
                                        "profile": [[b, 3, 224, 224] for b in batch]}},
         "outputs": outputs or {out_name: {"shape": [n, classes], "dtype": out_dtype}},
     }
-    path.write_text(json.dumps(spec))
+    data = json.dumps(spec).encode()
+    if rtx:  # magic, version 1.7.1 at 24, the default target mask at 32 (as observed on the real library)
+        header = bytearray(RTX_HEADER_SIZE)
+        header[:4], header[24:27], header[32] = b"vtrt", bytes([1, 7, 1]), 0x7E
+        data = bytes(header) + data
+    path.write_bytes(data)
     return path
 
 
@@ -67,8 +78,9 @@ class _Enum:
 
 
 class FakeContext:
-    def __init__(self, engine):
+    def __init__(self, engine, config=None):
         self.engine = engine
+        self.config = config
         self.shapes = {}
         self.addresses = {}
         self.executions = 0
@@ -99,9 +111,14 @@ class FakeContext:
     def snapshot(self):
         return dict(self.shapes), dict(self.addresses)
 
+    def is_stream_capturable(self, stream_handle):
+        return self.engine.capturable
+
     def execute_async_v3(self, stream_handle, state=None):
         if self.fail_execute:
             return False
+        if self.config is not None and self.config.cache is not None:  # TensorRT-RTX compiles per shape
+            self.config.cache.compiled.add(tuple(self.shapes[next(iter(self.engine.spec["inputs"]))]))
         shapes, addresses = state or self.snapshot()
         (in_name, in_spec), = self.engine.spec["inputs"].items()
         (out_name, out_spec), = self.engine.spec["outputs"].items()
@@ -118,6 +135,8 @@ _DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8}
 
 
 class FakeEngine:
+    capturable = True  # what TensorRT-RTX's is_stream_capturable answers
+
     def __init__(self, spec):
         self.spec = spec
         self.names = list(spec["inputs"]) + list(spec["outputs"])
@@ -145,16 +164,52 @@ class FakeEngine:
         assert index == 0
         return [tuple(s) for s in self.spec["inputs"][name]["profile"]]
 
-    def create_execution_context(self):
-        ctx = FakeContext(self)
+    def create_execution_context(self, config=None):
+        ctx = FakeContext(self, config)
         self.contexts.append(ctx)
         return ctx
 
 
-def make_tensorrt(version="10.3.0"):
-    trt = types.ModuleType("fake_tensorrt")
+class FakeRuntimeCache:
+    """TensorRT-RTX's IRuntimeCache: serializes the shapes compiled so far; takes only its own blobs."""
+
+    def __init__(self):
+        self.compiled = set()
+        self.deserialized = []
+
+    def deserialize(self, blob):
+        blob = bytes(blob)
+        self.deserialized.append(blob)
+        if not blob.startswith(b"CACHE:"):
+            return False  # the real one refuses a cache from another GPU, driver or version
+        self.compiled |= {tuple(s) for s in json.loads(blob[6:])}
+        return True
+
+    def serialize(self):
+        return b"CACHE:" + json.dumps(sorted(self.compiled)).encode()
+
+
+class FakeRuntimeConfig:
+    def __init__(self):
+        self.cache = None
+        self.cuda_graph_strategy = _Enum("DISABLED")
+
+    def create_runtime_cache(self):
+        return FakeRuntimeCache()
+
+    def set_runtime_cache(self, cache):
+        self.cache = cache
+        return True
+
+    def get_runtime_cache(self):
+        return self.cache
+
+
+def make_tensorrt(version="10.3.0", rtx=False):
+    trt = types.ModuleType("fake_tensorrt_rtx" if rtx else "fake_tensorrt")
     trt.__version__ = version
     trt.loaded = []
+    trt.validity = ("VALID", 0)  # what get_engine_validity answers (TensorRT-RTX)
 
     class Logger:
         WARNING = "WARNING"
@@ -167,15 +222,35 @@ def make_tensorrt(version="10.3.0"):
             self.logger = logger
 
         def deserialize_cuda_engine(self, plan):
+            plan = bytes(plan)
+            if rtx and plan.startswith(b"vtrt"):
+                plan = plan[RTX_HEADER_SIZE:]
             try:
-                engine = FakeEngine(json.loads(bytes(plan)))
+                engine = FakeEngine(json.loads(plan))
             except ValueError:
                 return None  # TensorRT returns None for a plan it cannot load
+            if rtx:
+                engine.create_runtime_config = FakeRuntimeConfig
             trt.loaded.append(engine)
             return engine
 
     trt.Logger, trt.Runtime = Logger, Runtime
     trt.TensorIOMode = types.SimpleNamespace(INPUT=_Enum("INPUT"), OUTPUT=_Enum("OUTPUT"))
+    if rtx:
+        trt.EngineValidity = types.SimpleNamespace(VALID=_Enum("VALID"), SUBOPTIMAL=_Enum("SUBOPTIMAL"),
+                                                   INVALID=_Enum("INVALID"))
+        diagnostics = {"VERSION_MISMATCH": 1, "UNSUPPORTED_CC": 2, "OLD_CUDA_DRIVER": 4}
+        trt.EngineInvalidityDiagnostics = types.SimpleNamespace(__members__=diagnostics)
+        trt.CudaGraphStrategy = types.SimpleNamespace(DISABLED=_Enum("DISABLED"),
+                                                      WHOLE_GRAPH_CAPTURE=_Enum("WHOLE_GRAPH_CAPTURE"))
+        Runtime.engine_header_size = RTX_HEADER_SIZE
+
+        def get_engine_validity(self, header):
+            trt.validity_asked = bytes(header)
+            name, bits = trt.validity
+            return getattr(trt.EngineValidity, name), bits
+
+        Runtime.get_engine_validity = get_engine_validity
     return trt
 
 
@@ -370,10 +445,14 @@ def install_cuda_runtime(monkeypatch, rt):
     return rt
 
 
-def install(monkeypatch, version="10.3.0", gpu_name="NVIDIA H200", cc=(9, 0)):
-    """Fake TensorRT + GPU for the duration of a test; returns the fake tensorrt module."""
-    trt = make_tensorrt(version)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+def install(monkeypatch, version=None, gpu_name=None, cc=None, rtx=False):
+    """Fake TensorRT (or, ``rtx=True``, TensorRT-RTX: 1.7.1 on an RTX 4090 by default) + GPU for the duration of
+    a test; returns the fake module."""
+    version = version or ("1.7.1.116" if rtx else "10.3.0")
+    gpu_name = gpu_name or ("NVIDIA GeForce RTX 4090" if rtx else "NVIDIA H200")
+    cc = cc or ((8, 9) if rtx else (9, 0))
+    trt = make_tensorrt(version, rtx=rtx)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx" if rtx else "tensorrt", trt)
     info = cuda_util.DeviceInfo(0, gpu_name, cc, 80 << 30, 79 << 30, False, 132, 5120, 2_619_000)
     monkeypatch.setattr(cuda_util, "init_device", lambda device=0: info)
     monkeypatch.setattr(cuda_util, "set_device", lambda device: None)

@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,26 +155,58 @@ def test_cli_without_tensorrt_exits_3(tmp_path, monkeypatch, capsys):
     engine = write_engine(tmp_path / "m.engine")
     assert bm.main([str(engine), "--batch", "1"]) == EXIT_NO_TENSORRT
     err = capsys.readouterr().err
-    assert "TensorRT is missing" in err and err.count("\n") == 1
+    assert f"cannot run {engine}, a TensorRT engine: TensorRT is not importable" in err and err.count("\n") == 1
+
+
+def _manifest_for(engine, **fields):
+    from trt_res2net import manifest as mf
+
+    doc = {"format": mf.MANIFEST_FORMAT, "format_version": mf.MANIFEST_VERSION,
+           "io": {"input": {"name": "x", "shape": [-1, 3, 224, 224]}}, **fields}  # the builder's "io" record
+    mf.manifest_path_for(engine).write_text(json.dumps(doc))
 
 
 def test_cli_without_tensorrt_still_prints_the_cross_check_commands(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    from trt_res2net import trt_runtime
-
     engine = write_engine(tmp_path / "m.engine")
-    manifest = {"io": {"input": {"name": "x", "shape": [-1, 3, 224, 224]}}}  # the builder's "io" record
-    monkeypatch.setattr(trt_runtime, "find_manifest", lambda path: tmp_path / "m.engine.json")
-    monkeypatch.setattr(trt_runtime, "load_manifest", lambda path: manifest)
+    _manifest_for(engine, engine_family="tensorrt")
     assert bm.main([str(engine), "--batch", "1,8", "--polygraphy", "--iterations", "10"]) == EXIT_NO_TENSORRT
     out = capsys.readouterr().out
-    assert f"trtexec --loadEngine={engine} --shapes=x:8x3x224x224 --useCudaGraph" in out
-    assert "polygraphy run" in out and "'x:[1,3,224,224]'" in out and "polygraphy not run" in out
+    assert f"trtexec equivalent:    trtexec --loadEngine={engine} --shapes=x:8x3x224x224 --useCudaGraph" in out
+    assert "polygraphy equivalent: polygraphy run" in out and "'x:[1,3,224,224]'" in out
+    assert "polygraphy not run" in out
+
+
+def test_rtx_engine_cross_check_uses_the_rtx_tools(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    engine = write_engine(tmp_path / "m.rtx.engine", rtx=True)
+    _manifest_for(engine, engine_family="tensorrt-rtx")
+    assert bm.main([str(engine), "--batch", "8", "--polygraphy", "--iterations", "10"]) == EXIT_NO_TENSORRT
+    out = capsys.readouterr().out
+    assert (f"tensorrt_rtx equivalent: tensorrt_rtx --loadEngine={engine} --shapes=x:8x3x224x224 "
+            "--rtxCudaGraphStrategy=wholeGraph --noDataTransfers") in out
+    assert "polygraphy equivalent: env POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy run" in out
+    assert "needs `pip install polygraphy` and TensorRT-RTX" in out
+
+
+def test_first_run_is_reported_apart(tmp_path, monkeypatch, capsys):
+    install(monkeypatch, rtx=True)
+    engine = write_engine(tmp_path / "m.rtx.engine", rtx=True, batch=(1, 4, 8))
+    out_json = tmp_path / "b.json"
+    assert bm.main([str(engine), "--batch", "1,4", "--iterations", "3", "--warmup", "0", "--json",
+                    str(out_json), "--plot", str(tmp_path / "b.png")]) == 0
+    out = capsys.readouterr().out
+    assert "first run" in out.splitlines()[1]
+    doc = json.loads(out_json.read_text())
+    assert all(r["first_run_ms"] > 0 for r in doc["results"])
+    assert doc["info"]["library"] == "TensorRT-RTX 1.7.1" and doc["info"]["first_run_ms"].keys() == {"1", "4"}
+    assert doc["info"]["runtime_cache"].endswith(".runtime-cache")
+    assert Path(doc["info"]["runtime_cache"]).is_file()  # written when the benchmark closed the engine
 
 
 def test_cli_end_to_end_on_a_fake_engine(tmp_path, monkeypatch, capsys):
     install(monkeypatch)
-    monkeypatch.setattr(bm, "_polygraphy_runnable", lambda: False)
+    monkeypatch.setattr(bm, "_polygraphy_runnable", lambda family: False)
     engine = write_engine(tmp_path / "m.engine", batch=(1, 4, 8))
     out_json = tmp_path / "bench.json"
     code = bm.main([str(engine), "--batch", "1,4,16", "--iterations", "3", "--warmup", "1",
@@ -185,7 +218,7 @@ def test_cli_end_to_end_on_a_fake_engine(tmp_path, monkeypatch, capsys):
     doc = json.loads(out_json.read_text())
     assert [r["batch"] for r in doc["results"]] == [1, 4]
     assert doc["settings"]["iterations"] == 3 and doc["settings"]["cuda_graph"] is True
-    assert doc["info"]["tensorrt"] == "10.3.0" and doc["info"]["input"]["name"] == "input"
+    assert doc["info"]["library"] == "TensorRT 10.3.0" and doc["info"]["input"]["name"] == "input"
     if _has_matplotlib():
         assert out_json.with_suffix(".png").is_file()
 

@@ -41,7 +41,7 @@ def test_build_progress_ctrl_c_cancels_instead_of_raising(monkeypatch):
         n = 0
         total = 10
 
-        def refresh(self):
+        def update(self, n):
             raise KeyboardInterrupt
 
         def close(self):

@@ -18,7 +18,6 @@ from trt_fakes import (  # isort: skip
     FakeDeviceBuffer,
     fake_gpu,
     fake_version_tag,
-    install_missing_modules,
     make_fake_tensorrt,
     plan_doc,
     tiny_classifier_onnx,
@@ -227,21 +226,22 @@ def test_cli_arguments():
 # run_engine_step without TensorRT / without a GPU: exit status 3, one line, ONNX named
 
 
-def test_no_tensorrt_is_exit_3_naming_the_onnx(onnx_dir, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
+def test_no_library_is_exit_3_naming_the_onnx(onnx_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` → ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     args = _parser().parse_args([])
     with pytest.raises(MissingDependency) as info:
         builder.run_engine_step(args, onnx_dir / "qdq.onnx", "tiny", "int8", onnx_dir / "fp32.onnx")
     msg = str(info.value)
     assert info.value.exit_code == EXIT_NO_TENSORRT == 3
     assert msg.startswith(
-        f"wrote {onnx_dir / 'fp32.onnx'} and {onnx_dir / 'qdq.onnx'}; TensorRT is not importable"
+        f"wrote {onnx_dir / 'fp32.onnx'} and {onnx_dir / 'qdq.onnx'}; neither TensorRT nor TensorRT-RTX is "
+        "importable; to build the engine install TensorRT (pip install tensorrt on x86"
     )
-    assert (
-        "to build the engine install TensorRT: pip install tensorrt (x86) / JetPack's python3-libnvinfer"
-        in msg
-    )
-    assert "\n" not in msg
+    assert "or TensorRT-RTX (pip install 'trt-res2net[rtx]'" in msg and "\n" not in msg
+    with pytest.raises(MissingDependency, match=r"; TensorRT is not importable \(ModuleNotFoundError"):
+        builder.run_engine_step(_parser().parse_args(["--engine-family", "tensorrt"]), onnx_dir / "fp32.onnx",
+                                "tiny", "fp32", onnx_dir / "fp32.onnx")
 
 
 def test_no_gpu_is_exit_3(onnx_dir, monkeypatch):
@@ -259,7 +259,7 @@ def test_no_gpu_is_exit_3(onnx_dir, monkeypatch):
         )
     assert info.value.exit_code == 3
     assert str(info.value).startswith(f"wrote {onnx_dir / 'fp32.onnx'}; no usable NVIDIA GPU")
-    assert "pip install tensorrt" in str(info.value)
+    assert "pip install tensorrt" in str(info.value) and "--engine-family tensorrt-rtx" in str(info.value)
 
 
 def test_dla_fp32_is_a_usage_error(onnx_dir):
@@ -279,11 +279,10 @@ def test_dla_fp32_is_a_usage_error(onnx_dir):
 
 @pytest.fixture
 def fake_env(monkeypatch, tmp_path):
-    """Fake TensorRT (set per test), a fake GPU, fake device buffers, stand-ins for not-yet-landed modules,
-    and a scratch working directory (engines/ and calib/ are relative)."""
+    """Fake TensorRT (set per test), a fake GPU, fake device buffers, and a scratch working directory
+    (engines/ and calib/ are relative)."""
     from trt_res2net import manifest, trt_calibrator
 
-    install_missing_modules(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(manifest, "detect_gpu", lambda device=0: fake_gpu())
     monkeypatch.setattr(trt_calibrator, "CudaDeviceBuffer", FakeDeviceBuffer)
@@ -313,7 +312,8 @@ def test_fp32_build_per_release(fake_env, onnx_dir, release):
     assert doc["flags"] == [] and doc["pools"] == {"WORKSPACE": 10 << 30}
     assert doc["profiles"] == [{"input": [[1, 3, 224, 224], [8, 3, 224, 224], [32, 3, 224, 224]]}]
     m = read_manifest(engine)
-    assert m["tensorrt_version"] == release and m["precision"] == "fp32" and m["int8_mode"] is None
+    assert m["library_version"] == release and m["precision"] == "fp32" and m["int8_mode"] is None
+    assert m["engine_family"] == "tensorrt" and m["compute_capabilities"] == ["8.9"]
     assert m["gpu"]["name"] == "NVIDIA Fake GPU" and m["gpu"]["compute_capability"] == "8.9"
     assert m["io"]["input"] == {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float"}
     assert m["io"]["output"]["name"] == "logits"
@@ -677,5 +677,5 @@ def test_rebuild_replaces_engine_and_manifest(fake_env, onnx_dir):
     sha1 = read_manifest(first)["engine_sha256"]
     fake_env("10.13.3")
     second = _build(["--batch", "2"], onnx_dir, "fp32")
-    assert first == second and read_manifest(second)["tensorrt_version"] == "10.13.3"
+    assert first == second and read_manifest(second)["library_version"] == "10.13.3"
     assert read_manifest(second)["engine_sha256"] != sha1

@@ -24,14 +24,14 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(scope="module")
 def trt_gpu():
     try:
-        trt = trt_compat.import_tensorrt()
+        library = trt_compat.import_library("tensorrt")
     except MissingDependency as e:
         pytest.skip(str(e).split(";")[0])  # "TensorRT is not importable (...)"
     try:
         gpu = manifest.detect_gpu()
     except MissingDependency as e:
         pytest.skip(str(e).split(";")[0])
-    return trt_compat.version_of(trt), gpu
+    return library.version, gpu
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def _args(tmp_path, *argv):
     p.add_argument("--calib-images", type=int, default=500)
     p.add_argument("--quiet", action="store_true")
     builder.add_cli_arguments(p)
-    return p.parse_args(["--quiet", "--engine-dir", str(tmp_path / "engines"), *argv])
+    return p.parse_args(["--quiet", "--engine-family", "tensorrt", "--engine-dir", str(tmp_path / "engines"), *argv])
 
 
 def _cosine(a, b):
@@ -97,7 +97,7 @@ def test_fp32_engine_matches_onnxruntime(trt_gpu, runtime, fitted_onnx, images, 
     engine = builder.run_engine_step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp32", fitted_onnx)
     m = manifest.read_manifest(engine)
     version, gpu = trt_gpu
-    manifest.check_engine_compatible(m, str(version), gpu.name, gpu.compute_capability)
+    manifest.check_engine_compatible(m, version, gpu.name, gpu.compute_capability)
     x = images["eval"][:8]
     ref = _ort(fitted_onnx, x)
     got = _run(runtime, engine, x)
@@ -174,6 +174,6 @@ def test_timing_cache_reuse_and_manifest_refusal(trt_gpu, fitted_onnx, tmp_path,
     builder.run_engine_step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t", "fp32",
                             fitted_onnx)
     m = manifest.read_manifest(first)
-    m["tensorrt_version"] = "7.0.0"
+    m["library_version"] = "7.0.0"
     with pytest.raises(UserError, match="built with TensorRT 7.0.0"):
-        manifest.check_engine_compatible(m, str(version), gpu.name, gpu.compute_capability)
+        manifest.check_engine_compatible(m, version, gpu.name, gpu.compute_capability)

@@ -10,6 +10,7 @@ from fake_gpu_runtime import cudaError_t, fake_cuda_runtime, install_cuda_runtim
 from trt_res2net import manifest as mf
 from trt_res2net.errors import MissingDependency, UserError
 from trt_res2net.preprocess import SPEC
+from trt_res2net.trt_compat import parse_version
 
 
 def _manifest(tmp_path, **over):
@@ -22,8 +23,10 @@ def _manifest(tmp_path, **over):
         model="m",
         precision="fp16",
         int8_mode=None,
-        tensorrt_version="10.3.0",
+        engine_family="tensorrt",
+        library_version="10.3.0",
         gpu=fake_gpu(name="Orin", cc="8.7", integrated=True),
+        compute_capabilities=["8.7"],
         onnx_path="onnx/m.onnx",
         onnx_sha256="ab" * 32,
         io={"input": {"name": "input"}},
@@ -42,7 +45,8 @@ def test_manifest_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*.part"))  # atomic write left no temporary behind
     back = mf.read_manifest(engine)
     assert back == json.loads(json.dumps(doc))
-    assert back["format"] == mf.MANIFEST_FORMAT and back["tensorrt_version"] == "10.3.0"
+    assert back["format"] == mf.MANIFEST_FORMAT and back["library_version"] == "10.3.0"
+    assert back["engine_family"] == "tensorrt" and back["compute_capabilities"] == ["8.7"]
     assert back["gpu"]["name"] == "Orin" and back["gpu"]["compute_capability"] == "8.7"
     assert back["gpu"]["integrated"] is True and back["gpu"]["total_memory_mib"] == 24 * 1024
     assert back["preprocess"] == SPEC.to_dict() and back["preprocess_sha256"] == SPEC.sha256()
@@ -78,17 +82,55 @@ def test_normalize_cc(cc, expected):
 
 def test_check_engine_compatible(tmp_path):
     _, doc = _manifest(tmp_path)
-    mf.check_engine_compatible(doc, "10.3.0.30", "Orin", (8, 7))  # build number does not matter
+    v = parse_version
+    mf.check_engine_compatible(doc, v("10.3.0.30"), "Orin", (8, 7))  # build number does not matter
     with pytest.raises(UserError) as info:
-        mf.check_engine_compatible(doc, "10.13.3", "Orin", "8.7")
+        mf.check_engine_compatible(doc, v("10.13.3"), "Orin", "8.7")
     assert "built with TensorRT 10.3.0" in str(info.value) and "10.13.3" in str(info.value)
     assert "rebuild" in str(info.value)
     with pytest.raises(UserError, match=r"compute capability 8.7 \(Orin\).*NVIDIA H200.*9.0"):
-        mf.check_engine_compatible(doc, "10.3.0", "NVIDIA H200", "9.0")
+        mf.check_engine_compatible(doc, v("10.3.0"), "NVIDIA H200", "9.0")
     with pytest.raises(UserError, match=r"built on GPU 'Orin'.*'Orin Nano'"):
-        mf.check_engine_compatible(doc, "10.3.0", "Orin Nano", "8.7")
+        mf.check_engine_compatible(doc, v("10.3.0"), "Orin Nano", "8.7")
     with pytest.raises(UserError, match="TensorRT"):
-        mf.check_engine_compatible({"gpu": {}}, "10.3.0", "x", "8.7")  # no version recorded → refused
+        mf.check_engine_compatible({"gpu": {}}, v("10.3.0"), "x", "8.7")  # no version recorded → refused
+    with pytest.raises(UserError, match=r"is a TensorRT engine; TensorRT-RTX 1.7.1 cannot run it.*pip install "
+                                         "tensorrt"):
+        mf.check_engine_compatible(doc, v("1.7.1", "tensorrt-rtx"), "NVIDIA GeForce RTX 4090", "8.9")
+
+
+def test_check_rtx_engine_by_compute_capability(tmp_path):
+    """A portable TensorRT-RTX engine is checked by membership of the GPU's compute capability, not by name."""
+    _, doc = _manifest(tmp_path, engine_family="tensorrt-rtx", library_version="1.7.1.116", gpu=None,
+                       compute_capabilities=["8.6", "8.9", "12.0"])
+    rtx = parse_version("1.7.1.116", "tensorrt-rtx")
+    for name, cc in (("NVIDIA GeForce RTX 3090", "8.6"), ("NVIDIA L4", "8.9"), ("NVIDIA RTX PRO 6000", "12.0")):
+        mf.check_engine_compatible(doc, rtx, name, cc)
+    mf.check_engine_compatible(doc, parse_version("1.8.0", "tensorrt-rtx"), "NVIDIA L4", "8.9")  # newer runtime
+    with pytest.raises(UserError, match=r"8.6 \(A10.*12.0 \(RTX 50.*this GPU \(NVIDIA A100\) is 8.0; rebuild "
+                                         r"it with --compute-capability 8.0"):
+        mf.check_engine_compatible(doc, rtx, "NVIDIA A100", "8.0")
+    with pytest.raises(UserError, match=r"H200\) is 9.0; this GPU is not a TensorRT-RTX target: build with "
+                                         r"TensorRT \(--engine-family tensorrt\)"):
+        mf.check_engine_compatible(doc, rtx, "NVIDIA H200", "9.0")
+    with pytest.raises(UserError, match="newer than this machine's TensorRT-RTX 1.6.0"):
+        mf.check_engine_compatible(doc, parse_version("1.6.0", "tensorrt-rtx"), "NVIDIA L4", "8.9")
+    with pytest.raises(UserError, match="is a TensorRT-RTX engine; TensorRT 10.3.0 cannot run it"):
+        mf.check_engine_compatible(doc, parse_version("10.3.0"), "NVIDIA L4", "8.9")
+    doc["compute_capabilities_and_later"] = True
+    mf.check_engine_compatible(doc, rtx, "a future GPU", "13.0")
+
+
+def test_format_1_manifests_still_read(tmp_path):
+    engine = tmp_path / "old.engine"
+    engine.write_bytes(b"plan")
+    mf.manifest_path_for(engine).write_text(json.dumps({
+        "format": mf.MANIFEST_FORMAT, "format_version": 1, "tensorrt_version": "10.3.0",
+        "gpu": {"name": "Orin", "compute_capability": "8.7"}}))
+    doc = mf.read_manifest(engine)
+    assert (doc["engine_family"], doc["library_version"], doc["compute_capabilities"]) == ("tensorrt", "10.3.0",
+                                                                                          ["8.7"])
+    mf.check_engine_compatible(doc, parse_version("10.3.0"), "Orin", "8.7")
 
 
 def test_check_engine_file(tmp_path):

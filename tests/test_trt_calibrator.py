@@ -10,12 +10,7 @@ from trt_res2net import trt_calibrator as tc
 from trt_res2net.cuda_util import CudaError
 from trt_res2net.errors import UserError
 
-from trt_fakes import FakeDeviceBuffer, install_missing_modules, write_images  # isort: skip
-
-
-@pytest.fixture(autouse=True)
-def _modules(monkeypatch):
-    install_missing_modules(monkeypatch)
+from trt_fakes import FakeDeviceBuffer, write_images  # isort: skip
 
 
 def test_exact_batches_rechunks_and_drops_remainder():

@@ -1,4 +1,5 @@
-"""TensorRT release gates and version parsing, without TensorRT; and trt-api-check over the package."""
+"""TensorRT / TensorRT-RTX release gates, version parsing and library choice, without TensorRT (the real
+tensorrt_rtx module where installed); and trt-api-check over the package."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = ["8.6.1", "10.3.0", "10.13.3", "11.4.0"]
+RTX = trt_compat.parse_version("1.7.1.116", "tensorrt-rtx")
+
+
+def _version(release):
+    return RTX if release == "rtx-1.7.1" else trt_compat.parse_version(release)
 
 
 @pytest.mark.parametrize(
@@ -30,8 +36,16 @@ RELEASES = ["8.6.1", "10.3.0", "10.13.3", "11.4.0"]
 )
 def test_parse_version(text, expected):
     v = trt_compat.parse_version(text)
-    assert tuple(v) == expected
+    assert tuple(v)[:4] == expected and v.family == "tensorrt"
     assert str(v) == ".".join(map(str, expected[:3]))
+    assert v.label == f"TensorRT {v}"
+
+
+def test_parse_rtx_version():
+    assert tuple(RTX) == (1, 7, 1, 116, "tensorrt-rtx") and RTX.full == "1.7.1.116"
+    assert RTX.label == "TensorRT-RTX 1.7.1"
+    with pytest.raises(UserError, match="unknown engine family"):
+        trt_compat.parse_version("1.7.1", "tensorrt-lean")
 
 
 def test_parse_version_rejects_garbage():
@@ -46,12 +60,15 @@ EXPECTED_GATES = {
     "10.3.0": (False, True, False, True, True, True, True, True, None, "flag"),
     "10.13.3": (False, True, False, True, True, True, True, True, None, "flag"),
     "11.4.0": (False, True, True, False, False, True, True, True, None, "onnx"),
+    "rtx-1.7.1": (False, True, True, False, False, True, True, True, None, "onnx"),
 }
+#                    dla    no-GPU build  targets  runtime cache  timing cache
+FAMILY_GATES = {"tensorrt": (True, False, False, False, True), "tensorrt-rtx": (False, True, True, True, False)}
 
 
-@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("release", [*RELEASES, "rtx-1.7.1"])
 def test_gates_per_release(release):
-    v = trt_compat.parse_version(release)
+    v = _version(release)
     got = (
         trt_compat.needs_explicit_batch_flag(v),
         trt_compat.has_strongly_typed_flag(v),
@@ -65,6 +82,9 @@ def test_gates_per_release(release):
         trt_compat.fp16_source(v),
     )
     assert got == EXPECTED_GATES[release]
+    family = (trt_compat.has_dla(v), trt_compat.builds_without_gpu(v), trt_compat.has_compute_capability_targets(v),
+              trt_compat.has_runtime_cache(v), trt_compat.has_timing_cache(v))
+    assert family == FAMILY_GATES[v.family]
 
 
 def test_gates_accept_tuples_and_strings():
@@ -72,13 +92,17 @@ def test_gates_accept_tuples_and_strings():
     assert not trt_compat.needs_explicit_batch_flag("10.3.0")
     assert trt_compat.has_device_memory_size_v2("10.1") and not trt_compat.has_device_memory_size_v2("10.0.1")
     assert not trt_compat.is_supported("8.5.2") and trt_compat.is_supported("8.6.1")
+    # a TensorRT-RTX version is always a TrtVersion: "1.7" as a string is a (too old) TensorRT
+    assert trt_compat.is_supported(RTX) and not trt_compat.is_supported("1.7.1")
+    assert not trt_compat.is_supported(trt_compat.parse_version("1.6.0", "tensorrt-rtx"))
 
 
 @pytest.mark.parametrize(
-    "release, modes", [("8.6.1", ("calibrator",)), ("10.3.0", ("qdq", "calibrator")), ("11.4.0", ("qdq",))]
+    "release, modes",
+    [("8.6.1", ("calibrator",)), ("10.3.0", ("qdq", "calibrator")), ("11.4.0", ("qdq",)), ("rtx-1.7.1", ("qdq",))],
 )
 def test_int8_modes(release, modes):
-    assert trt_compat.int8_modes(release) == modes
+    assert trt_compat.int8_modes(_version(release)) == modes
 
 
 @pytest.mark.parametrize(
@@ -105,37 +129,62 @@ def test_resolve_int8_mode_refusals_say_why():
         trt_compat.resolve_int8_mode("calibrator", "11.4.0")
     with pytest.raises(UserError, match="qdq, calibrator or auto"):
         trt_compat.resolve_int8_mode("minmax", "10.3.0")
+    with pytest.raises(UserError, match=r"TensorRT-RTX 1.7 has no INT8 calibrator \(never had one\)"):
+        trt_compat.resolve_int8_mode("calibrator", RTX)
+    assert trt_compat.resolve_int8_mode("auto", RTX, have_qdq_onnx=False) == "qdq"
 
 
 def test_require_supported_refuses_jetpack5():
     with pytest.raises(UserError, match="8.5.*JetPack 5"):
         trt_compat.require_supported("8.5.2")
     trt_compat.require_supported("8.6.1")
+    with pytest.raises(UserError, match=r"TensorRT-RTX 1.6 is older .* 1.7 \(upgrade: .*trt-res2net\[rtx\]"):
+        trt_compat.require_supported(trt_compat.parse_version("1.6.0", "tensorrt-rtx"))
 
 
-def test_import_tensorrt_missing_is_exit_3(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+def _hide(monkeypatch, *modules):
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)  # makes `import m` raise ImportError
+
+
+def test_import_library_missing_is_exit_3(monkeypatch):
+    _hide(monkeypatch, "tensorrt")
     with pytest.raises(MissingDependency) as info:
-        trt_compat.import_tensorrt(what_was_written="onnx/x.onnx")
+        trt_compat.import_library("tensorrt", what_was_written="onnx/x.onnx")
     msg = str(info.value)
     assert info.value.exit_code == EXIT_NO_TENSORRT == 3
     assert msg.startswith("wrote onnx/x.onnx; TensorRT is not importable")
     assert "pip install tensorrt" in msg and "python3-libnvinfer" in msg and "\n" not in msg
+    assert trt_compat.installed_version("tensorrt") is None
+
+
+def test_auto_without_either_library_names_both(monkeypatch):
+    _hide(monkeypatch, "tensorrt", "tensorrt_rtx")
+    with pytest.raises(MissingDependency) as info:
+        trt_compat.import_library("auto", what_was_written="x.onnx")
+    msg = str(info.value)
+    assert msg.startswith("wrote x.onnx; neither TensorRT nor TensorRT-RTX is importable; to build the engine")
+    assert "pip install tensorrt" in msg and "trt-res2net[rtx]" in msg and "\n" not in msg
     assert trt_compat.installed_version() is None
 
 
-def test_installed_version_with_fake(monkeypatch):
+def test_auto_prefers_tensorrt_then_takes_rtx(monkeypatch):
     from trt_fakes import make_fake_tensorrt
 
+    rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed: pip install -e .[rtx]")
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.13.3"))
-    assert trt_compat.installed_version() == (10, 13, 3, 0)
+    assert trt_compat.installed_version() == (10, 13, 3, 0, "tensorrt")
+    assert trt_compat.import_library("tensorrt-rtx").module is rtx
+    _hide(monkeypatch, "tensorrt")
+    lib = trt_compat.import_library()
+    assert lib.module is rtx and lib.version.family == "tensorrt-rtx" and lib.label.startswith("TensorRT-RTX 1.")
 
 
 def test_package_import_stays_light():
     code = (
         "import sys, trt_res2net.trt_compat, trt_res2net.builder, trt_res2net.manifest, "
-        "trt_res2net.trt_calibrator, trt_res2net.build_progress\n"
-        "heavy = [m for m in ('tensorrt', 'onnx', 'onnxruntime', 'cv2', 'cuda', 'torch')\n"
+        "trt_res2net.trt_calibrator, trt_res2net.build_progress, trt_res2net.trt_runtime\n"
+        "heavy = [m for m in ('tensorrt', 'tensorrt_rtx', 'onnx', 'onnxruntime', 'cv2', 'cuda', 'torch')\n"
         "         if m in sys.modules]\n"
         "print(heavy)"
     )
@@ -154,18 +203,25 @@ def _api_check_tool() -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+# Attributes trt-api-check lists because a file that imports tensorrt uses them, confirmed not to be TensorRT's:
+# Python's (list.append, dict.update, sorted's key=), numpy's (itemsize, int64) and cuda_util's (DeviceInfo.cc,
+# DeviceBuffer.free, Stream.memset).
+NOT_TENSORRT_NAMES = {"append", "update", "key", "itemsize", "int64", "cc", "free", "memset"}
+
+
 def test_trt_api_check_reports_no_unknown_names_and_all_release_names_are_gated():
     tool = _api_check_tool()
     if tool is None:
         pytest.skip("trt-api-check not found (../shared/tools/trt-api-check or $TRT_API_CHECK)")
-    out = subprocess.run([sys.executable, str(tool), "."], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(tool), "--rtx", "."], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"trt-api-check: 0 unknown TensorRT names", out.stdout), out.stdout
-    # The package's release-dependent names must each have a gate (tests may list others: a test that
-    # imports tensorrt makes every attribute in it a candidate, e.g. numpy's).
-    pkg = subprocess.run([sys.executable, str(tool), "trt_res2net"], cwd=REPO, capture_output=True, text=True)
+    # The package's release-dependent names (TensorRT-RTX counted as one more release) must each have a gate
+    # (tests may list others: a test that imports tensorrt makes every attribute in it a candidate).
+    pkg = subprocess.run([sys.executable, str(tool), "--rtx", "trt_res2net"], cwd=REPO, capture_output=True,
+                         text=True)
     listed = re.findall(r"^  (\w+)\s+(?:yes|-)\s", pkg.stdout, flags=re.M)
-    ungated = [name for name in listed if name not in trt_compat.GATED_NAMES]
+    ungated = [name for name in listed if name not in trt_compat.GATED_NAMES and name not in NOT_TENSORRT_NAMES]
     assert not ungated, f"release-dependent names without a gate in trt_compat.GATED_NAMES: {ungated}"
 
 
@@ -191,3 +247,61 @@ def test_gated_names_match_the_fakes(release):
             assert gate <= present
         else:
             assert gate == present, name
+
+
+def test_gated_names_match_the_real_tensorrt_rtx():
+    """Each gate says 'present' for TensorRT-RTX exactly where the real tensorrt_rtx module has the name."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed: pip install -e .[rtx]")
+    v = trt_compat.parse_version(trt.__version__, "tensorrt-rtx")
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    owners = [trt, trt.NetworkDefinitionCreationFlag, trt.BuilderFlag, config, trt.Runtime, trt.ICudaEngine,
+              trt.IRuntimeConfig, trt.IRuntimeCache, trt.IExecutionContext, trt.EngineValidity, trt.CudaGraphStrategy]
+    for name, gate in trt_compat.GATED_NAMES.items():
+        present = any(hasattr(owner, name) for owner in owners)
+        if name == "EXPLICIT_BATCH":
+            assert not gate(v) and not present
+        else:
+            assert gate(v) == present, name
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("8.6,8.9,12.0", ["8.6", "8.9", "12.0"]), ("12.0, sm_86, 86", ["8.6", "12.0"]), ("7.5", ["7.5"]),
+     ("current", ["current"]), ("CURRENT", ["current"])],
+)
+def test_parse_compute_capabilities(text, expected):
+    assert trt_compat.parse_compute_capabilities(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [("9.0", "Hopper: build with TensorRT"), ("8.7", "targets 7.5, 8.0, 8.6, 8.9, 12.0, 12.1 or current"),
+     ("current,8.6", "alone"), (",", "needs a list")],
+)
+def test_parse_compute_capabilities_refusals(text, match):
+    with pytest.raises(UserError, match=match):
+        trt_compat.parse_compute_capabilities(text)
+
+
+def test_rtx_plan_header_and_family(tmp_path):
+    head = bytearray(64)
+    head[:4] = b"vtrt"
+    head[24:27] = bytes([1, 7, 1])
+    head[32] = 0x7E  # the default targets as observed on 1.7.1
+    h = trt_compat.read_rtx_plan_header(bytes(head))
+    assert h.version == (1, 7, 1) and h.compute_capabilities == ("8.0", "8.6", "8.9", "12.0", "12.1") and h.and_later
+    head[32] = 0x14
+    h = trt_compat.read_rtx_plan_header(bytes(head))
+    assert h.compute_capabilities == ("8.6", "12.0") and not h.and_later
+    assert trt_compat.read_rtx_plan_header(b"ftrt" + bytes(60)) is None
+    (tmp_path / "a.engine").write_bytes(bytes(head))
+    (tmp_path / "b.engine").write_bytes(b"ftrt" + bytes(60))
+    assert trt_compat.engine_family_of(tmp_path / "a.engine") == "tensorrt-rtx"
+    assert trt_compat.engine_family_of(tmp_path / "b.engine") == "tensorrt"
+
+
+def test_rtx_runs_on():
+    default = ["8.0", "8.6", "8.9", "12.0", "12.1"]
+    assert trt_compat.rtx_runs_on("8.9", default, True) and trt_compat.rtx_runs_on("13.0", default, True)
+    assert not trt_compat.rtx_runs_on("9.0", default, True) and not trt_compat.rtx_runs_on("7.5", default, True)
+    assert not trt_compat.rtx_runs_on("12.0", ["8.6"], False) and not trt_compat.rtx_runs_on("13.0", default, False)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
+import fake_gpu_runtime
 import numpy as np
 import pytest
 from fake_gpu_runtime import FakeGraph, FakeKernels, expected_outputs, install, write_engine
 
-import trt_res2net
+from trt_res2net import manifest as mf
 from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
 from trt_res2net.preprocess import SPEC, preprocess_bgr
 from trt_res2net.trt_runtime import TensorRTBackend, topk_numpy
@@ -20,26 +20,6 @@ from trt_res2net.trt_runtime import TensorRTBackend, topk_numpy
 @pytest.fixture
 def fake_trt(monkeypatch):
     return install(monkeypatch)
-
-
-@pytest.fixture
-def fake_manifest(monkeypatch):
-    """A stand-in for trt_res2net.manifest (the builder's module): compares TensorRT version and GPU."""
-    module = types.ModuleType("trt_res2net.manifest")
-    module.calls = []
-
-    def check_engine_compatible(manifest, trt_version, gpu_name, cc):
-        module.calls.append((trt_version, gpu_name, cc))
-        if manifest["tensorrt_version"] != trt_version:
-            built = manifest["tensorrt_version"]
-            raise UserError(f"engine was built with TensorRT {built}, this is {trt_version}")
-        if manifest["gpu"] != gpu_name:
-            raise UserError(f"engine was built for {manifest['gpu']}, this GPU is {gpu_name}")
-
-    module.check_engine_compatible = check_engine_compatible
-    monkeypatch.setitem(sys.modules, "trt_res2net.manifest", module)
-    monkeypatch.setattr(trt_res2net, "manifest", module, raising=False)
-    return module
 
 
 def _batch(n, seed=0, dtype=np.float32):
@@ -59,7 +39,8 @@ def test_describes_a_dynamic_engine(tmp_path, fake_trt):
     assert (backend.min_batch, backend.opt_batch, backend.max_batch) == (1, 4, 8)
     assert backend.outputs_probabilities is False and backend.gpu_preprocessing
     d = backend.info()
-    assert d["tensorrt"] == "10.3.0" and d["gpu"]["compute_capability"] == "9.0"
+    assert d["library"] == "TensorRT 10.3.0" and d["gpu"]["compute_capability"] == "9.0"
+    assert d["engine_family"] == "tensorrt" and d["runtime_cache"] is None
     assert backend.describe() == ("TensorRT 10.3.0 on NVIDIA H200 (compute 9.0), batch 1..8, 10 classes, "
                                   "float32 input")
     assert backend.fixed_batch is False
@@ -138,7 +119,9 @@ def test_cuda_graph_is_captured_once_per_batch_size_and_replayed(tmp_path, fake_
         x = _batch(11, seed)
         np.testing.assert_allclose(graphed.run(x), plain.run(x), rtol=1e-6)
     assert sorted(g.state[0]["input"][0] for g in FakeGraph.instances) == [3, 8]
-    assert [g.launches for g in FakeGraph.instances] == [3, 3]
+    # the first run of each batch size runs uncaptured (timed apart, lazy initialisation); then the graph
+    assert [g.launches for g in FakeGraph.instances] == [2, 2]
+    assert sorted(graphed.first_run_ms) == [3, 8] and sorted(graphed.info()["first_run_ms"]) == ["3", "8"]
     assert graphed.info()["cuda_graph"] and "CUDA graphs" in graphed.describe()
 
 
@@ -161,56 +144,43 @@ def test_time_compute_ms(tmp_path, fake_trt):
         backend.time_compute_ms(9)
 
 
-def _with_manifest(tmp_path, **fields):
-    path = write_engine(tmp_path / "m.engine")
-    manifest = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA H200", **fields}
-    (tmp_path / "m.engine.json").write_text(json.dumps(manifest))
+def _with_manifest(tmp_path, name="m.engine", rtx=False, **fields):
+    path = write_engine(tmp_path / name, rtx=rtx)
+    manifest = {"format": mf.MANIFEST_FORMAT, "format_version": mf.MANIFEST_VERSION,
+                "engine_family": "tensorrt-rtx" if rtx else "tensorrt",
+                "library_version": "1.7.1.116" if rtx else "10.3.0",
+                "gpu": None if rtx else {"name": "NVIDIA H200", "compute_capability": "9.0"},
+                "compute_capabilities": ["8.0", "8.6", "8.9", "12.0", "12.1"] if rtx else ["9.0"],
+                "engine_sha256": mf.sha256_file(path), **fields}
+    mf.manifest_path_for(path).write_text(json.dumps(manifest))
     return path
 
 
-def test_manifest_is_checked_before_loading(tmp_path, fake_trt, fake_manifest):
+def test_manifest_is_checked_before_loading(tmp_path, fake_trt):
     TensorRTBackend(_with_manifest(tmp_path))
-    assert fake_manifest.calls == [("10.3.0", "NVIDIA H200", "9.0")]
-    path = _with_manifest(tmp_path, tensorrt_version="8.6.1")
-    with pytest.raises(UserError, match="TensorRT 8.6.1, this is 10.3.0"):
+    path = _with_manifest(tmp_path, library_version="8.6.1")
+    with pytest.raises(UserError, match="built with TensorRT 8.6.1, but this machine has TensorRT 10.3.0"):
         TensorRTBackend(path)
     assert len(fake_trt.loaded) == 1  # the refused engine was never deserialized
     TensorRTBackend(path, check_manifest=False)
 
 
-def test_manifest_found_by_the_manifest_module_when_it_says_where(tmp_path, fake_trt, fake_manifest):
-    fake_manifest.manifest_path = lambda engine: engine.with_suffix(".engine.meta")
-    path = write_engine(tmp_path / "m.engine")
-    (tmp_path / "m.engine.meta").write_text(json.dumps({"tensorrt_version": "11.4.0", "gpu": "NVIDIA H200"}))
-    with pytest.raises(UserError, match="11.4.0"):
-        TensorRTBackend(path)
-
-
-def test_manifest_file_check_and_preprocessing_warning(tmp_path, fake_trt, fake_manifest, capsys):
-    checked = []
-
-    def check_engine_file(manifest, engine_path):
-        checked.append(engine_path)
-        if manifest.get("engine_sha256") == "other":
-            raise UserError(f"{engine_path} does not match its manifest")
-
-    fake_manifest.check_engine_file = check_engine_file
+def test_manifest_file_check_and_preprocessing_warning(tmp_path, fake_trt, capsys):
     TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256=SPEC.sha256()))
-    assert checked == [tmp_path / "m.engine"] and capsys.readouterr().err == ""
-    with pytest.raises(UserError, match="does not match"):
+    assert capsys.readouterr().err == ""
+    with pytest.raises(UserError, match="does not match its manifest"):
         TensorRTBackend(_with_manifest(tmp_path, engine_sha256="other"))
     TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256="0" * 64))
     assert "built for other preprocessing" in capsys.readouterr().err
 
 
-def test_manifest_can_say_the_output_is_probabilities(tmp_path, fake_trt, fake_manifest):
+def test_manifest_can_say_the_output_is_probabilities(tmp_path, fake_trt):
     assert TensorRTBackend(_with_manifest(tmp_path, outputs_probabilities=True)).outputs_probabilities
 
 
-def test_missing_manifest_is_a_warning(tmp_path, fake_trt, fake_manifest, capsys):
+def test_missing_manifest_is_a_warning(tmp_path, fake_trt, capsys):
     TensorRTBackend(write_engine(tmp_path / "m.engine"))
     assert "no manifest next to" in capsys.readouterr().err
-    assert fake_manifest.calls == []
 
 
 @pytest.mark.parametrize(
@@ -252,5 +222,103 @@ def test_without_tensorrt_the_backend_is_a_missing_dependency(tmp_path, monkeypa
     with pytest.raises(MissingDependency) as err:
         TensorRTBackend(path)
     assert err.value.exit_code == EXIT_NO_TENSORRT
+    assert str(err.value).startswith(f"cannot run {path}, a TensorRT engine: TensorRT is not importable")
     assert "pip install tensorrt" in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorRT-RTX engines (fake tensorrt_rtx: validity, runtime config and cache, graph strategy)
+
+
+@pytest.fixture
+def fake_rtx(monkeypatch):
+    return install(monkeypatch, rtx=True)
+
+
+def test_each_runtime_takes_only_its_own_family(tmp_path, monkeypatch, fake_trt):
+    """An RTX engine needs tensorrt_rtx even where TensorRT is installed (and the other way round)."""
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    rtx_engine = write_engine(tmp_path / "m.rtx.engine", rtx=True)  # no manifest: its first bytes tell
+    with pytest.raises(MissingDependency, match=r"a TensorRT-RTX engine: TensorRT-RTX is not importable .*"
+                                                r"trt-res2net\[rtx\]"):
+        TensorRTBackend(rtx_engine)
+    install(monkeypatch, rtx=True)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependency, match="a TensorRT engine: TensorRT is not importable"):
+        TensorRTBackend(write_engine(tmp_path / "m.engine"))
+    backend = TensorRTBackend(rtx_engine, check_manifest=False)
+    assert backend.describe().startswith("TensorRT-RTX 1.7.1 on NVIDIA GeForce RTX 4090 (compute 8.9)")
+
+
+def test_rtx_engine_runs_and_keeps_its_runtime_cache(tmp_path, fake_rtx):
+    path = _with_manifest(tmp_path, "m.rtx.engine", rtx=True)
+    backend = TensorRTBackend(path)
+    x = _batch(11)
+    np.testing.assert_allclose(backend.run(x), expected_outputs(x, 10), rtol=1e-5, atol=1e-6)
+    assert sorted(backend.first_run_ms) == [3, 8] and "runtime cache" in backend.describe()
+    cache = tmp_path / "m.rtx.engine.nvidia-geforce-rtx-4090-sm89.rtx-1.7.1.116.runtime-cache"
+    assert backend.info()["runtime_cache"] == str(cache) and not cache.exists()
+    backend.close()  # the kernels compiled for batch 3 and 8 are kept, atomically
+    assert json.loads(cache.read_bytes()[6:]) == [[3, 3, 224, 224], [8, 3, 224, 224]]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    stamp = cache.stat().st_mtime_ns
+
+    again = TensorRTBackend(path)
+    assert again._runtime_cache_config.cache.deserialized == [cache.read_bytes()]
+    again.run(_batch(8))  # nothing new compiled → the file is not rewritten
+    again.close()
+    assert cache.stat().st_mtime_ns == stamp
+    no_cache = TensorRTBackend(path, runtime_cache=False)
+    assert no_cache.runtime_cache is None and no_cache.save_runtime_cache() is False
+
+
+def test_rtx_runtime_cache_from_elsewhere_is_replaced(tmp_path, fake_rtx, capsys):
+    path = write_engine(tmp_path / "m.rtx.engine", rtx=True)
+    backend = TensorRTBackend(path, check_manifest=False)
+    backend.runtime_cache.path.write_bytes(b"made on another GPU")
+    backend = TensorRTBackend(path, check_manifest=False)
+    assert "does not fit this GPU, driver or TensorRT-RTX" in capsys.readouterr().err
+    backend.run(_batch(1))
+    backend.close()
+    assert backend.runtime_cache.path.read_bytes().startswith(b"CACHE:")
+
+
+@pytest.mark.parametrize(
+    "validity, message",
+    [(("INVALID", 2), r"cannot run here \(UNSUPPORTED_CC\)"),
+     (("INVALID", 5), r"cannot run here \(VERSION_MISMATCH, OLD_CUDA_DRIVER\)")],
+)
+def test_rtx_engine_validity_is_asked_before_loading(tmp_path, fake_rtx, validity, message):
+    fake_rtx.validity = validity
+    with pytest.raises(UserError, match=message) as err:
+        TensorRTBackend(write_engine(tmp_path / "m.rtx.engine", rtx=True), check_manifest=False)
+    assert fake_rtx.loaded == [] and len(fake_rtx.validity_asked) == 64 and "\n" not in str(err.value)
+
+
+def test_rtx_suboptimal_engine_is_a_warning(tmp_path, fake_rtx, capsys):
+    fake_rtx.validity = ("SUBOPTIMAL", 0)
+    TensorRTBackend(write_engine(tmp_path / "m.rtx.engine", rtx=True), check_manifest=False)
+    assert "runs suboptimally on this GPU" in capsys.readouterr().err
+
+
+def test_rtx_manifest_targets_are_checked_by_compute_capability(tmp_path, fake_rtx):
+    path = _with_manifest(tmp_path, "m.rtx.engine", rtx=True, compute_capabilities=["8.6", "12.0"])
+    with pytest.raises(UserError, match=r"this GPU \(NVIDIA GeForce RTX 4090\) is 8.9; rebuild it with "
+                                         r"--compute-capability 8.9"):
+        TensorRTBackend(path)
+    assert fake_rtx.loaded == []
+
+
+def test_rtx_cuda_graphs_are_the_library_s(tmp_path, fake_rtx, capsys, monkeypatch):
+    path = write_engine(tmp_path / "m.rtx.engine", rtx=True)
+    backend = TensorRTBackend(path, check_manifest=False, cuda_graph=True)
+    assert backend._runtime_cache_config.cuda_graph_strategy == fake_rtx.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+    for _ in range(3):
+        backend.run(_batch(4))
+    assert FakeGraph.instances == [] and backend.info()["cuda_graph"]
+    plain = TensorRTBackend(path, check_manifest=False)
+    assert plain._runtime_cache_config.cuda_graph_strategy == fake_rtx.CudaGraphStrategy.DISABLED
+    monkeypatch.setattr(fake_gpu_runtime.FakeEngine, "capturable", False)
+    backend = TensorRTBackend(path, check_manifest=False, cuda_graph=True)
+    assert "cannot capture" in capsys.readouterr().err and not backend.info()["cuda_graph"]
 

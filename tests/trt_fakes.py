@@ -11,17 +11,14 @@ file's I/O (and refuses >opset 17 on 8.x, and a network created without EXPLICIT
 drives the calibrator (read cache → get_batch until None → write cache) and the progress monitor, and
 returns a plan whose bytes describe the configuration, so tests can check what was set.
 
-Also here: tiny classification ONNX files (onnx.helper) and stand-ins for the calib_cache / calibration
-modules of issue 4, used only while those modules have not landed on main.
+Also here: tiny classification ONNX files (onnx.helper) and calibration images.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib.util
 import json
 import struct
-import sys
 import types
 from pathlib import Path
 
@@ -228,6 +225,9 @@ def make_fake_tensorrt(
 
         def set_memory_pool_limit(self, pool, size):
             self._pools[m.MemoryPoolType(pool).name] = int(size)
+
+        def get_memory_pool_limit(self, pool):
+            return self._pools.get(m.MemoryPoolType(pool).name, 1 << 36)  # TensorRT's default: device memory
 
         def add_optimization_profile(self, profile):
             self._profiles.append(profile)
@@ -486,148 +486,3 @@ def write_images(directory, n=12, seed=0, size=(40, 30)) -> list[Path]:
         cv2.imwrite(str(p), img)
         paths.append(p)
     return paths
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Stand-ins for modules of other issues (installed only while the real ones are missing)
-
-
-def _stub_calib_cache():
-    from trt_res2net.atomic import write_bytes
-    from trt_res2net.errors import UserError
-
-    mod = types.ModuleType("trt_res2net.calib_cache")
-
-    def trt_version_tag(v):
-        return fake_version_tag(str(v))
-
-    class CalibrationCache:
-        def __init__(self, version_tag, algorithm, scales):
-            self.version_tag, self.algorithm, self.scales = str(version_tag), algorithm, dict(scales)
-
-        def to_bytes(self):
-            lines = [f"TRT-{self.version_tag}-{self.algorithm}"]
-            lines += [
-                f"{k}: {struct.unpack('>I', struct.pack('>f', v))[0]:08x}" for k, v in self.scales.items()
-            ]
-            return ("\n".join(lines) + "\n").encode()
-
-        @classmethod
-        def from_bytes(cls, data):
-            lines = bytes(data).decode().splitlines()
-            if not lines or not lines[0].startswith("TRT-"):
-                raise UserError("not a TensorRT calibration cache")
-            _, tag, algo = lines[0].split("-", 2)
-            scales = {}
-            for line in lines[1:]:
-                if line.strip():
-                    name, hexv = line.rsplit(":", 1)
-                    scales[name] = struct.unpack(">f", struct.pack(">I", int(hexv.strip(), 16)))[0]
-            return cls(tag, algo, scales)
-
-    def read_cache(path):
-        return CalibrationCache.from_bytes(Path(path).read_bytes())
-
-    def write_cache(path, cache):
-        return write_bytes(path, cache.to_bytes())
-
-    def write_cache_key(cache_path, key, info=None):
-        doc = {"format": "trt_res2net.calibration-cache-key", "format_version": 1, "key": dict(key),
-               "info": info or {}}
-        side = Path(str(cache_path) + ".json")
-        side.write_text(json.dumps(doc))
-        return side
-
-    def check_cache_key(cache_path, expected):
-        side = Path(str(cache_path) + ".json")
-        if not side.exists():
-            raise UserError(f"calibration cache {cache_path} has no sidecar {side.name}; delete it or pass "
-                            "--calib-dir to recalibrate")
-        made = json.loads(side.read_text())["key"]
-        for k, v in expected.items():
-            if made.get(k) != v:
-                raise UserError(
-                    f"calibration cache {cache_path} was made for {k}={made.get(k)}, this build has {v}; "
-                    "delete it or pass --calib-dir to recalibrate"
-                )
-
-    mod.trt_version_tag = trt_version_tag
-    mod.CalibrationCache = CalibrationCache
-    mod.read_cache, mod.write_cache, mod.check_cache_key = read_cache, write_cache, check_cache_key
-    mod.write_cache_key = write_cache_key
-    mod.__stub__ = True
-    return mod
-
-
-def _stub_calibration():
-    """Mirrors trt_res2net.calibration (issue 4): selection, manifest, batches."""
-    import hashlib
-
-    from trt_res2net.atomic import write_json
-
-    mod = types.ModuleType("trt_res2net.calibration")
-
-    def select_calibration_images(calib_dir, n=500, seed=0):
-        files = sorted(p for p in Path(calib_dir).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        if len(files) > n:
-            idx = sorted(np.random.default_rng(seed).choice(len(files), n, replace=False))
-            files = [files[i] for i in idx]
-        return files
-
-    def build_manifest(images, root, *, seed=0, requested=None, spec=None):
-        entries = [{"path": str(Path(p).relative_to(root)), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
-                   for p in images]
-        manifest = {"format": "trt_res2net.calibration-manifest", "seed": seed, "images": entries}
-        manifest["sha256"] = manifest_hash(manifest)
-        return manifest
-
-    def manifest_hash(manifest):
-        return hashlib.sha256(json.dumps([e["sha256"] for e in manifest["images"]]).encode()).hexdigest()
-
-    def manifest_path_for(cache_path):
-        return Path(str(cache_path) + ".images.json")
-
-    def iter_batches(paths, batch_size, spec=None, threads=2):
-        import cv2
-
-        from trt_res2net.preprocess import preprocess_bgr
-
-        arrays, names, failures = [], [], []
-        for p in paths:
-            img = cv2.imread(str(p))
-            if img is None:
-                failures.append((str(p), "cannot be decoded as an image"))
-                continue
-            arrays.append(preprocess_bgr(img))
-            names.append(str(p))
-            if len(names) == batch_size:
-                yield np.stack(arrays), names, failures
-                arrays, names, failures = [], [], []
-        if names or failures:
-            yield (np.stack(arrays) if arrays else np.zeros((0, 3, 224, 224), np.float32)), names, failures
-
-    mod.select_calibration_images, mod.build_manifest, mod.manifest_hash = (
-        select_calibration_images, build_manifest, manifest_hash)
-    mod.write_manifest, mod.manifest_path_for, mod.iter_batches = write_json, manifest_path_for, iter_batches
-    mod.__stub__ = True
-    return mod
-
-
-STUBS = {"calib_cache": _stub_calib_cache, "calibration": _stub_calibration}
-
-
-def install_missing_modules(monkeypatch) -> list[str]:
-    """Install stand-ins for trt_res2net.calib_cache / calibration where the real module is absent.
-    Returns the names stubbed (empty once the other issues have landed)."""
-    import trt_res2net
-
-    stubbed = []
-    for name, factory in STUBS.items():
-        full = f"trt_res2net.{name}"
-        if full in sys.modules or importlib.util.find_spec(full) is not None:
-            continue
-        mod = factory()
-        monkeypatch.setitem(sys.modules, full, mod)
-        monkeypatch.setattr(trt_res2net, name, mod, raising=False)
-        stubbed.append(name)
-    return stubbed

@@ -1,4 +1,4 @@
-"""Latency and throughput of a TensorRT engine, per batch size: ``infer.py ENGINE --benchmark``.
+"""Latency and throughput of a TensorRT or TensorRT-RTX engine, per batch size: ``infer.py ENGINE --benchmark``.
 
 Two figures per batch size, each as mean / p50 / p90 / p99 over ``--iterations`` runs after ``--warmup``:
 - GPU compute: CUDA events on the inference stream around the engine's enqueue (what trtexec calls
@@ -6,7 +6,9 @@ Two figures per batch size, each as mean / p50 / p90 / p99 over ``--iterations``
 - end to end: host wall time of ``classify_bgr`` on already-decoded images — GPU preprocessing, the H2D
   copy of the source pixels, compute, softmax + top-k and the D2H copy of k ids and scores; decoding is
   excluded.
-Throughput is images per second from the end-to-end mean. A coefficient of variation above 2.5 % makes a
+Throughput is images per second from the end-to-end mean. The first run of each batch size is reported apart
+(host time, synchronous): the library initialises lazily then, and TensorRT-RTX compiles its kernels for the GPU
+(a runtime cache beside the engine keeps them for the next process). A coefficient of variation above 2.5 % makes a
 warning: the figures are then not stable enough to compare (clocks, other GPU work, too few iterations).
 
 The statistics, table, JSON, plot and the equivalent polygraphy/trtexec commands are plain Python and run
@@ -83,6 +85,7 @@ class BatchResult:
     batch: int
     gpu_compute: LatencyStats
     end_to_end: LatencyStats
+    first_run_ms: float | None = None  # the first, lazily initialising (TensorRT-RTX: compiling) run
 
     @property
     def throughput(self) -> float:
@@ -107,6 +110,7 @@ class BatchResult:
     def to_dict(self, threshold: float = CV_WARN_THRESHOLD) -> dict:
         return {
             "batch": self.batch,
+            "first_run_ms": self.first_run_ms,
             "gpu_compute_ms": self.gpu_compute.to_dict(),
             "end_to_end_ms": self.end_to_end.to_dict(),
             "throughput_images_per_s": self.throughput,
@@ -188,7 +192,8 @@ def run_benchmark(target, batches, images, iterations: int = DEFAULT_ITERATIONS,
                 target.classify_bgr(chunk, k)
                 e2e.append((time.perf_counter() - t0) * 1000.0)
                 bar.update(1)
-            results.append(BatchResult(batch, latency_stats(compute), latency_stats(e2e)))
+            first = getattr(target, "first_run_ms", {}).get(batch)
+            results.append(BatchResult(batch, latency_stats(compute), latency_stats(e2e), first))
     return results
 
 
@@ -197,20 +202,21 @@ def run_benchmark(target, batches, images, iterations: int = DEFAULT_ITERATIONS,
 
 
 def format_table(results) -> str:
-    header = ("batch", "GPU mean", "p50", "p90", "p99", "e2e mean", "p50", "p90", "p99", "img/s",
+    header = ("batch", "first run", "GPU mean", "p50", "p90", "p99", "e2e mean", "p50", "p90", "p99", "img/s",
               "CV gpu/e2e")
     rows = [header]
     for r in results:
         g, e = r.gpu_compute, r.end_to_end
         rows.append((
-            str(r.batch), *(f"{v:.3f}" for v in (g.mean, g.p50, g.p90, g.p99, e.mean, e.p50, e.p90, e.p99)),
+            str(r.batch), "-" if r.first_run_ms is None else f"{r.first_run_ms:.1f}",
+            *(f"{v:.3f}" for v in (g.mean, g.p50, g.p90, g.p99, e.mean, e.p50, e.p90, e.p99)),
             f"{r.throughput:.1f}", f"{g.cv:.1%}/{e.cv:.1%}",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "latency in ms (GPU compute: events around the enqueue; e2e: preprocessing on GPU to top-k)\n" + \
-        "\n".join(lines)
+    return ("latency in ms (first run: host time of the first, initialising run; GPU compute: events around "
+            "the enqueue; e2e: preprocessing on GPU to top-k)\n" + "\n".join(lines))
 
 
 def results_json(results, info: dict | None = None, settings: dict | None = None,
@@ -264,27 +270,32 @@ def _shape(batch: int, input_hw: tuple[int, int], sep: str) -> str:
 
 
 def polygraphy_command(engine, input_name: str, batch: int, input_hw=(224, 224),
-                       iterations: int = DEFAULT_ITERATIONS) -> list[str]:
-    """The polygraphy cross-check: runs the engine on random input at this batch size."""
-    return ["polygraphy", "run", str(engine), "--model-type", "engine", "--trt",
+                       iterations: int = DEFAULT_ITERATIONS, rtx: bool = False) -> list[str]:
+    """The polygraphy cross-check: runs the engine on random input at this batch size (switched to
+    TensorRT-RTX by its environment variable for an RTX engine)."""
+    env = ["env", "POLYGRAPHY_USE_TENSORRT_RTX=1"] if rtx else []
+    return [*env, "polygraphy", "run", str(engine), "--model-type", "engine", "--trt",
             "--input-shapes", f"{input_name}:[{_shape(batch, input_hw, ',')}]",
             "--iterations", str(iterations)]
 
 
 def trtexec_command(engine, input_name: str, batch: int, input_hw=(224, 224), dynamic: bool = True,
-                    iterations: int = DEFAULT_ITERATIONS) -> list[str]:
-    """trtexec's GPU compute time for the same engine and batch (no copies, CUDA graph)."""
-    cmd = ["trtexec", f"--loadEngine={engine}"]
+                    iterations: int = DEFAULT_ITERATIONS, rtx: bool = False) -> list[str]:
+    """trtexec's GPU compute time for the same engine and batch (no copies, CUDA graph); for an RTX engine the
+    SDK's ``tensorrt_rtx`` tool with the library's whole-graph CUDA-graph strategy."""
+    cmd = ["tensorrt_rtx" if rtx else "trtexec", f"--loadEngine={engine}"]
     if dynamic:
         cmd.append(f"--shapes={input_name}:{_shape(batch, input_hw, 'x')}")
-    return cmd + ["--useCudaGraph", "--noDataTransfers", f"--iterations={iterations}",
-                  f"--avgRuns={iterations}"]
+    graphs = "--rtxCudaGraphStrategy=wholeGraph" if rtx else "--useCudaGraph"
+    return cmd + [graphs, "--noDataTransfers", f"--iterations={iterations}", f"--avgRuns={iterations}"]
 
 
-def _polygraphy_runnable() -> bool:
+def _polygraphy_runnable(family_key: str) -> bool:
+    from .trt_compat import family
+
     if shutil.which("polygraphy") is None:
         return False
-    return importlib.util.find_spec("tensorrt") is not None
+    return importlib.util.find_spec(family(family_key).module) is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,8 +418,7 @@ def run_benchmark_cli(args) -> int:
     plot_path = getattr(args, "plot", None) or (Path(json_path).with_suffix(".png") if json_path else None)
     if plot_path:
         try:
-            plot_results(results, plot_path, title=f"{engine.name} — TensorRT {info['tensorrt']}, "
-                                                   f"{info['gpu']['name']}")
+            plot_results(results, plot_path, title=f"{engine.name} — {info['library']}, {info['gpu']['name']}")
             print(f"wrote {plot_path}")
         except UserError as e:
             print(f"warning: {e}", file=sys.stderr)
@@ -418,29 +428,36 @@ def run_benchmark_cli(args) -> int:
 
 
 def _info_from_manifest(engine: Path) -> dict:
-    """Input name and batch range from the engine's manifest when TensorRT cannot be asked."""
-    from .trt_runtime import find_manifest, load_manifest
+    """Input name, batch range and family from the engine's manifest (or file) when the library cannot be
+    asked."""
+    from .manifest import find_manifest
+    from .trt_compat import engine_family_of
 
     name, batch = "input", [1, 1, 2]  # unknown: assume our exporter's name and a dynamic batch
+    family_key = engine_family_of(engine)
     try:
-        path = find_manifest(engine)
-        doc = load_manifest(path) if path else {}
+        doc = find_manifest(engine) or {}
+        family_key = doc.get("engine_family", family_key)
         name = doc["io"]["input"]["name"]
         first = int(doc["io"]["input"]["shape"][0])
         if first > 0:
             batch = [first, first, first]
     except (UserError, KeyError, TypeError, ValueError, IndexError):
         pass
-    return {"input": {"name": name, "batch": batch}}
+    return {"input": {"name": name, "batch": batch}, "engine_family": family_key}
 
 
 def _cross_check(engine: Path, info: dict, batches, iterations: int, run: bool = True) -> None:
     name = info["input"]["name"]
     dynamic = info["input"]["batch"][0] != info["input"]["batch"][2]
-    runnable = run and _polygraphy_runnable()
+    family_key = info.get("engine_family", "tensorrt")
+    rtx = family_key == "tensorrt-rtx"
+    runnable = run and _polygraphy_runnable(family_key)
+    tool = "tensorrt_rtx" if rtx else "trtexec"
     for b in batches:
-        print(f"trtexec equivalent:    {shlex.join(trtexec_command(engine, name, b, dynamic=dynamic))}")
-        cmd = polygraphy_command(engine, name, b, iterations=iterations)
+        print(f"{tool} equivalent:{' ' * max(1, 11 - len(tool))}"
+              f"{shlex.join(trtexec_command(engine, name, b, dynamic=dynamic, rtx=rtx))}")
+        cmd = polygraphy_command(engine, name, b, iterations=iterations, rtx=rtx)
         print(f"polygraphy equivalent: {shlex.join(cmd)}")
         if runnable:
             sys.stdout.flush()
@@ -448,7 +465,8 @@ def _cross_check(engine: Path, info: dict, batches, iterations: int, run: bool =
             if code != 0:
                 print(f"warning: polygraphy exited with status {code}", file=sys.stderr)
     if not runnable:
-        print("(polygraphy not run: it needs `pip install polygraphy` and TensorRT)")
+        print(f"(polygraphy not run: it needs `pip install polygraphy` and {'TensorRT-RTX' if rtx else 'TensorRT'}"
+              " with a GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,8 +47,10 @@ class BuildProgress:
             if self.enabled and depth < self.max_depth:
                 from tqdm import tqdm
 
+                tty = getattr(self.file, "isatty", lambda: False)()
                 self._bars[phase] = tqdm(total=num_steps, desc=phase, position=depth, leave=depth == 0,
-                                         file=self.file, dynamic_ncols=True)
+                                         file=self.file, dynamic_ncols=True,
+                                         mininterval=0.1 if tty else 10.0)  # a log gets a line per 10 s
         except KeyboardInterrupt:
             self.cancelled = True
 
@@ -56,8 +58,7 @@ class BuildProgress:
         try:
             bar = self._bars.get(phase)
             if bar is not None:
-                bar.n = step + 1  # TensorRT counts steps from 0
-                bar.refresh()
+                bar.update(step + 1 - bar.n)  # TensorRT counts steps from 0; tqdm redraws at its own pace
         except KeyboardInterrupt:
             self.cancelled = True
         return not self.cancelled

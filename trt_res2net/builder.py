@@ -1,20 +1,25 @@
-"""ONNX → TensorRT engine, one code path for TensorRT 8.6, 10.x and 11.x, with the release decisions in
-``trt_res2net.trt_compat``.
+"""ONNX → TensorRT engine, one code path for TensorRT 8.6, 10.x, 11.x and TensorRT-RTX 1.x, with the family and
+release decisions in ``trt_res2net.trt_compat``.
 
-Precision paths (docs/tensorrt.md):
+Precision paths (docs/tensorrt.md, docs/tensorrt_rtx.md):
 
-==========  ==========================================  ===================================================
-TensorRT    fp16                                        int8
-==========  ==========================================  ===================================================
-8.6         BuilderFlag.FP16 on the FP32 ONNX            entropy calibrator (+FP16) on the FP32 ONNX
-10.x        BuilderFlag.FP16 on the FP32 ONNX            Q/DQ ONNX, strongly typed; or the calibrator
-11.x        AutoCast FP16 ONNX (always strongly typed)  Q/DQ ONNX only
-==========  ==========================================  ===================================================
+============  ==========================================  =================================================
+library       fp16                                        int8
+============  ==========================================  =================================================
+8.6           BuilderFlag.FP16 on the FP32 ONNX            entropy calibrator (+FP16) on the FP32 ONNX
+10.x          BuilderFlag.FP16 on the FP32 ONNX            Q/DQ ONNX, strongly typed; or the calibrator
+11.x          AutoCast FP16 ONNX (always strongly typed)  Q/DQ ONNX only
+RTX 1.x       AutoCast FP16 ONNX (always strongly typed)  Q/DQ ONNX only (documented for weight-only GEMMs)
+============  ==========================================  =================================================
+
+TensorRT builds for the GPU of the building machine; TensorRT-RTX builds ahead of time, without a GPU, for a
+list of compute capabilities (``--compute-capability``), and compiles its kernels on the user's GPU.
 
 The build uses TensorRT's Python API directly rather than polygraphy's loaders: the version gates, the
 calibration-cache checks and the progress reporting must be exercised by CPU tests against fake TensorRT
-modules, and polygraphy's ``Calibrator``/``CreateNetwork`` need a real TensorRT even to be constructed.
-Every ``tensorrt`` import is inside a function; ``import trt_res2net.builder`` stays light.
+modules (and the real TensorRT-RTX builder), and polygraphy's ``Calibrator``/``CreateNetwork`` need a real
+TensorRT even to be constructed. The library module comes from ``trt_compat.import_library``; ``import
+trt_res2net.builder`` stays light.
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import trt_compat
 from .errors import MissingDependency, UserError
+
+if TYPE_CHECKING:  # the API the code below is written against (trt-api-check reads this import); at run time
+    import tensorrt as trt  # noqa: F401  the module is trt_compat.import_library(...).module, of either family
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("auto", "qdq", "calibrator")
@@ -166,7 +175,7 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxIO:
 
 @dataclass
 class BuildPlan:
-    """Which ONNX to build from and how, for one precision on one TensorRT release."""
+    """Which ONNX to build from and how, for one precision on one TensorRT release (of either family)."""
 
     precision: str
     onnx_path: Path
@@ -176,6 +185,16 @@ class BuildPlan:
     explicit_batch: bool = False  # 8.x needs EXPLICIT_BATCH for ONNX
     calibrator: bool = False
     notes: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)  # warned about and recorded in the manifest
+
+
+# TensorRT-RTX's documented INT8 is weight-only quantization of GEMMs (support matrix); a Q/DQ ONNX builds, but
+# nothing promises INT8 convolutions. Printed as a warning and kept in the manifest.
+RTX_INT8_CAVEAT = (
+    "TensorRT-RTX documents INT8 only as weight-only quantization of GEMMs: the Q/DQ ONNX builds, but nothing "
+    "promises INT8 convolutions or a speed-up over FP16 (the recommended TensorRT-RTX precision); measure it "
+    "on the target GPU"
+)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -205,7 +224,8 @@ def plan_build(
     converted = not _same_file(onnx_path, fp32_onnx_path)
     explicit = trt_compat.needs_explicit_batch_flag(v)
     typed = trt_compat.always_strongly_typed(v)
-    rel = f"TensorRT {v.major}.{v.minor}"
+    rel = f"{trt_compat.FAMILIES[v.family].label} {v.major}.{v.minor}"
+    fp16_hint = ("no FP16 builder flag" if trt_compat.is_rtx(v) else "no FP16 builder flag since 11.0")
 
     if precision == "fp32":
         return BuildPlan("fp32", fp32_onnx_path, explicit_batch=explicit, strongly_typed=typed)
@@ -216,7 +236,7 @@ def plan_build(
                              notes=[f"{rel}: FP16 builder flag on the FP32 ONNX"])
         io = (onnx_io or inspect_onnx(onnx_path)) if converted else None
         if io is None or not io.has_fp16:
-            raise UserError(f"{rel} builds FP16 only from an FP16 ONNX (no FP16 builder flag since 11.0): "
+            raise UserError(f"{rel} builds FP16 only from an FP16 ONNX ({fp16_hint}): "
                             "let build.py make it with ModelOpt AutoCast (pip install -e .[quant])")
         return BuildPlan("fp16", onnx_path, strongly_typed=True, explicit_batch=explicit,
                          notes=[f"{rel}: AutoCast FP16 ONNX, strongly typed"])
@@ -233,7 +253,8 @@ def plan_build(
         if limit is not None and io.opset > limit:
             raise UserError(f"{rel} reads ONNX opset ≤ {limit}; {onnx_path} is opset {io.opset}")
         return BuildPlan("int8", onnx_path, int8_mode="qdq", strongly_typed=True, explicit_batch=explicit,
-                         notes=[f"{rel}: explicit quantization (Q/DQ ONNX), strongly typed"])
+                         notes=[f"{rel}: explicit quantization (Q/DQ ONNX), strongly typed"],
+                         caveats=[RTX_INT8_CAVEAT] if trt_compat.is_rtx(v) else [])
     flags = ("INT8",) if high_precision == "fp32" else ("INT8", "FP16")
     return BuildPlan("int8", fp32_onnx_path, int8_mode="calibrator", flags=flags, calibrator=True,
                      explicit_batch=explicit,
@@ -264,30 +285,55 @@ def default_workspace_bytes(free_bytes: int | None, total_bytes: int, integrated
 
 
 def engine_path_for(model: str, precision: str, max_batch: int,
-                    engine_dir: str | os.PathLike = DEFAULT_ENGINE_DIR) -> Path:
-    return Path(engine_dir) / f"{model}_{precision}_b{max_batch}.engine"
+                    engine_dir: str | os.PathLike = DEFAULT_ENGINE_DIR, family: str = "tensorrt") -> Path:
+    """``engines/<model>_<precision>_b<max>.engine``; a TensorRT-RTX engine ends ``.rtx.engine``, so that the
+    file name tells the two families apart (neither runtime loads the other's plans)."""
+    kind = ".rtx" if family == trt_compat.TENSORRT_RTX.key else ""
+    return Path(engine_dir) / f"{model}_{precision}_b{max_batch}{kind}.engine"
+
+
+def fp32_gemm_nodes(path: str | os.PathLike) -> list[str]:
+    """Names of the Gemm/MatMul nodes that compute in float32 (types from ONNX shape inference): TensorRT-RTX
+    cannot compile those for Turing (compute capability 7.5)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # an exotic graph: let the builder decide
+        return []
+    g = model.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.input, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return [n.name or n.output[0] for n in g.node
+            if n.op_type in ("Gemm", "MatMul") and types.get(n.input[0]) == onnx.TensorProto.FLOAT]
 
 
 def equivalent_commands(plan: BuildPlan, profile: BatchProfile, input_name: str, chw: tuple[int, int, int],
-                        engine_path, *, workspace_bytes: int, dynamic: bool = True, calib_cache=None,
+                        engine_path, *, workspace_bytes: int | None, dynamic: bool = True, calib_cache=None,
                         timing_cache=None, builder_opt_level: int | None = None, dla_core: int | None = None,
-                        version=None) -> dict:
+                        version=None, compute_capabilities=None) -> dict:
     """The trtexec and polygraphy command lines that build the same engine (recorded in the manifest, for a
     cross-check with NVIDIA's own tools). trtexec cannot calibrate from images: with the calibrator it reads
-    the cache this build wrote (``--calib``)."""
+    the cache this build wrote (``--calib``). TensorRT-RTX: polygraphy switched to it by
+    ``POLYGRAPHY_USE_TENSORRT_RTX=1``, with ``--compute-capabilities`` (the RTX wheels ship no trtexec)."""
     import shlex
 
     q = shlex.quote
     onnx_path, engine = q(str(plan.onnx_path)), q(str(engine_path))
-    mib = max(1, int(workspace_bytes) // MiB)
     dims = [(b, *chw) for b in (profile.min, profile.opt, profile.max)]
     x = lambda d: "x".join(map(str, d))  # noqa: E731
     br = lambda d: "[" + ",".join(map(str, d)) + "]"  # noqa: E731
+    rtx = version is not None and trt_compat.is_rtx(version)
     modern = version is not None and trt_compat.always_strongly_typed(version)
 
-    t = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine}", f"--memPoolSize=workspace:{mib}M"]
-    p = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine, "--tf32",
-         "--pool-limit", f"workspace:{mib}M"]  # polygraphy turns TF32 off unless asked; TensorRT's default is on
+    t = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine}"]
+    p = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine, "--tf32"]
+    # polygraphy turns TF32 off unless asked; TensorRT's default (and TensorRT-RTX's) is on
+    if workspace_bytes:
+        mib = max(1, int(workspace_bytes) // MiB)
+        t.append(f"--memPoolSize=workspace:{mib}M")
+        p += ["--pool-limit", f"workspace:{mib}M"]
     if dynamic:
         t += [q(f"--minShapes={input_name}:{x(dims[0])}"), q(f"--optShapes={input_name}:{x(dims[1])}"),
               q(f"--maxShapes={input_name}:{x(dims[2])}")]
@@ -311,6 +357,12 @@ def equivalent_commands(plan: BuildPlan, profile: BatchProfile, input_name: str,
     if dla_core is not None:
         t += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
         p += ["--use-dla", "--allow-gpu-fallback"]
+    if rtx:
+        if compute_capabilities == ["current"]:
+            p.append("--use-gpu")
+        elif compute_capabilities:
+            p += ["--compute-capabilities", *compute_capabilities]
+        return {"polygraphy": "POLYGRAPHY_USE_TENSORRT_RTX=1 " + " ".join(p)}
     return {"trtexec": " ".join(t), "polygraphy": " ".join(p)}
 
 
@@ -321,9 +373,17 @@ def equivalent_commands(plan: BuildPlan, profile: BatchProfile, input_name: str,
 def add_cli_arguments(parser) -> None:
     """The engine options of build.py (``--precision`` and ``--calib-*`` belong to the precision step)."""
     g = parser.add_argument_group("TensorRT engine")
+    g.add_argument("--engine-family", choices=trt_compat.FAMILY_CHOICES, default="auto",
+                   help="tensorrt: standard TensorRT, builds for this machine's GPU (servers, Jetson); "
+                        "tensorrt-rtx: TensorRT for RTX, builds without a GPU for compute capability 8.0/8.6/"
+                        "8.9/12.0 and later (7.5 on request); auto: tensorrt when importable, else "
+                        "tensorrt-rtx (default)")
+    g.add_argument("--compute-capability", metavar="LIST",
+                   help="TensorRT-RTX targets, e.g. 8.6,8.9,12.0, or current (this machine's GPU); default "
+                        "the library's portable set: 8.0, 8.6, 8.9, 12.0, 12.1 and later")
     g.add_argument("--int8-mode", choices=INT8_MODES, default="auto",
-                   help="INT8 path: qdq = ModelOpt's Q/DQ ONNX (TensorRT 10/11), calibrator = TensorRT's "
-                        "entropy calibrator (8.6/10.x), auto = what the installed TensorRT supports "
+                   help="INT8 path: qdq = ModelOpt's Q/DQ ONNX (TensorRT 10/11, TensorRT-RTX), calibrator = "
+                        "TensorRT's entropy calibrator (8.6/10.x), auto = what the installed library supports "
                         "(default)")
     g.add_argument("--batch", type=int, metavar="N", help="fixed batch size N (min = opt = max = N)")
     g.add_argument("--min-batch", type=int, metavar="N", help=f"smallest batch (default {DEFAULT_MIN_BATCH})")
@@ -332,11 +392,12 @@ def add_cli_arguments(parser) -> None:
     g.add_argument("--max-batch", type=int, metavar="N", help=f"largest batch (default {DEFAULT_MAX_BATCH})")
     g.add_argument("--workspace", type=int, metavar="MiB",
                    help="builder workspace limit in MiB (default: half the free GPU memory, a quarter on "
-                        "Jetson)")
+                        "Jetson; TensorRT-RTX without a GPU: the library's own default)")
     g.add_argument("--timing-cache", metavar="PATH",
                    help="TensorRT timing cache, read if present and updated after the build (speeds up "
-                        "rebuilds)")
-    g.add_argument("--dla-core", type=int, metavar="N", help="build for Jetson DLA core N, with GPU fallback")
+                        "rebuilds; not for TensorRT-RTX)")
+    g.add_argument("--dla-core", type=int, metavar="N",
+                   help="build for Jetson DLA core N, with GPU fallback (TensorRT only)")
     g.add_argument("--builder-opt-level", type=int, choices=range(6), metavar="0-5",
                    help="builder optimization level (TensorRT default 3; higher searches longer)")
     g.add_argument("--calib-batch", type=int, default=None, metavar="N",
@@ -346,7 +407,8 @@ def add_cli_arguments(parser) -> None:
     g.add_argument("--engine-dir", default=DEFAULT_ENGINE_DIR, metavar="DIR",
                    help="where engines go (default engines/)")
     g.add_argument("--save-engine", metavar="PATH",
-                   help="engine path (default <engine-dir>/<model>_<precision>_b<max>.engine)")
+                   help="engine path (default <engine-dir>/<model>_<precision>_b<max>.engine, "
+                        "….rtx.engine for TensorRT-RTX)")
     g.add_argument("--trt-log", choices=LOG_LEVELS, default="warning",
                    help="TensorRT log level (default warning)")
 
@@ -362,6 +424,9 @@ class EngineOptions:
     calib_cache: Path | None
     log_level: str
     progress: bool
+    family: str = "auto"
+    compute_capabilities: list[str] | None = None  # TensorRT-RTX targets; None = the library's default
+    calib_options: tuple[str, ...] = ()  # calibrator-only options the user gave (refused where none exists)
 
     @classmethod
     def from_args(cls, args) -> EngineOptions:
@@ -374,6 +439,7 @@ class EngineOptions:
         dla = a("dla_core")
         if dla is not None and dla < 0:
             raise UserError(f"--dla-core must be ≥ 0, not {dla}")
+        ccs = a("compute_capability")
         return cls(
             profile_request={k: a(k) for k in ("batch", "min_batch", "opt_batch", "max_batch")},
             workspace_bytes=workspace * MiB if workspace else None,
@@ -384,14 +450,82 @@ class EngineOptions:
             calib_cache=Path(a("trt_calib_cache")) if a("trt_calib_cache") else None,
             log_level=a("trt_log", "warning") or "warning",
             progress=not (a("quiet", False) or a("no_progress", False)),
+            family=a("engine_family", "auto") or "auto",
+            compute_capabilities=trt_compat.parse_compute_capabilities(ccs) if ccs else None,
+            calib_options=tuple(flag for flag, name in (("--calib-batch", "calib_batch"),
+                                                        ("--trt-calib-cache", "trt_calib_cache"))
+                                if a(name) is not None),
         )
+
+
+def refuse_inapplicable_options(options: EngineOptions, version, precision: str, int8_mode: str = "auto") -> None:
+    """One line for an option that means nothing to the library that will build (checked before any work)."""
+    v = version
+    label = trt_compat.FAMILIES[v.family].label
+    if options.dla_core is not None and not trt_compat.has_dla(v):
+        raise UserError(f"--dla-core: {label} has no DLA (DLA cores exist on Jetson, which needs TensorRT: "
+                        "--engine-family tensorrt)")
+    if options.timing_cache is not None and not trt_compat.has_timing_cache(v):
+        raise UserError(f"--timing-cache: {label} times no tactics ahead of time (its runtime cache beside "
+                        "the engine keeps the kernels compiled on the user's GPU); drop the option")
+    if options.compute_capabilities and not trt_compat.has_compute_capability_targets(v):
+        raise UserError(f"--compute-capability is for TensorRT-RTX engines; {label} builds for this machine's "
+                        "GPU (use --engine-family tensorrt-rtx for an engine that runs on a list of GPUs)")
+    if precision == "int8":
+        trt_compat.resolve_int8_mode(int8_mode, v)  # e.g. --int8-mode calibrator on TensorRT-RTX / 11.x
+    if options.calib_options and not trt_compat.has_int8_calibrator(v):
+        raise UserError(f"{' and '.join(options.calib_options)}: only for TensorRT's INT8 calibrator, which "
+                        f"{label} {v.major}.{v.minor} does not have")
+
+
+# Example GPUs per TensorRT-RTX target, for the message that ends an RTX build.
+RTX_TARGET_EXAMPLES = {
+    "7.5": "T4, RTX 20", "8.0": "A100, A30", "8.6": "A10, A40, RTX 30, RTX A6000", "8.9": "L4, L40S, RTX 40",
+    "12.0": "RTX 50, RTX PRO Blackwell", "12.1": "GB10",
+}
+
+
+def rtx_targets_sentence(targets, and_later: bool) -> str:
+    """``compute capability 8.6 (A10, ...), 8.9 (...) and later`` for people."""
+    parts = [f"{cc} ({RTX_TARGET_EXAMPLES[cc]})" if cc in RTX_TARGET_EXAMPLES else cc for cc in targets]
+    return "compute capability " + ", ".join(parts) + (" and later" if and_later else "")
+
+
+def _rtx_targets(options: EngineOptions, gpu, written: str) -> list[str] | None:
+    """The compute capabilities to build for (None = the library's default), checked against this machine's
+    GPU where ``current`` is asked for."""
+    ccs = options.compute_capabilities
+    if ccs != ["current"]:
+        return ccs
+    if gpu is None:
+        raise MissingDependency(f"wrote {written}; --compute-capability current needs an NVIDIA GPU on this "
+                                "machine; name the targets instead (e.g. --compute-capability 8.9)")
+    cc = gpu.compute_capability
+    if cc not in trt_compat.RTX_TARGETS and trt_compat.cc_key(cc) < trt_compat.cc_key("12.1"):
+        raise UserError(f"this GPU ({gpu.name}, compute capability {cc}) is not a TensorRT-RTX target; build "
+                        "with TensorRT (--engine-family tensorrt)")
+    return ccs
+
+
+def _gpu_for_build(version, device: int, written: str):
+    """The GPU TensorRT builds for (MissingDependency, exit 3, without one); for TensorRT-RTX, which needs no
+    GPU, this machine's GPU when there is one, else None."""
+    from . import manifest as manifest_mod
+
+    try:
+        return manifest_mod.detect_gpu(device)
+    except MissingDependency as e:
+        if trt_compat.builds_without_gpu(version):
+            return None
+        raise MissingDependency(f"wrote {written}; {e}; to build the engine {trt_compat.INSTALL_HINT} "
+                                "(or --engine-family tensorrt-rtx, which builds without a GPU)") from e
 
 
 def run_engine_step(args, onnx_path: Path, model_name: str, precision: str, fp32_onnx_path: Path) -> Path:
     """Build the engine and its manifest; returns the engine path.
 
-    Without TensorRT or a GPU: MissingDependency (exit status 3) whose one line says which ONNX files were
-    written and what to install to finish.
+    Without the library (or, for TensorRT, without a GPU): MissingDependency (exit status 3) whose one line
+    says which ONNX files were written and what to install to finish.
     """
     onnx_path, fp32_onnx_path = Path(onnx_path), Path(fp32_onnx_path)
     options = EngineOptions.from_args(args)
@@ -402,24 +536,28 @@ def run_engine_step(args, onnx_path: Path, model_name: str, precision: str, fp32
     if not _same_file(onnx_path, fp32_onnx_path):
         written += f" and {onnx_path}"
 
-    trt = trt_compat.import_tensorrt(what_was_written=written)
-    version = trt_compat.version_of(trt)
-    trt_compat.require_supported(version)
+    library = trt_compat.import_library(options.family, what_was_written=written)
+    version = library.version
+    int8_mode = getattr(args, "int8_mode", "auto") or "auto"
+    refuse_inapplicable_options(options, version, precision, int8_mode)
     from . import manifest as manifest_mod
 
-    try:
-        gpu = manifest_mod.detect_gpu(getattr(args, "device", 0) or 0)
-    except MissingDependency as e:
-        raise MissingDependency(f"wrote {written}; {e}; to build the engine {trt_compat.INSTALL_HINT}") from e
+    gpu = _gpu_for_build(version, getattr(args, "device", 0) or 0, written)
+    targets = _rtx_targets(options, gpu, written) if trt_compat.is_rtx(version) else None
 
-    int8_mode = getattr(args, "int8_mode", "auto") or "auto"
     io_converted = inspect_onnx(onnx_path)
     plan = plan_build(precision, version, onnx_path=onnx_path, fp32_onnx_path=fp32_onnx_path,
                       onnx_io=io_converted, int8_mode=int8_mode,
                       high_precision=getattr(args, "high_precision", None) or "fp16")
     io = io_converted if _same_file(plan.onnx_path, onnx_path) else inspect_onnx(plan.onnx_path)
+    if targets and "7.5" in targets:
+        fp32 = fp32_gemm_nodes(plan.onnx_path)
+        if fp32:
+            raise UserError(f"TensorRT-RTX cannot compile FP32 GEMM for Turing (compute capability 7.5), and "
+                            f"{plan.onnx_path} computes {fp32[0]!r} in FP32: build --precision fp16 for 7.5, or "
+                            "leave 7.5 out of --compute-capability")
     profile = resolve_batch_profile(**options.profile_request, onnx_batch=io.batch)
-    if options.workspace_bytes is None:
+    if options.workspace_bytes is None and gpu is not None:
         options.workspace_bytes = default_workspace_bytes(gpu.free_memory, gpu.total_memory, gpu.integrated)
 
     onnx_sha = _sha256(plan.onnx_path)
@@ -436,23 +574,34 @@ def run_engine_step(args, onnx_path: Path, model_name: str, precision: str, fp32
         )
 
     engine_path = Path(args.save_engine) if getattr(args, "save_engine", None) else engine_path_for(
-        model_name, precision, profile.max, getattr(args, "engine_dir", None) or DEFAULT_ENGINE_DIR)
+        model_name, precision, profile.max, getattr(args, "engine_dir", None) or DEFAULT_ENGINE_DIR,
+        family=version.family)
     for note in plan.notes:
         print(f"build: {note}", file=sys.stderr)
-    result = build_engine(plan, io, profile, options, engine_path=engine_path, gpu=gpu,
-                          calibration=calibration)
+    for caveat in plan.caveats:
+        print(f"warning: {caveat}", file=sys.stderr)
+    result = build_engine(library, plan, io, profile, options, engine_path=engine_path, gpu=gpu,
+                          targets=targets, calibration=calibration)
 
     manifest = manifest_mod.build_manifest(
         engine_path=engine_path, model=model_name, precision=precision, int8_mode=plan.int8_mode,
-        tensorrt_version=str(version), gpu=gpu, onnx_path=plan.onnx_path, onnx_sha256=onnx_sha,
+        engine_family=version.family, library_version=version.full, gpu=gpu,
+        compute_capabilities=result.compute_capabilities, compute_capabilities_and_later=result.and_later,
+        onnx_path=plan.onnx_path, onnx_sha256=onnx_sha,
         fp32_onnx_sha256=onnx_sha if _same_file(plan.onnx_path, fp32_onnx_path) else _sha256(fp32_onnx_path),
         io=result.io, outputs_probabilities=io.outputs_probabilities, profiles=result.profiles,
-        build_options=result.build_options,
+        build_options=result.build_options, caveats=plan.caveats,
         build_time_s=result.build_time_s, calibration=calibration.manifest() if calibration else None,
     )
     mpath = manifest_mod.write_manifest(engine_path, manifest)
     print(f"wrote {engine_path} ({_mib(engine_path)} MiB, built in {result.build_time_s:.1f}s) and {mpath}",
           file=sys.stderr)
+    if trt_compat.is_rtx(version):
+        print(f"{engine_path} is a TensorRT-RTX engine: it runs on GPUs of "
+              f"{rtx_targets_sentence(result.compute_capabilities, result.and_later)}, with TensorRT-RTX "
+              f"{version} and a driver for CUDA 13; its kernels are compiled on the first run there (kept in a "
+              "runtime cache beside the engine). Data-center Hopper GPUs (H100, H200) and Jetson need standard "
+              "TensorRT: install it there and rerun with --engine-family tensorrt", file=sys.stderr)
     return engine_path
 
 
@@ -477,14 +626,8 @@ class BuildResult:
     io: dict
     profiles: list[dict]
     build_options: dict
-
-
-def _import_tensorrt():
-    """The ``tensorrt`` module (fake ones in tests are found through sys.modules, like the real one)."""
-    trt_compat.import_tensorrt()
-    import tensorrt as trt
-
-    return trt
+    compute_capabilities: list[str]  # what the engine runs on: the build GPU's, or TensorRT-RTX's targets
+    and_later: bool = False  # TensorRT-RTX default targets: also GPUs newer than the newest listed
 
 
 def _severity(trt, level: str):
@@ -500,7 +643,8 @@ def _builder_flag(trt, name: str, version):
     """BuilderFlag members by name, each behind the gate of the releases that have it."""
     if name in ("FP16", "INT8"):
         if not trt_compat.has_precision_flags(version):
-            raise UserError(f"TensorRT {version} has no BuilderFlag.{name} (removed in 11.0)")
+            raise UserError(f"{version.label} has no BuilderFlag.{name} (strongly typed: precisions come "
+                            "from the ONNX)")
         return trt.BuilderFlag.FP16 if name == "FP16" else trt.BuilderFlag.INT8
     if name == "GPU_FALLBACK":
         return trt.BuilderFlag.GPU_FALLBACK
@@ -607,7 +751,17 @@ class TimingCacheFile:
         write_json(self.sidecar, self.fields)
 
 
+def _set_targets(trt, config, targets: list[str]) -> None:
+    """TensorRT-RTX: build for these compute capabilities (``["current"]``: this machine's GPU)."""
+    members = ["CURRENT"] if targets == ["current"] else [trt_compat.RTX_TARGETS[cc] for cc in targets]
+    config.num_compute_capabilities = len(members)
+    for index, member in enumerate(members):
+        if config.set_compute_capability(getattr(trt.ComputeCapability, member), index) is False:
+            raise UserError(f"TensorRT-RTX refused the build target {member}")
+
+
 def build_engine(
+    library: trt_compat.Library,
     plan: BuildPlan,
     io: OnnxIO,
     profile: BatchProfile,
@@ -615,17 +769,20 @@ def build_engine(
     *,
     engine_path: Path,
     gpu,
+    targets: list[str] | None = None,
     calibration=None,
     device_buffer=None,
 ) -> BuildResult:
-    """Parse ``plan.onnx_path``, configure, build, write the engine atomically. ``device_buffer`` replaces
-    the CUDA allocation of calibration batches (tests)."""
+    """Parse ``plan.onnx_path``, configure, build, write the engine atomically. ``gpu`` is None for an
+    ahead-of-time TensorRT-RTX build on a machine without one; ``targets`` are its compute capabilities (None =
+    the library's default). ``device_buffer`` replaces the CUDA allocation of calibration batches (tests)."""
     from .atomic import write_bytes
     from .build_progress import BuildProgress, Spinner
     from .preprocess import SPEC
 
-    trt = _import_tensorrt()
-    version = trt_compat.version_of(trt)
+    trt = library.module
+    version = library.version
+    rtx = trt_compat.is_rtx(version)
     logger = trt.Logger(_severity(trt, options.log_level))
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
@@ -633,10 +790,10 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(plan.onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no detail"
-        raise UserError(f"TensorRT's ONNX parser rejected {plan.onnx_path}: {errors}")
+        raise UserError(f"{library.family.label}'s ONNX parser rejected {plan.onnx_path}: {errors}")
     if network.num_inputs != 1:
-        raise UserError(f"{plan.onnx_path}: TensorRT sees {network.num_inputs} inputs; one image input is "
-                        "expected")
+        raise UserError(f"{plan.onnx_path}: {library.family.label} sees {network.num_inputs} inputs; one image "
+                        "input is expected")
     net_in, net_out = network.get_input(0), network.get_output(0)
     in_shape = _dims(net_in.shape)
     dynamic = any(d < 0 for d in in_shape)
@@ -644,7 +801,11 @@ def build_engine(
     min_s, opt_s, max_s = profile.shapes(chw)
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_bytes))
+    if options.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_bytes))
+    workspace = int(config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE))  # what the build really had
+    if rtx and targets:
+        _set_targets(trt, config, targets)
     for name in plan.flags:
         config.set_flag(_builder_flag(trt, name, version))
     profiles = [{"input": net_in.name, "min": list(min_s), "opt": list(opt_s), "max": list(max_s)}]
@@ -655,7 +816,7 @@ def build_engine(
 
     if options.builder_opt_level is not None:
         if not trt_compat.has_builder_optimization_level(version):
-            raise UserError(f"TensorRT {version} has no builder optimization level (added in 8.6)")
+            raise UserError(f"{version.label} has no builder optimization level (added in 8.6)")
         config.builder_optimization_level = int(options.builder_opt_level)
 
     if options.dla_core is not None:
@@ -681,8 +842,7 @@ def build_engine(
         if calibration is None:
             raise ValueError("a calibrator plan needs a CalibrationSetup")
         if not trt_compat.has_int8_calibrator(version):
-            raise UserError(f"TensorRT {version} has no INT8 calibrator (removed in 11.0): use --int8-mode "
-                            "qdq")
+            raise UserError(f"{version.label} has no INT8 calibrator: use --int8-mode qdq")
         from .trt_calibrator import CalibrationFeed
 
         calib_shape = (calibration.batch, *chw)
@@ -708,7 +868,12 @@ def build_engine(
                else Spinner(f"building {engine_path.name}", enabled=options.progress))
 
     mode = f", {plan.int8_mode}" if plan.int8_mode else ""
-    print(f"build: {plan.onnx_path} → {engine_path} (TensorRT {version}, {gpu.name}, {plan.precision}{mode}, "
+    if rtx:
+        where = ("for " + ", ".join(targets) if targets else "for the library's default targets") + (
+            f", on {gpu.name}" if gpu is not None else ", ahead of time (no GPU needed)")
+    else:
+        where = gpu.name
+    print(f"build: {plan.onnx_path} → {engine_path} ({library.label}, {where}, {plan.precision}{mode}, "
           f"batch {profile.min}/{profile.opt}/{profile.max})", file=sys.stderr)
     started = time.perf_counter()
     try:
@@ -725,14 +890,22 @@ def build_engine(
         raise err if isinstance(err, (UserError, KeyboardInterrupt)) else UserError(
             f"INT8 calibration failed: {type(err).__name__}: {err}") from err
     if serialized is None:
-        why = "cancelled" if progress.cancelled else "failed (TensorRT's log above says why)"
-        raise UserError(f"building the engine from {plan.onnx_path} {why}")
+        if progress.cancelled:  # Ctrl-C during the build: TensorRT stopped it; nothing was written
+            raise KeyboardInterrupt
+        raise UserError(f"building the engine from {plan.onnx_path} failed ({library.family.label}'s log above "
+                        "says why)")
     # A manifest left from an earlier build must not describe the new engine (the runtime would refuse a
     # mismatch anyway, by engine_sha256); the caller writes the new one.
     from .manifest import manifest_path_for
 
     manifest_path_for(engine_path).unlink(missing_ok=True)
     write_bytes(engine_path, memoryview(serialized))
+    if rtx:
+        header = trt_compat.read_rtx_plan_header(bytes(memoryview(serialized)[:64]))
+        ccs, and_later = ((list(header.compute_capabilities), header.and_later) if header is not None
+                          else (list(targets or []), not targets))
+    else:
+        ccs, and_later = [gpu.compute_capability], False
     if timing is not None:
         timing.save(bytes(memoryview(config.get_timing_cache().serialize())))
 
@@ -744,7 +917,9 @@ def build_engine(
         "flags": list(plan.flags),
         "strongly_typed": plan.strongly_typed,
         "network_flags": network_creation_flags(trt, plan, version),
-        "workspace_mib": int(options.workspace_bytes) // MiB,
+        "workspace_mib": workspace // MiB,
+        "workspace_default": options.workspace_bytes is None,
+        "compute_capabilities_requested": targets,
         "builder_opt_level": options.builder_opt_level,
         "timing_cache": str(options.timing_cache) if options.timing_cache else None,
         "dla_core": options.dla_core,
@@ -754,7 +929,7 @@ def build_engine(
             plan, profile, net_in.name, chw, engine_path, workspace_bytes=options.workspace_bytes, dynamic=dynamic,
             calib_cache=calibration.cache_path if calibration is not None else None,
             timing_cache=options.timing_cache, builder_opt_level=options.builder_opt_level,
-            dla_core=options.dla_core, version=version),
+            dla_core=options.dla_core, version=version, compute_capabilities=targets),
     }
     return BuildResult(engine_path=engine_path, build_time_s=build_time, io=io_doc, profiles=profiles,
-                       build_options=build_options)
+                       build_options=build_options, compute_capabilities=ccs, and_later=and_later)

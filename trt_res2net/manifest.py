@@ -1,9 +1,11 @@
 """The JSON manifest beside every engine, the compatibility check that reads it, and GPU/Jetson detection.
 
-A TensorRT engine only runs under the TensorRT release and on the GPU (compute capability) it was built for;
-TensorRT notices some mismatches itself, late and cryptically. The manifest ``<engine>.json`` records what the
-engine was built with, and :func:`check_engine_compatible` refuses another TensorRT or GPU before anything is
-deserialized, naming the field that differs.
+A TensorRT engine only runs under the TensorRT release and on the GPU (compute capability) it was built for; a
+TensorRT-RTX engine runs on the list of compute capabilities it was built for, under the same or a newer
+TensorRT-RTX. The libraries notice some mismatches themselves, late and cryptically. The manifest
+``<engine>.json`` records the engine family, the library version and the compute capabilities, and
+:func:`check_engine_compatible` refuses another family, release or GPU before anything is deserialized, naming
+the field that differs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .atomic import read_json, write_json
 from .errors import MissingDependency, UserError
 
 MANIFEST_FORMAT = "trt_res2net.engine-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: engine_family, library_version (was tensorrt_version), compute_capabilities
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -34,9 +36,6 @@ def manifest_path_for(engine_path: str | os.PathLike) -> Path:
     """``engines/x_int8_b32.engine`` → ``engines/x_int8_b32.engine.json``."""
     p = Path(engine_path)
     return p if p.name.endswith(".json") else p.with_name(p.name + ".json")
-
-
-manifest_path = manifest_path_for  # the name trt_runtime looks for
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -62,6 +61,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if int(data.get("format_version", 0)) > MANIFEST_VERSION:
         raise UserError(f"{mpath} has manifest format {data.get('format_version')}; this trt_res2net reads "
                         f"≤ {MANIFEST_VERSION} — upgrade trt_res2net")
+    if int(data.get("format_version", 0)) < 2:  # format 1: standard TensorRT only, one build GPU
+        data.setdefault("engine_family", "tensorrt")
+        data.setdefault("library_version", data.pop("tensorrt_version", None))
+        cc = (data.get("gpu") or {}).get("compute_capability")
+        data.setdefault("compute_capabilities", [normalize_cc(cc)] if cc else [])
     return data
 
 
@@ -78,8 +82,10 @@ def build_manifest(
     model: str,
     precision: str,
     int8_mode: str | None,
-    tensorrt_version: str,
-    gpu: GpuInfo | dict,
+    engine_family: str,
+    library_version: str,
+    gpu: GpuInfo | dict | None,
+    compute_capabilities: list[str],
     onnx_path: str | os.PathLike,
     onnx_sha256: str,
     io: dict,
@@ -90,8 +96,14 @@ def build_manifest(
     preprocess=None,
     fp32_onnx_sha256: str | None = None,
     outputs_probabilities: bool = False,
+    compute_capabilities_and_later: bool = False,
+    caveats: list[str] | None = None,
 ) -> dict:
-    """The manifest as a dict (keys in a readable order). ``preprocess`` defaults to the one SPEC."""
+    """The manifest as a dict (keys in a readable order). ``preprocess`` defaults to the one SPEC.
+
+    ``gpu`` is the GPU the engine was built on (None for a TensorRT-RTX build without one);
+    ``compute_capabilities`` are those it runs on (TensorRT: the build GPU's; TensorRT-RTX: its targets, and
+    with ``compute_capabilities_and_later`` newer GPUs too)."""
     from .preprocess import SPEC
 
     spec = preprocess or SPEC
@@ -105,8 +117,12 @@ def build_manifest(
         "model": model,
         "precision": precision,
         "int8_mode": int8_mode,
-        "tensorrt_version": tensorrt_version,
-        "gpu": gpu.to_manifest() if isinstance(gpu, GpuInfo) else dict(gpu),
+        "engine_family": engine_family,
+        "library_version": library_version,
+        "compute_capabilities": [normalize_cc(cc) for cc in compute_capabilities],
+        "compute_capabilities_and_later": bool(compute_capabilities_and_later),
+        "gpu": gpu.to_manifest() if isinstance(gpu, GpuInfo) else (dict(gpu) if gpu else None),
+        "caveats": list(caveats or []),
         "onnx": str(onnx_path),
         "onnx_sha256": onnx_sha256,
         "fp32_onnx_sha256": fp32_onnx_sha256,
@@ -144,35 +160,53 @@ def normalize_cc(cc) -> str:
     raise ValueError(f"not a compute capability: {cc!r}")
 
 
-def _release(version: str) -> tuple[int, ...]:
-    from .trt_compat import parse_version
+def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engine: str | None = None) -> None:
+    """Refuse an engine of another family, built under another release, or not built for this GPU, naming what
+    differs. ``version`` is the running library's ``trt_compat.TrtVersion`` (its family included).
 
-    return tuple(parse_version(version)[:3])
-
-
-def check_engine_compatible(manifest: dict, trt_version: str, gpu_name: str, cc, *,
-                            engine: str | None = None) -> None:
-    """Refuse an engine built under another TensorRT release or for another GPU, naming what differs.
-
-    TensorRT versions are compared on major.minor.patch (plans are not portable across releases); the GPU on
-    its compute capability first (kernels are compiled for it), then on its name (TensorRT tunes tactics per
-    device, and warns at best).
+    TensorRT: the release must be the same major.minor.patch (plans are not portable across releases), the
+    compute capability the build GPU's (kernels are compiled for it), and the GPU name the same (tactics are
+    tuned per device). TensorRT-RTX: the running library must not be older than the builder, and this GPU's
+    compute capability one of the engine's targets (a portable engine is not tied to one GPU).
     """
+    from . import trt_compat as tc
+
     what = engine or manifest.get("engine", "the engine")
-    rebuild = "; rebuild it on this machine with build.py"
-    built_trt = str(manifest.get("tensorrt_version", "?"))
+    built_family = manifest.get("engine_family", tc.TENSORRT.key)
+    built_label = tc.FAMILIES[built_family].label if built_family in tc.FAMILIES else built_family
+    if built_family != version.family:
+        raise UserError(f"{what} is a {built_label} engine; {version.label} cannot run it (each family runs only "
+                        f"its own engines): install {tc.FAMILIES[built_family].install}"
+                        if built_family in tc.FAMILIES else f"{what} has an unknown engine family {built_family!r}")
+    cc = normalize_cc(cc)
+    built = str(manifest.get("library_version") or "?")
     try:
-        same_trt = _release(built_trt) == _release(trt_version)
+        built_v = tc.parse_version(built, built_family)
     except ValueError:
-        same_trt = False
-    if not same_trt:
-        raise UserError(f"{what} was built with TensorRT {built_trt}, but this machine has TensorRT "
-                        f"{trt_version}{rebuild}")
+        built_v = None
+    if built_family == tc.TENSORRT_RTX.key:
+        if built_v is not None and tuple(built_v[:3]) > tuple(version[:3]):
+            raise UserError(f"{what} was built with TensorRT-RTX {built}, newer than this machine's "
+                            f"TensorRT-RTX {version}; upgrade it: {tc.TENSORRT_RTX.install}")
+        targets = [normalize_cc(c) for c in manifest.get("compute_capabilities") or []]
+        later = bool(manifest.get("compute_capabilities_and_later"))
+        if targets and not tc.rtx_runs_on(cc, targets, later):
+            from .builder import rtx_targets_sentence
+
+            fix = (f"rebuild it with --compute-capability {cc}" if cc in tc.RTX_TARGETS else
+                   "this GPU is not a TensorRT-RTX target: build with TensorRT (--engine-family tensorrt)")
+            raise UserError(f"{what} runs on GPUs of {rtx_targets_sentence(targets, later)}, but this GPU "
+                            f"({gpu_name}) is {cc}; {fix}")
+        return
+    rebuild = "; rebuild it on this machine with build.py"
+    if built_v is None or tuple(built_v[:3]) != tuple(version[:3]):
+        raise UserError(f"{what} was built with TensorRT {built}, but this machine has TensorRT "
+                        f"{version}{rebuild}")
     gpu = manifest.get("gpu") or {}
     built_cc = gpu.get("compute_capability")
-    if built_cc is not None and normalize_cc(built_cc) != normalize_cc(cc):
+    if built_cc is not None and normalize_cc(built_cc) != cc:
         raise UserError(f"{what} was built for compute capability {normalize_cc(built_cc)} "
-                        f"({gpu.get('name', '?')}), but this GPU ({gpu_name}) is {normalize_cc(cc)}{rebuild}")
+                        f"({gpu.get('name', '?')}), but this GPU ({gpu_name}) is {cc}{rebuild}")
     built_name = gpu.get("name")
     if built_name is not None and built_name.strip() != str(gpu_name).strip():
         raise UserError(f"{what} was built on GPU {built_name!r}, but this GPU is {gpu_name!r}{rebuild}")

@@ -24,8 +24,9 @@ from .preprocess import SPEC
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan")
 TRT_INSTALL_HINT = (
-    "running TensorRT engines needs TensorRT, cuda-python and an NVIDIA GPU: pip install 'trt-res2net[trt]' "
-    "(x86), or JetPack's python3-libnvinfer (Jetson); .onnx files run anywhere with ONNX Runtime"
+    "running engines needs cuda-python, an NVIDIA GPU and the engine's library: TensorRT (pip install "
+    "'trt-res2net[trt]' on x86, JetPack's python3-libnvinfer on Jetson) or TensorRT-RTX (pip install "
+    "'trt-res2net[rtx,nvrtc]'); .onnx files run anywhere with ONNX Runtime"
 )
 
 
@@ -162,7 +163,8 @@ class OnnxRuntimeBackend:
 
 
 def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
-    """The backend for a model file: ``.onnx`` → ONNX Runtime, ``.engine``/``.plan`` → TensorRT."""
+    """The backend for a model file: ``.onnx`` → ONNX Runtime, ``.engine``/``.plan`` → TensorRT or TensorRT-RTX
+    (the engine's family decides)."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in ONNX_SUFFIXES + ENGINE_SUFFIXES:

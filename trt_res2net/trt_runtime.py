@@ -1,35 +1,41 @@
-"""TensorRT runtime: ``TensorRTBackend`` runs a serialized engine (``.engine``/``.plan``) on one GPU.
+"""TensorRT runtime: ``TensorRTBackend`` runs a serialized engine (``.engine``/``.plan``) of either family —
+standard TensorRT or TensorRT-RTX — on one GPU.
 
 It implements the Backend protocol of ``trt_res2net.runtime`` (``input_name``, ``output_name``,
 ``num_classes``, ``max_batch``, ``fixed_batch``, ``outputs_probabilities``, ``run(batch) -> outputs``,
-``describe()``) and adds a GPU fast
-path, ``classify_bgr(images, k)``: decoded BGR images → fused CUDA preprocessing straight into the engine's
-input buffer → inference → softmax + top-k on the GPU → only k ids and scores per image copied back.
+``describe()``) and adds a GPU fast path, ``classify_bgr(images, k)``: decoded BGR images → fused CUDA
+preprocessing straight into the engine's input buffer → inference → softmax + top-k on the GPU → only k ids
+and scores per image copied back.
 
-Only the name-based I/O API is used (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
-``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), which TensorRT 8.5 through 11.x share, so
-there is no version branch here. CUDA comes from cuda-python (``trt_res2net.cuda_util``): device buffers and
-pinned host buffers allocated once per batch size, one stream, and optionally a CUDA graph of the enqueue
-per batch size. An engine whose manifest names another TensorRT version or GPU is refused before TensorRT
-is asked to deserialize it. Not thread-safe: use one backend per thread.
+The engine's family (its manifest, else its first bytes) chooses the library, through
+``trt_compat.import_library``; the manifest is checked before anything is deserialized (``manifest``). Only the
+name-based I/O API is used (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``), which TensorRT 8.5 through 11.x and TensorRT-RTX share. A
+TensorRT-RTX engine is first asked ``Runtime.get_engine_validity``; it runs through an ``IRuntimeConfig`` whose
+runtime cache (a file beside the engine, keyed by library version and GPU) keeps the kernels it compiles just in
+time on this GPU, and whose CUDA-graph strategy replaces our own capture. CUDA comes from cuda-python
+(``trt_res2net.cuda_util``): device and pinned host buffers allocated once per batch size, one stream, and
+optionally a CUDA graph of the enqueue per batch size. Not thread-safe: use one backend per thread.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from . import manifest as manifest_mod
+from . import trt_compat
 from .errors import MissingDependency, UserError
 from .preprocess import SPEC
 
-TENSORRT_HINT = (
-    "install TensorRT: pip install tensorrt (x86, with cuda-python) or JetPack's python3-libnvinfer (Jetson)"
-)
+if TYPE_CHECKING:  # the API the code below is written against (trt-api-check reads this import); at run time
+    import tensorrt as trt  # noqa: F401  the module is trt_compat.import_library(...).module, of either family
 
 # TensorRT I/O data types that the runtime can feed from numpy, by enum member name.
 _NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16}
@@ -40,71 +46,39 @@ class TopK(NamedTuple):
     scores: np.ndarray  # float32 [n, k]: softmax probabilities (or the model's own when it outputs them)
 
 
-def _import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise MissingDependency(f"cannot run a TensorRT engine: TensorRT is missing; {TENSORRT_HINT}") from e
-    return tensorrt
-
-
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------
-# The engine manifest (written by trt_res2net.builder through trt_res2net.manifest)
+# The engine's manifest and library
 
 
-def find_manifest(engine_path: Path) -> Path | None:
-    """The JSON manifest written next to an engine, if any."""
-    engine_path = Path(engine_path)
+def engine_family(engine_path: Path, manifest: dict | None) -> str:
+    """The family named by the manifest, else the one the file's first bytes show."""
+    if manifest and manifest.get("engine_family"):
+        return str(manifest["engine_family"])
+    return trt_compat.engine_family_of(engine_path)
+
+
+def import_engine_library(engine_path: Path, family_key: str) -> trt_compat.Library:
+    """The library that runs this engine's family, or MissingDependency (exit 3) naming the family."""
+    label = trt_compat.family(family_key).label
     try:
-        from . import manifest as manifest_module
-    except ImportError:
-        manifest_module = None
-    locate = getattr(manifest_module, "manifest_path", None)
-    if callable(locate):  # the builder's naming, and only it: a stray <stem>.json is not a manifest
-        candidates = [Path(locate(engine_path))]
-    else:
-        candidates = [engine_path.with_name(engine_path.name + ".json"), engine_path.with_suffix(".json")]
-    return next((p for p in candidates if p.is_file()), None)
+        return trt_compat.import_library(family_key)
+    except MissingDependency as e:
+        raise MissingDependency(f"cannot run {engine_path}, a {label} engine: {e}; .onnx files run anywhere "
+                                "with ONNX Runtime") from e
 
 
-def load_manifest(path: Path) -> dict:
-    try:
-        from . import manifest as manifest_module
-    except ImportError:
-        manifest_module = None
-    read = getattr(manifest_module, "read_manifest", None)
-    if callable(read):
-        return read(path)
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read engine manifest {path}: {e}") from e
-
-
-def check_engine_manifest(manifest: dict, trt_version: str, gpu_name: str, compute_capability: str,
-                          engine_path: Path | None = None, manifest_path: Path | None = None) -> None:
-    """Refuse (UserError naming the difference) an engine built for another TensorRT version or GPU, or a
-    file that is not the engine its manifest describes; warn when it was built for other preprocessing.
-
-    The comparisons are ``trt_res2net.manifest``'s (``check_engine_compatible``, and ``check_engine_file``
-    when it has one); without that module the check is skipped with a warning.
-    """
-    try:
-        from . import manifest as manifest_module
-    except ImportError:
-        manifest_module = None
-    check = getattr(manifest_module, "check_engine_compatible", None)
-    if check is None:
-        _warn(f"trt_res2net.manifest is not available; {manifest_path or 'the manifest'} was not checked")
-        return
-    check(manifest, trt_version, gpu_name, compute_capability)
-    check_file = getattr(manifest_module, "check_engine_file", None)
-    if engine_path is not None and callable(check_file):
-        check_file(manifest, engine_path)
+def check_engine_manifest(manifest: dict, version: trt_compat.TrtVersion, gpu_name: str, compute_capability: str,
+                          engine_path: Path | None = None) -> None:
+    """Refuse (UserError naming the difference) an engine of another family, built for another release or GPU,
+    or a file that is not the engine its manifest describes; warn when it was built for other preprocessing."""
+    manifest_mod.check_engine_compatible(manifest, version, gpu_name, compute_capability,
+                                         engine=str(engine_path) if engine_path else None)
+    if engine_path is not None:
+        manifest_mod.check_engine_file(manifest, engine_path)
     recorded = manifest.get("preprocess_sha256")
     if recorded and recorded != SPEC.sha256():
         _warn(f"{engine_path or 'the engine'} was built for other preprocessing than this trt_res2net's "
@@ -132,6 +106,68 @@ def topk_numpy(outputs: np.ndarray, k: int, apply_softmax: bool) -> TopK:
 
 
 # --------------------------------------------------------------------------------------------------
+# TensorRT-RTX: engine validity and the runtime cache
+
+
+def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path) -> None:
+    """``Runtime.get_engine_validity`` on the plan's header before deserializing: INVALID → one line naming the
+    library's diagnostics; SUBOPTIMAL → a warning."""
+    size = int(runtime.engine_header_size)
+    validity, diagnostics = runtime.get_engine_validity(memoryview(data)[:size])
+    if validity == trt.EngineValidity.VALID:
+        return
+    bits = int(diagnostics)
+    names = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if bits & int(member)]
+    why = ", ".join(names) or "no diagnostic given"
+    if validity == trt.EngineValidity.SUBOPTIMAL:
+        _warn(f"TensorRT-RTX says {engine_path} runs suboptimally on this GPU ({why})")
+        return
+    raise UserError(f"TensorRT-RTX says {engine_path} cannot run here ({why}); rebuild it with build.py "
+                    "--engine-family tensorrt-rtx for this GPU's compute capability")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
+
+
+class RuntimeCacheFile:
+    """The TensorRT-RTX runtime cache beside an engine: the kernels compiled just in time on one GPU, so that
+    the compilation is paid once. One file per (library version, GPU), named after both — caches from other
+    GPUs or releases sit beside it untouched — written atomically."""
+
+    def __init__(self, engine_path: Path, library_version: str, gpu_name: str, compute_capability: str):
+        cc = compute_capability.replace(".", "")
+        self.path = Path(engine_path).with_name(
+            f"{Path(engine_path).name}.{_slug(gpu_name)}-sm{cc}.rtx-{library_version}.runtime-cache")
+        self.loaded = b""
+
+    def load(self) -> bytes:
+        try:
+            self.loaded = self.path.read_bytes()
+        except FileNotFoundError:
+            self.loaded = b""
+        except OSError as e:
+            _warn(f"runtime cache {self.path} is unreadable ({e.strerror or e}); kernels are compiled again")
+            self.loaded = b""
+        return self.loaded
+
+    def save(self, data: bytes) -> bool:
+        """Write ``data`` when it differs from what was loaded; False (with a warning) when the folder is not
+        writable — the engine still runs, compiling again next time."""
+        from .atomic import write_bytes
+
+        if not data or data == self.loaded:
+            return False
+        try:
+            write_bytes(self.path, data)
+        except OSError as e:
+            _warn(f"could not write the runtime cache {self.path} ({e.strerror or e})")
+            return False
+        self.loaded = data
+        return True
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -146,58 +182,104 @@ class _Bindings:
     host_in: np.ndarray
     host_out: np.ndarray
     graph: object = None
+    ran: bool = False  # executed at least once (the first run of a TensorRT-RTX engine compiles kernels)
 
 
 class TensorRTBackend:
-    """A TensorRT engine with one float NCHW input and one [N, classes] output.
+    """A TensorRT or TensorRT-RTX engine with one float NCHW input and one [N, classes] output.
 
-    ``cuda_graph=True`` captures the enqueue of each batch size once as a CUDA graph and replays it
-    (falls back, with a warning, when the engine cannot be captured). ``check_manifest=False`` skips the
-    manifest comparison (TensorRT still refuses a plan it cannot load).
+    ``cuda_graph=True`` replays each batch size's enqueue as a CUDA graph: captured here for TensorRT (with a
+    warning and no graphs when the engine cannot be captured), TensorRT-RTX's own whole-graph strategy for its
+    engines. ``check_manifest=False`` skips the manifest comparison (the library still refuses a plan it cannot
+    load). ``runtime_cache=False`` neither reads nor writes a TensorRT-RTX runtime cache. ``first_run_ms`` holds
+    the host time of the first run of each batch size (for TensorRT-RTX, the kernel compilation).
     """
 
     def __init__(self, engine_path, *, device: int = 0, cuda_graph: bool = False, check_manifest: bool = True,
-                 outputs_probabilities: bool | None = None):
+                 outputs_probabilities: bool | None = None, runtime_cache: bool = True):
         from . import cuda_util as cu
 
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise UserError(f"engine not found: {self.engine_path}")
-        trt = _import_tensorrt()
-        self.trt_version = str(trt.__version__)
+        self.manifest = manifest_mod.find_manifest(self.engine_path)
+        self.manifest_path = manifest_mod.manifest_path_for(self.engine_path) if self.manifest else None
+        self.library = import_engine_library(self.engine_path, engine_family(self.engine_path, self.manifest))
+        trt = self.library.module
+        version = self.library.version
+        self.rtx = trt_compat.has_runtime_cache(version)
+        self.trt_version = str(version)
         self.device = device
         self.device_info = cu.init_device(device)
-        self.manifest_path = find_manifest(self.engine_path)
-        self.manifest = load_manifest(self.manifest_path) if self.manifest_path else None
         if self.manifest is not None and check_manifest:
-            check_engine_manifest(self.manifest, self.trt_version, self.device_info.name, self.device_info.cc,
-                                  self.engine_path, self.manifest_path)
+            check_engine_manifest(self.manifest, version, self.device_info.name, self.device_info.cc,
+                                  self.engine_path)
         elif self.manifest is None and check_manifest:
-            _warn(f"no manifest next to {self.engine_path}: cannot confirm it was built for TensorRT "
-                  f"{self.trt_version} on {self.device_info.name}")
+            _warn(f"no manifest next to {self.engine_path}: cannot confirm it was built for {self.library.label} "
+                  f"on {self.device_info.name}")
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)  # must outlive the engine
-        self.engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        data = self.engine_path.read_bytes()
+        if self.rtx:
+            check_rtx_validity(trt, self._runtime, data, self.engine_path)
+        self.engine = self._runtime.deserialize_cuda_engine(data)
+        del data
         if self.engine is None:
-            raise UserError(f"TensorRT {self.trt_version} could not load {self.engine_path} (see its message "
-                            "above): engines only run on the TensorRT version and GPU they were built with")
+            raise UserError(f"{self.library.label} could not load {self.engine_path} (see its message above): "
+                            "engines only run on the library version and GPUs they were built for")
         self._read_io(trt)
-        self.context = self.engine.create_execution_context()
+        self.cuda_graph = cuda_graph
+        self._graph_failed = False
+        self.stream = cu.Stream()
+        self.runtime_cache = self._runtime_cache_config = None
+        if self.rtx:
+            self.context = self._rtx_context(trt, runtime_cache)
+        else:
+            self.context = self.engine.create_execution_context()
         if self.context is None:
-            raise UserError(f"TensorRT could not create an execution context for {self.engine_path} "
-                            "(out of GPU memory?)")
+            raise UserError(f"{self.library.label} could not create an execution context for "
+                            f"{self.engine_path} (out of GPU memory?)")
+        if self.rtx and cuda_graph and not self.context.is_stream_capturable(self.stream.handle):
+            self._graph_failed = True
+            _warn(f"{self.engine_path}: TensorRT-RTX cannot capture this engine's enqueue; running without graphs")
         self.num_classes = self._output_classes()
         self.outputs_probabilities = (
             outputs_probabilities if outputs_probabilities is not None
             else _outputs_probabilities(self.manifest, self.output_name)
         )
-        self.cuda_graph = cuda_graph
-        self._graph_failed = False
-        self.stream = cu.Stream()
         self._bindings: dict[int, _Bindings] = {}
+        self.first_run_ms: dict[int, float] = {}
         self._kernels = None  # compiled on first classify_bgr
         self._events = None
+
+    def _rtx_context(self, trt, use_cache: bool):
+        """An execution context through an IRuntimeConfig: the runtime cache beside the engine, and the
+        library's whole-graph CUDA-graph strategy when graphs are asked for."""
+        config = self.engine.create_runtime_config()
+        if use_cache:
+            self.runtime_cache = RuntimeCacheFile(self.engine_path, self.library.version.full,
+                                                  self.device_info.name, self.device_info.cc)
+            cache = config.create_runtime_cache()
+            blob = self.runtime_cache.load()
+            if blob and not cache.deserialize(blob):
+                _warn(f"runtime cache {self.runtime_cache.path} does not fit this GPU, driver or TensorRT-RTX; "
+                      "kernels are compiled again and the cache replaced")
+                self.runtime_cache.loaded = b""
+            config.set_runtime_cache(cache)
+        if self.cuda_graph:
+            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        self._runtime_cache_config = config  # keeps the cache alive with the context
+        return self.engine.create_execution_context(config)
+
+    def save_runtime_cache(self) -> bool:
+        """Write the TensorRT-RTX runtime cache beside the engine (atomically) if it grew; True if written."""
+        if self.runtime_cache is None or self._runtime_cache_config is None:
+            return False
+        cache = self._runtime_cache_config.get_runtime_cache()
+        if cache is None:
+            return False
+        return self.runtime_cache.save(bytes(memoryview(cache.serialize())))
 
     # -- engine description ------------------------------------------------------------------------
 
@@ -257,14 +339,17 @@ class TensorRTBackend:
         batch = (f"fixed batch {self.max_batch}" if self.min_batch == self.max_batch
                  else f"batch {self.min_batch}..{self.max_batch}")
         graph = ", CUDA graphs" if self.cuda_graph and not self._graph_failed else ""
-        return (f"TensorRT {self.trt_version} on {self.device_info.name} (compute {self.device_info.cc}), "
-                f"{batch}, {self.num_classes} classes, {self.input_dtype.name} input{graph}")
+        cache = ", runtime cache" if self.runtime_cache is not None else ""
+        return (f"{self.library.label} on {self.device_info.name} (compute {self.device_info.cc}), "
+                f"{batch}, {self.num_classes} classes, {self.input_dtype.name} input{graph}{cache}")
 
     def info(self) -> dict:
         """The engine, GPU and I/O as JSON-ready data (the benchmark's report carries it)."""
         return {
             "engine": str(self.engine_path),
-            "tensorrt": self.trt_version,
+            "library": self.library.label,
+            "engine_family": self.library.version.family,
+            "library_version": self.library.version.full,
             "gpu": self.device_info.to_dict(),
             "input": {"name": self.input_name, "dtype": str(self.input_dtype),
                       "batch": [self.min_batch, self.opt_batch, self.max_batch]},
@@ -272,6 +357,8 @@ class TensorRTBackend:
                        "probabilities": self.outputs_probabilities},
             "manifest": str(self.manifest_path) if self.manifest_path else None,
             "cuda_graph": self.cuda_graph and not self._graph_failed,
+            "runtime_cache": str(self.runtime_cache.path) if self.runtime_cache is not None else None,
+            "first_run_ms": {str(b): round(ms, 3) for b, ms in sorted(self.first_run_ms.items())},
         }
 
     # -- buffers and execution ---------------------------------------------------------------------
@@ -296,16 +383,22 @@ class TensorRTBackend:
 
     def _bind(self, b: _Bindings) -> None:
         if not self.context.set_input_shape(self.input_name, self._input_shape(b.batch)):
-            raise UserError(f"TensorRT refused batch {b.batch} (profile {self.min_batch}..{self.max_batch})")
+            raise UserError(f"{self.library.family.label} refused batch {b.batch} (profile "
+                            f"{self.min_batch}..{self.max_batch})")
         self.context.set_tensor_address(self.input_name, b.device_in.address)
         self.context.set_tensor_address(self.output_name, b.device_out.address)
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream.handle):
-            raise UserError(f"TensorRT could not run {self.engine_path} (see its message above)")
+            raise UserError(f"{self.library.family.label} could not run {self.engine_path} (see its message "
+                            "above)")
 
     def _enqueue(self, b: _Bindings, bind: bool = True) -> None:
-        """Put one inference of ``b`` on the stream (replaying its CUDA graph when there is one)."""
+        """Put one inference of ``b`` on the stream (replaying its CUDA graph when there is one).
+
+        The first run of each batch size is synchronous and timed apart (``first_run_ms``): the library
+        initialises lazily then — TensorRT-RTX compiles its kernels for this GPU — and our own CUDA graph is
+        captured only after it."""
         from . import cuda_util as cu
 
         if b.graph is not None:
@@ -313,19 +406,21 @@ class TensorRTBackend:
             return
         if bind:
             self._bind(b)
-        if not self.cuda_graph or self._graph_failed:
+        if b.ran:
             self._execute()
             return
-        # TensorRT must run once outside capture (lazy initialisation) before its enqueue can be captured.
+        started = time.perf_counter()
         self._execute()
         self.stream.synchronize()
+        self.first_run_ms[b.batch] = (time.perf_counter() - started) * 1e3
+        b.ran = True
+        if not self.cuda_graph or self._graph_failed or self.rtx:  # TensorRT-RTX captures graphs itself
+            return
         try:
-            b.graph = cu.Graph(self.stream, self._execute)
+            b.graph = cu.Graph(self.stream, self._execute)  # capture only: this call's run is done
         except (cu.CudaError, UserError) as e:
             self._graph_failed = True
             _warn(f"CUDA graph capture is not possible for this engine ({e}); running without graphs")
-            return
-        b.graph.launch()
 
     def _chunks(self, n: int):
         """(start, count, batch to run) over n items: at most max_batch each, padded up to min_batch."""
@@ -398,9 +493,8 @@ class TensorRTBackend:
             self._events = (cu.Event(), cu.Event())
         start, end = self._events
         b = self._get_bindings(batch)
-        if self.cuda_graph and b.graph is None and not self._graph_failed:
-            self._enqueue(b)  # capture outside the timed region
-            self.stream.synchronize()
+        if not b.ran:
+            self._enqueue(b)  # the first run (and any graph capture) outside the timed region
         if b.graph is None:
             self._bind(b)  # host-side work kept out of the timed region
         start.record(self.stream)
@@ -410,7 +504,9 @@ class TensorRTBackend:
         return end.elapsed_ms(start)
 
     def close(self) -> None:
-        """Free the GPU buffers, graphs, kernels and stream (the engine goes with the object)."""
+        """Save the runtime cache (TensorRT-RTX); free the GPU buffers, graphs, kernels and stream (the engine
+        goes with the object)."""
+        self.save_runtime_cache()
         for b in self._bindings.values():
             if b.graph is not None:
                 b.graph.destroy()

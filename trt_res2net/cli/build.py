@@ -16,9 +16,11 @@ ENGINES_DIR = Path("engines")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="build.py",
-        description="Build an exact ONNX graph and a TensorRT engine for a PaddleClas Res2Net classifier.",
+        description="Build an exact ONNX graph and a TensorRT or TensorRT-RTX engine for a PaddleClas Res2Net "
+                    "classifier.",
         epilog="Exit status: 0 done; 1 the FP16/INT8 model missed --max-top1-drop; 2 usage or input error; "
-               "3 ONNX written but TensorRT/GPU (or ModelOpt, for fp16/int8) missing.",
+               "3 ONNX written but neither TensorRT nor TensorRT-RTX (or, for TensorRT, no GPU; or ModelOpt, for "
+               "fp16/int8) here.",
     )
     src = p.add_argument_group("model")
     src.add_argument("--model", metavar="NAME", help="zoo model name (see --list-models)")
@@ -109,6 +111,12 @@ def _main(argv) -> int:
         raise usage_error("pass --model NAME or --onnx PATH (--list-models shows the names)")
     if args.weights and args.random_weights:
         raise usage_error("--weights and --random-weights exclude each other")
+    from .. import builder, trt_compat
+
+    version = trt_compat.installed_version(args.engine_family)  # None: the ONNX is all this machine can make
+    if version is not None and not args.onnx_only:  # refuse options that mean nothing here before any work
+        builder.refuse_inapplicable_options(builder.EngineOptions.from_args(args), version, args.precision,
+                                            args.int8_mode)
     if args.onnx:
         fp32_path = Path(args.onnx)
         if not fp32_path.is_file():
@@ -121,10 +129,8 @@ def _main(argv) -> int:
         model_name = spec.name
         fp32_path = export_fp32(args, spec)
         print(f"wrote {fp32_path} (fp32 ONNX, {fp32_path.stat().st_size / 1e6:.1f} MB, checked)")
-    from .. import builder, trt_compat
-
     onnx_path = fp32_path
-    if builder.precision_onnx_needed(args.precision, args.int8_mode, trt_compat.installed_version()):
+    if builder.precision_onnx_needed(args.precision, args.int8_mode, version):
         from ..quantize import run_precision_step
 
         onnx_path = run_precision_step(args, fp32_path, model_name)
