@@ -87,6 +87,11 @@ def probe(path: Path) -> int:
 
         mods = cu.cuda_modules()
         doc["cuda_python_layout"] = mods.layout
+        try:  # NVRTC needs no GPU: recorded even where there is none
+            doc["nvrtc_version"] = ".".join(map(str, cp.nvrtc_version()))
+            doc["nvrtc_archs"] = cp.nvrtc_supported_archs()
+        except UserError as e:
+            doc["nvrtc_error"] = str(e)
         info = cu.init_device(0)
         doc["device_count"] = cu.device_count()
         doc["gpu"] = {**info.to_dict(), "free_memory": info.free_memory,
@@ -95,10 +100,8 @@ def probe(path: Path) -> int:
                       "datasheet_bandwidth_bytes_per_s": info.peak_bandwidth_bytes_per_s}
         doc["cuda_driver_version"] = int(cu.call(mods.runtime.cudaDriverGetVersion))
         doc["cuda_runtime_version"] = int(cu.call(mods.runtime.cudaRuntimeGetVersion))
-        doc["nvrtc_version"] = ".".join(map(str, cp.nvrtc_version()))
-        archs = cp.nvrtc_supported_archs()
-        doc["nvrtc_archs"] = archs
-        doc["kernel_target"] = list(cp.choose_target(info.compute_capability, archs))
+        doc["nvrtc_version"] = ".".join(map(str, cp.nvrtc_version()))  # now an error stops the probe
+        doc["kernel_target"] = list(cp.choose_target(info.compute_capability, cp.nvrtc_supported_archs()))
         t0 = time.perf_counter()
         stream = cu.Stream()
         kernels = cp.GpuKernels(stream, info.compute_capability)
@@ -106,11 +109,11 @@ def probe(path: Path) -> int:
         doc["compile_and_load_s"] = time.perf_counter() - t0
         kernels.close()
         stream.destroy()
-    except UserError as e:
+    except (UserError, ValueError) as e:  # ValueError: choose_target, for a GPU older than NVRTC's oldest target
         doc["error"] = str(e)
         write_json(path, doc)
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return getattr(e, "exit_code", EXIT_FAILED)
     write_json(path, doc)
     print(f"GPU: {info.name}, compute {info.cc}, {info.total_memory / 2**30:.1f} GiB; CUDA driver "
           f"{_cuda_version(doc['cuda_driver_version'])}; NVRTC {doc['nvrtc_version']}; kernels: "
