@@ -131,11 +131,12 @@ def _cuda_version(v) -> str:
 
 
 def run_stage(name: str, command: list[str], timeout_s: float, log, env: dict | None = None,
-              echo=sys.stdout) -> dict:
+              echo=None) -> dict:
     """Run one stage to completion or to its time limit; its output goes to ``echo`` and ``log`` as it comes.
 
     The stage runs in a new process group: at the limit the whole group gets SIGTERM, then SIGKILL 5 s later.
     """
+    echo = echo or sys.stdout
     header = f"=== {name}: {' '.join(command)}  (limit {timeout_s:.0f} s)\n"
     for stream in (echo, log):
         stream.write(header)
@@ -413,9 +414,9 @@ def render_table(report: dict) -> str:
         lines.append(f"{s['stage']:<11} {s['status']:<8} {t:>6}  {s['summary']}")
         timing = s.get("figures", {}).get("timing") if s["stage"] == "preprocess" else None
         if timing:
-            lines.append(f"{'':<28}batch  kernel p50 us  floor us  x floor  staged p50 ms  H2D floor ms")
+            lines.append(f"{'':<29}batch  kernel p50 us  floor us  x floor  staged p50 ms  H2D floor ms")
             for r in timing:
-                lines.append(f"{'':<28}{r['batch']:>5}  {r['kernel_p50_us']:>13.2f}  {r['floor_us']:>8.2f}  "
+                lines.append(f"{'':<29}{r['batch']:>5}  {r['kernel_p50_us']:>13.2f}  {r['floor_us']:>8.2f}  "
                              f"{r['over_floor']:>7.1f}  {r['staged_p50_ms']:>13.3f}  {r['h2d_floor_ms']:>12.3f}")
     lines.append(report["verdict"])
     return "\n".join(lines)

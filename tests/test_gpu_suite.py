@@ -186,7 +186,7 @@ def test_suite_with_canned_stages_reports_every_stage_and_fails_on_any(tmp_path,
                             "cpu_topk_numpy_ms": {"p50": 2.5}}]}
     ran = []
 
-    def fake_run_stage(name, command, timeout_s, log, env=None, echo=sys.stdout):
+    def fake_run_stage(name, command, timeout_s, log, env=None, echo=None):
         ran.append((name, timeout_s))
         out = tmp_path / "out"
         if name == "probe":
@@ -232,7 +232,7 @@ def test_budget_stops_stages_that_would_overrun(tmp_path, monkeypatch, capsys):
     clock = [0.0]
     monkeypatch.setattr(suite, "_now", lambda: clock[0])
 
-    def slow_stage(name, command, timeout_s, log, env=None, echo=sys.stdout):
+    def slow_stage(name, command, timeout_s, log, env=None, echo=None):
         clock[0] += timeout_s  # each stage uses its whole limit
         return {"command": command, "rc": None, "seconds": timeout_s, "timed_out": True, "tail": []}
 
