@@ -57,10 +57,15 @@ def test_kernels_compile_to_ptx(arch):
     assert "fma." not in body
 
 
-def test_kernels_compile_to_cubin_for_jetson_orin():
+@pytest.mark.parametrize("arch", ["sm_87", "sm_90"])  # Jetson Orin; Hopper (H100/H200)
+def test_kernels_compile_to_cubin(arch):
     _nvrtc_or_skip()
-    cubin = cp.compile_source(cp.kernel_source(), "sm_87", "cubin")
+    if int(arch[3:]) not in (cp.nvrtc_supported_archs() or [int(arch[3:])]):
+        pytest.skip(f"this NVRTC cannot target {arch}")
+    cubin = cp.compile_source(cp.kernel_source(), arch, "cubin")
     assert cubin[:4] == b"\x7fELF"
+    assert cp.PREPROCESS_KERNEL.encode() in cubin and cp.TOPK_KERNEL.encode() in cubin
+    assert cp.choose_target((int(arch[3]), int(arch[4])), cp.nvrtc_supported_archs()) == ("cubin", arch)
 
 
 def test_compile_error_is_one_line_with_the_log_attached():
