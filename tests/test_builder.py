@@ -656,11 +656,13 @@ def test_equivalent_commands(onnx_dir):
     assert "--stronglyTyped" not in eleven["trtexec"]  # a no-op flag in 11.x
 
 
-def test_manifest_records_equivalent_commands(fake_env, onnx_dir):
+def test_manifest_records_equivalent_commands(fake_env, onnx_dir, capsys):
     fake_env("8.6.1")
     engine = _build(["--batch", "2"], onnx_dir, "fp16")
     cmds = read_manifest(engine)["build_options"]["equivalent_commands"]
     assert "--fp16" in cmds["trtexec"] and "--minShapes=input:2x3x224x224" in cmds["trtexec"]
+    err = capsys.readouterr().err  # and printed at the end of the build
+    assert f"trtexec equivalent: {cmds['trtexec']}\n" in err and f"polygraphy equivalent: {cmds['polygraphy']}" in err
 
 
 def test_batch_usage_errors_come_before_the_tensorrt_check(onnx_dir, monkeypatch):

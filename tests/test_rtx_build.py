@@ -71,6 +71,7 @@ def test_fp32_reduced_res2net_through_build_py(workdir, capsys, tiny_onnx):
     assert m["build_options"]["workspace_default"] and m["build_options"]["workspace_mib"] > 0
     assert "runs on GPUs of compute capability 8.0 (A100, A30)" in err and "and later" in err
     assert "Hopper GPUs (H100, H200) and Jetson need standard TensorRT" in err
+    assert f"polygraphy equivalent: {m['build_options']['equivalent_commands']['polygraphy']}\n" in err
     assert list((workdir / "engines").glob(".*")) == []  # no temporary file left behind
 
 

@@ -596,6 +596,8 @@ def run_engine_step(args, onnx_path: Path, model_name: str, precision: str, fp32
     mpath = manifest_mod.write_manifest(engine_path, manifest)
     print(f"wrote {engine_path} ({_mib(engine_path)} MiB, built in {result.build_time_s:.1f}s) and {mpath}",
           file=sys.stderr)
+    for tool, command in result.build_options["equivalent_commands"].items():  # to cross-check with NVIDIA's
+        print(f"{tool} equivalent: {command}", file=sys.stderr)
     if trt_compat.is_rtx(version):
         print(f"{engine_path} is a TensorRT-RTX engine: it runs on GPUs of "
               f"{rtx_targets_sentence(result.compute_capabilities, result.and_later)}, with TensorRT-RTX "
