@@ -27,3 +27,66 @@ def tiny_onnx(tmp_path_factory, tiny_spec, tiny_weights):
 
     path = tmp_path_factory.mktemp("tiny") / f"{tiny_spec.name}.onnx"
     return export_onnx(tiny_spec, tiny_weights, path, metadata={"weights": "random (seed 0)"})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU tests (pytest -m gpu): a library of one family with a GPU, or a skip saying what is missing
+
+
+def _library_and_gpu(family: str):
+    from trt_res2net import manifest, trt_compat
+    from trt_res2net.errors import MissingDependency
+
+    try:
+        library = trt_compat.import_library(family)
+        gpu = manifest.detect_gpu()
+    except MissingDependency as e:
+        pytest.skip(str(e).split(";")[0])  # e.g. "TensorRT is not importable (...)", "no usable NVIDIA GPU: ..."
+    return library, gpu
+
+
+@pytest.fixture(scope="session")
+def trt_gpu():
+    """(TensorRT's version, the GPU) for standard TensorRT engines."""
+    library, gpu = _library_and_gpu("tensorrt")
+    return library.version, gpu
+
+
+@pytest.fixture(scope="session")
+def rtx_gpu():
+    """(TensorRT-RTX, the GPU), skipped on a GPU that TensorRT-RTX does not target (Hopper, Jetson)."""
+    from trt_res2net import trt_compat
+
+    library, gpu = _library_and_gpu("tensorrt-rtx")
+    cc = gpu.compute_capability
+    if not trt_compat.rtx_runs_on(cc, trt_compat.RTX_TARGETS, and_later=True):
+        pytest.skip(f"{gpu.name} (compute capability {cc}) is not a TensorRT-RTX target")
+    return library, gpu
+
+
+@pytest.fixture(scope="session")
+def gpu_images(tmp_path_factory):
+    """Calibration and evaluation images (generated, disjoint), their paths and preprocessed arrays."""
+    import cv2
+    from trt_fakes import write_images
+
+    from trt_res2net.preprocess import preprocess_bgr
+
+    root = tmp_path_factory.mktemp("gpu_images")
+    calib = write_images(root / "calib", n=32, seed=1, size=(300, 240))
+    held = write_images(root / "eval", n=12, seed=2, size=(280, 260))
+
+    def arr(paths):
+        return np.stack([preprocess_bgr(cv2.imread(str(p))) for p in paths])
+
+    return {"calib_dir": root / "calib", "calib": arr(calib), "eval": arr(held), "eval_paths": held}
+
+
+@pytest.fixture(scope="session")
+def fitted_onnx(tmp_path_factory, tiny_spec, tiny_weights, gpu_images):
+    """The tiny Res2Net with BN statistics fitted to generated images (realistically scaled activations)."""
+    from trt_res2net.onnx_export import export_onnx
+    from trt_res2net.reference import fit_bn_statistics
+
+    fitted = fit_bn_statistics(tiny_spec, tiny_weights, gpu_images["calib"])
+    return export_onnx(tiny_spec, fitted, tmp_path_factory.mktemp("gpu_onnx") / "tiny_fitted.onnx")

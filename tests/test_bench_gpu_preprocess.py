@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
+from bench_scripts import load_benchmark
 from fake_gpu_runtime import install
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu_preprocess.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gpu_preprocess", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_script_on_fakes(tmp_path, monkeypatch, capsys):
     install(monkeypatch)
-    bench = _load_script()
+    bench = load_benchmark("bench_gpu_preprocess")
     monkeypatch.setattr(bench, "measure_bandwidth", lambda stream, kind: 1e12 if kind == "dtod" else 2e10)
     images = bench.synthetic_images(2, size=(64, 48))
     monkeypatch.setattr(bench, "default_images", lambda: (images, ["a", "b"]))

@@ -4,27 +4,16 @@ and benchmarks/gpu_suite.sh)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_benchmark
 from fake_gpu_runtime import FakeKernels, install
 
 from trt_res2net.trt_runtime import topk_numpy
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load("check_gpu_topk")
+check = load_benchmark("check_gpu_topk")
 
 
 def kernel_ranking(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

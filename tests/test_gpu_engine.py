@@ -14,56 +14,16 @@ import numpy as np
 import pytest
 
 from trt_res2net import builder, manifest, trt_compat
-from trt_res2net.errors import MissingDependency, UserError
+from trt_res2net.errors import UserError
 
-from trt_fakes import tiny_classifier_onnx, write_images  # isort: skip
+from trt_fakes import tiny_classifier_onnx  # isort: skip
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def trt_gpu():
-    try:
-        library = trt_compat.import_library("tensorrt")
-    except MissingDependency as e:
-        pytest.skip(str(e).split(";")[0])  # "TensorRT is not importable (...)"
-    try:
-        gpu = manifest.detect_gpu()
-    except MissingDependency as e:
-        pytest.skip(str(e).split(";")[0])
-    return library.version, gpu
-
-
-@pytest.fixture(scope="module")
 def runtime():
     return pytest.importorskip("trt_res2net.trt_runtime", reason="trt_res2net.trt_runtime (the TensorRT runtime)")
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """Calibration and evaluation images (generated, disjoint) and their preprocessed arrays."""
-    import cv2
-
-    from trt_res2net.preprocess import preprocess_bgr
-
-    root = tmp_path_factory.mktemp("gpu_images")
-    calib = write_images(root / "calib", n=32, seed=1, size=(300, 240))
-    held = write_images(root / "eval", n=12, seed=2, size=(280, 260))
-
-    def arr(paths):
-        return np.stack([preprocess_bgr(cv2.imread(str(p))) for p in paths])
-
-    return {"calib_dir": root / "calib", "calib": arr(calib), "eval": arr(held)}
-
-
-@pytest.fixture(scope="module")
-def fitted_onnx(tmp_path_factory, tiny_spec, tiny_weights, images):
-    from trt_res2net.onnx_export import export_onnx
-    from trt_res2net.reference import fit_bn_statistics
-
-    fitted = fit_bn_statistics(tiny_spec, tiny_weights, images["calib"])
-    path = tmp_path_factory.mktemp("gpu_onnx") / "tiny_fitted.onnx"
-    return export_onnx(tiny_spec, fitted, path)
 
 
 def _ort(path, x):
@@ -92,13 +52,13 @@ def _run(runtime, engine, x):
     return np.asarray(backend.run(x), np.float32)
 
 
-def test_fp32_engine_matches_onnxruntime(trt_gpu, runtime, fitted_onnx, images, tmp_path, monkeypatch):
+def test_fp32_engine_matches_onnxruntime(trt_gpu, runtime, fitted_onnx, gpu_images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     engine = builder.run_engine_step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp32", fitted_onnx)
     m = manifest.read_manifest(engine)
     version, gpu = trt_gpu
     manifest.check_engine_compatible(m, version, gpu.name, gpu.compute_capability)
-    x = images["eval"][:8]
+    x = gpu_images["eval"][:8]
     ref = _ort(fitted_onnx, x)
     got = _run(runtime, engine, x)
     # TF32 is on by default in TensorRT (as in trtexec): allow its ~1e-3 relative error on the logits.
@@ -108,26 +68,26 @@ def test_fp32_engine_matches_onnxruntime(trt_gpu, runtime, fitted_onnx, images, 
         assert np.abs(_run(runtime, engine, x[:n]) - ref[:n]).max() <= 2e-3 * np.abs(ref).max() + 1e-4
 
 
-def test_fp16_engine_agrees(trt_gpu, runtime, fitted_onnx, images, tmp_path, monkeypatch):
+def test_fp16_engine_agrees(trt_gpu, runtime, fitted_onnx, gpu_images, tmp_path, monkeypatch):
     version, _ = trt_gpu
     if trt_compat.fp16_source(version) == "onnx":
         pytest.skip(f"TensorRT {version}: FP16 comes from the AutoCast ONNX (precision step, needs ModelOpt)")
     monkeypatch.chdir(tmp_path)
     engine = builder.run_engine_step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp16", fitted_onnx)
     assert manifest.read_manifest(engine)["build_options"]["flags"] == ["FP16"]
-    x = images["eval"][:8]
+    x = gpu_images["eval"][:8]
     ref, got = _ort(fitted_onnx, x), _run(runtime, engine, x)
     assert _cosine(got, ref) > 0.999
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.75
 
 
-def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fitted_onnx, images, tmp_path,
+def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fitted_onnx, gpu_images, tmp_path,
                                                            monkeypatch):
     version, _ = trt_gpu
     if "calibrator" not in trt_compat.int8_modes(version):
         pytest.skip(f"TensorRT {version} has no INT8 calibrator")
     monkeypatch.chdir(tmp_path)
-    args = _args(tmp_path, "--int8-mode", "calibrator", "--calib-dir", str(images["calib_dir"]), "--calib-batch",
+    args = _args(tmp_path, "--int8-mode", "calibrator", "--calib-dir", str(gpu_images["calib_dir"]), "--calib-batch",
                  "8", "--max-batch", "8")
     engine = builder.run_engine_step(args, fitted_onnx, "tiny", "int8", fitted_onnx)
     m = manifest.read_manifest(engine)
@@ -137,7 +97,7 @@ def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fit
     cache = read_cache(m["calibration"]["cache"])
     assert cache.version_tag == trt_version_tag(str(version)) and cache.algorithm == "EntropyCalibration2"
     assert len(cache.scales) > 10
-    x = images["eval"][:8]
+    x = gpu_images["eval"][:8]
     ref, got = _ort(fitted_onnx, x), _run(runtime, engine, x)
     assert _cosine(got, ref) > 0.95
 
@@ -146,7 +106,7 @@ def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fit
     assert manifest.read_manifest(again)["calibration"]["reused"] is True
 
 
-def test_int8_qdq_engine_matches_onnxruntime_on_the_qdq_graph(trt_gpu, runtime, images, tmp_path, monkeypatch):
+def test_int8_qdq_engine_matches_onnxruntime_on_the_qdq_graph(trt_gpu, runtime, gpu_images, tmp_path, monkeypatch):
     """Explicit quantization: TensorRT runs the Q/DQ graph as written (strongly typed); ONNX Runtime runs the
     same graph on the CPU."""
     version, _ = trt_gpu
@@ -159,7 +119,7 @@ def test_int8_qdq_engine_matches_onnxruntime_on_the_qdq_graph(trt_gpu, runtime, 
                                      fp32)
     m = manifest.read_manifest(engine)
     assert m["int8_mode"] == "qdq" and m["build_options"]["strongly_typed"] and m["build_options"]["flags"] == []
-    x = images["eval"][:4]
+    x = gpu_images["eval"][:4]
     ref, got = _ort(qdq, x), _run(runtime, engine, x)
     assert _cosine(got, ref) > 0.99
 

@@ -13,50 +13,9 @@ import argparse
 import numpy as np
 import pytest
 
-from trt_res2net import builder, manifest, trt_compat
-from trt_res2net.errors import MissingDependency
+from trt_res2net import builder, manifest
 
-from trt_fakes import write_images  # isort: skip
-
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def rtx_gpu():
-    try:
-        library = trt_compat.import_library("tensorrt-rtx")
-    except MissingDependency as e:
-        pytest.skip(str(e).split(";")[0])
-    try:
-        gpu = manifest.detect_gpu()
-    except MissingDependency as e:
-        pytest.skip(str(e).split(";")[0])
-    cc = gpu.compute_capability
-    if cc not in trt_compat.RTX_TARGETS and trt_compat.cc_key(cc) < trt_compat.cc_key("12.1"):
-        pytest.skip(f"{gpu.name} (compute capability {cc}) is not a TensorRT-RTX target")
-    return library, gpu
-
-
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory, tiny_spec, tiny_weights):
-    """The tiny Res2Net with BN statistics fitted to generated images (realistic activations), its ONNX, and
-    preprocessed held-out images."""
-    import cv2
-
-    from trt_res2net.onnx_export import export_onnx
-    from trt_res2net.preprocess import preprocess_bgr
-    from trt_res2net.reference import fit_bn_statistics
-
-    root = tmp_path_factory.mktemp("gpu_rtx")
-    calib = write_images(root / "calib", n=16, seed=1, size=(300, 240))
-    held = write_images(root / "eval", n=8, seed=2, size=(280, 260))
-
-    def arr(paths):
-        return np.stack([preprocess_bgr(cv2.imread(str(p))) for p in paths])
-
-    state = fit_bn_statistics(tiny_spec, tiny_weights, arr(calib))
-    onnx_path = export_onnx(tiny_spec, state, root / "tiny_fitted.onnx")
-    return {"onnx": onnx_path, "eval": arr(held), "eval_paths": held}
+pytestmark = pytest.mark.gpu  # fixtures rtx_gpu, fitted_onnx and gpu_images: tests/conftest.py
 
 
 def _ort(path, x):
@@ -75,12 +34,12 @@ def _build(tmp_path, onnx_path, *argv):
     return builder.run_engine_step(args, onnx_path, "tiny", "fp32", onnx_path)
 
 
-def test_portable_engine_matches_onnxruntime_and_keeps_its_runtime_cache(rtx_gpu, fitted, tmp_path):
+def test_portable_engine_matches_onnxruntime_and_keeps_its_runtime_cache(rtx_gpu, fitted_onnx, gpu_images, tmp_path):
     from trt_res2net.trt_runtime import TensorRTBackend
 
-    engine = _build(tmp_path, fitted["onnx"])  # the default, portable targets
-    x = fitted["eval"]
-    ref = _ort(fitted["onnx"], x)
+    engine = _build(tmp_path, fitted_onnx)  # the default, portable targets
+    x = gpu_images["eval"][:8]
+    ref = _ort(fitted_onnx, x)
     backend = TensorRTBackend(engine)
     got = backend.run(x)
     first = dict(backend.first_run_ms)
@@ -96,11 +55,11 @@ def test_portable_engine_matches_onnxruntime_and_keeps_its_runtime_cache(rtx_gpu
     again.close()
 
 
-def test_library_cuda_graphs_give_the_same_answers(rtx_gpu, fitted, tmp_path):
+def test_library_cuda_graphs_give_the_same_answers(rtx_gpu, fitted_onnx, gpu_images, tmp_path):
     from trt_res2net.trt_runtime import TensorRTBackend
 
-    engine = _build(tmp_path, fitted["onnx"])
-    x = fitted["eval"][:4]
+    engine = _build(tmp_path, fitted_onnx)
+    x = gpu_images["eval"][:4]
     plain = TensorRTBackend(engine, runtime_cache=False)
     graphed = TensorRTBackend(engine, runtime_cache=False, cuda_graph=True)
     expected = plain.run(x)
@@ -111,18 +70,18 @@ def test_library_cuda_graphs_give_the_same_answers(rtx_gpu, fitted, tmp_path):
     graphed.close()
 
 
-def test_gpu_preprocessing_top5_equals_the_cpu_path(rtx_gpu, fitted, tmp_path):
+def test_gpu_preprocessing_top5_equals_the_cpu_path(rtx_gpu, fitted_onnx, gpu_images, tmp_path):
     from trt_res2net.runtime import Classifier
 
-    engine = _build(tmp_path, fitted["onnx"])
-    gpu = list(Classifier(engine, topk=5, gpu_preprocess=True).classify(fitted["eval_paths"]))
-    cpu = list(Classifier(engine, topk=5, gpu_preprocess=False).classify(fitted["eval_paths"]))
+    engine = _build(tmp_path, fitted_onnx)
+    gpu = list(Classifier(engine, topk=5, gpu_preprocess=True).classify(gpu_images["eval_paths"]))
+    cpu = list(Classifier(engine, topk=5, gpu_preprocess=False).classify(gpu_images["eval_paths"]))
     for a, b in zip(gpu, cpu, strict=True):
         assert [e["class_id"] for e in a["topk"]] == [e["class_id"] for e in b["topk"]]
 
 
-def test_engine_for_this_gpu_alone(rtx_gpu, fitted, tmp_path):
+def test_engine_for_this_gpu_alone(rtx_gpu, fitted_onnx, tmp_path):
     _, gpu = rtx_gpu
-    engine = _build(tmp_path, fitted["onnx"], "--compute-capability", "current")
+    engine = _build(tmp_path, fitted_onnx, "--compute-capability", "current")
     m = manifest.read_manifest(engine)
     assert m["gpu"]["name"] == gpu.name and gpu.compute_capability in m["compute_capabilities"]

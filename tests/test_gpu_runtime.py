@@ -117,14 +117,11 @@ def test_topk_kernel_on_adversarial_cases(tmp_path):
     """benchmarks/check_gpu_topk.py's cases (ties, ±FLT_MAX, ±inf, NaN, 1..21841 classes, n = 1..64):
     ids equal to topk_numpy's, scores within its stated tolerance, every output written."""
     cu, info = _gpu_or_skip()
-    import importlib.util
+    from bench_scripts import load_benchmark
 
     from trt_res2net.cuda_preprocess import GpuKernels
 
-    script = DATA.parents[1] / "benchmarks" / "check_gpu_topk.py"
-    spec = importlib.util.spec_from_file_location("check_gpu_topk", script)
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_benchmark("check_gpu_topk")
     cases = check.make_cases(0)
     stream = cu.Stream()
     kernels = GpuKernels(stream, info.compute_capability, cache_directory=tmp_path)

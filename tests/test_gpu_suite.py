@@ -3,7 +3,6 @@ results and from the benchmark's own output on the fake GPU; time limits and the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,19 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_benchmark
 from fake_gpu_runtime import install
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-suite = _load("gpu_suite")
+suite = load_benchmark("gpu_suite")
 
 
 def test_suite_without_a_gpu_says_so_and_exits_3(tmp_path):
@@ -107,7 +100,7 @@ PREPROCESS_DOC = {
 
 def test_preprocess_verdict_from_the_benchmark_on_the_fake_gpu(tmp_path, monkeypatch):
     install(monkeypatch)
-    bench = _load("bench_gpu_preprocess")
+    bench = load_benchmark("bench_gpu_preprocess")
     monkeypatch.setattr(bench, "measure_bandwidth", lambda stream, kind: 1e12 if kind == "dtod" else 2e10)
     images = bench.synthetic_images(3, size=(64, 48))
     monkeypatch.setattr(bench, "default_images", lambda: (images, ["a", "b", "c"]))
@@ -129,7 +122,7 @@ def test_preprocess_verdict_from_the_benchmark_on_the_fake_gpu(tmp_path, monkeyp
 @pytest.mark.filterwarnings("ignore:overflow encountered")  # the fake kernel is topk_numpy, outside errstate
 def test_topk_verdict_from_the_check_on_the_fake_gpu(tmp_path, monkeypatch):
     install(monkeypatch)
-    check = _load("check_gpu_topk")
+    check = load_benchmark("check_gpu_topk")
     out = tmp_path / "topk.json"
     rc = check.main(["--iterations", "1", "--warmup", "0", "--json", str(out)])
     doc = json.loads(out.read_text())
