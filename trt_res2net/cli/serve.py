@@ -226,7 +226,8 @@ def choose_models(models: dict[str, dict], backends: set[str], wanted: list[str]
         if info["backend"] == "ensemble":
             bad = [s for s in info["steps"] if s in seen or not loadable(s, (*seen, name))]
             if bad:
-                skipped.setdefault(name, f"needs {', '.join(bad)}")
+                why = skipped.get(bad[0], "")
+                skipped.setdefault(name, f"needs {', '.join(bad)}" + (f" ({why})" if why else ""))
             return not bad
         if backends and info["backend"] not in backends:
             skipped.setdefault(name, f"this tritonserver has no {info['backend']} backend")
