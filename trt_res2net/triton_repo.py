@@ -170,7 +170,10 @@ def add_cli_arguments(parser) -> None:
 
 
 def export_from_build(args, onnx_path, model_name: str, engine_path=None) -> Path | None:
-    """build.py's hook: write ``--triton-repo`` (nothing without it). ``engine_path`` None: the ONNX models only."""
+    """build.py's hook: write ``--triton-repo`` (nothing without it). ``engine_path`` None: the ONNX models only.
+
+    ``onnx_path`` is the FP32 ONNX: the ONNX models, the CPU nodes' model and the fallback, are the exact graph;
+    ``--precision`` goes into the plan (whose manifest names both ONNX files)."""
     out = getattr(args, "triton_repo", None)
     if out is None:
         return None

@@ -133,15 +133,15 @@ def _main(argv) -> int:
     from ..triton_repo import export_from_build
 
     if args.onnx_only:
-        export_from_build(args, onnx_path, model_name)
+        export_from_build(args, fp32_path, model_name)
         return EXIT_OK
     try:
         engine = builder.run_engine_step(args, onnx_path, model_name, args.precision, fp32_path)
     except MissingDependency:
-        export_from_build(args, onnx_path, model_name)  # the ONNX-only repository, then exit 3 as before
+        export_from_build(args, fp32_path, model_name)  # the ONNX-only repository, then exit 3 as before
         raise
     print(f"engine ready: {engine}")
-    export_from_build(args, onnx_path, model_name, engine)
+    export_from_build(args, fp32_path, model_name, engine)
     return EXIT_OK
 
 

@@ -352,7 +352,8 @@ def _serve(args, repo: Path, models: dict, setup: ServerSetup) -> int:
         raise UserError(f"{repo}: this tritonserver can load none of its models ({why})")
     if skipped:
         shown = ", ".join(sorted(skipped))
-        reasons = sorted({v for v in skipped.values() if "backend" in v}) or sorted(set(skipped.values()))
+        reasons = sorted(set(re.findall(r"this tritonserver has no \S+ backend", " ".join(skipped.values())))) \
+            or sorted(set(skipped.values()))
         print(f"not loading {shown} ({'; '.join(reasons)})", file=sys.stderr, flush=True)
     cmd = [str(setup.binary), f"--model-repository={repo.resolve()}", "--model-control-mode=explicit",
            *[f"--load-model={m}" for m in chosen],
