@@ -21,6 +21,9 @@ Per concurrency C (C requests in flight, one image each):
   (``trt_res2net.preprocess``), ONNX Runtime (``OnnxRuntimeBackend``, one session shared), softmax and top-5 —
   --requests images in all;
 - and once per round, ``Classifier.classify`` over all images at infer.py's default batch 8 (images/s).
+Each point also gets CPU milliseconds per image — served: the CPU time of tritonserver's process group (server and
+Python backend stubs) plus the client's, over the requests the server counted; in process: this process's — which
+other jobs on a shared machine disturb far less than wall time.
 The server and the client share this machine: on a 2-core machine every figure includes that contention.
 """
 
@@ -95,16 +98,38 @@ class Served:
             env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)})
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(ln) for ln in self.proc.stdout], daemon=True).start()
+        self.pgid = None
         deadline = time.monotonic() + 300
         while True:
             try:
-                if lines.get(timeout=1).startswith("ready;"):
+                line = lines.get(timeout=1)
+                if line.startswith("tritonserver (pid "):
+                    self.pgid = int(line.split()[2].rstrip(","))  # serve.py starts it in its own process group
+                if line.startswith("ready;"):
                     return
             except queue.Empty:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise SystemExit("serve.py did not get ready")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by tritonserver and its Python backend stubs (its process group)."""
+        total = 0
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.pgid:  # pgrp; utime and stime follow at 11 and 12
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def inference_count(self, model: str) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/{model}/stats", timeout=30) as r:
+            return int(json.loads(r.read())["model_stats"][0]["inference_count"])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -167,6 +192,22 @@ def served_perf_analyzer(cmd, env, server: Served, model: str, input_json: Path,
             "p99_ms": float(row["p99 latency"]) / 1e3, "client": "perf_analyzer"}
 
 
+def with_cpu(server: Served, model: str, measure) -> dict:
+    """``measure()``'s figures plus CPU milliseconds per image: the server's process group and this process and
+    its children (the client), over every request the server counted."""
+    import resource
+
+    def client_cpu():
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    n0, s0, c0 = server.inference_count(model), server.cpu_seconds(), client_cpu()
+    figures = measure()
+    n = server.inference_count(model) - n0
+    cpu = server.cpu_seconds() - s0 + client_cpu() - c0
+    return {**figures, "cpu_ms_per_image": 1e3 * cpu / max(n, 1)}
+
+
 def served_loop(server: Served, model: str, blobs: list[bytes], c: int, requests: int, protocol: str) -> dict:
     from trt_res2net.triton_client import TritonClassifier
 
@@ -219,7 +260,9 @@ def in_process(backend, paths: list[Path], c: int, requests: int) -> dict:
         x = preprocess(paths[i % len(paths)].read_bytes())
         return topk(softmax(backend.run(x[None])), 5)
 
-    return run_concurrent(one, c, requests)
+    t = time.process_time()
+    figures = run_concurrent(one, c, requests)
+    return {**figures, "cpu_ms_per_image": 1e3 * (time.process_time() - t) / (requests + c)}  # + warm-ups
 
 
 def infer_py_batch8(onnx: Path, paths: list[Path]) -> float:
@@ -278,16 +321,19 @@ def main() -> int:
             for r in range(args.runs):
                 rnd: dict = {"served": {}, "in_process": {}}
                 for c in args.concurrency:
+                    def loop(c=c):
+                        return served_loop(server, ensemble, blobs, c, args.requests, args.protocol)
+
                     if pa:
                         try:
-                            rnd["served"][c] = served_perf_analyzer(*pa, server, ensemble, input_json, c,
-                                                                    args.requests, args.protocol, tmp)
-                        except RuntimeError as e:  # no stable measurement on a busy machine: the loop instead
-                            print(f"C={c}: {str(e).splitlines()[-1]}; the client loop measures this point",
-                                  file=sys.stderr)
-                            rnd["served"][c] = served_loop(server, ensemble, blobs, c, args.requests, args.protocol)
+                            rnd["served"][c] = with_cpu(server, ensemble, lambda c=c: served_perf_analyzer(
+                                *pa, server, ensemble, input_json, c, args.requests, args.protocol, tmp))
+                        except RuntimeError:  # no stable measurement on a busy machine: the loop instead
+                            print(f"C={c}: perf_analyzer found no stable measurement; the client loop measures "
+                                  "this point", file=sys.stderr)
+                            rnd["served"][c] = with_cpu(server, ensemble, loop)
                     else:
-                        rnd["served"][c] = served_loop(server, ensemble, blobs, c, args.requests, args.protocol)
+                        rnd["served"][c] = with_cpu(server, ensemble, loop)
                     rnd["in_process"][c] = in_process(backend, paths, c, args.requests)
                     print(f"round {r + 1}: C={c:>2}  served {rnd['served'][c]['images_per_s']:6.2f} img/s  "
                           f"in-process {rnd['in_process'][c]['images_per_s']:6.2f} img/s", file=sys.stderr)
@@ -300,7 +346,7 @@ def main() -> int:
     for c in args.concurrency:
         for what in ("served", "in_process"):
             figures = {k: round(statistics.median(rnd[what][c][k] for rnd in rounds), 2)
-                       for k in ("images_per_s", "p50_ms", "p99_ms")}
+                       for k in ("images_per_s", "p50_ms", "p99_ms", "cpu_ms_per_image")}
             clients = sorted({rnd[what][c].get("client", "threads") for rnd in rounds})
             rows.append({"path": what, "concurrency": c, **figures, "measured_by": "+".join(clients)})
     batch8 = round(statistics.median(rnd["infer_py_batch8"] for rnd in rounds), 2)
@@ -312,10 +358,10 @@ def main() -> int:
            "images": args.images, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     print(f"{args.model}, {client} over {args.protocol}, median of {args.runs} runs, {args.requests} requests "
           f"of one image per measurement, {os.cpu_count()} CPUs shared by server and client")
-    print(f"{'path':12s} {'C':>3s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s}  measured by")
+    print(f"{'path':12s} {'C':>3s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms/img':>10s}  measured by")
     for row in rows:
         print(f"{row['path']:12s} {row['concurrency']:>3d} {row['images_per_s']:>8.2f} {row['p50_ms']:>8.1f} "
-              f"{row['p99_ms']:>8.1f}  {row['measured_by']}")
+              f"{row['p99_ms']:>8.1f} {row['cpu_ms_per_image']:>10.1f}  {row['measured_by']}")
     print(f"infer.py's own loop (Classifier.classify, batch 8, 2 decode threads): {batch8:.2f} img/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "rows": rows, "infer_py_batch8_images_per_s": batch8,
