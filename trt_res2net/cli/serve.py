@@ -149,6 +149,21 @@ def find_server(binary: str | None, backend_directory: str | None) -> ServerSetu
                        _backends_in(backend_dir), f"{path}")
 
 
+TMP_PREFIX = "trt_res2net-triton-"
+
+
+def _remove_stale_folders() -> None:
+    """Temporary folders of serve.py runs that were killed (SIGKILL leaves no chance to clean up)."""
+    for folder in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+        try:
+            pid = int((folder / "serve.pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # not ours to judge (unreadable, or its process runs as another user)
+
+
 def _pytriton_setup(dist: Path, env: dict, backend_directory: str | None) -> ServerSetup:
     """nvidia-pytriton's server: its Python backend needs the stub built for this Python beside it, this
     interpreter's shared library and pytriton's own libraries on LD_LIBRARY_PATH, and this interpreter first on
@@ -167,8 +182,10 @@ def _pytriton_setup(dist: Path, env: dict, backend_directory: str | None) -> Ser
         raise UserError(f"this Python has numpy {numpy.__version__}; the Python backend of nvidia-pytriton's "
                         "tritonserver returns empty outputs with numpy 2: run serve.py from the serving environment "
                         "(pip install -e '.[serve]' pins numpy < 2; README)")
-    tmp = Path(tempfile.mkdtemp(prefix="trt_res2net-triton-"))
+    _remove_stale_folders()
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
     try:
+        (tmp / "serve.pid").write_text(str(os.getpid()))
         python_backend = tmp / "backends" / "python"
         python_backend.mkdir(parents=True)
         for item in (dist / "backends" / "python").iterdir():
