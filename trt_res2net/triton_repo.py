@@ -365,6 +365,10 @@ def export_repository(
     from .runtime import onnx_output_is_softmax
 
     model_config_pb2()  # a missing tritonclient stops here, before anything is written
+    if not 0 <= queue_delay_us <= 10_000_000 or instances < 1 or topk < 1:
+        raise UserError("--triton-queue-delay-us must be 0..10000000 µs, --triton-instances and --triton-topk ≥ 1")
+    if max_batch is not None and max_batch < 1:
+        raise UserError(f"--triton-max-batch must be ≥ 1, not {max_batch}")
     out_dir, onnx_path = Path(out_dir), Path(onnx_path)
     _check_replaceable(out_dir)
     if not _safe_name(model_name):
@@ -384,11 +388,7 @@ def export_repository(
     plan, plan_skipped = (None, None) if engine_path is None else plan_from_manifest(engine_path, io, onnx_sha)
     if plan_skipped:
         print(f"warning: Triton repository: {plan_skipped}", file=sys.stderr, flush=True)
-    if not 0 <= queue_delay_us <= 10_000_000 or instances < 1 or topk < 1:
-        raise UserError("--triton-queue-delay-us must be 0..10000000 µs, --triton-instances and --triton-topk ≥ 1")
     batch = max_batch or (plan.max_batch if plan else DEFAULT_MAX_BATCH)
-    if max_batch is not None and max_batch < 1:
-        raise UserError(f"--triton-max-batch must be ≥ 1, not {max_batch}")
     k = min(topk, num_classes)
     probs_mode = "true" if onnx_output_is_softmax(onnx_path, io.output_name) else "false"
     in_dims, out_dims = _dims(io.input_shape)[1:], _dims(io.output_shape)[1:]
