@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, MissingDependency
 from .common import run_main, usage_error, warn
 
 ENGINES_DIR = Path("engines")
@@ -43,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine precision (default fp32); fp16/int8 also write the converted ONNX")
     from ..builder import add_cli_arguments as add_engine_arguments
     from ..quantize import add_cli_arguments as add_precision_arguments
+    from ..triton_repo import add_cli_arguments as add_triton_arguments
 
     add_precision_arguments(p)
     add_engine_arguments(p)
+    add_triton_arguments(p)
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--version", action="version", version=f"trt_res2net {__version__}")
@@ -134,10 +136,18 @@ def _main(argv) -> int:
         from ..quantize import run_precision_step
 
         onnx_path = run_precision_step(args, fp32_path, model_name)
+    from ..triton_repo import export_from_build
+
     if args.onnx_only:
+        export_from_build(args, fp32_path, model_name)
         return EXIT_OK
-    engine = builder.run_engine_step(args, onnx_path, model_name, args.precision, fp32_path)
+    try:
+        engine = builder.run_engine_step(args, onnx_path, model_name, args.precision, fp32_path)
+    except MissingDependency:
+        export_from_build(args, fp32_path, model_name)  # the ONNX-only repository, then exit 3 as before
+        raise
     print(f"engine ready: {engine}")
+    export_from_build(args, fp32_path, model_name, engine)
     return EXIT_OK
 
 

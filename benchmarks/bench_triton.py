@@ -1,0 +1,373 @@
+#!/usr/bin/env python3
+"""Throughput and p50/p99 latency against concurrency: the served ensemble vs infer.py's in-process path.
+
+    .venv-serve/bin/python benchmarks/bench_triton.py [--model res2net50_vd_26w_4s] [--concurrency 1 4 16]
+        [--requests 48] [--runs 3] [--images 24] [--protocol grpc] [--client auto|perf_analyzer|loop]
+        [--onnx PATH] [--json out.json]
+
+Runs in the serving environment (``pip install -e '.[serve]'``: tritonclient, nvidia-pytriton's tritonserver,
+perf_analyzer) — both paths in the same run, on the same images, taking turns in each of --runs rounds; medians
+reported. The model is exported with seeded random weights (speed does not depend on them) unless --onnx names
+an export; the repository is ``build.py --triton-repo``'s, served by ``serve.py`` on loopback (the
+``<model>_python`` ensemble: image bytes → preprocessing → ONNX Runtime in the Python backend → top-5).
+The images are --images JPEGs at typical ImageNet validation sizes made from tests/data's photographs.
+
+Per concurrency C (C requests in flight, one image each):
+- served: perf_analyzer (``--concurrency-range C:C``, count windows of --requests requests, client-side p50/p99)
+  where it runs — the binary in tritonclient 2.50's wheel, given the two libraries it lacks (libb64.so.0d and
+  libcudart.so.12) from nvidia-pytriton's own copies through symlinks in a temporary folder — else a bounded loop
+  of C client threads sending --requests requests (``--client loop``);
+- in process: C threads each doing what infer.py does for one image — read, decode and preprocess
+  (``trt_res2net.preprocess``), ONNX Runtime (``OnnxRuntimeBackend``, one session shared), softmax and top-5 —
+  --requests images in all;
+- and once per round, ``Classifier.classify`` over all images at infer.py's default batch 8 (images/s).
+Each point also gets CPU milliseconds per image — served: the CPU time of tritonserver's process group (server and
+Python backend stubs) plus the client's, over the requests the server counted; in process: this process's — which
+other jobs on a shared machine disturb far less than wall time.
+The server and the client share this machine: on a 2-core machine every figure includes that contention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import glob
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = [(500, 375), (375, 500), (500, 333), (500, 500), (640, 480)]
+
+
+def write_images(directory: Path, n: int) -> list[Path]:
+    import cv2
+
+    sources = [cv2.imread(str(p)) for p in sorted((ROOT / "tests" / "data").glob("*.jpg"))]
+    paths = []
+    for i in range(n):
+        w, h = SIZES[i % len(SIZES)]
+        p = directory / f"img_{i:04d}.jpg"
+        img = cv2.resize(sources[i % len(sources)], (w, h), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(p), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(p)
+    return paths
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def percentiles(latencies_s: list[float]) -> dict:
+    a = np.asarray(latencies_s) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
+
+
+# ------------------------------------------------------------------------------------------ the server
+
+
+class Served:
+    def __init__(self, repo: Path, tmp: Path):
+        self.http, self.grpc, self.metrics = free_ports(3)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "serve.py"), str(repo), "--http-port", str(self.http), "--grpc-port",
+             str(self.grpc), "--metrics-port", str(self.metrics)], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)})
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(ln) for ln in self.proc.stdout], daemon=True).start()
+        self.pgid = None
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                line = lines.get(timeout=1)
+                if line.startswith("tritonserver (pid "):
+                    self.pgid = int(line.split()[2].rstrip(","))  # serve.py starts it in its own process group
+                if line.startswith("ready;"):
+                    return
+            except queue.Empty:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit("serve.py did not get ready")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by tritonserver and its Python backend stubs (its process group)."""
+        total = 0
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.pgid:  # pgrp; utime and stime follow at 11 and 12
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def inference_count(self, model: str) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/{model}/stats", timeout=30) as r:
+            return int(json.loads(r.read())["model_stats"][0]["inference_count"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+# ------------------------------------------------------------------------------------------ perf_analyzer
+
+
+def perf_analyzer_command(tmp: Path) -> tuple[list[str], dict] | None:
+    """perf_analyzer and an environment where its two missing libraries resolve, or None where it cannot run."""
+    binary = shutil.which("perf_analyzer") or str(Path(sys.prefix) / "bin" / "perf_analyzer")
+    if not Path(binary).is_file():
+        return None
+    env = dict(os.environ)
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is not None and spec.submodule_search_locations:
+        libs = Path(next(iter(spec.submodule_search_locations))).parent / "nvidia_pytriton.libs"
+        shim = tmp / "perf_analyzer_libs"
+        shim.mkdir(exist_ok=True)
+        for want, pattern in (("libb64.so.0d", "libb64-*.so.0d"), ("libcudart.so.12", "libcudart-*.so.12*")):
+            found = sorted(glob.glob(str(libs / pattern)))
+            if found and not (shim / want).exists():
+                (shim / want).symlink_to(found[0])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(shim), env.get("LD_LIBRARY_PATH")]))
+    probe = subprocess.run([binary, "--version"], capture_output=True, text=True, env=env)
+    if probe.returncode != 0:
+        print(f"perf_analyzer does not run here ({(probe.stderr or probe.stdout).strip()[:200]}); "
+              "using the client loop", file=sys.stderr)
+        return None
+    return [binary], env
+
+
+def perf_analyzer_input(paths: list[Path], out: Path) -> Path:
+    """perf_analyzer's JSON input data: a BYTES element as base64 of its serialized form (4-byte length + bytes)."""
+    data = []
+    for p in paths:
+        raw = p.read_bytes()
+        data.append({"IMAGE": {"b64": base64.b64encode(struct.pack("<I", len(raw)) + raw).decode()}})
+    out.write_text(json.dumps({"data": data}))
+    return out
+
+
+def served_perf_analyzer(cmd, env, server: Served, model: str, input_json: Path, c: int, requests: int,
+                         protocol: str, tmp: Path) -> dict:
+    csv_path = tmp / f"pa_{c}.csv"
+    url = f"127.0.0.1:{server.grpc if protocol == 'grpc' else server.http}"
+    args = [*cmd, "-m", model, "-u", url, "-i", protocol, "--input-data", str(input_json),
+            "--concurrency-range", f"{c}:{c}", "--measurement-mode", "count_windows",
+            "--measurement-request-count", str(requests), "--max-trials", "8", "--stability-percentage", "50",
+            "-f", str(csv_path)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0 or not csv_path.exists():
+        raise RuntimeError(f"perf_analyzer failed: {proc.stdout[-800:]} {proc.stderr[-400:]}")
+    row = next(csv.DictReader(csv_path.open()))
+    return {"images_per_s": float(row["Inferences/Second"]), "p50_ms": float(row["p50 latency"]) / 1e3,
+            "p99_ms": float(row["p99 latency"]) / 1e3, "client": "perf_analyzer"}
+
+
+def with_cpu(server: Served, model: str, measure) -> dict:
+    """``measure()``'s figures plus CPU milliseconds per image: the server's process group and this process and
+    its children (the client), over every request the server counted."""
+    import resource
+
+    def client_cpu():
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    n0, s0, c0 = server.inference_count(model), server.cpu_seconds(), client_cpu()
+    figures = measure()
+    n = server.inference_count(model) - n0
+    cpu = server.cpu_seconds() - s0 + client_cpu() - c0
+    return {**figures, "cpu_ms_per_image": 1e3 * cpu / max(n, 1)}
+
+
+def served_loop(server: Served, model: str, blobs: list[bytes], c: int, requests: int, protocol: str) -> dict:
+    from trt_res2net.triton_client import TritonClassifier
+
+    url = f"127.0.0.1:{server.grpc if protocol == 'grpc' else server.http}"
+    with TritonClassifier(model, url, protocol) as client:
+        return {**run_concurrent(lambda i: client.classify_one(blobs[i % len(blobs)]), c, requests), "client": "loop"}
+
+
+# ------------------------------------------------------------------------------------------ in process
+
+
+def run_concurrent(work, c: int, requests: int) -> dict:
+    """``requests`` calls of ``work(i)`` from ``c`` threads (after one warm-up call per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def worker(k: int) -> None:
+        work(k)  # warm-up (connections, caches)
+        barrier.wait()
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t = time.perf_counter()
+            work(i)
+            dt = time.perf_counter() - t
+            with lock:
+                latencies.append(dt)
+
+    barrier = threading.Barrier(c + 1)
+    with ThreadPoolExecutor(c) as pool:
+        futures = [pool.submit(worker, k) for k in range(c)]
+        barrier.wait()
+        t0 = time.perf_counter()
+        for f in futures:
+            f.result()
+        elapsed = time.perf_counter() - t0
+    return {"images_per_s": len(latencies) / elapsed, **percentiles(latencies)}
+
+
+def in_process(backend, paths: list[Path], c: int, requests: int) -> dict:
+    from trt_res2net.postprocess import softmax, topk
+    from trt_res2net.preprocess import preprocess
+
+    def one(i: int):
+        x = preprocess(paths[i % len(paths)].read_bytes())
+        return topk(softmax(backend.run(x[None])), 5)
+
+    t = time.process_time()
+    figures = run_concurrent(one, c, requests)
+    return {**figures, "cpu_ms_per_image": 1e3 * (time.process_time() - t) / (requests + c)}  # + warm-ups
+
+
+def infer_py_batch8(onnx: Path, paths: list[Path]) -> float:
+    from trt_res2net.runtime import Classifier
+
+    clf = Classifier(onnx, batch=8, threads=2)
+    t = time.perf_counter()
+    results = list(clf.classify(paths))
+    assert all("topk" in r for r in results)
+    return len(paths) / (time.perf_counter() - t)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="res2net50_vd_26w_4s")
+    p.add_argument("--onnx", metavar="PATH", help="an existing export of --model (default: export one)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--requests", type=int, default=48, help="requests (images) per measurement (default 48)")
+    p.add_argument("--runs", type=int, default=3, help="rounds; medians reported (default 3)")
+    p.add_argument("--images", type=int, default=24)
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--client", choices=("auto", "perf_analyzer", "loop"), default="auto")
+    p.add_argument("--json", metavar="PATH")
+    args = p.parse_args()
+
+    from trt_res2net.runtime import OnnxRuntimeBackend
+    from trt_res2net.triton_repo import export_repository
+
+    with tempfile.TemporaryDirectory(prefix="bench_triton_") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "img").mkdir()
+        paths = write_images(tmp / "img", args.images)
+        onnx = Path(args.onnx) if args.onnx else None
+        if onnx is None:
+            from trt_res2net import weights, zoo
+            from trt_res2net.onnx_export import export_onnx
+
+            spec = zoo.get_model(args.model)
+            onnx = export_onnx(spec, weights.random_weights(spec, seed=0), tmp / f"{args.model}.onnx")
+        export_repository(tmp / "repo", onnx, model_name=args.model)
+        ensemble = f"{args.model}_python"
+        pa = None if args.client == "loop" else perf_analyzer_command(tmp)
+        if args.client == "perf_analyzer" and pa is None:
+            raise SystemExit("perf_analyzer cannot run here")
+        client = "perf_analyzer" if pa else "loop"
+        input_json = perf_analyzer_input(paths, tmp / "pa_input.json")
+        blobs = [q.read_bytes() for q in paths]
+        (tmp / "srv").mkdir()
+        server = Served(tmp / "repo", tmp / "srv")
+        backend = OnnxRuntimeBackend(onnx)
+        rounds: list[dict] = []
+        try:
+            for r in range(args.runs):
+                rnd: dict = {"served": {}, "in_process": {}}
+                for c in args.concurrency:
+                    def loop(c=c):
+                        return served_loop(server, ensemble, blobs, c, args.requests, args.protocol)
+
+                    if pa:
+                        try:
+                            rnd["served"][c] = with_cpu(server, ensemble, lambda c=c: served_perf_analyzer(
+                                *pa, server, ensemble, input_json, c, args.requests, args.protocol, tmp))
+                        except RuntimeError:  # no stable measurement on a busy machine: the loop instead
+                            print(f"C={c}: perf_analyzer found no stable measurement; the client loop measures "
+                                  "this point", file=sys.stderr)
+                            rnd["served"][c] = with_cpu(server, ensemble, loop)
+                    else:
+                        rnd["served"][c] = with_cpu(server, ensemble, loop)
+                    rnd["in_process"][c] = in_process(backend, paths, c, args.requests)
+                    print(f"round {r + 1}: C={c:>2}  served {rnd['served'][c]['images_per_s']:6.2f} img/s  "
+                          f"in-process {rnd['in_process'][c]['images_per_s']:6.2f} img/s", file=sys.stderr)
+                rnd["infer_py_batch8"] = infer_py_batch8(onnx, paths)
+                rounds.append(rnd)
+        finally:
+            server.stop()
+
+    rows = []
+    for c in args.concurrency:
+        for what in ("served", "in_process"):
+            figures = {k: round(statistics.median(rnd[what][c][k] for rnd in rounds), 2)
+                       for k in ("images_per_s", "p50_ms", "p99_ms", "cpu_ms_per_image")}
+            clients = sorted({rnd[what][c].get("client", "threads") for rnd in rounds})
+            rows.append({"path": what, "concurrency": c, **figures, "measured_by": "+".join(clients)})
+    batch8 = round(statistics.median(rnd["infer_py_batch8"] for rnd in rounds), 2)
+    import onnxruntime
+
+    env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+           "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "client": client,
+           "protocol": args.protocol, "model": args.model, "requests": args.requests, "runs": args.runs,
+           "images": args.images, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    print(f"{args.model}, {client} over {args.protocol}, median of {args.runs} runs, {args.requests} requests "
+          f"of one image per measurement, {os.cpu_count()} CPUs shared by server and client")
+    print(f"{'path':12s} {'C':>3s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms/img':>10s}  measured by")
+    for row in rows:
+        print(f"{row['path']:12s} {row['concurrency']:>3d} {row['images_per_s']:>8.2f} {row['p50_ms']:>8.1f} "
+              f"{row['p99_ms']:>8.1f} {row['cpu_ms_per_image']:>10.1f}  {row['measured_by']}")
+    print(f"infer.py's own loop (Classifier.classify, batch 8, 2 decode threads): {batch8:.2f} img/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"env": env, "rows": rows, "infer_py_batch8_images_per_s": batch8,
+                                               "rounds": rounds}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

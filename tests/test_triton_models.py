@@ -1,0 +1,126 @@
+"""The exported Python-backend models run here with a stand-in for Triton's ``triton_python_backend_utils``:
+several requests in one ``execute`` (as the dynamic batcher hands them), a corrupt image among them failing alone,
+the vendored code giving infer.py's numbers. The real server runs them in tests/test_triton_server.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import image_factory as imf
+import numpy as np
+import pytest
+
+pytest.importorskip("tritonclient", reason="writing a repository needs tritonclient (the triton/dev extra)")
+
+from trt_res2net import triton_repo as T  # noqa: E402
+from trt_res2net.postprocess import softmax, topk  # noqa: E402
+from trt_res2net.preprocess import SPEC, preprocess  # noqa: E402
+from trt_res2net.runtime import OnnxRuntimeBackend  # noqa: E402
+
+
+class Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, np.asarray(array)
+
+    def as_numpy(self):
+        return self.array
+
+
+class Response:
+    def __init__(self, output_tensors=(), error=None):
+        self.outputs = {t.name: t.array for t in output_tensors}
+        self.error = error
+
+
+class TritonError(Exception):
+    pass
+
+
+class Request:
+    def __init__(self, **tensors):
+        self.tensors = {k: Tensor(k, v) for k, v in tensors.items()}
+
+
+@pytest.fixture
+def pb_utils(monkeypatch):
+    fake = types.ModuleType("triton_python_backend_utils")
+    fake.Tensor, fake.InferenceResponse, fake.TritonError = Tensor, Response, TritonError
+    fake.TritonModelException = RuntimeError
+    fake.get_input_tensor_by_name = lambda request, name: request.tensors[name]
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "repo"
+    T.export_repository(out, tiny_onnx, model_name="tiny")
+    return out
+
+
+def load(repo: Path, model: str, monkeypatch):
+    version = repo / model / "1"
+    monkeypatch.syspath_prepend(str(version))
+    for name in [m for m in sys.modules if m == T.VENDORED_PACKAGE or m.startswith(T.VENDORED_PACKAGE + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    spec = importlib.util.spec_from_file_location(f"triton_model_{model}", version / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = T.parse_config((repo / model / "config.pbtxt").read_text())
+    from google.protobuf import json_format
+
+    as_json = json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))  # what Triton passes
+    instance = module.TritonPythonModel()
+    instance.initialize({"model_config": as_json, "model_repository": str(repo / model), "model_version": "1",
+                         "model_instance_kind": "CPU"})
+    return instance
+
+
+def images(*items) -> np.ndarray:
+    return np.array([[b] for b in items], dtype=object)
+
+
+def test_preprocess_model_batches_requests_and_fails_a_corrupt_one_alone(repo, pb_utils, monkeypatch):
+    model = load(repo, "tiny_preprocess", monkeypatch)
+    photos = [p.read_bytes() for p in imf.PHOTOS]
+    requests = [Request(IMAGE=images(photos[0], photos[1])), Request(IMAGE=images(imf.truncated_jpeg())),
+                Request(IMAGE=images(photos[2]))]
+    first, bad, last = model.execute(requests)
+    assert first.error is None and last.error is None
+    assert np.array_equal(first.outputs["PIXELS"], np.stack([preprocess(photos[0]), preprocess(photos[1])]))
+    assert np.array_equal(last.outputs["PIXELS"][0], preprocess(photos[2]))
+    assert "image 0 of the request: truncated JPEG" in str(bad.error) and not bad.outputs
+    model.finalize()
+
+
+def test_classifier_and_postprocess_models_give_infer_pys_numbers(repo, tiny_onnx, pb_utils, monkeypatch):
+    x = np.stack([preprocess(p) for p in imf.PHOTOS])
+    clf = load(repo, "tiny_classifier_python", monkeypatch)
+    responses = clf.execute([Request(input=x[:1]), Request(input=x[1:])])  # two requests, one ONNX Runtime batch
+    logits = np.concatenate([r.outputs["logits"] for r in responses])
+    want = OnnxRuntimeBackend(tiny_onnx).run(x)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    post = load(repo, "tiny_postprocess", monkeypatch)
+    (out,) = post.execute([Request(SCORES=want)])
+    probs = softmax(want)
+    ids, vals = topk(probs, 5)
+    assert np.array_equal(out.outputs["TOPK_IDS"], ids) and np.array_equal(out.outputs["PROBABILITIES"], probs)
+    assert np.array_equal(out.outputs["TOPK_SCORES"], vals)
+    labels = (repo / "tiny_postprocess" / "labels.txt").read_text().splitlines()
+    assert [[b.decode() for b in row] for row in out.outputs["TOPK_LABELS"]] == [[labels[i] for i in r] for r in ids]
+
+
+def test_preprocess_model_refuses_another_spec(repo, pb_utils, monkeypatch, tmp_path):
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    cfg = copy / "tiny_preprocess" / "config.pbtxt"
+    text = cfg.read_text()
+    cfg.write_text(text.replace(SPEC.sha256(), "0" * 64))
+    with pytest.raises(RuntimeError, match="not the one this repository was exported with"):
+        load(copy, "tiny_preprocess", monkeypatch)

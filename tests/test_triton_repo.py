@@ -1,0 +1,329 @@
+"""build.py --triton-repo: the model repository, every config.pbtxt parsed by Triton's ModelConfig proto and
+cross-checked against the ONNX and a (synthesized) engine manifest; serve.py's user errors. No server here:
+tests/test_triton_server.py serves a repository with the real tritonserver."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tritonclient", reason="the Triton tests need tritonclient (the triton/dev extra)")
+
+from trt_res2net import manifest as M  # noqa: E402
+from trt_res2net import triton_repo as T  # noqa: E402
+from trt_res2net.errors import UserError  # noqa: E402
+from trt_res2net.postprocess import load_labels  # noqa: E402
+from trt_res2net.preprocess import SPEC  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "tiny"
+
+
+def export(tmp_path, onnx, **kw):
+    out = kw.pop("out", tmp_path / "repo")
+    return T.export_repository(out, onnx, model_name=kw.pop("model_name", NAME), **kw)
+
+
+def fake_engine(tmp_path, onnx, *, max_batch=16, min_batch=1, family=None, tweak=None, name="tiny_fp16_b16.engine"):
+    """A dummy plan file and the manifest build.py would write beside a standard TensorRT engine."""
+    engine = tmp_path / name
+    engine.write_bytes(b"not really a TensorRT plan " + os.urandom(64))
+    m = M.build_manifest(
+        engine_path=engine, model=NAME, precision="fp16", int8_mode=None, tensorrt_version="10.3.0",
+        gpu={"name": "NVIDIA A10", "compute_capability": "8.6"}, onnx_path=onnx,
+        onnx_sha256=M.sha256_file(onnx), io={
+            "input": {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float32"},
+            "output": {"name": "logits", "shape": [-1, 1000], "dtype": "float32"}},
+        profiles=[{"input": "input", "min": [min_batch, 3, 224, 224], "opt": [8, 3, 224, 224],
+                   "max": [max_batch, 3, 224, 224]}],
+        build_options={}, build_time_s=1.0)
+    if family is not None:
+        m["engine_family"] = family
+    if tweak is not None:
+        tweak(m)
+    M.write_manifest(engine, m)
+    return engine
+
+
+def configs(repo: Path) -> dict:
+    return T.validate_repository(repo)
+
+
+# ------------------------------------------------------------------------------------------ the repository
+
+
+def test_onnx_only_repository(tiny_onnx, tmp_path):
+    result = export(tmp_path, tiny_onnx)
+    repo = tmp_path / "repo"
+    assert result.default_ensemble == NAME and result.plan_skipped is None
+    assert sorted(p.name for p in repo.iterdir()) == sorted(
+        [NAME, f"{NAME}_onnx", f"{NAME}_python", f"{NAME}_preprocess", f"{NAME}_postprocess",
+         f"{NAME}_classifier_onnx", f"{NAME}_classifier_python", T.REPOSITORY_FILE])
+    cfg = configs(repo)  # every config.pbtxt parses against model_config_pb2 and passes the cross-checks
+    pb2 = T.model_config_pb2()
+    for name in (NAME, f"{NAME}_onnx", f"{NAME}_python"):
+        e = cfg[name]
+        assert e.platform == "ensemble" and e.max_batch_size == 32
+        (inp,) = e.input
+        assert (inp.name, pb2.DataType.Name(inp.data_type), list(inp.dims)) == ("IMAGE", "TYPE_STRING", [1])
+        assert {o.name for o in e.output} == set(T.ENSEMBLE_OUTPUTS)
+        assert [s.model_name for s in e.ensemble_scheduling.step] == [
+            f"{NAME}_preprocess", f"{NAME}_classifier_{'python' if name.endswith('python') else 'onnx'}",
+            f"{NAME}_postprocess"]
+    onnx_cfg = cfg[f"{NAME}_classifier_onnx"]
+    assert onnx_cfg.platform == "onnxruntime_onnx" and onnx_cfg.max_batch_size == 32
+    assert onnx_cfg.dynamic_batching.max_queue_delay_microseconds == T.DEFAULT_QUEUE_DELAY_US
+    assert [(t.name, list(t.dims)) for t in onnx_cfg.input] == [("input", [3, 224, 224])]
+    assert [(t.name, list(t.dims)) for t in onnx_cfg.output] == [("logits", [1000])]
+    py_cfg = cfg[f"{NAME}_classifier_python"]
+    assert py_cfg.backend == "python" and py_cfg.HasField("dynamic_batching")
+    assert pb2.ModelInstanceGroup.Kind.Name(py_cfg.instance_group[0].kind) == "KIND_CPU"
+    # The files: the same ONNX bytes twice, the templates, the vendored modules byte for byte, the labels.
+    for model in ("classifier_onnx", "classifier_python"):
+        assert (repo / f"{NAME}_{model}/1/model.onnx").read_bytes() == Path(tiny_onnx).read_bytes()
+    for model in ("preprocess", "postprocess"):
+        vendored = repo / f"{NAME}_{model}/1/{T.VENDORED_PACKAGE}"
+        for module in T.VENDORED_MODULES:
+            assert (vendored / module).read_bytes() == (ROOT / "trt_res2net" / module).read_bytes()
+        assert (repo / f"{NAME}_{model}/1/model.py").is_file()
+    pre = cfg[f"{NAME}_preprocess"]
+    assert pre.parameters["preprocess_sha256"].string_value == SPEC.sha256()
+    labels = (repo / f"{NAME}_postprocess/labels.txt").read_text(encoding="utf-8").splitlines()
+    assert labels == load_labels() and len(labels) == 1000
+    assert cfg[f"{NAME}_postprocess"].parameters["outputs_probabilities"].string_value == "false"
+    record = json.loads((repo / T.REPOSITORY_FILE).read_text())
+    assert record["engine"] is None and record["onnx"]["sha256"] == M.sha256_file(tiny_onnx)
+    assert record["ensembles"][NAME]["classifier"] == f"{NAME}_classifier_onnx"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".repo.")]  # no temporary folder left
+
+
+def test_standard_engine_becomes_a_tensorrt_plan(tiny_onnx, tmp_path):
+    engine = fake_engine(tmp_path, tiny_onnx, max_batch=16)
+    result = export(tmp_path, tiny_onnx, engine_path=engine, queue_delay_us=500, instances=2)
+    repo = tmp_path / "repo"
+    cfg = configs(repo)
+    plan = cfg[f"{NAME}_classifier_plan"]
+    pb2 = T.model_config_pb2()
+    assert plan.platform == "tensorrt_plan" and plan.max_batch_size == 16
+    assert [(t.name, list(t.dims), pb2.DataType.Name(t.data_type)) for t in plan.input] == [
+        ("input", [3, 224, 224], "TYPE_FP32")]
+    assert [(t.name, list(t.dims)) for t in plan.output] == [("logits", [1000])]
+    assert plan.dynamic_batching.max_queue_delay_microseconds == 500
+    group = plan.instance_group[0]
+    assert pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_GPU" and group.count == 2
+    assert (repo / f"{NAME}_classifier_plan/1/model.plan").read_bytes() == engine.read_bytes()
+    assert "NVIDIA A10" in (repo / f"{NAME}_classifier_plan/config.pbtxt").read_text()
+    # The default ensemble runs the plan; batch sizes follow the engine's profile.
+    assert [s.model_name for s in cfg[NAME].ensemble_scheduling.step][1] == f"{NAME}_classifier_plan"
+    assert cfg[NAME].max_batch_size == cfg[f"{NAME}_plan"].max_batch_size == 16
+    assert cfg[f"{NAME}_classifier_onnx"].max_batch_size == 16  # --triton-max-batch defaults to the engine's
+    assert set(result.ensembles) == {NAME, f"{NAME}_plan", f"{NAME}_onnx", f"{NAME}_python"}
+    record = json.loads((repo / T.REPOSITORY_FILE).read_text())
+    assert record["engine"]["max_batch"] == 16 and record["engine"]["tensorrt_version"] == "10.3.0"
+
+
+def test_a_tensorrt_rtx_engine_is_not_a_triton_plan(tiny_onnx, tmp_path, capsys):
+    engine = fake_engine(tmp_path, tiny_onnx, family="tensorrt-rtx")
+    result = export(tmp_path, tiny_onnx, engine_path=engine)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tensorrt-rtx" in err[0] and "ONNX" in err[0]
+    assert f"{NAME}_classifier_plan" not in result.models and "tensorrt-rtx" in result.plan_skipped
+    assert configs(tmp_path / "repo")[NAME].ensemble_scheduling.step[1].model_name == f"{NAME}_classifier_onnx"
+
+
+@pytest.mark.parametrize("kind, tweak, expect", [
+    ("min batch 4", dict(min_batch=4), "starts at batch 4"),
+    ("fp16 I/O", dict(tweak=lambda m: m["io"]["input"].update(dtype="float16")), "float16"),
+])
+def test_engines_triton_cannot_batch_are_left_out_with_a_warning(tiny_onnx, tmp_path, capsys, kind, tweak, expect):
+    engine = fake_engine(tmp_path, tiny_onnx, **tweak)
+    result = export(tmp_path, tiny_onnx, engine_path=engine)
+    assert f"{NAME}_classifier_plan" not in result.models
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expect in err
+
+
+@pytest.mark.parametrize("tweak, expect", [
+    (lambda m: m["io"]["output"].update(name="prob"), "output is named 'prob'"),
+    (lambda m: m["io"]["input"].update(shape=[-1, 3, 256, 256]), "input dimension 2 is 256"),
+    (lambda m: m.update(onnx_sha256="0" * 64, fp32_onnx_sha256=None), "another ONNX"),
+    (lambda m: m.update(engine_sha256="0" * 64), "does not match its manifest"),
+    (lambda m: m.update(profiles=[]), "no optimization profile"),
+])
+def test_a_manifest_that_contradicts_the_onnx_is_refused(tiny_onnx, tmp_path, tweak, expect):
+    engine = fake_engine(tmp_path, tiny_onnx, tweak=tweak)
+    with pytest.raises(UserError, match=expect):
+        export(tmp_path, tiny_onnx, engine_path=engine)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_configs_are_checked_by_the_proto_and_the_cross_checks(tiny_onnx, tmp_path):
+    from trt_res2net.builder import inspect_onnx
+
+    engine = fake_engine(tmp_path, tiny_onnx)
+    export(tmp_path, tiny_onnx, engine_path=engine)
+    repo = tmp_path / "repo"
+    with pytest.raises(UserError, match=r"not a valid Triton ModelConfig .*max_batch"):
+        T.parse_config('name: "x"\nmax_batch: 4\n', "x/config.pbtxt")  # a misspelt field: the proto's own message
+    good = configs(repo)
+    io = inspect_onnx(tiny_onnx)
+    plan, _ = T.plan_from_manifest(engine, io)
+    T.validate_configs(good, onnx_io=io, num_classes=1000, plan=plan)
+
+    def broken(edit):
+        cfgs = {k: copy.deepcopy(v) for k, v in good.items()}
+        edit(cfgs)
+        return cfgs
+
+    cases = [
+        (lambda c: c[f"{NAME}_classifier_onnx"].input[0].dims.__setitem__(1, 256), "do not match the ONNX"),
+        (lambda c: setattr(c[f"{NAME}_classifier_onnx"].output[0], "name", "prob"), "not the ONNX's 'logits'"),
+        (lambda c: setattr(c[f"{NAME}_classifier_plan"], "max_batch_size", 32), "profile ends at batch 16"),
+        (lambda c: c.pop(f"{NAME}_postprocess"), "not in the repository"),
+        (lambda c: c[f"{NAME}_postprocess"].input[0].dims.__setitem__(0, 10), r"takes TYPE_FP32 \[10\]"),
+        (lambda c: setattr(c[f"{NAME}_python"], "max_batch_size", 64), "exceeds step"),
+        (lambda c: c[f"{NAME}_classifier_python"].ClearField("dynamic_batching"), "no dynamic_batching"),
+    ]
+    for edit, expect in cases:
+        with pytest.raises(UserError, match=expect):
+            T.validate_configs(broken(edit), onnx_io=io, num_classes=1000, plan=plan)
+
+
+def test_writes_are_atomic(tiny_onnx, tmp_path, monkeypatch):
+    out = tmp_path / "repo"
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "a.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="did not write"):
+        export(tmp_path, tiny_onnx, out=foreign)
+    assert (foreign / "a.jpg").exists()
+    export(tmp_path, tiny_onnx)
+    before = hashlib.sha256((out / T.REPOSITORY_FILE).read_bytes()).hexdigest()
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(T, "_link_or_copy", fail)
+    with pytest.raises(OSError):
+        export(tmp_path, tiny_onnx, topk=3)
+    assert hashlib.sha256((out / T.REPOSITORY_FILE).read_bytes()).hexdigest() == before  # the old one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["repo", "photos"])  # no temporary folder
+    monkeypatch.undo()
+    export(tmp_path, tiny_onnx, topk=3)  # a repository written before is replaced
+    assert json.loads((out / T.REPOSITORY_FILE).read_text())["topk"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["repo", "photos"])
+
+
+# ------------------------------------------------------------------------------------------ build.py
+
+
+def run_build(*argv, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, argv)], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_build_onnx_only_with_triton_repo(tiny_onnx, tmp_path):
+    proc = run_build("--onnx", tiny_onnx, "--onnx-only", "--triton-repo", tmp_path / "repo", "--triton-topk", 3,
+                     "--triton-max-batch", 8, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote Triton model repository" in proc.stdout and "Traceback" not in proc.stderr
+    cfg = configs(tmp_path / "repo")
+    stem = Path(tiny_onnx).stem
+    assert cfg[stem].max_batch_size == 8 and list(cfg[stem].output[1].dims) == [3]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
+def test_build_without_tensorrt_writes_the_onnx_repository_then_exits_3(tiny_onnx, tmp_path):
+    proc = run_build("--onnx", tiny_onnx, "--triton-repo", tmp_path / "repo", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "wrote Triton model repository" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert f"{Path(tiny_onnx).stem}_classifier_plan" not in configs(tmp_path / "repo")
+
+
+def test_build_without_tritonclient_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    from trt_res2net.cli import build
+    from trt_res2net.errors import MissingDependency
+
+    def missing():
+        raise MissingDependency(f"writing a Triton model repository needs it: {T.INSTALL_HINT}")
+
+    monkeypatch.setattr(T, "model_config_pb2", missing)
+    with pytest.raises(SystemExit) as e:
+        build.main(["--model", "res2net50_vd_26w_4s", "--random-weights", "--onnx-only",
+                    "--onnx-out", str(tmp_path / "m.onnx"), "--triton-repo", str(tmp_path / "repo")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "pip install 'trt-res2net[triton]'" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "repo").exists()
+
+
+# ------------------------------------------------------------------------------------------ serve.py, no server
+
+
+def run_serve(*argv, **env):
+    return subprocess.run([sys.executable, str(ROOT / "serve.py"), *map(str, argv)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env}, timeout=60)
+
+
+def test_serve_user_errors_are_one_line(tiny_onnx, tmp_path):
+    proc = run_serve(tmp_path / "nowhere")
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such model repository"
+    (tmp_path / "empty").mkdir()
+    proc = run_serve(tmp_path / "empty")
+    assert proc.returncode == 2 and "no models" in proc.stderr and proc.stderr.count("\n") == 1
+    export(tmp_path, tiny_onnx)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        proc = run_serve(tmp_path / "repo", "--http-port", busy)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: HTTP port {busy} on 127.0.0.1 is in use; choose another with --http-port")
+    proc = run_serve(tmp_path / "repo", "--tritonserver", tmp_path / "nothing")
+    assert proc.returncode == 2 and "not an executable file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_without_any_tritonserver_says_what_to_install(tiny_onnx, tmp_path, monkeypatch, capsys):
+    from trt_res2net.cli import serve
+
+    export(tmp_path, tiny_onnx)
+    monkeypatch.setattr(serve.shutil, "which", lambda name: None)
+    monkeypatch.setattr(serve, "_pytriton_dist", lambda: None)
+    real_is_file = serve.Path.is_file
+    monkeypatch.setattr(serve.Path, "is_file", lambda self: "tritonserver" not in str(self) and real_is_file(self))
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    argv = [str(tmp_path / "repo")] + [x for flag, p in zip(("--http-port", "--grpc-port", "--metrics-port"), ports,
+                                                            strict=True) for x in (flag, str(p))]
+    assert serve.main(argv) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no tritonserver found" in err and "pip install -e '.[serve]'" in err
+
+
+def test_serve_loads_what_the_server_can_run(tiny_onnx, tmp_path):
+    from trt_res2net.cli.serve import choose_models, read_repository
+
+    export(tmp_path, tiny_onnx, engine_path=fake_engine(tmp_path, tiny_onnx))
+    models = read_repository(tmp_path / "repo")
+    chosen, skipped = choose_models(models, {"python"}, None)
+    assert chosen == [f"{NAME}_classifier_python", f"{NAME}_postprocess", f"{NAME}_preprocess", f"{NAME}_python"]
+    assert skipped[f"{NAME}_classifier_plan"] == "this tritonserver has no tensorrt backend"
+    assert skipped[NAME].startswith("needs ") and f"{NAME}_onnx" in skipped
+    chosen, skipped = choose_models(models, {"python", "onnxruntime", "tensorrt"}, None)
+    assert len(chosen) == len(models) and not skipped
+    chosen, _ = choose_models(models, {"python", "onnxruntime"}, [f"{NAME}_onnx"])
+    assert chosen == sorted([f"{NAME}_onnx", f"{NAME}_preprocess", f"{NAME}_classifier_onnx", f"{NAME}_postprocess"])
+    with pytest.raises(UserError, match="no tensorrt backend"):
+        choose_models(models, {"python"}, [NAME])
