@@ -37,8 +37,9 @@ def fake_engine(tmp_path, onnx, *, max_batch=16, min_batch=1, family=None, tweak
     engine = tmp_path / name
     engine.write_bytes(b"not really a TensorRT plan " + os.urandom(64))
     m = M.build_manifest(
-        engine_path=engine, model=NAME, precision="fp16", int8_mode=None, tensorrt_version="10.3.0",
-        gpu={"name": "NVIDIA A10", "compute_capability": "8.6"}, onnx_path=onnx,
+        engine_path=engine, model=NAME, precision="fp16", int8_mode=None, engine_family="tensorrt",
+        library_version="10.3.0", gpu={"name": "NVIDIA A10", "compute_capability": "8.6"},
+        compute_capabilities=["8.6"], onnx_path=onnx,
         onnx_sha256=M.sha256_file(onnx), io={
             "input": {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float32"},
             "output": {"name": "logits", "shape": [-1, 1000], "dtype": "float32"}},
@@ -225,8 +226,14 @@ def test_writes_are_atomic(tiny_onnx, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ build.py
 
 
-def run_build(*argv, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "build.py"), *map(str, argv)], capture_output=True,
+# build.py with neither TensorRT nor TensorRT-RTX importable (the core install alone)
+WITHOUT_LIBRARIES = ("import sys; sys.modules['tensorrt'] = sys.modules['tensorrt_rtx'] = None; "
+                     "from trt_res2net.cli.build import main; raise SystemExit(main(sys.argv[1:]))")
+
+
+def run_build(*argv, cwd, without_libraries=False):
+    entry = ["-c", WITHOUT_LIBRARIES] if without_libraries else [str(ROOT / "build.py")]
+    return subprocess.run([sys.executable, *entry, *map(str, argv)], capture_output=True,
                           text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -242,11 +249,24 @@ def test_build_onnx_only_with_triton_repo(tiny_onnx, tmp_path):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
 def test_build_without_tensorrt_writes_the_onnx_repository_then_exits_3(tiny_onnx, tmp_path):
-    proc = run_build("--onnx", tiny_onnx, "--triton-repo", tmp_path / "repo", "--quiet", cwd=tmp_path)
+    proc = run_build("--onnx", tiny_onnx, "--triton-repo", tmp_path / "repo", "--quiet", cwd=tmp_path,
+                     without_libraries=True)
     assert proc.returncode == 3, proc.stderr
     assert "wrote Triton model repository" in proc.stdout
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert f"{Path(tiny_onnx).stem}_classifier_plan" not in configs(tmp_path / "repo")
+
+
+def test_build_with_tensorrt_rtx_serves_the_onnx_and_says_why(tiny_onnx, tmp_path):
+    """A real TensorRT-RTX engine is built, and is not a Triton plan: one line, and the ONNX models."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed: pip install -e '.[rtx]'")
+    proc = run_build("--onnx", tiny_onnx, "--engine-family", "tensorrt-rtx", "--triton-repo", tmp_path / "repo",
+                     "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "is a tensorrt-rtx engine, which Triton's TensorRT backend (standard TensorRT) cannot load" in proc.stderr
+    cfg = configs(tmp_path / "repo")
+    stem = Path(tiny_onnx).stem
+    assert f"{stem}_classifier_plan" not in cfg and f"{stem}_classifier_onnx" in cfg
 
 
 def test_build_without_tritonclient_stops_before_any_work(tmp_path, monkeypatch, capsys):

@@ -246,7 +246,7 @@ def plan_from_manifest(engine_path, io, onnx_sha256: str | None = None) -> tuple
     engine_path = Path(engine_path)
     manifest = read_manifest(engine_path)
     where = f"engine manifest of {engine_path.name}"
-    family = manifest.get("engine_family", "tensorrt")
+    family = manifest["engine_family"]  # read_manifest fills it in for manifests older than the RTX family
     if family != "tensorrt":
         return None, (f"{engine_path.name} is a {family} engine, which Triton's TensorRT backend (standard TensorRT) "
                       "cannot load: the repository serves the ONNX model instead")
@@ -418,7 +418,7 @@ def export_repository(
         configs[n.classifier_plan] = (
             _header(n.classifier_plan, 'platform: "tensorrt_plan"', plan.max_batch,
                     f"The TensorRT engine {plan.engine_path.name} (TensorRT "
-                    f"{plan.manifest.get('tensorrt_version', '?')}, {plan.manifest.get('precision', '?')}, "
+                    f"{plan.manifest.get('library_version', '?')}, {plan.manifest.get('precision', '?')}, "
                     f"built for {_gpu_name(plan.manifest)}): it runs only on "
                     "that GPU model with that TensorRT release")
             + _tensors("input", [_tensor(io.input_name, plan.dtype, plan.input_dims)])
@@ -474,7 +474,7 @@ def export_repository(
                  "outputs_probabilities": probs_mode == "true"},
         "engine": None if plan is None else {
             "file": plan.engine_path.name, "sha256": plan.manifest.get("engine_sha256"),
-            "tensorrt_version": plan.manifest.get("tensorrt_version"), "precision": plan.manifest.get("precision"),
+            "tensorrt_version": plan.manifest.get("library_version"), "precision": plan.manifest.get("precision"),
             "gpu": plan.manifest.get("gpu"), "max_batch": plan.max_batch},
         "engine_skipped": plan_skipped,
         "max_batch_size": batch, "queue_delay_us": queue_delay_us, "instances": instances, "topk": k,
