@@ -127,42 +127,24 @@ def _repo_dir(text: str) -> Path:
     return path
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
-    return value
-
-
 def add_cli_arguments(parser) -> None:
     """build.py's ``--triton-*`` options."""
+    from .cli.common import bounded_int, positive_int
+
     g = parser.add_argument_group("Triton model repository (docs/triton.md)")
     g.add_argument("--triton-repo", type=_repo_dir, metavar="DIR",
                    help="also write a Triton Inference Server model repository to DIR (replaced if it holds one "
                         "written before): ensembles on image bytes over the engine (tensorrt_plan), the ONNX "
                         "(onnxruntime_onnx) and ONNX Runtime in the Python backend; needs tritonclient")
-    g.add_argument("--triton-max-batch", type=_positive, metavar="N",
+    g.add_argument("--triton-max-batch", type=positive_int, metavar="N",
                    help=f"max_batch_size of the ONNX/Python models and steps (default: the engine's max batch, "
                         f"else {DEFAULT_MAX_BATCH})")
-    g.add_argument("--triton-queue-delay-us", type=_non_negative, default=DEFAULT_QUEUE_DELAY_US, metavar="US",
+    g.add_argument("--triton-queue-delay-us", type=bounded_int(0), default=DEFAULT_QUEUE_DELAY_US, metavar="US",
                    help=f"dynamic batching: how long a classifier waits to fill a batch (default "
                         f"{DEFAULT_QUEUE_DELAY_US} µs)")
-    g.add_argument("--triton-instances", type=_positive, default=1, metavar="N",
+    g.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
                    help="instances of each classifier (per GPU for the plan; default 1)")
-    g.add_argument("--triton-topk", type=_positive, default=DEFAULT_TOPK, metavar="K",
+    g.add_argument("--triton-topk", type=positive_int, default=DEFAULT_TOPK, metavar="K",
                    help=f"top-k classes the ensembles return (default {DEFAULT_TOPK})")
     g.add_argument("--triton-labels", metavar="FILE",
                    help="class names for the ensembles' labels (infer.py's --labels formats; default ImageNet's "

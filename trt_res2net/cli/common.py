@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -26,3 +27,25 @@ def warn(message: str) -> None:
 
 def usage_error(message: str) -> UserError:
     return UserError(message, EXIT_USAGE)
+
+
+def bounded_int(minimum: int, maximum: int | None = None, what: str | None = None):
+    """An argparse ``type``: an integer in [minimum, maximum], else argparse's one-line usage error."""
+    if what is None:
+        what = ("a positive integer" if minimum == 1 and maximum is None
+                else f"an integer ≥ {minimum}" if maximum is None else f"an integer {minimum}..{maximum}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # what argparse names in "invalid integer value"
+    return parse
+
+
+positive_int = bounded_int(1)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
-from .common import run_main, warn
+from .common import positive_int, run_main, warn
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
 DEFAULT_BATCH = 8
@@ -26,16 +26,6 @@ def _batch_sizes(text: str) -> list[int]:
     from ..benchmark import parse_batch_list
 
     return parse_batch_list(text)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with --eval: more model files to evaluate and compare with the first",
     )
     out = p.add_argument_group("output")
-    out.add_argument("--topk", type=_positive, default=5, metavar="K", help="classes to report per image (5)")
+    out.add_argument("--topk", type=positive_int, default=5, metavar="K", help="classes to report per image (5)")
     out.add_argument("--labels", metavar="FILE",
                      help="class names: PaddleClas '<id> <label>' lines or one label per line "
                      "(default: ImageNet's for 1000 classes, else the ids)")
@@ -67,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=_batch_sizes, default=None, metavar="N",
                      help=f"images per inference batch ({DEFAULT_BATCH}; a fixed-batch model uses its own size); "
                      "with --benchmark a list B[,B...] (default 1,8,32)")
-    run.add_argument("--threads", type=_positive, default=2, metavar="N",
+    run.add_argument("--threads", type=positive_int, default=2, metavar="N",
                      help="threads decoding and preprocessing images ahead of inference (2)")
     run.add_argument("--cpu-preprocess", action="store_true",
                      help="preprocess on the CPU even where a TensorRT engine can do it on the GPU (its "
@@ -79,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="labelled list in PaddleClas val_list.txt form ('relative/path.jpg label' per "
                     "line): report top-1/top-5, and agreement when several models are given")
     ev.add_argument("--data-root", metavar="DIR", help="where the list's paths start (the list's folder)")
-    ev.add_argument("--limit", type=_positive, metavar="N", help="evaluate only the first N listed images")
+    ev.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N listed images")
     from ..benchmark import add_cli_arguments as add_benchmark_arguments
 
     add_benchmark_arguments(p)  # --benchmark, --iterations, --warmup, --cuda-graph, --plot, --polygraphy

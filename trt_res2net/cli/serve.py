@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, MissingDependency, UserError
-from .common import run_main, warn
+from .common import bounded_int, run_main, warn
 
 INSTALL_HINT = ("no tritonserver found: run inside NVIDIA's Triton container (nvcr.io/nvidia/tritonserver) or "
                 "JetPack's Triton, or create the serving environment: python3 -m venv .venv-serve && "
@@ -44,14 +44,7 @@ PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxrunti
 DEFAULT_STOP_TIMEOUT = 30.0
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {value}")
-    return value
+port_number = bounded_int(1, 65535, "a port number 1..65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo", metavar="REPO_DIR", help="a Triton model repository (build.py ... --triton-repo DIR)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, loopback only; 0.0.0.0 for every interface)")
-    p.add_argument("--http-port", type=_port, default=8000, metavar="N", help="HTTP port (default 8000)")
-    p.add_argument("--grpc-port", type=_port, default=8001, metavar="N", help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=_port, default=8002, metavar="N",
+    p.add_argument("--http-port", type=port_number, default=8000, metavar="N", help="HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=port_number, default=8001, metavar="N", help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=port_number, default=8002, metavar="N",
                    help="Prometheus metrics port (default 8002)")
     p.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
     p.add_argument("--model", action="append", metavar="NAME",
