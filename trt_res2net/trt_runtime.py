@@ -232,7 +232,7 @@ class TensorRTBackend:
         self.cuda_graph = cuda_graph
         self._graph_failed = False
         self.stream = cu.Stream()
-        self.runtime_cache = self._runtime_cache_config = None
+        self.runtime_cache = self._runtime_cache_config = self._runtime_cache_object = None
         if self.rtx:
             self.context = self._rtx_context(trt, runtime_cache)
         else:
@@ -267,6 +267,7 @@ class TensorRTBackend:
                       "kernels are compiled again and the cache replaced")
                 self.runtime_cache.loaded = b""
             config.set_runtime_cache(cache)
+            self._runtime_cache_object = cache  # the config holds a pointer only: keep the object alive
         if self.cuda_graph:
             config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
         self._runtime_cache_config = config  # keeps the cache alive with the context
