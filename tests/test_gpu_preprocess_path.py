@@ -131,3 +131,19 @@ def test_infer_cli_on_an_engine_says_which_preprocessing_ran(engine, inputs, tmp
         assert f"skipped {name}: {_by_image(gpu)[name]['error']}" in err
     for g, c in zip(gpu, cpu, strict=True):
         assert [e["class_id"] for e in g.get("topk", [])] == [e["class_id"] for e in c.get("topk", [])]
+
+
+def test_infer_py_on_a_tensorrt_rtx_engine_keeps_the_runtime_cache(tmp_path, monkeypatch, capsys):
+    """infer.py on an RTX engine (fake tensorrt_rtx): the first runs reported apart, the runtime cache written
+    beside the engine when infer.py closes it, and read by the next run."""
+    install(monkeypatch, rtx=True)
+    engine = write_engine(tmp_path / "m.rtx.engine", batch=(1, 4, 8), classes=1000, rtx=True)
+    photos = [str(p) for p in imf.PHOTOS[:3]]
+    assert main([str(engine), *photos, "--batch", "4"]) == 0
+    err = capsys.readouterr().err
+    assert f"{engine}: TensorRT-RTX 1.7.1 on NVIDIA GeForce RTX 4090 (compute 8.9)" in err  # after "no manifest"
+    assert "first runs (lazy initialisation, kernel compilation):" in err and "ms at batch 3" in err
+    cache = tmp_path / "m.rtx.engine.nvidia-geforce-rtx-4090-sm89.rtx-1.7.1.116.runtime-cache"
+    assert f"runtime cache {cache}" in err and cache.read_bytes().startswith(b"CACHE:")
+    assert main([str(engine), *photos, "--batch", "4", "--quiet"]) == 0
+    assert "does not fit" not in capsys.readouterr().err  # the cache was taken by the second process

@@ -237,6 +237,8 @@ def evaluate(
             bar.set_postfix(postfix, refresh=False)
     finally:
         bar.close()
+        for c in classifiers if not backends else []:  # backends passed in belong to the caller
+            c.close()
     for c, meter in zip(classifiers, acc, strict=True):
         result.models.append({"model": str(c.model_path), **meter.summary()})
     for c, meter in zip(classifiers[1:], agree, strict=True):

@@ -235,6 +235,18 @@ class Classifier:
     def num_classes(self) -> int:
         return self.backend.num_classes
 
+    def close(self) -> None:
+        """Release the backend (a TensorRT-RTX engine saves its runtime cache then); ONNX Runtime needs nothing."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Raw model outputs float32 [n, classes] for a preprocessed batch of any size n.
 

@@ -143,6 +143,8 @@ def run_classify(args: argparse.Namespace) -> int:
             bar.update(1)
     finally:
         bar.close()
+        _report_first_runs(clf.backend, args.quiet)
+        clf.close()  # a TensorRT-RTX engine writes its runtime cache here
     if args.json:
         # The issue's format: a list of {"image", "topk"} / {"image", "error"}; each classified image also
         # says where it was preprocessed ("gpu" kernel or the "cpu" reference).
@@ -151,6 +153,18 @@ def run_classify(args: argparse.Namespace) -> int:
         print(f"classified {len(results) - failed} of {len(results)} images; {failed} could not be read",
               file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _report_first_runs(backend, quiet: bool) -> None:
+    """The first run of each batch size, apart from the rest: for TensorRT-RTX, the kernels compiled for this GPU
+    (kept in the runtime cache beside the engine, so the next process pays less)."""
+    first = getattr(backend, "first_run_ms", None)
+    if quiet or not first:
+        return
+    runs = ", ".join(f"{ms:.0f} ms at batch {b}" for b, ms in sorted(first.items()))
+    cache = getattr(backend, "runtime_cache", None)
+    where = f"; runtime cache {cache.path}" if cache is not None else ""
+    print(f"first runs (lazy initialisation, kernel compilation): {runs}{where}", file=sys.stderr)
 
 
 def run_eval(args: argparse.Namespace) -> int:
