@@ -478,19 +478,6 @@ def refuse_inapplicable_options(options: EngineOptions, version, precision: str,
                         f"{label} {v.major}.{v.minor} does not have")
 
 
-# Example GPUs per TensorRT-RTX target, for the message that ends an RTX build.
-RTX_TARGET_EXAMPLES = {
-    "7.5": "T4, RTX 20", "8.0": "A100, A30", "8.6": "A10, A40, RTX 30, RTX A6000", "8.9": "L4, L40S, RTX 40",
-    "12.0": "RTX 50, RTX PRO Blackwell", "12.1": "GB10",
-}
-
-
-def rtx_targets_sentence(targets, and_later: bool) -> str:
-    """``compute capability 8.6 (A10, ...), 8.9 (...) and later`` for people."""
-    parts = [f"{cc} ({RTX_TARGET_EXAMPLES[cc]})" if cc in RTX_TARGET_EXAMPLES else cc for cc in targets]
-    return "compute capability " + ", ".join(parts) + (" and later" if and_later else "")
-
-
 def _rtx_targets(options: EngineOptions, gpu, written: str) -> list[str] | None:
     """The compute capabilities to build for (None = the library's default), checked against this machine's
     GPU where ``current`` is asked for."""
@@ -600,7 +587,7 @@ def run_engine_step(args, onnx_path: Path, model_name: str, precision: str, fp32
         print(f"{tool} equivalent: {command}", file=sys.stderr)
     if trt_compat.is_rtx(version):
         print(f"{engine_path} is a TensorRT-RTX engine: it runs on GPUs of "
-              f"{rtx_targets_sentence(result.compute_capabilities, result.and_later)}, with TensorRT-RTX "
+              f"{trt_compat.rtx_targets_sentence(result.compute_capabilities, result.and_later)}, with TensorRT-RTX "
               f"{version} and a driver for CUDA 13; its kernels are compiled on the first run there (kept in a "
               "runtime cache beside the engine). Data-center Hopper GPUs (H100, H200) and Jetson need standard "
               "TensorRT: install it there and rerun with --engine-family tensorrt", file=sys.stderr)

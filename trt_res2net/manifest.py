@@ -191,11 +191,9 @@ def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engin
         targets = [normalize_cc(c) for c in manifest.get("compute_capabilities") or []]
         later = bool(manifest.get("compute_capabilities_and_later"))
         if targets and not tc.rtx_runs_on(cc, targets, later):
-            from .builder import rtx_targets_sentence
-
             fix = (f"rebuild it with --compute-capability {cc}" if cc in tc.RTX_TARGETS else
                    "this GPU is not a TensorRT-RTX target: build with TensorRT (--engine-family tensorrt)")
-            raise UserError(f"{what} runs on GPUs of {rtx_targets_sentence(targets, later)}, but this GPU "
+            raise UserError(f"{what} runs on GPUs of {tc.rtx_targets_sentence(targets, later)}, but this GPU "
                             f"({gpu_name}) is {cc}; {fix}")
         return
     rebuild = "; rebuild it on this machine with build.py"

@@ -434,6 +434,19 @@ def cc_key(cc: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+# Example GPUs per TensorRT-RTX target, for messages.
+RTX_TARGET_EXAMPLES = {
+    "7.5": "T4, RTX 20", "8.0": "A100, A30", "8.6": "A10, A40, RTX 30, RTX A6000", "8.9": "L4, L40S, RTX 40",
+    "12.0": "RTX 50, RTX PRO Blackwell", "12.1": "GB10",
+}
+
+
+def rtx_targets_sentence(targets, and_later: bool) -> str:
+    """``compute capability 8.6 (A10, ...), 8.9 (...) and later`` for people."""
+    parts = [f"{cc} ({RTX_TARGET_EXAMPLES[cc]})" if cc in RTX_TARGET_EXAMPLES else cc for cc in targets]
+    return "compute capability " + ", ".join(parts) + (" and later" if and_later else "")
+
+
 def rtx_runs_on(cc: str, targets, and_later: bool) -> bool:
     """Whether an engine built for ``targets`` runs on a GPU of compute capability ``cc``."""
     targets = list(targets)
