@@ -35,7 +35,7 @@ def child(name: str, runs: int) -> dict:
     import onnx  # noqa: F401  (imports out of the baseline)
     import onnxruntime  # noqa: F401
 
-    from trt_res2net import onnx_export, weights, zoo
+    from trt_res2net.model import onnx_export, weights, zoo
 
     spec = zoo.get_model(name)
     onnx_export.graph_statistics(spec)  # warm the onnx imports

@@ -29,11 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trt_res2net import cuda_util as cu  # noqa: E402
-from trt_res2net.benchmark import latency_stats, parse_batch_list, synthetic_images  # noqa: E402
-from trt_res2net.cuda_preprocess import GpuKernels, emulate_preprocess, kernel_traffic  # noqa: E402
-from trt_res2net.errors import UserError  # noqa: E402
-from trt_res2net.preprocess import SPEC, preprocess_bgr  # noqa: E402
+from trt_res2net.core.errors import UserError  # noqa: E402
+from trt_res2net.cuda import device as cu  # noqa: E402
+from trt_res2net.cuda.kernels import GpuKernels, emulate_preprocess, kernel_traffic  # noqa: E402
+from trt_res2net.data.preprocess import SPEC, preprocess_bgr  # noqa: E402
+from trt_res2net.runtime.benchmark import latency_stats, parse_batch_list, synthetic_images  # noqa: E402
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 STEP = 1.0 / 255.0  # one 8-bit step, before mean/std
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
                   f"{t['read_bytes'] / 1e6:>8.2f} {t['window_bytes'] / 1e6:>8.2f}")
         print(f"(ms; CPU reference preprocess_bgr: {cpu_ms:.3f} ms per image, median over the images)")
         if args.json:
-            from trt_res2net.atomic import write_json
+            from trt_res2net.core.files import write_json
 
             write_json(args.json, {
                 "gpu": info.to_dict(), "dram_bandwidth_bytes_per_s": dram_bw,

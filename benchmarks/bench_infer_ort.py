@@ -56,8 +56,8 @@ def write_images(directory: Path, n: int) -> list[Path]:
 
 
 def export(model: str, directory: Path) -> Path:
-    from trt_res2net import weights, zoo
-    from trt_res2net.onnx_export import export_onnx
+    from trt_res2net.model import weights, zoo
+    from trt_res2net.model.onnx_export import export_onnx
 
     spec = zoo.get_model(model)
     path = directory / f"{model}.onnx"
@@ -68,8 +68,8 @@ def export(model: str, directory: Path) -> Path:
 
 
 def bench_batch(onnx_path: Path, paths: list[Path], batch: int, runs: int) -> dict:
-    from trt_res2net.preprocess import preprocess_batch
-    from trt_res2net.runtime import Classifier, OnnxRuntimeBackend
+    from trt_res2net.data.preprocess import preprocess_batch
+    from trt_res2net.runtime.classifier import Classifier, OnnxRuntimeBackend
 
     clf = Classifier(onnx_path, batch=batch, threads=2)
     spin = Classifier(onnx_path, batch=batch, threads=2, backend=OnnxRuntimeBackend(onnx_path, spinning=True))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Preprocessing throughput: trt_res2net.preprocess against a straightforward PaddleClas-style recipe.
+"""Preprocessing throughput: trt_res2net.data.preprocess against a straightforward PaddleClas-style recipe.
 
     python benchmarks/bench_preprocess.py [--runs 5] [--threads 2] [--images 48] [--json out.json]
 
@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trt_res2net.preprocess import SPEC, preprocess, preprocess_bgr  # noqa: E402
+from trt_res2net.data.preprocess import SPEC, preprocess, preprocess_bgr  # noqa: E402
 
 SIZES = {
     "imagenet": [(500, 375), (375, 500), (500, 333), (500, 500), (640, 480)],

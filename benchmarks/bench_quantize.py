@@ -5,7 +5,7 @@
                                         [--methods entropy,max,percentile] [--runs 1] [--workdir DIR] [--json PATH]
 
 Needs the quant extra (ModelOpt). No ImageNet is available where this project is developed, so the images
-are generated deterministically (trt_res2net.synthetic: painted scenes and, when tests/data holds photographs,
+are generated deterministically (trt_res2net.data.synthetic: painted scenes and, when tests/data holds photographs,
 random crops of them): calibration seed 101, held-out seed 102, disjoint. The model is the zoo architecture
 with seeded random weights made realistic — BatchNorm statistics fitted to 32 images, and a classifier head
 fitted to the features of those and the calibration images (synthetic.realistic_random_model) — so activation
@@ -41,7 +41,7 @@ def _rss_mb() -> float:
 
 
 def _args(**kw):
-    from trt_res2net.quantize import add_cli_arguments
+    from trt_res2net.precision.convert import add_cli_arguments
 
     p = argparse.ArgumentParser()
     add_cli_arguments(p)
@@ -60,8 +60,8 @@ def _args(**kw):
 def child(step: str, work: Path, method: str, calib_images: int, eval_images: int) -> dict:
     import onnxruntime  # noqa: F401  (imports out of the baseline)
 
-    from trt_res2net import modelopt_bridge as mb
-    from trt_res2net import quantize as q
+    from trt_res2net.precision import convert as q
+    from trt_res2net.precision import modelopt_bridge as mb
 
     mb.require_modelopt("the benchmark")
     import modelopt.onnx.quantization  # noqa: F401
@@ -124,9 +124,9 @@ def prepare(work: Path, model: str, calib_images: int, eval_images: int, sharpne
     """Images and the model; what a previous run in the same --workdir made with the same settings is reused."""
     import numpy as np
 
-    from trt_res2net import zoo
-    from trt_res2net.calibration import iter_batches
-    from trt_res2net.synthetic import realistic_random_model, write_images
+    from trt_res2net.data.calibration_set import iter_batches
+    from trt_res2net.data.synthetic import realistic_random_model, write_images
+    from trt_res2net.model import zoo
 
     photos = sorted((ROOT / "tests" / "data").glob("*.jpg"))
     settings = {"model": model, "calib_images": calib_images, "eval_images": eval_images,
@@ -160,7 +160,7 @@ def confidence(work: Path, eval_images: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from trt_res2net.calibration import iter_batches, select_calibration_images
+    from trt_res2net.data.calibration_set import iter_batches, select_calibration_images
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -198,7 +198,7 @@ def main() -> int:
         print(json.dumps(child(a.child, Path(a.workdir), a.methods, a.calib_images, a.eval_images)))
         return 0
 
-    from trt_res2net.modelopt_bridge import require_modelopt, tool_versions
+    from trt_res2net.precision.modelopt_bridge import require_modelopt, tool_versions
 
     require_modelopt("the benchmark")
     tmp = None

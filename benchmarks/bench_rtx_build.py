@@ -57,10 +57,10 @@ def prepare(name: str, workdir: Path, precisions: list[str]) -> dict[str, Path]:
     import cv2
     import numpy as np
 
-    from trt_res2net import reference, weights, zoo
-    from trt_res2net.benchmark import synthetic_images
-    from trt_res2net.onnx_export import export_onnx
-    from trt_res2net.preprocess import preprocess_bgr
+    from trt_res2net.data.preprocess import preprocess_bgr
+    from trt_res2net.model import reference, weights, zoo
+    from trt_res2net.model.onnx_export import export_onnx
+    from trt_res2net.runtime.benchmark import synthetic_images
 
     spec = zoo.get_model(name)
     d = workdir / name
@@ -96,7 +96,7 @@ def prepare(name: str, workdir: Path, precisions: list[str]) -> dict[str, Path]:
 
 
 def child_build(onnx_path: str, fp32_path: str, precision: str, engine_path: str) -> dict:
-    from trt_res2net import builder, manifest
+    from trt_res2net.engine import builder, manifest
 
     p = argparse.ArgumentParser()
     p.add_argument("--quiet", action="store_true")
@@ -108,7 +108,7 @@ def child_build(onnx_path: str, fp32_path: str, precision: str, engine_path: str
 
 
 def measure(name: str, paths: dict[str, Path], precisions: list[str], runs: int, workdir: Path) -> dict:
-    from trt_res2net.trt_compat import installed_version
+    from trt_res2net.engine.trt_compat import installed_version
 
     row = {"model": name, "tensorrt_rtx": str(installed_version("tensorrt-rtx")), "export": {}, "builds": {}}
     export_out = workdir / name / "export.onnx"
@@ -174,7 +174,7 @@ def main() -> int:
           f"each in a fresh process; {os.cpu_count()} CPUs")
     print(format_table(rows))
     if args.json:
-        from trt_res2net.atomic import write_json
+        from trt_res2net.core.files import write_json
 
         write_json(args.json, {"runs": args.runs, "cpus": os.cpu_count(), "rows": rows})
         print(f"wrote {args.json}")

@@ -18,7 +18,7 @@ Per concurrency C (C requests in flight, one image each):
   libcudart.so.12) from nvidia-pytriton's own copies through symlinks in a temporary folder — else a bounded loop
   of C client threads sending --requests requests (``--client loop``);
 - in process: C threads each doing what infer.py does for one image — read, decode and preprocess
-  (``trt_res2net.preprocess``), ONNX Runtime (``OnnxRuntimeBackend``, one session shared), softmax and top-5 —
+  (``trt_res2net.data.preprocess``), ONNX Runtime (``OnnxRuntimeBackend``, one session shared), softmax and top-5 —
   --requests images in all;
 - and once per round, ``Classifier.classify`` over all images at infer.py's default batch 8 (images/s).
 Each point also gets CPU milliseconds per image — served: the CPU time of tritonserver's process group (server and
@@ -209,7 +209,7 @@ def with_cpu(server: Served, model: str, measure) -> dict:
 
 
 def served_loop(server: Served, model: str, blobs: list[bytes], c: int, requests: int, protocol: str) -> dict:
-    from trt_res2net.triton_client import TritonClassifier
+    from trt_res2net.serving.client import TritonClassifier
 
     url = f"127.0.0.1:{server.grpc if protocol == 'grpc' else server.http}"
     with TritonClassifier(model, url, protocol) as client:
@@ -253,8 +253,8 @@ def run_concurrent(work, c: int, requests: int) -> dict:
 
 
 def in_process(backend, paths: list[Path], c: int, requests: int) -> dict:
-    from trt_res2net.postprocess import softmax, topk
-    from trt_res2net.preprocess import preprocess
+    from trt_res2net.data.postprocess import softmax, topk
+    from trt_res2net.data.preprocess import preprocess
 
     def one(i: int):
         x = preprocess(paths[i % len(paths)].read_bytes())
@@ -266,7 +266,7 @@ def in_process(backend, paths: list[Path], c: int, requests: int) -> dict:
 
 
 def infer_py_batch8(onnx: Path, paths: list[Path]) -> float:
-    from trt_res2net.runtime import Classifier
+    from trt_res2net.runtime.classifier import Classifier
 
     clf = Classifier(onnx, batch=8, threads=2)
     t = time.perf_counter()
@@ -291,8 +291,8 @@ def main() -> int:
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
 
-    from trt_res2net.runtime import OnnxRuntimeBackend
-    from trt_res2net.triton_repo import export_repository
+    from trt_res2net.runtime.classifier import OnnxRuntimeBackend
+    from trt_res2net.serving.repository import export_repository
 
     with tempfile.TemporaryDirectory(prefix="bench_triton_") as tmp_name:
         tmp = Path(tmp_name)
@@ -300,8 +300,8 @@ def main() -> int:
         paths = write_images(tmp / "img", args.images)
         onnx = Path(args.onnx) if args.onnx else None
         if onnx is None:
-            from trt_res2net import weights, zoo
-            from trt_res2net.onnx_export import export_onnx
+            from trt_res2net.model import weights, zoo
+            from trt_res2net.model.onnx_export import export_onnx
 
             spec = zoo.get_model(args.model)
             onnx = export_onnx(spec, weights.random_weights(spec, seed=0), tmp / f"{args.model}.onnx")

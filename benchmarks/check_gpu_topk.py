@@ -37,8 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trt_res2net.errors import UserError  # noqa: E402
-from trt_res2net.trt_runtime import topk_numpy  # noqa: E402
+from trt_res2net.core.errors import UserError  # noqa: E402
+from trt_res2net.runtime.tensorrt_backend import topk_numpy  # noqa: E402
 
 RTOL = 1e-5
 ATOL = 1e-7
@@ -226,8 +226,8 @@ def run_cases(kernels, stream, cases: list[Case], device_logits) -> list[dict]:
 
 
 def time_topk(kernels, stream, device_logits, iterations: int, warmup: int, seed: int = 1) -> list[dict]:
-    from trt_res2net import cuda_util as cu
-    from trt_res2net.benchmark import latency_stats
+    from trt_res2net.cuda import device as cu
+    from trt_res2net.runtime.benchmark import latency_stats
 
     rng = np.random.default_rng(seed)
     start, end = cu.Event(), cu.Event()
@@ -269,8 +269,8 @@ def main(argv=None) -> int:
         parser.error("--iterations must be at least 1 and --warmup at least 0")
     cases = make_cases(args.seed)
     try:
-        from trt_res2net import cuda_util as cu
-        from trt_res2net.cuda_preprocess import GpuKernels
+        from trt_res2net.cuda import device as cu
+        from trt_res2net.cuda.kernels import GpuKernels
 
         info = cu.init_device(0)
         stream = cu.Stream()
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
               f"{t['gpu_ms']['p90'] * 1e3:>8.1f} {t['cpu_topk_numpy_ms']['p50'] * 1e3:>11.1f}")
     print("(GPU: kernel + D2H of the k ids and scores, CUDA events; CPU: topk_numpy on this host)")
     if args.json:
-        from trt_res2net.atomic import write_json
+        from trt_res2net.core.files import write_json
 
         write_json(args.json, {
             "gpu": info.to_dict(), "summary": summary, "cases": results, "timing": timing,

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 
-from trt_res2net import cuda_preprocess as cp  # noqa: E402
-from trt_res2net.preprocess import SPEC, preprocess_bgr  # noqa: E402
+from trt_res2net.cuda import kernels as cp  # noqa: E402
+from trt_res2net.data.preprocess import SPEC, preprocess_bgr  # noqa: E402
 
 
 def scalar_rounding_resize(image, width, height):

@@ -77,13 +77,13 @@ def _package_versions() -> dict:
 def probe(path: Path) -> int:
     """Describe the GPU and the CUDA stack, compile and load the kernels; write ``path``. Exit as the CLIs do."""
     sys.path.insert(0, str(ROOT))
-    from trt_res2net.atomic import write_json
-    from trt_res2net.errors import UserError
+    from trt_res2net.core.errors import UserError
+    from trt_res2net.core.files import write_json
 
     doc: dict = {"python": sys.version.split()[0], "packages": _package_versions()}
     try:
-        from trt_res2net import cuda_preprocess as cp
-        from trt_res2net import cuda_util as cu
+        from trt_res2net.cuda import device as cu
+        from trt_res2net.cuda import kernels as cp
 
         mods = cu.cuda_modules()
         doc["cuda_python_layout"] = mods.layout

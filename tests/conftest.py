@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trt_res2net import weights as W
-from trt_res2net import zoo
+from trt_res2net.model import weights as W
+from trt_res2net.model import zoo
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def tiny_weights(tiny_spec) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_spec, tiny_weights):
     """Path of the tiny model's FP32 ONNX (input 'input' [N,3,224,224], output 'logits' [N,1000])."""
-    from trt_res2net.onnx_export import export_onnx
+    from trt_res2net.model.onnx_export import export_onnx
 
     path = tmp_path_factory.mktemp("tiny") / f"{tiny_spec.name}.onnx"
     return export_onnx(tiny_spec, tiny_weights, path, metadata={"weights": "random (seed 0)"})
@@ -34,8 +34,8 @@ def tiny_onnx(tmp_path_factory, tiny_spec, tiny_weights):
 
 
 def _library_and_gpu(family: str):
-    from trt_res2net import manifest, trt_compat
-    from trt_res2net.errors import MissingDependency
+    from trt_res2net.core.errors import MissingDependency
+    from trt_res2net.engine import manifest, trt_compat
 
     try:
         library = trt_compat.import_library(family)
@@ -55,7 +55,7 @@ def trt_gpu():
 @pytest.fixture(scope="session")
 def rtx_gpu():
     """(TensorRT-RTX, the GPU), skipped on a GPU that TensorRT-RTX does not target (Hopper, Jetson)."""
-    from trt_res2net import trt_compat
+    from trt_res2net.engine import trt_compat
 
     library, gpu = _library_and_gpu("tensorrt-rtx")
     cc = gpu.compute_capability
@@ -70,7 +70,7 @@ def gpu_images(tmp_path_factory):
     import cv2
     from trt_fakes import write_images
 
-    from trt_res2net.preprocess import preprocess_bgr
+    from trt_res2net.data.preprocess import preprocess_bgr
 
     root = tmp_path_factory.mktemp("gpu_images")
     calib = write_images(root / "calib", n=32, seed=1, size=(300, 240))
@@ -85,8 +85,8 @@ def gpu_images(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fitted_onnx(tmp_path_factory, tiny_spec, tiny_weights, gpu_images):
     """The tiny Res2Net with BN statistics fitted to generated images (realistically scaled activations)."""
-    from trt_res2net.onnx_export import export_onnx
-    from trt_res2net.reference import fit_bn_statistics
+    from trt_res2net.model.onnx_export import export_onnx
+    from trt_res2net.model.reference import fit_bn_statistics
 
     fitted = fit_bn_statistics(tiny_spec, tiny_weights, gpu_images["calib"])
     return export_onnx(tiny_spec, fitted, tmp_path_factory.mktemp("gpu_onnx") / "tiny_fitted.onnx")

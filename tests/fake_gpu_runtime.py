@@ -1,7 +1,7 @@
 """Stand-ins for TensorRT and the GPU, so that TensorRTBackend's plumbing runs on any CPU.
 
 - ``install(monkeypatch)`` replaces ``tensorrt`` (a fake module) and the CUDA layer of
-  ``trt_res2net.cuda_util`` (host memory behind "device" addresses, copies done at once, no-op syncs).
+  ``trt_res2net.cuda.device`` (host memory behind "device" addresses, copies done at once, no-op syncs).
 - ``install(monkeypatch, rtx=True)`` installs a fake ``tensorrt_rtx`` instead: engine validity, an
   IRuntimeConfig with a runtime cache (its bytes list the batch sizes "compiled") and a CUDA-graph strategy.
 - A fake engine file is JSON describing the engine's tensors (behind a 64-byte TensorRT-RTX-like header with
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trt_res2net import cuda_preprocess, cuda_util
-from trt_res2net.trt_runtime import topk_numpy
+from trt_res2net.cuda import device as cuda_util
+from trt_res2net.cuda import kernels as cuda_preprocess
+from trt_res2net.runtime.tensorrt_backend import topk_numpy
 
 WEIGHTS = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
 

@@ -2,7 +2,7 @@
 
 Used by the ModelOpt tests: width 16 (ModelOpt leaves convolutions with fewer than 16 channels unquantized,
 so width 4 would test nothing), one block per stage, 1000 classes; BN statistics fitted to real-looking
-images and a classifier head fitted to their features (trt_res2net.synthetic.realistic_random_model).
+images and a classifier head fitted to their features (trt_res2net.data.synthetic.realistic_random_model).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_res2net import zoo
-from trt_res2net.calibration import iter_batches
-from trt_res2net.synthetic import realistic_random_model, write_images
+from trt_res2net.data.calibration_set import iter_batches
+from trt_res2net.data.synthetic import realistic_random_model, write_images
+from trt_res2net.model import zoo
 
 DATA = Path(__file__).parent / "data"
 
@@ -47,7 +47,7 @@ def make_workspace(root: Path, calib: int = 48, held_out: int = 48) -> dict:
 
 def args(**kw) -> argparse.Namespace:
     """The Namespace build.py would pass, with the precision options' defaults."""
-    from trt_res2net.quantize import add_cli_arguments
+    from trt_res2net.precision.convert import add_cli_arguments
 
     p = argparse.ArgumentParser()
     add_cli_arguments(p)

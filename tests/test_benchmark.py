@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from fake_gpu_runtime import install, write_engine
 
-from trt_res2net import benchmark as bm
-from trt_res2net.errors import EXIT_NO_TENSORRT, UserError
+from trt_res2net.core.errors import EXIT_NO_TENSORRT, UserError
+from trt_res2net.runtime import benchmark as bm
 
 
 def _result(batch, gpu, e2e):
@@ -159,7 +159,7 @@ def test_cli_without_tensorrt_exits_3(tmp_path, monkeypatch, capsys):
 
 
 def _manifest_for(engine, **fields):
-    from trt_res2net import manifest as mf
+    from trt_res2net.engine import manifest as mf
 
     doc = {"format": mf.MANIFEST_FORMAT, "format_version": mf.MANIFEST_VERSION,
            "io": {"input": {"name": "x", "shape": [-1, 3, 224, 224]}}, **fields}  # the builder's "io" record

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import onnx
 
-from trt_res2net import weights as W
 from trt_res2net.cli.build import main
+from trt_res2net.model import weights as W
 
 ROOT = Path(__file__).resolve().parents[1]
 

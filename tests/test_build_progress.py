@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from trt_res2net.build_progress import BuildProgress, Spinner, format_elapsed
+from trt_res2net.engine.progress import BuildProgress, Spinner, format_elapsed
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.9, "59s"), (61, "1m01s"), (3725, "1h02m05s")])

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from trt_res2net import builder
-from trt_res2net.builder import BatchProfile, resolve_batch_profile
-from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
-from trt_res2net.manifest import read_manifest
+from trt_res2net.core.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
+from trt_res2net.engine import builder
+from trt_res2net.engine.builder import BatchProfile, resolve_batch_profile
+from trt_res2net.engine.manifest import read_manifest
 
 from trt_fakes import (  # isort: skip
     FakeDeviceBuffer,
@@ -245,7 +245,7 @@ def test_no_library_is_exit_3_naming_the_onnx(onnx_dir, monkeypatch):
 
 
 def test_no_gpu_is_exit_3(onnx_dir, monkeypatch):
-    from trt_res2net import manifest
+    from trt_res2net.engine import manifest
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.3.0"))
 
@@ -281,7 +281,8 @@ def test_dla_fp32_is_a_usage_error(onnx_dir):
 def fake_env(monkeypatch, tmp_path):
     """Fake TensorRT (set per test), a fake GPU, fake device buffers, and a scratch working directory
     (engines/ and calib/ are relative)."""
-    from trt_res2net import manifest, trt_calibrator
+    from trt_res2net.engine import calibrator as trt_calibrator
+    from trt_res2net.engine import manifest
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(manifest, "detect_gpu", lambda device=0: fake_gpu())
@@ -374,7 +375,7 @@ def test_int8_calibrator_build_then_reuse(fake_env, onnx_dir, tmp_path, release)
     assert len(buf.uploads) == 2 and buf.uploads[0].shape == (4, 3, 224, 224) and buf.freed
     import cv2  # the uploaded batch is exactly the CPU preprocessing of the first images
 
-    from trt_res2net.preprocess import preprocess_bgr
+    from trt_res2net.data.preprocess import preprocess_bgr
 
     assert abs(buf.uploads[0][0] - preprocess_bgr(cv2.imread(str(images[0])))).max() == 0
 
@@ -456,7 +457,7 @@ def test_calibration_failure_is_reported_and_no_cache_kept(fake_env, onnx_dir, t
         def upload(self, array):
             raise RuntimeError("cudaMemcpy failed: cudaErrorIllegalAddress (700)")
 
-    from trt_res2net import trt_calibrator
+    from trt_res2net.engine import calibrator as trt_calibrator
 
     monkeypatch.setattr(trt_calibrator, "CudaDeviceBuffer", Broken)
     with pytest.raises(UserError, match="INT8 calibration failed.*cudaErrorIllegalAddress"):
@@ -567,7 +568,7 @@ def test_build_failure_and_parse_failure(fake_env, onnx_dir, tmp_path):
 
 
 def test_progress_monitor_events_and_cancel(fake_env, onnx_dir, monkeypatch):
-    from trt_res2net import build_progress
+    from trt_res2net.engine import progress as build_progress
 
     seen = []
     original = build_progress.BuildProgress
@@ -589,7 +590,7 @@ def test_progress_monitor_events_and_cancel(fake_env, onnx_dir, monkeypatch):
 
 
 def test_8_6_uses_spinner(fake_env, onnx_dir, monkeypatch):
-    from trt_res2net import build_progress
+    from trt_res2net.engine import progress as build_progress
 
     entered = []
 

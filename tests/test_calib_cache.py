@@ -7,7 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from trt_res2net.calib_cache import (
+from trt_res2net.core.errors import UserError
+from trt_res2net.precision.calib_cache import (
     MODELOPT_VERSION_TAG,
     CacheKey,
     CalibrationCache,
@@ -22,7 +23,6 @@ from trt_res2net.calib_cache import (
     write_cache,
     write_cache_key,
 )
-from trt_res2net.errors import UserError
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from trt_res2net.calibration import (
+from trt_res2net.core.errors import UserError
+from trt_res2net.data.calibration_set import (
     build_manifest,
     iter_batches,
     manifest_hash,
@@ -16,9 +17,8 @@ from trt_res2net.calibration import (
     select_calibration_images,
     write_manifest,
 )
-from trt_res2net.errors import UserError
-from trt_res2net.preprocess import SPEC
-from trt_res2net.synthetic import make_image, write_images
+from trt_res2net.data.preprocess import SPEC
+from trt_res2net.data.synthetic import make_image, write_images
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_read_manifest_refuses_other_files(tmp_path):
 def test_batches_match_the_inference_preprocessing_and_skip_bad_images(image_tree, tmp_path):
     import cv2
 
-    from trt_res2net.preprocess import preprocess_bgr
+    from trt_res2net.data.preprocess import preprocess_bgr
 
     images = select_calibration_images(image_tree, n=500)[:5]
     broken = tmp_path / "broken.jpg"

@@ -11,7 +11,7 @@ import pytest
 from bench_scripts import load_benchmark
 from fake_gpu_runtime import FakeKernels, install
 
-from trt_res2net.trt_runtime import topk_numpy
+from trt_res2net.runtime.tensorrt_backend import topk_numpy
 
 check = load_benchmark("check_gpu_topk")
 

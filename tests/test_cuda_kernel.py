@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from trt_res2net import cuda_preprocess as cp
-from trt_res2net.preprocess import SPEC, preprocess_bgr
-from trt_res2net.trt_runtime import topk_numpy
+from trt_res2net.cuda import kernels as cp
+from trt_res2net.data.preprocess import SPEC, preprocess_bgr
+from trt_res2net.runtime.tensorrt_backend import topk_numpy
 
 # Shapes (h, w) that exercise every branch of OpenCV's tables: tiny up-scales (clamping on both sides),
 # an exact 2x down-scale (OpenCV's INTER_AREA shortcut), odd aspect ratios, rounding halves.
@@ -21,7 +21,7 @@ AWKWARD_SHAPES = [(1, 1), (2, 3), (3, 2), (1, 700), (700, 1), (256, 256), (512, 
 
 def _nvrtc_or_skip():
     pytest.importorskip("cuda.bindings.nvrtc", reason="no cuda-python: pip install 'cuda-python[all]'")
-    from trt_res2net.cuda_util import CudaUnavailable
+    from trt_res2net.cuda.device import CudaUnavailable
 
     try:
         return cp.nvrtc_version()
@@ -70,7 +70,7 @@ def test_kernels_compile_to_cubin(arch):
 
 def test_compile_error_is_one_line_with_the_log_attached():
     _nvrtc_or_skip()
-    from trt_res2net.cuda_util import CudaError
+    from trt_res2net.cuda.device import CudaError
 
     broken = cp.kernel_source().replace("const int p = PLANE[c];", "const int p = PLANE[c]")
     with pytest.raises(CudaError) as err:
@@ -81,7 +81,7 @@ def test_compile_error_is_one_line_with_the_log_attached():
 
 def test_struct_layout_is_checked_by_the_compiler():
     _nvrtc_or_skip()
-    from trt_res2net.cuda_util import CudaError
+    from trt_res2net.cuda.device import CudaError
 
     src = cp.kernel_source().replace("int crop_x, crop_y;", "int crop_x, crop_y, extra_;")
     with pytest.raises(CudaError, match="ImageDesc"):

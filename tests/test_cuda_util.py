@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from fake_gpu_runtime import cudaError_t
 
-from trt_res2net import cuda_util as cu
-from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
+from trt_res2net.core.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
+from trt_res2net.cuda import device as cu
 
 
 def test_check_unwraps_values():
@@ -109,8 +109,8 @@ def test_without_a_gpu_device_count_is_zero_and_init_says_so():
 
 def test_importing_the_gpu_modules_stays_light():
     code = (
-        "import sys, trt_res2net.cuda_util, trt_res2net.cuda_preprocess, trt_res2net.trt_runtime, "
-        "trt_res2net.benchmark\n"
+        "import sys, trt_res2net.cuda.device, trt_res2net.cuda.kernels, trt_res2net.runtime.tensorrt_backend, "
+        "trt_res2net.runtime.benchmark\n"
         "heavy = ('cuda', 'cuda.bindings', 'tensorrt', 'cv2', 'matplotlib', 'onnxruntime', 'tqdm')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "print(','.join(heavy))"

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from trt_res2net import weights as W
-from trt_res2net.errors import UserError
+from trt_res2net.core.errors import UserError
+from trt_res2net.model import weights as W
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -69,7 +69,7 @@ def test_offline_error_says_what_to_pass(tmp_path):
 
 
 def test_fetch_pretrained_uses_the_cache_dir_and_downloads_once(server, tmp_path, monkeypatch):
-    from trt_res2net import zoo
+    from trt_res2net.model import zoo
 
     monkeypatch.setenv("TRT_RES2NET_CACHE", str(tmp_path / "c"))
     monkeypatch.setenv("TRT_RES2NET_WEIGHTS_BASE_URL", f"{server}/dygraph/")

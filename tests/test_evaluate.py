@@ -11,8 +11,10 @@ import onnx_models
 import pytest
 
 from trt_res2net.cli.infer import main
-from trt_res2net.errors import UserError
-from trt_res2net.evaluate import (
+from trt_res2net.core.errors import UserError
+from trt_res2net.data.preprocess import preprocess_batch
+from trt_res2net.runtime.classifier import open_backend
+from trt_res2net.runtime.evaluate import (
     AccuracyMeter,
     AgreementMeter,
     accuracy,
@@ -20,8 +22,6 @@ from trt_res2net.evaluate import (
     evaluate,
     read_val_list,
 )
-from trt_res2net.preprocess import preprocess_batch
-from trt_res2net.runtime import open_backend
 
 
 def test_accuracy_counts():

@@ -13,8 +13,8 @@ import argparse
 import numpy as np
 import pytest
 
-from trt_res2net import builder, manifest, trt_compat
-from trt_res2net.errors import UserError
+from trt_res2net.core.errors import UserError
+from trt_res2net.engine import builder, manifest, trt_compat
 
 from trt_fakes import tiny_classifier_onnx  # isort: skip
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def runtime():
-    return pytest.importorskip("trt_res2net.trt_runtime", reason="trt_res2net.trt_runtime (the TensorRT runtime)")
+    return pytest.importorskip("trt_res2net.runtime.tensorrt_backend", reason="the TensorRT runtime")
 
 
 def _ort(path, x):
@@ -92,7 +92,7 @@ def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fit
     engine = builder.run_engine_step(args, fitted_onnx, "tiny", "int8", fitted_onnx)
     m = manifest.read_manifest(engine)
     assert m["int8_mode"] == "calibrator" and m["calibration"]["reused"] is False
-    from trt_res2net.calib_cache import read_cache, trt_version_tag
+    from trt_res2net.precision.calib_cache import read_cache, trt_version_tag
 
     cache = read_cache(m["calibration"]["cache"])
     assert cache.version_tag == trt_version_tag(str(version)) and cache.algorithm == "EntropyCalibration2"

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from fake_gpu_runtime import FakeKernels, expected_outputs, install, write_engine
 
-from trt_res2net import images as images_module
 from trt_res2net.cli.infer import main
-from trt_res2net.postprocess import load_labels, softmax, topk
-from trt_res2net.preprocess import ImageDecodeError, decode_for_preprocessing, preprocess, preprocess_batch
-from trt_res2net.runtime import Classifier
+from trt_res2net.data import images as images_module
+from trt_res2net.data.postprocess import load_labels, softmax, topk
+from trt_res2net.data.preprocess import ImageDecodeError, decode_for_preprocessing, preprocess, preprocess_batch
+from trt_res2net.runtime.classifier import Classifier
 
 
 @pytest.fixture

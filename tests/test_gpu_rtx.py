@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 import pytest
 
-from trt_res2net import builder, manifest
+from trt_res2net.engine import builder, manifest
 
 pytestmark = pytest.mark.gpu  # fixtures rtx_gpu, fitted_onnx and gpu_images: tests/conftest.py
 
@@ -35,7 +35,7 @@ def _build(tmp_path, onnx_path, *argv):
 
 
 def test_portable_engine_matches_onnxruntime_and_keeps_its_runtime_cache(rtx_gpu, fitted_onnx, gpu_images, tmp_path):
-    from trt_res2net.trt_runtime import TensorRTBackend
+    from trt_res2net.runtime.tensorrt_backend import TensorRTBackend
 
     engine = _build(tmp_path, fitted_onnx)  # the default, portable targets
     x = gpu_images["eval"][:8]
@@ -56,7 +56,7 @@ def test_portable_engine_matches_onnxruntime_and_keeps_its_runtime_cache(rtx_gpu
 
 
 def test_library_cuda_graphs_give_the_same_answers(rtx_gpu, fitted_onnx, gpu_images, tmp_path):
-    from trt_res2net.trt_runtime import TensorRTBackend
+    from trt_res2net.runtime.tensorrt_backend import TensorRTBackend
 
     engine = _build(tmp_path, fitted_onnx)
     x = gpu_images["eval"][:4]
@@ -71,7 +71,7 @@ def test_library_cuda_graphs_give_the_same_answers(rtx_gpu, fitted_onnx, gpu_ima
 
 
 def test_gpu_preprocessing_top5_equals_the_cpu_path(rtx_gpu, fitted_onnx, gpu_images, tmp_path):
-    from trt_res2net.runtime import Classifier
+    from trt_res2net.runtime.classifier import Classifier
 
     engine = _build(tmp_path, fitted_onnx)
     gpu = list(Classifier(engine, topk=5, gpu_preprocess=True).classify(gpu_images["eval_paths"]))

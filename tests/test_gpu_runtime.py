@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trt_res2net.preprocess import SPEC, preprocess_bgr
+from trt_res2net.data.preprocess import SPEC, preprocess_bgr
 
 pytestmark = pytest.mark.gpu
 
@@ -19,12 +19,12 @@ ONE_STEP = 1.0 / 255.0 / min(SPEC.std)  # one 8-bit step after normalisation
 
 def _gpu_or_skip():
     pytest.importorskip("cuda.bindings", reason="no cuda-python: pip install 'trt-res2net[trt]'")
-    from trt_res2net import cuda_util as cu
+    from trt_res2net.cuda import device as cu
 
     if cu.device_count() == 0:
         pytest.skip("no CUDA GPU (or no NVIDIA driver) on this machine")
     try:
-        from trt_res2net.cuda_preprocess import nvrtc_version
+        from trt_res2net.cuda.kernels import nvrtc_version
 
         nvrtc_version()
     except cu.CudaUnavailable as e:
@@ -48,7 +48,7 @@ def _test_images():
 
 
 def _gpu_preprocess(cu, info, images, tmp_path):
-    from trt_res2net.cuda_preprocess import GpuKernels
+    from trt_res2net.cuda.kernels import GpuKernels
 
     crop = SPEC.crop_size
     stream = cu.Stream()
@@ -68,7 +68,7 @@ def _gpu_preprocess(cu, info, images, tmp_path):
 
 def test_preprocessing_kernel_matches_the_cpu_reference(tmp_path):
     cu, info = _gpu_or_skip()
-    from trt_res2net.cuda_preprocess import emulate_preprocess
+    from trt_res2net.cuda.kernels import emulate_preprocess
 
     images = _test_images()
     got = _gpu_preprocess(cu, info, images, tmp_path)
@@ -88,8 +88,8 @@ def test_preprocessing_kernel_in_batches_of_mixed_sizes(tmp_path):
 
 def test_topk_kernel_matches_numpy(tmp_path):
     cu, info = _gpu_or_skip()
-    from trt_res2net.cuda_preprocess import GpuKernels
-    from trt_res2net.trt_runtime import topk_numpy
+    from trt_res2net.cuda.kernels import GpuKernels
+    from trt_res2net.runtime.tensorrt_backend import topk_numpy
 
     rng = np.random.default_rng(1)
     logits = rng.standard_normal((37, 1000)).astype(np.float32) * 4
@@ -119,7 +119,7 @@ def test_topk_kernel_on_adversarial_cases(tmp_path):
     cu, info = _gpu_or_skip()
     from bench_scripts import load_benchmark
 
-    from trt_res2net.cuda_preprocess import GpuKernels
+    from trt_res2net.cuda.kernels import GpuKernels
 
     check = load_benchmark("check_gpu_topk")
     cases = check.make_cases(0)
@@ -206,7 +206,7 @@ def tiny_engine(tmp_path_factory):
 def test_engine_matches_onnxruntime(tiny_engine):
     import onnxruntime as ort
 
-    from trt_res2net.trt_runtime import TensorRTBackend
+    from trt_res2net.runtime.tensorrt_backend import TensorRTBackend
 
     onnx_path, engine_path = tiny_engine
     x = np.random.default_rng(2).standard_normal((11, 3, 224, 224)).astype(np.float32)
@@ -219,7 +219,7 @@ def test_engine_matches_onnxruntime(tiny_engine):
 
 
 def test_cuda_graph_gives_the_same_outputs(tiny_engine):
-    from trt_res2net.trt_runtime import TensorRTBackend
+    from trt_res2net.runtime.tensorrt_backend import TensorRTBackend
 
     _, engine_path = tiny_engine
     x = np.random.default_rng(3).standard_normal((13, 3, 224, 224)).astype(np.float32)
@@ -231,8 +231,8 @@ def test_cuda_graph_gives_the_same_outputs(tiny_engine):
 
 
 def test_classify_bgr_on_the_gpu_matches_the_cpu_path(tiny_engine):
-    from trt_res2net.cuda_preprocess import emulate_preprocess
-    from trt_res2net.trt_runtime import TensorRTBackend, topk_numpy
+    from trt_res2net.cuda.kernels import emulate_preprocess
+    from trt_res2net.runtime.tensorrt_backend import TensorRTBackend, topk_numpy
 
     _, engine_path = tiny_engine
     images = _test_images()[:10]
@@ -246,7 +246,7 @@ def test_classify_bgr_on_the_gpu_matches_the_cpu_path(tiny_engine):
 
 
 def test_benchmark_runs_briefly(tiny_engine, tmp_path, capsys):
-    from trt_res2net import benchmark
+    from trt_res2net.runtime import benchmark
 
     _, engine_path = tiny_engine
     out = tmp_path / "bench.json"

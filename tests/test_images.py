@@ -6,9 +6,9 @@ import image_factory as imf
 import numpy as np
 import pytest
 
-from trt_res2net.errors import UserError
-from trt_res2net.images import IMAGE_EXTENSIONS, Batch, ImageBatcher, find_images, is_image_name
-from trt_res2net.preprocess import preprocess
+from trt_res2net.core.errors import UserError
+from trt_res2net.data.images import IMAGE_EXTENSIONS, Batch, ImageBatcher, find_images, is_image_name
+from trt_res2net.data.preprocess import preprocess
 
 
 def test_extensions_are_case_insensitive():

@@ -13,9 +13,9 @@ import onnx_models
 import pytest
 
 from trt_res2net.cli.infer import build_parser, main
-from trt_res2net.postprocess import load_labels, softmax
-from trt_res2net.preprocess import preprocess_batch
-from trt_res2net.runtime import open_backend
+from trt_res2net.data.postprocess import load_labels, softmax
+from trt_res2net.data.preprocess import preprocess_batch
+from trt_res2net.runtime.classifier import open_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,7 +217,7 @@ def test_top_level_script_runs(tiny):
 
 def test_tiny_res2net_end_to_end(tiny_onnx, tiny_spec, tiny_weights, tmp_path, capsys):
     """The exporter's tiny Res2Net through infer.py agrees with the independent numpy forward pass."""
-    from trt_res2net.reference import forward
+    from trt_res2net.model.reference import forward
 
     out_json = tmp_path / "res2net.json"
     code, out, err = run_main(capsys, tiny_onnx, *imf.PHOTOS, "--json", out_json, "--batch", 3)

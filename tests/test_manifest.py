@@ -7,10 +7,10 @@ import json
 import pytest
 from fake_gpu_runtime import cudaError_t, fake_cuda_runtime, install_cuda_runtime
 
-from trt_res2net import manifest as mf
-from trt_res2net.errors import MissingDependency, UserError
-from trt_res2net.preprocess import SPEC
-from trt_res2net.trt_compat import parse_version
+from trt_res2net.core.errors import MissingDependency, UserError
+from trt_res2net.data.preprocess import SPEC
+from trt_res2net.engine import manifest as mf
+from trt_res2net.engine.trt_compat import parse_version
 
 
 def _manifest(tmp_path, **over):
@@ -194,7 +194,7 @@ def test_detect_gpu_without_driver_or_device_is_exit_3(monkeypatch, runtime, mes
 def test_detect_gpu_without_cuda_python_is_exit_3(monkeypatch):
     import sys
 
-    from trt_res2net import cuda_util
+    from trt_res2net.cuda import device as cuda_util
 
     monkeypatch.setattr(cuda_util, "cuda_modules", cuda_util.cuda_modules.__wrapped__)  # no cached modules
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):

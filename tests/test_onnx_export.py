@@ -5,9 +5,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from trt_res2net import onnx_export, reference, zoo
-from trt_res2net import weights as W
-from trt_res2net.preprocess import SPEC
+from trt_res2net.data.preprocess import SPEC
+from trt_res2net.model import onnx_export, reference, zoo
+from trt_res2net.model import weights as W
 
 FIVE = ["res2net50_26w_4s", "res2net50_14w_8s", "res2net50_vd_26w_4s", "res2net101_vd_26w_4s",
         "res2net200_vd_26w_4s"]

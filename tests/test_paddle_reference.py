@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trt_res2net import weights as W
-from trt_res2net import zoo
+from trt_res2net.model import weights as W
+from trt_res2net.model import zoo
 
 FIXTURES = Path(__file__).parent / "fixtures"
 META = json.loads((FIXTURES / "paddle_reference.json").read_text())
@@ -46,7 +46,7 @@ def case_weights(case: str) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("case", list(META["cases"]))
 def test_onnx_matches_paddleclas(case):
     ort = pytest.importorskip("onnxruntime")
-    from trt_res2net.onnx_export import build_onnx
+    from trt_res2net.model.onnx_export import build_onnx
 
     spec = case_spec(case)
     assert spec.name == META["cases"][case]["spec_name"]

@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trt_res2net.errors import UserError
-from trt_res2net.postprocess import (
-    format_topk,
-    is_probability,
-    load_labels,
-    softmax,
-    topk,
-    topk_entries,
-)
+from trt_res2net.core.errors import UserError
+from trt_res2net.data.postprocess import format_topk, is_probability, load_labels, softmax, topk, topk_entries
 
 
 def test_softmax_is_stable_and_normalised():

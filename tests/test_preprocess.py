@@ -10,8 +10,8 @@ import image_factory as imf
 import numpy as np
 import pytest
 
-from trt_res2net.errors import EXIT_USAGE
-from trt_res2net.preprocess import (
+from trt_res2net.core.errors import EXIT_USAGE
+from trt_res2net.data.preprocess import (
     SPEC,
     ImageDecodeError,
     decode_image,
@@ -247,7 +247,7 @@ def test_missing_file_and_directory(tmp_path):
 
 
 def test_valid_jpeg_variants_are_not_taken_for_truncated(image_bytes):
-    from trt_res2net.preprocess import _jpeg_is_truncated
+    from trt_res2net.data.preprocess import _jpeg_is_truncated
 
     for name in ("progressive.jpg", "restart.jpg", "trailing.jpg", "exif6.jpg", "cmyk.jpg", "gray.jpg"):
         assert not _jpeg_is_truncated(image_bytes[name]), name
@@ -304,6 +304,6 @@ def test_spec_numbers_and_table():
 
 
 def test_import_is_light():
-    code = "import sys, trt_res2net.preprocess; print(sorted({'cv2', 'onnxruntime'} & set(sys.modules)))"
+    code = "import sys, trt_res2net.data.preprocess; print(sorted({'cv2', 'onnxruntime'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from trt_res2net.errors import EXIT_NO_TENSORRT, EXIT_SOME_FAILED, EXIT_USAGE, MissingDependency, UserError
+from trt_res2net.core.errors import EXIT_NO_TENSORRT, EXIT_SOME_FAILED, EXIT_USAGE, MissingDependency, UserError
 
 # --------------------------------------------------------------------------------------------------------
 # build.py options and their errors
@@ -60,7 +60,7 @@ def test_without_modelopt_one_install_command_exit_3(tiny_onnx, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "modelopt", None)  # as if not installed
     (tmp_path / "imgs").mkdir()
-    from trt_res2net.synthetic import write_images
+    from trt_res2net.data.synthetic import write_images
 
     write_images(tmp_path / "imgs", 2)
     code, _, err = _build(["--onnx", str(tiny_onnx), "--precision", precision, "--onnx-only", "--quiet",
@@ -73,13 +73,13 @@ def test_without_modelopt_one_install_command_exit_3(tiny_onnx, tmp_path, monkey
 def test_fp32_is_a_no_op(tiny_onnx):
     from quant_helpers import args
 
-    from trt_res2net.quantize import run_precision_step
+    from trt_res2net.precision.convert import run_precision_step
 
     assert run_precision_step(args(precision="fp32"), tiny_onnx, "tiny") == tiny_onnx
 
 
 def test_require_modelopt_raises_missing_dependency(monkeypatch):
-    from trt_res2net.modelopt_bridge import require_modelopt
+    from trt_res2net.precision.modelopt_bridge import require_modelopt
 
     monkeypatch.setitem(sys.modules, "modelopt", None)
     with pytest.raises(MissingDependency) as e:
@@ -90,7 +90,7 @@ def test_require_modelopt_raises_missing_dependency(monkeypatch):
 def test_options_group_does_not_clash_with_builds_precision():
     import argparse
 
-    from trt_res2net.quantize import add_cli_arguments
+    from trt_res2net.precision.convert import add_cli_arguments
 
     p = argparse.ArgumentParser()
     p.add_argument("--precision", default="fp32")
@@ -163,7 +163,7 @@ def _run(model, x):
 
 def _float_reference(model, x, bypass=()):
     """numpy evaluation of the hand-made model; layers in ``bypass`` see unquantized input and weight."""
-    from trt_res2net.reference import conv2d
+    from trt_res2net.model.reference import conv2d
 
     init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
 
@@ -180,7 +180,12 @@ def _float_reference(model, x, bypass=()):
 
 
 def test_activation_scales_coverage_and_names():
-    from trt_res2net.modelopt_bridge import _exclusion_patterns, activation_scales, qdq_coverage, quantized_nodes
+    from trt_res2net.precision.modelopt_bridge import (
+        _exclusion_patterns,
+        activation_scales,
+        qdq_coverage,
+        quantized_nodes,
+    )
 
     m = _qdq_model()
     assert activation_scales(m) == {"input": pytest.approx(0.02), "r1": pytest.approx(0.05)}
@@ -204,7 +209,7 @@ def test_activation_scales_coverage_and_names():
 def test_fp16_quantize_probe_and_fp32_twin():
     import onnxruntime as ort
 
-    from trt_res2net.precision_eval import fp16_quantize_is_exact, fp32_twin, has_fp16_quantize, open_session
+    from trt_res2net.precision.accuracy import fp16_quantize_is_exact, fp32_twin, has_fp16_quantize, open_session
 
     exact = fp16_quantize_is_exact()
     major, minor = (int(v) for v in ort.__version__.split(".")[:2])
@@ -224,7 +229,7 @@ def test_fp16_quantize_probe_and_fp32_twin():
 
 
 def test_compare_predictions_and_accuracy_definitions():
-    from trt_res2net.precision_eval import accuracy, compare_predictions
+    from trt_res2net.precision.accuracy import accuracy, compare_predictions
 
     a = np.array([[3.0, 2.0, 1.0, 0.0, -1.0, -2.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
     b = np.array([[3.0, 2.5, 1.0, 0.0, -1.0, -2.0], [0.0, 1.0, 2.0, 3.0, 6.0, 5.0]])
@@ -236,7 +241,7 @@ def test_compare_predictions_and_accuracy_definitions():
 
 
 def test_budget_semantics_and_report_text():
-    from trt_res2net.precision_eval import budget_measure_name, format_report, top1_drop_pp, within_budget
+    from trt_res2net.precision.accuracy import budget_measure_name, format_report, top1_drop_pp, within_budget
 
     unlabelled = {"images": 100, "source": "100 images from d", "top1_agreement": 0.97, "mean_top5_overlap": 0.9,
                   "cosine_similarity": 0.998, "max_abs_diff": 1.0}
@@ -250,8 +255,8 @@ def test_budget_semantics_and_report_text():
 
 
 def test_gate_rejects_and_keeps_the_model_for_inspection(tmp_path):
-    from trt_res2net.precision_eval import AccuracyBudgetExceeded
-    from trt_res2net.quantize import PrecisionOptions, _gate
+    from trt_res2net.precision.accuracy import AccuracyBudgetExceeded
+    from trt_res2net.precision.convert import PrecisionOptions, _gate
 
     out = tmp_path / "m_int8.onnx"
     out.write_bytes(b"model")
@@ -268,8 +273,8 @@ def test_gate_rejects_and_keeps_the_model_for_inspection(tmp_path):
 
 
 def test_eval_sets(tmp_path):
-    from trt_res2net.precision_eval import load_eval_set, overlap_warning
-    from trt_res2net.synthetic import write_images
+    from trt_res2net.data.synthetic import write_images
+    from trt_res2net.precision.accuracy import load_eval_set, overlap_warning
 
     paths = write_images(tmp_path / "ev", 6)
     s = load_eval_set(eval_dir=tmp_path / "ev", limit=4)
@@ -294,7 +299,7 @@ def test_eval_sets(tmp_path):
 
 
 def test_switchable_model_is_exact_at_zero_and_one():
-    from trt_res2net.fallback import switchable_model
+    from trt_res2net.precision.fallback import switchable_model
 
     m = _qdq_model()
     x = np.random.default_rng(4).uniform(-1, 2, (3, 3, 8, 8)).astype(np.float32)
@@ -316,7 +321,7 @@ def test_switchable_model_is_exact_at_zero_and_one():
 
 
 def test_sensitivity_ranks_a_coarsely_quantized_layer_first():
-    from trt_res2net.fallback import layer_sensitivity
+    from trt_res2net.precision.fallback import layer_sensitivity
 
     x = np.random.default_rng(5).uniform(-1, 2, (6, 3, 8, 8)).astype(np.float32)
     fine = _qdq_model(scales=(0.02, 0.05))
@@ -327,7 +332,7 @@ def test_sensitivity_ranks_a_coarsely_quantized_layer_first():
 
 
 def test_search_doubles_then_bisects_to_the_fewest_layers():
-    from trt_res2net.fallback import search_exclusions
+    from trt_res2net.precision.fallback import search_exclusions
 
     ranking = [f"l{i}" for i in range(20)]
 
@@ -353,7 +358,7 @@ def test_search_doubles_then_bisects_to_the_fewest_layers():
 
 
 def test_abs_histogram_percentile():
-    from trt_res2net.modelopt_bridge import AbsHistogram
+    from trt_res2net.precision.modelopt_bridge import AbsHistogram
 
     rng = np.random.default_rng(6)
     h = AbsHistogram(bins=2048)
@@ -372,7 +377,7 @@ def test_abs_histogram_percentile():
 
 
 def test_calibration_reader_peeks_and_streams():
-    from trt_res2net.modelopt_bridge import make_reader
+    from trt_res2net.precision.modelopt_bridge import make_reader
 
     seen = []
     batches = [np.full((2, 3, 4, 4), i, np.float32) for i in range(3)]
@@ -387,7 +392,7 @@ def test_calibration_reader_peeks_and_streams():
 
 
 def test_onnx_sidecar_json_is_written_atomically(tmp_path):
-    from trt_res2net.quantize import _write_onnx_sidecar
+    from trt_res2net.precision.convert import _write_onnx_sidecar
 
     out = tmp_path / "m_fp16.onnx"
     out.write_bytes(b"x")

@@ -26,12 +26,12 @@ pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt not installed
 import onnx  # noqa: E402
 from quant_helpers import args, make_workspace  # noqa: E402
 
-from trt_res2net import modelopt_bridge as mb  # noqa: E402
-from trt_res2net.calib_cache import check_cache_key, read_cache, read_cache_key, sidecar_path  # noqa: E402
-from trt_res2net.calibration import manifest_path_for, read_manifest  # noqa: E402
-from trt_res2net.errors import UserError  # noqa: E402
-from trt_res2net.precision_eval import Evaluator, load_eval_set  # noqa: E402
-from trt_res2net.quantize import run_precision_step  # noqa: E402
+from trt_res2net.core.errors import UserError  # noqa: E402
+from trt_res2net.data.calibration_set import manifest_path_for, read_manifest  # noqa: E402
+from trt_res2net.precision import modelopt_bridge as mb  # noqa: E402
+from trt_res2net.precision.accuracy import Evaluator, load_eval_set  # noqa: E402
+from trt_res2net.precision.calib_cache import check_cache_key, read_cache, read_cache_key, sidecar_path  # noqa: E402
+from trt_res2net.precision.convert import run_precision_step  # noqa: E402
 
 INT8_MIN_AGREEMENT, INT8_MIN_COSINE = 0.9375, 0.995
 FP16_MIN_AGREEMENT, FP16_MIN_COSINE = 0.979, 0.9999
@@ -45,7 +45,7 @@ def ws(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_build(ws):
     """One INT8 build with calibration and held-out evaluation (as build.py --precision int8 runs it)."""
-    from trt_res2net.quantize import sha256_file
+    from trt_res2net.precision.convert import sha256_file
 
     before = sha256_file(ws["onnx"])
     cache = ws["root"] / "calib_out" / "tiny16.entropy.cache"
@@ -85,8 +85,8 @@ def test_cache_sidecar_manifest_and_round_trip(int8_build, ws):
     assert cache.header == "TRT-modelopt-entropy" and len(cache.scales) >= 27
     doc = read_cache_key(cache_path)
     key = doc["key"]
-    from trt_res2net.preprocess import SPEC
-    from trt_res2net.quantize import sha256_file
+    from trt_res2net.data.preprocess import SPEC
+    from trt_res2net.precision.convert import sha256_file
 
     assert key["onnx_sha256"] == sha256_file(ws["onnx"])
     assert key["preprocess_sha256"] == SPEC.sha256() and key["method"] == "entropy"
@@ -102,7 +102,7 @@ def test_cache_sidecar_manifest_and_round_trip(int8_build, ws):
 
 def test_calibrating_and_quantizing_from_the_cache_give_the_same_model(ws, tmp_path):
     """What ModelOpt calibrates directly equals what it builds from our cache (so caches reproduce builds)."""
-    from trt_res2net.calibration import iter_batches
+    from trt_res2net.data.calibration_set import iter_batches
 
     images = ws["calib"][:16]
     source = shutil.copy(ws["onnx"], tmp_path / "source.onnx")  # ModelOpt rewrites its input in place
@@ -204,7 +204,7 @@ def test_fp16_keeps_float32_io_and_agrees_with_fp32(ws, tmp_path):
 def test_auto_fallback_finds_a_sabotaged_layer(int8_build, ws, tmp_path, capsys):
     """Make one convolution's input scale 40× too coarse in the cache: INT8 then misses a 2-point budget,
     the sensitivity ranking must put that convolution first, and the search must exclude just it."""
-    from trt_res2net.calib_cache import CalibrationCache, write_cache
+    from trt_res2net.precision.calib_cache import CalibrationCache, write_cache
 
     model = onnx.load(str(int8_build["out"]))
     consumers: dict[str, list] = {}
@@ -229,7 +229,7 @@ def test_auto_fallback_finds_a_sabotaged_layer(int8_build, ws, tmp_path, capsys)
     fp32_copy = tmp_path / "tiny16.onnx"
     shutil.copy(ws["onnx"], fp32_copy)
     a = args(precision="int8", calib_cache=bad, eval_dir=ws["eval_dir"], high_precision="fp32", max_top1_drop=2.0)
-    from trt_res2net.precision_eval import AccuracyBudgetExceeded
+    from trt_res2net.precision.accuracy import AccuracyBudgetExceeded
 
     with pytest.raises(AccuracyBudgetExceeded) as e:
         run_precision_step(a, fp32_copy, "tiny16")
@@ -255,7 +255,7 @@ def test_evaluator_labelled_list(ws, int8_build, tmp_path):
     """--eval LIST --data-root: top-1/top-5 of both models, and the drop the budget limits."""
     import onnxruntime as ort
 
-    from trt_res2net.calibration import iter_batches
+    from trt_res2net.data.calibration_set import iter_batches
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -269,7 +269,7 @@ def test_evaluator_labelled_list(ws, int8_build, tmp_path):
     report = ev.evaluate(int8_build["out"], "INT8")
     assert report["fp32_top1"] == pytest.approx(11 / 12) and report["images"] == 12
     assert report["fp32_top5"] >= report["fp32_top1"] and report["top5"] >= report["top1"]
-    from trt_res2net.precision_eval import top1_drop_pp
+    from trt_res2net.precision.accuracy import top1_drop_pp
 
     assert top1_drop_pp(report) == pytest.approx(100 * (report["fp32_top1"] - report["top1"]))
 
@@ -277,7 +277,7 @@ def test_evaluator_labelled_list(ws, int8_build, tmp_path):
 def test_a_tensorrt_calibration_cache_makes_the_qdq_model(int8_build, ws, tmp_path, capsys):
     """A cache as TensorRT's calibrator writes it (numeric tag, unpadded hex, e.g. made on a Jetson) feeds
     ModelOpt; it is read, sanitized for ModelOpt, and never overwritten."""
-    from trt_res2net.calib_cache import scale_to_hex, write_cache_key
+    from trt_res2net.precision.calib_cache import scale_to_hex, write_cache_key
 
     ours = read_cache(int8_build["cache"])
     lines = ["TRT-100300-EntropyCalibration2"] + [f"{n}: {int(scale_to_hex(s), 16):x}" for n, s in ours.scales.items()]

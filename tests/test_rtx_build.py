@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 
-from trt_res2net import manifest as mf
-from trt_res2net import trt_compat
 from trt_res2net.cli.build import main as build_main
+from trt_res2net.engine import manifest as mf
+from trt_res2net.engine import trt_compat
 
 from trt_fakes import tiny_classifier_onnx, write_images  # isort: skip
 
@@ -158,7 +158,7 @@ def test_external_paddle2onnx_style_onnx(workdir, capsys):
 
 def test_interrupted_build_leaves_no_engine(workdir, capsys, tiny_onnx, monkeypatch):
     """Ctrl-C during the build: the progress monitor tells TensorRT-RTX to cancel; nothing is written."""
-    from trt_res2net import build_progress
+    from trt_res2net.engine import progress as build_progress
 
     def ctrl_c(self, phase, step):
         self.cancelled = True  # what BuildProgress does when KeyboardInterrupt arrives in a callback

@@ -7,10 +7,10 @@ import numpy as np
 import onnx_models
 import pytest
 
-from trt_res2net.errors import EXIT_NO_TENSORRT, EXIT_USAGE, MissingDependency, UserError
-from trt_res2net.postprocess import load_labels, softmax
-from trt_res2net.preprocess import preprocess_batch
-from trt_res2net.runtime import Backend, Classifier, OnnxRuntimeBackend, open_backend
+from trt_res2net.core.errors import EXIT_NO_TENSORRT, EXIT_USAGE, MissingDependency, UserError
+from trt_res2net.data.postprocess import load_labels, softmax
+from trt_res2net.data.preprocess import preprocess_batch
+from trt_res2net.runtime.classifier import Backend, Classifier, OnnxRuntimeBackend, open_backend
 
 
 @pytest.fixture(scope="module")

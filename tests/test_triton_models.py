@@ -16,10 +16,10 @@ import pytest
 
 pytest.importorskip("tritonclient", reason="writing a repository needs tritonclient (the triton/dev extra)")
 
-from trt_res2net import triton_repo as T  # noqa: E402
-from trt_res2net.postprocess import softmax, topk  # noqa: E402
-from trt_res2net.preprocess import SPEC, preprocess  # noqa: E402
-from trt_res2net.runtime import OnnxRuntimeBackend  # noqa: E402
+from trt_res2net.data.postprocess import softmax, topk  # noqa: E402
+from trt_res2net.data.preprocess import SPEC, preprocess  # noqa: E402
+from trt_res2net.runtime.classifier import OnnxRuntimeBackend  # noqa: E402
+from trt_res2net.serving import repository as T  # noqa: E402
 
 
 class Tensor:

@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("tritonclient", reason="the Triton tests need tritonclient (the triton/dev extra)")
 
-from trt_res2net import manifest as M  # noqa: E402
-from trt_res2net import triton_repo as T  # noqa: E402
-from trt_res2net.errors import UserError  # noqa: E402
-from trt_res2net.postprocess import load_labels  # noqa: E402
-from trt_res2net.preprocess import SPEC  # noqa: E402
+from trt_res2net.core.errors import UserError  # noqa: E402
+from trt_res2net.data.postprocess import load_labels  # noqa: E402
+from trt_res2net.data.preprocess import SPEC  # noqa: E402
+from trt_res2net.engine import manifest as M  # noqa: E402
+from trt_res2net.serving import repository as T  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny"
@@ -167,7 +167,7 @@ def test_a_manifest_that_contradicts_the_onnx_is_refused(tiny_onnx, tmp_path, tw
 
 
 def test_configs_are_checked_by_the_proto_and_the_cross_checks(tiny_onnx, tmp_path):
-    from trt_res2net.builder import inspect_onnx
+    from trt_res2net.engine.builder import inspect_onnx
 
     engine = fake_engine(tmp_path, tiny_onnx)
     export(tmp_path, tiny_onnx, engine_path=engine)
@@ -271,7 +271,7 @@ def test_build_with_tensorrt_rtx_serves_the_onnx_and_says_why(tiny_onnx, tmp_pat
 
 def test_build_without_tritonclient_stops_before_any_work(tmp_path, monkeypatch, capsys):
     from trt_res2net.cli import build
-    from trt_res2net.errors import MissingDependency
+    from trt_res2net.core.errors import MissingDependency
 
     def missing():
         raise MissingDependency(f"writing a Triton model repository needs it: {T.INSTALL_HINT}")

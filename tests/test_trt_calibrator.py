@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from fake_gpu_runtime import cudaError_t, fake_cuda_runtime, install_cuda_runtime
 
-from trt_res2net import trt_calibrator as tc
-from trt_res2net.cuda_util import CudaError
-from trt_res2net.errors import UserError
+from trt_res2net.core.errors import UserError
+from trt_res2net.cuda.device import CudaError
+from trt_res2net.engine import calibrator as tc
 
 from trt_fakes import FakeDeviceBuffer, write_images  # isort: skip
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from trt_res2net import trt_compat
-from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
+from trt_res2net.core.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
+from trt_res2net.engine import trt_compat
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = ["8.6.1", "10.3.0", "10.13.3", "11.4.0"]
@@ -182,8 +182,8 @@ def test_auto_prefers_tensorrt_then_takes_rtx(monkeypatch):
 
 def test_package_import_stays_light():
     code = (
-        "import sys, trt_res2net.trt_compat, trt_res2net.builder, trt_res2net.manifest, "
-        "trt_res2net.trt_calibrator, trt_res2net.build_progress, trt_res2net.trt_runtime\n"
+        "import sys, trt_res2net.engine.trt_compat, trt_res2net.engine.builder, trt_res2net.engine.manifest, "
+        "trt_res2net.engine.calibrator, trt_res2net.engine.progress, trt_res2net.runtime.tensorrt_backend\n"
         "heavy = [m for m in ('tensorrt', 'tensorrt_rtx', 'onnx', 'onnxruntime', 'cv2', 'cuda', 'torch')\n"
         "         if m in sys.modules]\n"
         "print(heavy)"

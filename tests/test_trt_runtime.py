@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from fake_gpu_runtime import FakeGraph, FakeKernels, expected_outputs, install, write_engine
 
-from trt_res2net import manifest as mf
-from trt_res2net.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
-from trt_res2net.preprocess import SPEC, preprocess_bgr
-from trt_res2net.trt_runtime import TensorRTBackend, topk_numpy
+from trt_res2net.core.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
+from trt_res2net.data.preprocess import SPEC, preprocess_bgr
+from trt_res2net.engine import manifest as mf
+from trt_res2net.runtime.tensorrt_backend import TensorRTBackend, topk_numpy
 
 
 @pytest.fixture

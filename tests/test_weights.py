@@ -4,9 +4,9 @@ import pickletools
 import numpy as np
 import pytest
 
-from trt_res2net import weights as W
-from trt_res2net import zoo
-from trt_res2net.errors import UserError
+from trt_res2net.core.errors import UserError
+from trt_res2net.model import weights as W
+from trt_res2net.model import zoo
 
 
 def test_roundtrip_with_name_table_protocol_2_and_4(tmp_path, tiny_spec, tiny_weights):

@@ -1,8 +1,8 @@
 import pytest
 
-from trt_res2net import weights as W
-from trt_res2net import zoo
-from trt_res2net.errors import UserError
+from trt_res2net.core.errors import UserError
+from trt_res2net.model import weights as W
+from trt_res2net.model import zoo
 
 # res2net_spec §7.1 (key counts without the name table) and §11 (trainable parameters).
 SPEC_TABLE = {

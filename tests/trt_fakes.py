@@ -384,7 +384,7 @@ class FakeDeviceBuffer:
 
 
 def fake_gpu(name="NVIDIA Fake GPU", cc="8.9", total=24 << 30, free=20 << 30, integrated=False):
-    from trt_res2net.manifest import GpuInfo
+    from trt_res2net.engine.manifest import GpuInfo
 
     return GpuInfo(
         name=name, compute_capability=cc, total_memory=total, free_memory=free, integrated=integrated

@@ -57,7 +57,7 @@ def reference(directory: Path, out: Path) -> None:
     import cv2
     from paddleclas.deploy.python.preprocess import create_operators
 
-    from trt_res2net.preprocess import ImageDecodeError, preprocess
+    from trt_res2net.data.preprocess import ImageDecodeError, preprocess
 
     ops = create_operators(TRANSFORM_OPS)
     # The training configs (ppcls/configs/ImageNet/Res2Net/*.yaml) write the scale as 1.0/255.0.
@@ -87,7 +87,7 @@ def reference(directory: Path, out: Path) -> None:
 def compare(directory: Path, ref: Path) -> int:
     import cv2
 
-    from trt_res2net.preprocess import ImageDecodeError, preprocess
+    from trt_res2net.data.preprocess import ImageDecodeError, preprocess
 
     data = np.load(ref)
     info = json.loads(str(data["info"]))

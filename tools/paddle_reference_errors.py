@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import test_paddle_reference as ref  # noqa: E402
 
-from trt_res2net.onnx_export import build_onnx  # noqa: E402
+from trt_res2net.model.onnx_export import build_onnx  # noqa: E402
 
 
 def main() -> None:

@@ -4,4 +4,6 @@ Importing the package is light: numpy only. onnx, onnxruntime, OpenCV, TensorRT,
 ModelOpt are imported inside the functions that need them.
 """
 
-__version__ = "0.1.0"
+from .core.version import __version__
+
+__all__ = ["__version__"]

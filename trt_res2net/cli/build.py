@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import __version__
-from ..errors import EXIT_OK, MissingDependency
+from ..core.errors import EXIT_OK, MissingDependency
+from ..core.version import __version__
 from .common import run_main, usage_error, warn
 
 ENGINES_DIR = Path("engines")
@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="end the graph with Softmax (output 'probabilities') like PaddleClas's exported models")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                    help="engine precision (default fp32); fp16/int8 also write the converted ONNX")
-    from ..builder import add_cli_arguments as add_engine_arguments
-    from ..quantize import add_cli_arguments as add_precision_arguments
-    from ..triton_repo import add_cli_arguments as add_triton_arguments
+    from ..engine.builder import add_cli_arguments as add_engine_arguments
+    from ..precision.convert import add_cli_arguments as add_precision_arguments
+    from ..serving.repository import add_cli_arguments as add_triton_arguments
 
     add_precision_arguments(p)
     add_engine_arguments(p)
@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def list_models(as_json: bool) -> int:
     import json
 
-    from ..onnx_export import graph_statistics
-    from ..zoo import MODELS
+    from ..model.onnx_export import graph_statistics
+    from ..model.zoo import MODELS
 
     rows = []
     for spec in MODELS.values():
@@ -78,7 +78,7 @@ def list_models(as_json: bool) -> int:
 
 def load_model_weights(args, spec):
     """The weights named by the options, and a short description of their source for the metadata."""
-    from .. import weights as W
+    from ..model import weights as W
 
     if args.random_weights:
         warn(f"--random-weights: {spec.name} gets seeded random weights (seed {args.seed}); "
@@ -91,7 +91,7 @@ def load_model_weights(args, spec):
 
 
 def export_fp32(args, spec) -> Path:
-    from ..onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
+    from ..model.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
 
     state, meta = load_model_weights(args, spec)
     out = Path(args.onnx_out) if args.onnx_out else ENGINES_DIR / f"{spec.name}.onnx"
@@ -113,7 +113,7 @@ def _main(argv) -> int:
         raise usage_error("pass --model NAME or --onnx PATH (--list-models shows the names)")
     if args.weights and args.random_weights:
         raise usage_error("--weights and --random-weights exclude each other")
-    from .. import builder, trt_compat
+    from ..engine import builder, trt_compat
 
     version = trt_compat.installed_version(args.engine_family)  # None: the ONNX is all this machine can make
     if version is not None and not args.onnx_only:  # refuse options that mean nothing here before any work
@@ -125,7 +125,7 @@ def _main(argv) -> int:
             raise usage_error(f"--onnx {fp32_path}: no such file")
         model_name = fp32_path.stem
     else:
-        from ..zoo import get_model
+        from ..model.zoo import get_model
 
         spec = get_model(args.model)
         model_name = spec.name
@@ -133,10 +133,10 @@ def _main(argv) -> int:
         print(f"wrote {fp32_path} (fp32 ONNX, {fp32_path.stat().st_size / 1e6:.1f} MB, checked)")
     onnx_path = fp32_path
     if builder.precision_onnx_needed(args.precision, args.int8_mode, version):
-        from ..quantize import run_precision_step
+        from ..precision.convert import run_precision_step
 
         onnx_path = run_precision_step(args, fp32_path, model_name)
-    from ..triton_repo import export_from_build
+    from ..serving.repository import export_from_build
 
     if args.onnx_only:
         export_from_build(args, fp32_path, model_name)

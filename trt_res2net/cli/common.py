@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ..errors import EXIT_USAGE, UserError
+from ..core.errors import EXIT_USAGE, UserError
 
 
 def run_main(body: Callable[[], int]) -> int:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
+from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
 from .common import positive_int, run_main, warn
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
@@ -23,7 +23,7 @@ DEFAULT_BATCH = 8
 
 def _batch_sizes(text: str) -> list[int]:
     """``--batch``: one size ("8"), or with --benchmark a list ("1,8,32")."""
-    from ..benchmark import parse_batch_list
+    from ..runtime.benchmark import parse_batch_list
 
     return parse_batch_list(text)
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "line): report top-1/top-5, and agreement when several models are given")
     ev.add_argument("--data-root", metavar="DIR", help="where the list's paths start (the list's folder)")
     ev.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N listed images")
-    from ..benchmark import add_cli_arguments as add_benchmark_arguments
+    from ..runtime.benchmark import add_cli_arguments as add_benchmark_arguments
 
     add_benchmark_arguments(p)  # --benchmark, --iterations, --warmup, --cuda-graph, --plot, --polygraphy
     return p
@@ -82,7 +82,7 @@ def _progress_disable(args: argparse.Namespace, n: int) -> bool | None:
 
 
 def _write_json(path: str, obj) -> None:
-    from ..atomic import write_json
+    from ..core.files import write_json
 
     try:
         write_json(path, obj)
@@ -93,7 +93,7 @@ def _write_json(path: str, obj) -> None:
 def _check_preprocessing_metadata(backend, model: str) -> None:
     """Our exporter records the preprocessing spec in the ONNX metadata; a different one means the model
     was made for other inputs than the ones this version feeds it."""
-    from ..preprocess import SPEC
+    from ..data.preprocess import SPEC
 
     metadata = getattr(backend, "metadata", None) or {}
     recorded = metadata.get("preprocessing")
@@ -114,9 +114,9 @@ def _one_batch_size(batch: list[int] | None) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..images import find_images
-    from ..postprocess import format_topk
-    from ..runtime import Classifier
+    from ..data.images import find_images
+    from ..data.postprocess import format_topk
+    from ..runtime.classifier import Classifier
 
     if not args.inputs:
         raise UserError("no images given (IMAGE_OR_DIR...), and no --eval list")
@@ -168,8 +168,8 @@ def _report_first_runs(backend, quiet: bool) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
-    from ..runtime import ENGINE_SUFFIXES, ONNX_SUFFIXES
+    from ..runtime.classifier import ENGINE_SUFFIXES, ONNX_SUFFIXES
+    from ..runtime.evaluate import evaluate
 
     models = [args.model, *args.inputs]
     for m in models:
@@ -188,7 +188,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Dispatch parsed arguments (raises UserError)."""
     if getattr(args, "benchmark", False) or getattr(args, "polygraphy", False):
-        from ..benchmark import run_benchmark_cli
+        from ..runtime.benchmark import run_benchmark_cli
 
         return run_benchmark_cli(args)
     args.batch = _one_batch_size(args.batch)

@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, MissingDependency, UserError
+from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, MissingDependency, UserError
 from .common import bounded_int, run_main, warn
 
 INSTALL_HINT = ("no tritonserver found: run inside NVIDIA's Triton container (nvcr.io/nvidia/tritonserver) or "

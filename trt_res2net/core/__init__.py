@@ -1,0 +1,1 @@
+"""Errors, atomic files, hashing, cache folders: what every stage uses."""

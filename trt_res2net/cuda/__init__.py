@@ -1,0 +1,1 @@
+"""cuda-python: devices, buffers, streams, and the preprocessing and top-k kernels."""

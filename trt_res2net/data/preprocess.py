@@ -1,0 +1,359 @@
+"""PaddleClas's evaluation preprocessing (res2net_spec §9): the one spec and its CPU implementation.
+
+Every consumer — inference, calibration, evaluation, the ONNX metadata and the CUDA kernel — reads the
+numbers from ``SPEC`` below, so there is exactly one place where they live.
+
+Decoding is PaddleClas's: ``cv2.imdecode(bytes, cv2.IMREAD_COLOR)`` (what ``cv2.imread`` does too), so the
+awkward cases behave as they do there — grayscale is replicated to three channels, alpha is dropped (not
+composited), 16-bit samples keep their high byte, CMYK JPEGs are converted by libjpeg, EXIF orientation is
+applied. docs/preprocessing.md lists each case with what was measured.
+
+The implementation is faster than the straight recipe but gives the same float32 values bit for bit:
+``cv2.resize`` works per channel, so resizing BGR and reversing afterwards equals reversing first; only the
+224×224 crop is converted; and the normalisation ``(x * scale - mean) / std`` of an 8-bit value x has only
+256 possible results per channel, so it is a table lookup computed with the recipe's own float32 arithmetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import UserError
+
+
+class ImageDecodeError(UserError):
+    """An input that is not a readable image: missing, empty, truncated or not an image at all.
+
+    ``reason`` is the one-line cause; the message prefixes it with the file when there is one.
+    """
+
+    def __init__(self, reason: str, source: str | os.PathLike | None = None):
+        super().__init__(f"{source}: {reason}" if source is not None else reason)
+        self.reason = reason
+        self.source = None if source is None else str(source)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Decode (cv2, BGR) → RGB → resize short side → centre crop → scale, mean/std → CHW."""
+
+    resize_short: int = 256
+    crop_size: int = 224
+    interpolation: str = "cv2.INTER_LINEAR"  # PaddleClas ResizeImage, backend cv2; no antialiasing
+    channel_order: str = "RGB"  # the network sees RGB; cv2 decodes BGR
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    layout: str = "NCHW"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """PaddleClas ResizeImage(resize_short): ``round`` is Python's (halves to even)."""
+        scale = self.resize_short / min(width, height)
+        return int(round(width * scale)), int(round(height * scale))
+
+    def crop_offsets(self, width: int, height: int) -> tuple[int, int]:
+        """PaddleClas CropImage: integer centre offsets (x0, y0) in the resized image."""
+        return (width - self.crop_size) // 2, (height - self.crop_size) // 2
+
+    def normalization_table(self) -> np.ndarray:
+        """float32 [3, 256]: row c, column x is what the recipe gives 8-bit value x of RGB channel c.
+
+        Computed with the recipe's own float32 operations, ``(float32(x) * float32(scale) - mean) / std``,
+        so a lookup in this table is exact. The CUDA kernel can use it too.
+        """
+        return _normalization_table(self)
+
+    def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        """float32 per-channel (a, b): ``x * a + b`` is the recipe fused (equal up to float32 rounding)."""
+        std = np.asarray(self.std, np.float64)
+        a = self.scale / std
+        b = -np.asarray(self.mean, np.float64) / std
+        return a.astype(np.float32), b.astype(np.float32)
+
+
+SPEC = PreprocessSpec()
+
+# A resized image larger than this many pixels (only an absurd aspect ratio, over ~2000:1, gets there) is
+# refused rather than allocated: PaddleClas would try and exhaust memory.
+MAX_RESIZED_PIXELS = 1 << 27
+
+
+def _normalization_table(spec: PreprocessSpec) -> np.ndarray:
+    cached = _TABLES.get(spec)
+    if cached is None:
+        x = np.arange(256, dtype=np.float32)[:, None]
+        mean = np.asarray(spec.mean, np.float32)
+        std = np.asarray(spec.std, np.float32)
+        cached = np.ascontiguousarray(((x * np.float32(spec.scale) - mean) / std).T)  # [3 (RGB), 256]
+        cached.flags.writeable = False
+        _TABLES[spec] = cached
+    return cached
+
+
+_TABLES: dict[PreprocessSpec, np.ndarray] = {}
+_OPENCV_MAJOR: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def _source(src) -> str | None:
+    return str(src) if isinstance(src, (str, os.PathLike)) else None
+
+
+_JPEG_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker ending entropy-coded data
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """Walk the JPEG's markers from SOI; True when the data ends before the end-of-image marker.
+
+    Segments (with embedded EXIF thumbnails) are skipped by their lengths and entropy-coded data by a
+    regex, so this is quick; data after EOI (e.g. a motion photo's video) is ignored.
+    """
+    n, pos = len(data), 2
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 2 > n or data[pos] != 0xFF:
+            return pos + 2 > n  # ran out: truncated; garbage instead of a marker: let the decoder judge
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return True
+        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data up to the next marker
+            m = _JPEG_ENTROPY_END.search(data, pos)
+            if m is None:
+                return True
+            pos = m.start()
+
+
+def _png_is_truncated(data: bytes) -> bool:
+    """Walk the PNG's chunks; True when the data ends before IEND (checked before libpng, which would
+    print to stderr)."""
+    n, pos = len(data), 8
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return False
+        pos += 12 + length
+    return True
+
+
+def _truncation_reason(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff" and _jpeg_is_truncated(data):
+        return "truncated JPEG (ends before its end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and _png_is_truncated(data):
+        return "truncated PNG (ends before its IEND chunk)"
+    return None
+
+
+def _from_array(img: np.ndarray) -> np.ndarray:
+    """An in-memory image → what ``IMREAD_COLOR`` would have made of it: BGR uint8, three channels."""
+    import cv2
+
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)  # IMREAD_COLOR keeps the high byte of 16-bit samples
+    if img.dtype != np.uint8:
+        raise ImageDecodeError(f"unsupported array dtype {img.dtype} (expected uint8 BGR)")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return np.ascontiguousarray(img[:, :, :3])  # alpha dropped, as IMREAD_COLOR does
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise ImageDecodeError(f"unsupported array shape {img.shape} (expected H×W×3 BGR)")
+
+
+def _opencv_major() -> int:
+    import cv2
+
+    try:
+        return int(cv2.__version__.split(".")[0])
+    except ValueError:
+        return 0
+
+
+def decode_image(src) -> np.ndarray:
+    """A file path, encoded bytes or a decoded array → BGR uint8 H×W×3, decoded exactly as PaddleClas does.
+
+    Raises ImageDecodeError with a one-line reason (no such file, empty, truncated, not an image).
+    """
+    import cv2
+
+    global _OPENCV_MAJOR
+    if _OPENCV_MAJOR is None:
+        _OPENCV_MAJOR = _opencv_major()
+    if isinstance(src, np.ndarray):
+        img = _from_array(src)
+        if img.shape[0] < 1 or img.shape[1] < 1:
+            raise ImageDecodeError("empty image array")
+        return img
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        try:
+            data = path.read_bytes()  # bytes + imdecode also handles non-ASCII paths, unlike cv2.imread
+        except FileNotFoundError:
+            raise ImageDecodeError("no such file", path) from None
+        except IsADirectoryError:
+            raise ImageDecodeError("is a directory", path) from None
+        except OSError as e:
+            raise ImageDecodeError(str(e.strerror or e), path) from None
+        where = path
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data, where = src, None
+    else:
+        raise ImageDecodeError(f"cannot read an image from a {type(src).__name__}")
+    if len(data) == 0:
+        raise ImageDecodeError("empty file", where)
+    data = bytes(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and _png_is_truncated(data):
+        raise ImageDecodeError("truncated PNG (ends before its IEND chunk)", where)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # e.g. over OpenCV's pixel limit
+        raise ImageDecodeError(f"not a decodable image ({_first_line(e)})", where) from None
+    if img is None or img.size == 0:
+        raise ImageDecodeError(_truncation_reason(data) or "not a decodable image", where)
+    # OpenCV 5 refuses a truncated JPEG, as PaddleClas's decode then does; OpenCV 4 returns the part it
+    # could decode (grey below), so there the file is checked to report it rather than classify half of it.
+    if _OPENCV_MAJOR < 5 and data[:3] == b"\xff\xd8\xff" and _jpeg_is_truncated(data):
+        raise ImageDecodeError("truncated JPEG (ends before its end-of-image marker)", where)
+    return img
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+
+
+def _is_buffer(out: np.ndarray, trailing: tuple[int, ...]) -> bool:
+    return out.dtype == np.float32 and out.flags.c_contiguous and out.shape[-len(trailing) :] == trailing
+
+
+def preprocess_bgr(
+    image_bgr: np.ndarray, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None
+) -> np.ndarray:
+    """A decoded 3-channel BGR uint8 image → float32 [3, crop, crop], exactly as PaddleClas evaluates.
+
+    ``out`` (float32 [3, crop, crop], C-contiguous) receives the result when given.
+    """
+    import cv2
+
+    new_w, new_h = _resized_size(image_bgr, spec)
+    # Resizing the BGR image equals resizing its RGB view (cv2 interpolates each channel alone) and
+    # avoids the copy that a negatively strided view costs.
+    resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    x0, y0 = spec.crop_offsets(new_w, new_h)
+    c = spec.crop_size
+    crop = resized[y0 : y0 + c, x0 : x0 + c]
+    if out is None:
+        out = np.empty((3, c, c), np.float32)
+    elif out.shape != (3, c, c) or not _is_buffer(out, (c, c)):
+        raise ValueError(f"out must be C-contiguous float32 {(3, c, c)}, got {out.dtype} {out.shape}")
+    table = _normalization_table(spec)
+    planes = cv2.split(crop)  # B, G, R (contiguous 8-bit planes)
+    for ch in range(3):  # RGB output channel ch comes from BGR plane 2 - ch
+        dst = out[ch]
+        res = cv2.LUT(planes[2 - ch], table[ch].reshape(1, 256), dst=dst)
+        if res is not dst and not np.shares_memory(res, dst):  # cv2 may hand back a new array
+            dst[...] = res
+    return out
+
+
+def _resized_size(image_bgr: np.ndarray, spec: PreprocessSpec) -> tuple[int, int]:
+    """The short-side resize's (width, height); ImageDecodeError for an absurd aspect ratio."""
+    h, w = image_bgr.shape[:2]
+    new_w, new_h = spec.resized_size(w, h)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageDecodeError(f"aspect ratio too extreme: {w}×{h} would resize to {new_w}×{new_h}")
+    return new_w, new_h
+
+
+@contextmanager
+def _one_line_errors(image):
+    """Any failure on ``image`` becomes an ImageDecodeError naming it (one line, never a traceback)."""
+    try:
+        yield
+    except ImageDecodeError as e:
+        if e.source is None and _source(image) is not None:
+            raise ImageDecodeError(e.reason, _source(image)) from None
+        raise
+    except Exception as e:
+        raise ImageDecodeError(_first_line(e), _source(image)) from None
+
+
+def preprocess(image, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None) -> np.ndarray:
+    """A path, encoded bytes or BGR uint8 array → float32 [3, 224, 224] (raises ImageDecodeError)."""
+    with _one_line_errors(image):
+        return preprocess_bgr(decode_image(image), spec, out)
+
+
+def decode_for_preprocessing(image, spec: PreprocessSpec = SPEC) -> np.ndarray:
+    """A path, encoded bytes or BGR uint8 array → decoded BGR uint8 [H, W, 3], refused (ImageDecodeError)
+    exactly when :func:`preprocess` would refuse it: for preprocessing elsewhere (the GPU) that skips the
+    same images as the CPU path."""
+    with _one_line_errors(image):
+        image_bgr = decode_image(image)
+        _resized_size(image_bgr, spec)
+        return image_bgr
+
+
+def preprocess_batch(
+    images: Sequence, out: np.ndarray | None = None, threads: int = 2, spec: PreprocessSpec = SPEC
+) -> np.ndarray:
+    """N images (paths, bytes or arrays) → float32 [N, 3, 224, 224], decoded in ``threads`` threads.
+
+    ``out`` may be a caller's buffer (e.g. pinned host memory) of at least N rows; the first N rows are
+    written and that view returned. The first unreadable image raises ImageDecodeError naming it; use
+    ``trt_res2net.data.images.ImageBatcher`` to skip bad images instead.
+    """
+    n, c = len(images), spec.crop_size
+    if out is None:
+        out = np.empty((n, 3, c, c), np.float32)
+    elif out.shape[0] < n or not _is_buffer(out, (3, c, c)):
+        raise ValueError(f"out must be C-contiguous float32 [>={n},3,{c},{c}], not {out.dtype} {out.shape}")
+    out = out[:n]
+
+    def one(i: int) -> None:
+        preprocess(images[i], spec, out[i])
+
+    if threads <= 1 or n <= 1:
+        for i in range(n):
+            one(i)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, n)) as pool:
+            for f in [pool.submit(one, i) for i in range(n)]:
+                f.result()  # the first failure, in input order
+    return out

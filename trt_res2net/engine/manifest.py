@@ -1,0 +1,296 @@
+"""The JSON manifest beside every engine, the compatibility check that reads it, and GPU/Jetson detection.
+
+A TensorRT engine only runs under the TensorRT release and on the GPU (compute capability) it was built for; a
+TensorRT-RTX engine runs on the list of compute capabilities it was built for, under the same or a newer
+TensorRT-RTX. The libraries notice some mismatches themselves, late and cryptically. The manifest
+``<engine>.json`` records the engine family, the library version and the compute capabilities, and
+:func:`check_engine_compatible` refuses another family, release or GPU before anything is deserialized, naming
+the field that differs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import re
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..core.errors import MissingDependency, UserError
+from ..core.files import read_json, write_json
+from ..core.version import __version__
+
+MANIFEST_FORMAT = "trt_res2net.engine-manifest"
+MANIFEST_VERSION = 2  # 2: engine_family, library_version (was tensorrt_version), compute_capabilities
+
+
+# --------------------------------------------------------------------------------------------------------
+# Paths and I/O
+
+
+def manifest_path_for(engine_path: str | os.PathLike) -> Path:
+    """``engines/x_int8_b32.engine`` → ``engines/x_int8_b32.engine.json``."""
+    p = Path(engine_path)
+    return p if p.name.endswith(".json") else p.with_name(p.name + ".json")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(engine_path: str | os.PathLike, manifest: dict) -> Path:
+    """Write ``<engine>.json`` atomically; returns its path."""
+    return write_json(manifest_path_for(engine_path), manifest)
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Read a manifest, given the engine's path or the manifest's own; UserError when missing or damaged."""
+    mpath = manifest_path_for(path)
+    data = read_json(mpath, "engine manifest",
+                     missing=f"engine manifest {mpath} not found (build.py writes it beside the engine)")
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{mpath} is not a trt_res2net engine manifest")
+    if int(data.get("format_version", 0)) > MANIFEST_VERSION:
+        raise UserError(f"{mpath} has manifest format {data.get('format_version')}; this trt_res2net reads "
+                        f"≤ {MANIFEST_VERSION} — upgrade trt_res2net")
+    if int(data.get("format_version", 0)) < 2:  # format 1: standard TensorRT only, one build GPU
+        data.setdefault("engine_family", "tensorrt")
+        data.setdefault("library_version", data.pop("tensorrt_version", None))
+        cc = (data.get("gpu") or {}).get("compute_capability")
+        data.setdefault("compute_capabilities", [normalize_cc(cc)] if cc else [])
+    return data
+
+
+def find_manifest(engine_path: str | os.PathLike) -> dict | None:
+    """The engine's manifest, or None when there is none (an engine built elsewhere, e.g. by trtexec)."""
+    if not manifest_path_for(engine_path).exists():
+        return None
+    return read_manifest(engine_path)
+
+
+def build_manifest(
+    *,
+    engine_path: str | os.PathLike,
+    model: str,
+    precision: str,
+    int8_mode: str | None,
+    engine_family: str,
+    library_version: str,
+    gpu: GpuInfo | dict | None,
+    compute_capabilities: list[str],
+    onnx_path: str | os.PathLike,
+    onnx_sha256: str,
+    io: dict,
+    profiles: list[dict],
+    build_options: dict,
+    build_time_s: float,
+    calibration: dict | None = None,
+    preprocess=None,
+    fp32_onnx_sha256: str | None = None,
+    outputs_probabilities: bool = False,
+    compute_capabilities_and_later: bool = False,
+    caveats: list[str] | None = None,
+) -> dict:
+    """The manifest as a dict (keys in a readable order). ``preprocess`` defaults to the one SPEC.
+
+    ``gpu`` is the GPU the engine was built on (None for a TensorRT-RTX build without one);
+    ``compute_capabilities`` are those it runs on (TensorRT: the build GPU's; TensorRT-RTX: its targets, and
+    with ``compute_capabilities_and_later`` newer GPUs too)."""
+    from ..data.preprocess import SPEC
+
+    spec = preprocess or SPEC
+    engine_path = Path(engine_path)
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "engine": engine_path.name,
+        "engine_sha256": sha256_file(engine_path) if engine_path.exists() else None,
+        "engine_bytes": engine_path.stat().st_size if engine_path.exists() else None,
+        "model": model,
+        "precision": precision,
+        "int8_mode": int8_mode,
+        "engine_family": engine_family,
+        "library_version": library_version,
+        "compute_capabilities": [normalize_cc(cc) for cc in compute_capabilities],
+        "compute_capabilities_and_later": bool(compute_capabilities_and_later),
+        "gpu": gpu.to_manifest() if isinstance(gpu, GpuInfo) else (dict(gpu) if gpu else None),
+        "caveats": list(caveats or []),
+        "onnx": str(onnx_path),
+        "onnx_sha256": onnx_sha256,
+        "fp32_onnx_sha256": fp32_onnx_sha256,
+        "io": io,
+        "outputs_probabilities": bool(outputs_probabilities),
+        "profiles": profiles,
+        "calibration": calibration,
+        "preprocess": spec.to_dict(),
+        "preprocess_sha256": spec.sha256(),
+        "build_options": build_options,
+        "build_time_s": round(float(build_time_s), 3),
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "system": platform.system(),
+                 "python": platform.python_version()},
+        "trt_res2net_version": __version__,
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Compatibility
+
+
+def normalize_cc(cc) -> str:
+    """(8, 7) / "8.7" / "sm_87" / 8.7 → "8.7"."""
+    if isinstance(cc, (tuple, list)):
+        return f"{int(cc[0])}.{int(cc[1])}"
+    text = str(cc).strip()
+    m = re.fullmatch(r"(?:sm_|compute_)?(\d)(\d)", text)
+    if m:
+        return f"{m.group(1)}.{m.group(2)}"
+    m = re.fullmatch(r"(\d+)\.(\d+)", text)
+    if m:
+        return f"{int(m.group(1))}.{int(m.group(2))}"
+    raise ValueError(f"not a compute capability: {cc!r}")
+
+
+def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engine: str | None = None) -> None:
+    """Refuse an engine of another family, built under another release, or not built for this GPU, naming what
+    differs. ``version`` is the running library's ``trt_compat.TrtVersion`` (its family included).
+
+    TensorRT: the release must be the same major.minor.patch (plans are not portable across releases), the
+    compute capability the build GPU's (kernels are compiled for it), and the GPU name the same (tactics are
+    tuned per device). TensorRT-RTX: the running library must not be older than the builder, and this GPU's
+    compute capability one of the engine's targets (a portable engine is not tied to one GPU).
+    """
+    from . import trt_compat as tc
+
+    what = engine or manifest.get("engine", "the engine")
+    built_family = manifest.get("engine_family", tc.TENSORRT.key)
+    built_label = tc.FAMILIES[built_family].label if built_family in tc.FAMILIES else built_family
+    if built_family != version.family:
+        raise UserError(f"{what} is a {built_label} engine; {version.label} cannot run it (each family runs only "
+                        f"its own engines): install {tc.FAMILIES[built_family].install}"
+                        if built_family in tc.FAMILIES else f"{what} has an unknown engine family {built_family!r}")
+    cc = normalize_cc(cc)
+    built = str(manifest.get("library_version") or "?")
+    try:
+        built_v = tc.parse_version(built, built_family)
+    except ValueError:
+        built_v = None
+    if built_family == tc.TENSORRT_RTX.key:
+        if built_v is not None and tuple(built_v[:3]) > tuple(version[:3]):
+            raise UserError(f"{what} was built with TensorRT-RTX {built}, newer than this machine's "
+                            f"TensorRT-RTX {version}; upgrade it: {tc.TENSORRT_RTX.install}")
+        targets = [normalize_cc(c) for c in manifest.get("compute_capabilities") or []]
+        later = bool(manifest.get("compute_capabilities_and_later"))
+        if targets and not tc.rtx_runs_on(cc, targets, later):
+            fix = (f"rebuild it with --compute-capability {cc}" if cc in tc.RTX_TARGETS else
+                   "this GPU is not a TensorRT-RTX target: build with TensorRT (--engine-family tensorrt)")
+            raise UserError(f"{what} runs on GPUs of {tc.rtx_targets_sentence(targets, later)}, but this GPU "
+                            f"({gpu_name}) is {cc}; {fix}")
+        return
+    rebuild = "; rebuild it on this machine with build.py"
+    if built_v is None or tuple(built_v[:3]) != tuple(version[:3]):
+        raise UserError(f"{what} was built with TensorRT {built}, but this machine has TensorRT "
+                        f"{version}{rebuild}")
+    gpu = manifest.get("gpu") or {}
+    built_cc = gpu.get("compute_capability")
+    if built_cc is not None and normalize_cc(built_cc) != cc:
+        raise UserError(f"{what} was built for compute capability {normalize_cc(built_cc)} "
+                        f"({gpu.get('name', '?')}), but this GPU ({gpu_name}) is {cc}{rebuild}")
+    built_name = gpu.get("name")
+    if built_name is not None and built_name.strip() != str(gpu_name).strip():
+        raise UserError(f"{what} was built on GPU {built_name!r}, but this GPU is {gpu_name!r}{rebuild}")
+
+
+def check_engine_file(manifest: dict, engine_path: str | os.PathLike) -> None:
+    """Refuse an engine file that is not the one the manifest describes (replaced or truncated)."""
+    expected = manifest.get("engine_sha256")
+    if expected and sha256_file(engine_path) != expected:
+        raise UserError(f"{engine_path} does not match its manifest {manifest_path_for(engine_path)} "
+                        "(engine_sha256 differs); rebuild it with build.py")
+
+
+# --------------------------------------------------------------------------------------------------------
+# GPU and Jetson detection
+
+
+@dataclass
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.7"
+    total_memory: int  # bytes
+    free_memory: int | None  # bytes, at detection time
+    integrated: bool  # shares memory with the CPU (Jetson)
+    device: int = 0
+    jetson: dict | None = None  # {"module": ..., "l4t": ...} on a Jetson
+
+    def to_manifest(self) -> dict:
+        d = asdict(self)
+        d["total_memory_mib"] = self.total_memory // (1 << 20)
+        del d["total_memory"], d["free_memory"]
+        return d
+
+
+def jetson_info(root: str | os.PathLike = "/") -> dict | None:
+    """On a Jetson: ``{"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.0"}``; else None.
+
+    Reads /proc/device-tree/model (the module/carrier name) and /etc/nv_tegra_release (the L4T release of
+    JetPack); ``root`` lets tests point at a fake file tree.
+    """
+    root = Path(root)
+    model = l4t = None
+    try:
+        model = (root / "proc/device-tree/model").read_bytes().decode("utf-8", "replace").strip("\x00 \n")
+    except OSError:
+        pass
+    try:
+        first = (root / "etc/nv_tegra_release").read_text(errors="replace").splitlines()[0]
+        m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
+        if m:
+            rev = m.group(2).split(".")
+            l4t = ".".join([m.group(1), *rev] + ["0"] * max(0, 2 - len(rev)))
+    except (OSError, IndexError):
+        pass
+    if l4t is None and not (model and "jetson" in model.lower()):
+        return None
+    return {"module": model, "l4t": l4t}
+
+
+def detect_gpu(device: int = 0) -> GpuInfo:
+    """The CUDA device TensorRT will build for (through ``trt_res2net.cuda.device``).
+
+    MissingDependency (exit 3) when cuda-python, the driver or a GPU is missing; UserError for a device index
+    this machine does not have.
+    """
+    from ..cuda import device as cu
+
+    runtime = cu.cuda_modules().runtime  # CudaUnavailable (exit 3) without cuda-python
+    try:
+        count = int(cu.call(runtime.cudaGetDeviceCount))
+    except cu.CudaUnavailable as e:  # no driver, no device, no libcuda: the message says which
+        raise MissingDependency(f"no usable NVIDIA GPU: {e}") from None
+    except cu.CudaError as e:  # any other failure to count devices also leaves no GPU to build for
+        raise MissingDependency(f"no usable NVIDIA GPU: {e}; is the NVIDIA driver installed?") from None
+    if count == 0:
+        raise MissingDependency("no usable NVIDIA GPU: CUDA sees no device; is the NVIDIA driver installed?")
+    if not 0 <= device < count:
+        raise UserError(f"CUDA device {device} does not exist (this machine has {count})")
+    cu.set_device(device)  # the free memory reported is the device's own
+    info = cu.device_info(device)
+    return GpuInfo(
+        name=info.name,
+        compute_capability=info.cc,
+        total_memory=info.total_memory,
+        free_memory=info.free_memory,
+        integrated=info.integrated,
+        device=device,
+        jetson=jetson_info() if info.integrated or platform.machine() == "aarch64" else None,
+    )

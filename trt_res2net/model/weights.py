@@ -1,0 +1,319 @@
+"""PaddleClas ``.pdparams`` weights: read safely, validate against the architecture, download, or generate.
+
+A ``.pdparams`` file is a pickle of ``{structured key: float32 ndarray}`` (res2net_spec §7). Pickle is code, so
+it is read with an unpickler that admits only what numpy arrays need and refuses everything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import sys
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..core import files as atomic
+from ..core.errors import UserError
+from .zoo import ModelSpec, block_layouts, feature_channels, stem_units
+
+BN_SUFFIXES = ("_batch_norm.weight", "_batch_norm.bias", "_batch_norm._mean", "_batch_norm._variance")
+NAME_TABLE_KEY = "StructuredToParameterName@@"
+BIG_PARAM_KEY = "UnpackBigParamInfor@@"
+
+
+def conv_units(spec: ModelSpec):
+    """Every ConvBN unit of the model, in PaddleClas's state-dict order (spec §7.1)."""
+    yield from stem_units(spec)
+    for b in block_layouts(spec):
+        yield b.conv0
+        yield from b.branches
+        yield b.conv2
+        if b.short is not None:
+            yield b.short
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for u in conv_units(spec):
+        shapes[f"{u.prefix}._conv.weight"] = (u.cout, u.cin, u.kernel, u.kernel)
+        for suffix in BN_SUFFIXES:
+            shapes[f"{u.prefix}.{suffix}"] = (u.cout,)
+    shapes["out.weight"] = (feature_channels(spec), spec.num_classes)  # [in, out]: Paddle Linear is x @ W
+    shapes["out.bias"] = (spec.num_classes,)
+    return shapes
+
+
+# --- ParamAttr names (spec §7.2) -----------------------------------------------------------------------
+
+_BN_PARAM_ATTR = {
+    "_batch_norm.weight": "scale",
+    "_batch_norm.bias": "offset",
+    "_batch_norm._mean": "mean",
+    "_batch_norm._variance": "variance",
+}
+_SUBLAYER_TO_BRANCH = {"conv0": "branch2a", "conv2": "branch2c", "short": "branch1"}
+
+
+def param_attr_names(spec: ModelSpec) -> dict[str, str]:
+    """Structured key → PaddleClas ParamAttr name, for files keyed by the latter."""
+    names = {}
+    layouts = {b.prefix: b for b in block_layouts(spec)}
+    for u in conv_units(spec):
+        if "." in u.prefix:
+            block, sub = u.prefix.split(".", 1)
+            b = layouts[block]
+            legacy = b.branches[0].prefix.split(".", 1)[1].rsplit("_branch2b_", 1)[0] if b.branches else None
+            conv = f"{legacy}_{_SUBLAYER_TO_BRANCH[sub]}" if sub in _SUBLAYER_TO_BRANCH else sub
+        else:
+            conv = u.prefix
+        if conv == "conv1":
+            bn = "bn_conv1"
+        elif conv.startswith("conv1_"):
+            bn = "bnv1_" + conv[len("conv1_"):]
+        else:
+            bn = "bn" + conv[3:]
+        names[f"{u.prefix}._conv.weight"] = f"{conv}_weights"
+        for suffix, attr in _BN_PARAM_ATTR.items():
+            names[f"{u.prefix}.{suffix}"] = f"{bn}_{attr}"
+    names["out.weight"] = "fc_weights"
+    names["out.bias"] = "fc_offset"
+    return names
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+_NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol-2 pickles made by Python 3 spell bytes as _codecs.encode(str, "latin1")
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a weight file may only contain numpy arrays"
+            )
+        if module.startswith("numpy.core"):  # numpy 1 pickles; numpy 2 moved the module
+            module = "numpy._core" + module[len("numpy.core"):] if _NUMPY2 else module
+        return super().find_class(module, name)
+
+
+def _unpickle(f, label: str):
+    try:
+        return _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise UserError(f"weights file {label} is truncated or corrupt ({e})") from None
+        raise UserError(f"weights file {label} is not a PaddleClas .pdparams: {e}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+        raise UserError(f"weights file {label} is truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def read_pdparams(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
+    """Unpickle a .pdparams safely into ``{key: ndarray}`` (name table dropped, split params joined)."""
+    label = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:  # unpickle from the open file: the arrays are built without a second copy of the file in memory
+        f = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as e:
+        raise UserError(f"cannot read weights file {label}: {e.strerror or e}") from None
+    with f:
+        if not f.read(1):
+            raise UserError(f"weights file {label} is empty")
+        f.seek(0)
+        obj = _unpickle(f, label)
+    if not isinstance(obj, dict):
+        raise UserError(f"weights file {label} holds a {type(obj).__name__}, not a dict of arrays")
+    obj = dict(obj)
+    obj.pop(NAME_TABLE_KEY, None)
+    big = obj.pop(BIG_PARAM_KEY, None)
+    if big:
+        for key, info in big.items():
+            parts = [np.asarray(obj.pop(s)).ravel() for s in info["slices"]]
+            obj[key] = np.concatenate(parts).reshape(info["OriginShape"])
+    state = {}
+    for key, value in obj.items():
+        if isinstance(value, tuple):  # paddle.save of non-state-dict objects: (name, ndarray)
+            value = next((v for v in value if isinstance(v, np.ndarray)), None)
+        if not isinstance(value, np.ndarray):
+            raise UserError(f"weights file {label}: key '{key}' holds a {type(value).__name__}, not an array")
+        state[str(key)] = value
+    return state
+
+
+def _first(items, n=3):
+    items = list(items)
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def validate_state(state: dict[str, np.ndarray], spec: ModelSpec, label: str = "weights") -> dict[str, np.ndarray]:
+    """Check every key and shape against the architecture; accept ParamAttr-keyed files. Returns float32 arrays
+    in the expected order. Raises UserError naming the first missing / unexpected / mismatched keys."""
+    expected = expected_shapes(spec)
+    if set(state) != set(expected):
+        attr = param_attr_names(spec)
+        if set(attr.values()) & set(state) and not set(expected) & set(state):
+            state = {k: state[v] for k, v in attr.items() if v in state} | {
+                k: v for k, v in state.items() if k not in set(attr.values())
+            }
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys: {_first(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} keys: {_first(unexpected)}")
+    wrong = [
+        f"{k} is {tuple(state[k].shape)}, expected {shape}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != shape
+    ]
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches: {_first(wrong, 2)}")
+    if problems:
+        hint = ""
+        if unexpected and missing and len(unexpected) == len(state):
+            hint = " — is this a file for another model?"
+        raise UserError(f"{label} do not fit {spec.name}: " + "; ".join(problems) + hint)
+    out = {}
+    for k in expected:
+        a = np.asarray(state[k])
+        if not np.issubdtype(a.dtype, np.floating):
+            raise UserError(f"{label}: key '{k}' has dtype {a.dtype}, expected float32")
+        a = a.astype(np.float32, copy=False)
+        if not np.isfinite(a).all():
+            raise UserError(f"{label}: key '{k}' contains NaN or Inf — the file is corrupt")
+        out[k] = a
+    return out
+
+
+def load_weights(path: str | os.PathLike, spec: ModelSpec) -> dict[str, np.ndarray]:
+    return validate_state(read_pdparams(path), spec, label=f"weights {path}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_sha256(state: dict[str, np.ndarray]) -> str:
+    """A digest of weights held in memory (for --random-weights, which have no file)."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(k.encode())
+        h.update(str(v.shape).encode())
+        h.update(np.ascontiguousarray(v, np.float32).tobytes())
+    return h.hexdigest()
+
+
+# --- generated weights ---------------------------------------------------------------------------------
+
+
+def random_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic random weights with non-trivial BN statistics, keyed like PaddleClas.
+
+    Each array comes from its own generator seeded by (seed, crc32(key)), so any subset of keys can be
+    reproduced elsewhere (e.g. in a PaddlePaddle environment) without building the rest.
+    """
+    state = {}
+    for key, shape in expected_shapes(spec).items():
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+        if key.endswith("_conv.weight"):
+            fan_in = shape[1] * shape[2] * shape[3]
+            a = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        elif key.endswith(".conv2._batch_norm.weight"):
+            # small residual branches keep the residual stream bounded over 200 layers, so the logits stay
+            # input-dependent and a small error anywhere in the graph stays visible
+            a = rng.uniform(0.1, 0.3, shape)
+        elif key.endswith("_batch_norm.weight"):
+            a = rng.uniform(0.5, 1.0, shape)
+        elif key.endswith("_batch_norm.bias"):
+            a = rng.normal(0.0, 0.1, shape)
+        elif key.endswith("_batch_norm._mean"):
+            a = rng.normal(0.0, 0.1, shape)
+        elif key.endswith("_batch_norm._variance"):
+            a = rng.uniform(0.5, 1.5, shape)
+        elif key == "out.weight":
+            a = rng.standard_normal(shape) * np.sqrt(1.0 / shape[0])
+        else:  # out.bias
+            a = rng.normal(0.0, 0.01, shape)
+        state[key] = a.astype(np.float32)
+    return state
+
+
+def write_pdparams(path: str | os.PathLike, state: dict[str, np.ndarray], protocol: int = 4) -> Path:
+    """Write a dict of arrays the way paddle.save does (a plain pickle); for tests and fixtures."""
+    return atomic.write_bytes(path, pickle.dumps(dict(state), protocol=protocol))
+
+
+# --- download ------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: $TRT_RES2NET_CACHE, else $XDG_CACHE_HOME/trt_res2net, else ~/.cache/..."""
+    if os.environ.get("TRT_RES2NET_CACHE"):
+        return Path(os.environ["TRT_RES2NET_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "trt_res2net"
+
+
+def download(url: str, dest: str | os.PathLike, progress: bool = True, timeout: float = 30.0) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``; the final name appears only when complete."""
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
+                      disable=not progress, file=sys.stderr) as bar:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+        if total is not None and part.stat().st_size != total:
+            raise UserError(f"download of {url} stopped early ({part.stat().st_size} of {total} bytes)")
+        os.replace(part, dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        part.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise UserError(
+            f"could not download {url} ({reason}). Offline? Pass --weights PATH to a .pdparams file, "
+            "or --random-weights for a smoke test"
+        ) from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def fetch_pretrained(spec: ModelSpec, progress: bool = True) -> Path:
+    """The model's PaddleClas weights from the cache, downloading them once."""
+    url = spec.weights_url
+    if url is None:
+        raise UserError(f"{spec.name} has no published weights; pass --weights or --random-weights")
+    dest = cache_dir() / url.rsplit("/", 1)[1]
+    if not dest.exists():
+        download(url, dest, progress=progress)
+    return dest

@@ -1,0 +1,517 @@
+"""The precision step of build.py: FP32 ONNX → FP16 ONNX (ModelOpt AutoCast) or INT8 Q/DQ ONNX (ModelOpt PTQ).
+
+TensorRT 11 has no FP16/INT8 builder flags and no calibrators: FP16 must be in the ONNX and INT8 must arrive
+as Q/DQ nodes. ModelOpt makes both on any machine (it calibrates through ONNX Runtime), so this step — and
+the accuracy of what it makes — runs and is tested without a GPU.
+
+INT8, in order:
+
+1. Calibration set (``--calib-dir``, ``--calib-images``, ``--calib-seed``): trt_res2net.data.calibration_set.
+2. Cache (``--calib-cache``, default ``calib/<model>.<method>.cache``): reused when its sidecar key
+   (ONNX SHA-256, preprocessing, image-manifest hash, method, tool versions) matches this build — then no
+   images are needed; refused, naming the differing field, when it does not (recalibrated if ``--calib-dir``
+   is given). Otherwise calibration writes it, with the manifest ``<cache>.images.json`` beside it.
+3. The Q/DQ model is always made from the cache (modelopt_bridge.quantize_from_cache).
+4. With held-out images (``--eval-dir`` or ``--eval LIST --data-root DIR``): the accuracy report, the
+   ``--max-top1-drop`` gate, and ``--auto-fallback`` (trt_res2net.precision.fallback).
+
+Outputs: ``<fp32 stem>_fp16.onnx`` / ``<fp32 stem>_int8.onnx`` beside the FP32 ONNX, each with a sidecar
+``<onnx>.json`` (what it was made from and how, excluded layers, accuracy report). A model that misses its
+accuracy budget is kept as ``<stem>.rejected.onnx`` and the build fails (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import UserError
+from ..core.files import write_json
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIB_METHODS = ("entropy", "max", "percentile")
+CALIB_DIR = Path("calib")
+SENSITIVITY_IMAGES = 8  # enough for a continuous error measure; each layer costs one inference of them
+ONNX_SIDECAR_FORMAT = "trt_res2net.precision-onnx"
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """build.py's precision options (one argparse group)."""
+    g = parser.add_argument_group(
+        "precision (FP16 / INT8 ONNX made with NVIDIA ModelOpt; needs the quant extra)"
+    )
+    if "--precision" not in parser._option_string_actions:  # build.py may define it itself
+        g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp16: AutoCast FP16 ONNX (float32 I/O kept); int8: Q/DQ ONNX from post-training "
+                            "quantization (opset 19). Default fp32")
+    g.add_argument("--calib-dir", metavar="DIR",
+                   help="INT8 calibration images (searched recursively: jpg, jpeg, png, bmp, webp)")
+    g.add_argument("--calib-images", type=int, default=500, metavar="N",
+                   help="use at most N calibration images: all, sorted, or a seeded sample of N (default 500)")
+    g.add_argument("--calib-seed", type=int, default=0, metavar="S",
+                   help="seed of the calibration sample when there are more than N images (default 0)")
+    g.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy",
+                   help="activation ranges: entropy (KL, default), max, or percentile")
+    g.add_argument("--calib-percentile", type=float, default=99.999, metavar="P",
+                   help="with --calib-method percentile: the percentile of |x| (default 99.999)")
+    g.add_argument("--calib-cache", metavar="PATH",
+                   help="calibration cache to reuse or write (default calib/<model>.<method>.cache); "
+                        "TensorRT's text format with a <cache>.json sidecar that keys it")
+    g.add_argument("--high-precision", choices=("fp16", "fp32"), default="fp16",
+                   help="precision of what INT8 does not cover (default fp16)")
+    g.add_argument("--eval-dir", metavar="DIR",
+                   help="held-out images: compare the FP16/INT8 ONNX with the FP32 ONNX on them")
+    g.add_argument("--eval", metavar="LIST", dest="eval_list",
+                   help="labelled held-out images, 'relative/path.jpg label' per line (PaddleClas val_list)")
+    g.add_argument("--data-root", metavar="DIR", help="folder the --eval list's paths are relative to")
+    g.add_argument("--eval-images", type=int, default=500, metavar="N",
+                   help="compare on at most N held-out images, a seeded sample (default 500; 0 = all)")
+    g.add_argument("--max-top1-drop", type=float, metavar="PP",
+                   help="fail when top-1 accuracy drops more than PP percentage points (labelled), or when "
+                        "more than PP %% of the images change their top-1 class (unlabelled)")
+    g.add_argument("--auto-fallback", action="store_true",
+                   help="INT8: keep the most sensitive layers out of quantization until --max-top1-drop holds")
+    return g
+
+
+@dataclass
+class PrecisionOptions:
+    precision: str = "fp32"
+    calib_dir: str | None = None
+    calib_images: int = 500
+    calib_seed: int = 0
+    calib_method: str = "entropy"
+    calib_percentile: float = 99.999
+    calib_cache: str | None = None
+    high_precision: str = "fp16"
+    eval_dir: str | None = None
+    eval_list: str | None = None
+    data_root: str | None = None
+    eval_images: int = 500
+    max_top1_drop: float | None = None
+    auto_fallback: bool = False
+    opset: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args) -> PrecisionOptions:
+        fields = {k: getattr(args, k) for k in cls.__dataclass_fields__ if getattr(args, k, None) is not None}
+        fields.pop("progress", None)
+        opts = cls(**fields)
+        opts.progress = not getattr(args, "quiet", False)
+        return opts
+
+    @property
+    def method_tag(self) -> str:
+        return f"percentile{self.calib_percentile:g}" if self.calib_method == "percentile" else self.calib_method
+
+    def validate(self) -> None:
+        from .modelopt_bridge import MIN_QDQ_OPSET
+
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.calib_images < 1:
+            raise UserError(f"--calib-images must be at least 1, got {self.calib_images}")
+        if self.eval_images < 0:
+            raise UserError(f"--eval-images must be 0 (all) or more, got {self.eval_images}")
+        if not 0 < self.calib_percentile <= 100:
+            raise UserError(f"--calib-percentile must be in (0, 100], got {self.calib_percentile}")
+        if self.max_top1_drop is not None and self.max_top1_drop < 0:
+            raise UserError(f"--max-top1-drop must be ≥ 0 percentage points, got {self.max_top1_drop}")
+        if self.data_root and not self.eval_list:
+            raise UserError("--data-root goes with --eval LIST")
+        if self.eval_dir and self.eval_list:
+            raise UserError("pass either --eval-dir DIR or --eval LIST --data-root DIR, not both")
+        held_out = bool(self.eval_dir or self.eval_list)
+        if self.max_top1_drop is not None and not held_out:
+            raise UserError("--max-top1-drop needs held-out images: --eval-dir DIR or --eval LIST --data-root DIR")
+        if self.auto_fallback and self.precision != "int8":
+            raise UserError("--auto-fallback applies to --precision int8")
+        if self.auto_fallback and self.max_top1_drop is None:
+            raise UserError("--auto-fallback needs a budget: --max-top1-drop PP (and held-out images)")
+        if self.precision == "int8" and self.opset is not None and self.opset < MIN_QDQ_OPSET:
+            raise UserError(
+                f"INT8 Q/DQ needs ONNX opset ≥ {MIN_QDQ_OPSET} (ModelOpt writes QuantizeLinear/DequantizeLinear "
+                f"of opset 19), but --opset {self.opset} was asked; drop --opset (the Q/DQ ONNX is written at "
+                f"{MIN_QDQ_OPSET}) or pass --opset {MIN_QDQ_OPSET}. TensorRT 8.6 (opset ≤ 17) calibrates the FP32 "
+                "ONNX with its own calibrator instead"
+            )
+
+
+def converted_path(fp32_onnx: Path, precision: str) -> Path:
+    return fp32_onnx.with_name(f"{fp32_onnx.stem}_{precision}.onnx")
+
+
+def rejected_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.rejected.onnx")
+
+
+def default_cache_path(model_name: str, opts: PrecisionOptions) -> Path:
+    return CALIB_DIR / f"{model_name}.{opts.method_tag}.cache"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def run_precision_step(args, fp32_onnx_path: Path, model_name: str) -> Path:
+    """Make the ONNX that the engine is built from: the FP32 path itself for fp32, else the FP16 or INT8
+    ONNX beside it. Raises UserError (exit 2) for usage errors, MissingDependency (exit 3) without
+    ModelOpt, AccuracyBudgetExceeded (exit 1) when --max-top1-drop is missed."""
+    opts = PrecisionOptions.from_args(args)
+    opts.validate()
+    fp32_onnx_path = Path(fp32_onnx_path)
+    if opts.precision == "fp32":
+        if opts.max_top1_drop is not None or opts.auto_fallback:
+            _note("--max-top1-drop/--auto-fallback ignored: --precision fp32 has nothing to compare")
+        return fp32_onnx_path
+    if not fp32_onnx_path.is_file():
+        raise UserError(f"FP32 ONNX {fp32_onnx_path} not found")
+    from .accuracy import load_eval_set
+
+    eval_set = load_eval_set(opts.eval_dir, opts.eval_list, opts.data_root, limit=opts.eval_images)
+    if opts.precision == "fp16":
+        return _make_fp16(opts, fp32_onnx_path, model_name, eval_set)
+    return _make_int8(opts, fp32_onnx_path, model_name, eval_set)
+
+
+def _evaluator(opts, fp32_onnx_path, eval_set):
+    from .accuracy import Evaluator
+
+    return Evaluator(eval_set, fp32_onnx_path, progress=opts.progress) if eval_set is not None else None
+
+
+def _gate(opts, report: dict | None, out_path: Path, label: str) -> None:
+    from .accuracy import AccuracyBudgetExceeded, budget_measure_name, top1_drop_pp, within_budget
+
+    if report is None or opts.max_top1_drop is None:
+        return
+    drop = top1_drop_pp(report)
+    if within_budget(report, opts.max_top1_drop):
+        _say(f"accuracy budget --max-top1-drop {opts.max_top1_drop:g}: met ({budget_measure_name(report)} "
+             f"{drop:.2f} pp)")
+        return
+    rejected = rejected_path(out_path)
+    os.replace(out_path, rejected)
+    side = out_path.with_name(out_path.name + ".json")
+    if side.exists():
+        os.replace(side, rejected.with_name(rejected.name + ".json"))
+    hint = " (try --auto-fallback)" if opts.precision == "int8" and not opts.auto_fallback else ""
+    raise AccuracyBudgetExceeded(
+        f"{label} misses the accuracy budget: {budget_measure_name(report)} {drop:.2f} pp > --max-top1-drop "
+        f"{opts.max_top1_drop:g}{hint}; the model is kept as {rejected} for inspection"
+    )
+
+
+def _write_onnx_sidecar(out_path: Path, doc: dict) -> None:
+    base = {
+        "format": ONNX_SIDECAR_FORMAT,
+        "format_version": 1,
+        "onnx_sha256": sha256_file(out_path),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out_path.with_name(out_path.name + ".json"), {**base, **doc})
+
+
+def _print_report(report: dict | None, label: str) -> None:
+    from .accuracy import format_report
+
+    if report is not None:
+        _say(format_report(report, label))
+
+
+def _make_fp16(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, eval_set) -> Path:
+    from . import modelopt_bridge as mb
+
+    mb.require_modelopt("--precision fp16")
+    out = converted_path(fp32_onnx_path, "fp16")
+    reference = None
+    if opts.calib_dir:  # real images decide which nodes must stay FP32 (AutoCast's data_max rule)
+        reference = _first_images(opts, 8)
+    t0 = time.perf_counter()
+    model = mb.autocast_fp16(fp32_onnx_path, out, reference_inputs=reference,
+                             log_path=out.with_name(out.name + ".modelopt.log"))
+    kept = sum(1 for n in model.graph.node if n.op_type == "Cast")
+    _say(f"wrote {out} (FP16 ONNX by ModelOpt AutoCast, float32 inputs/outputs kept, {kept} casts; "
+         f"{_minutes(time.perf_counter() - t0)})")
+    del model
+    evaluator = _evaluator(opts, fp32_onnx_path, eval_set)
+    report = evaluator.evaluate(out, "FP16") if evaluator else None
+    _print_report(report, f"FP16 {out.name}")
+    _write_onnx_sidecar(out, {
+        "precision": "fp16", "model": model_name,
+        "source_onnx": str(fp32_onnx_path), "source_onnx_sha256": sha256_file(fp32_onnx_path),
+        "tool": "modelopt.onnx.autocast (keep_io_types)", "tools": mb.tool_versions(),
+        "autocast_reference": "calibration images" if reference is not None else "AutoCast random inputs",
+        "accuracy": report,
+    })
+    _gate(opts, report, out, f"FP16 {out.name}")
+    return out
+
+
+def _first_images(opts: PrecisionOptions, n: int):
+    import numpy as np
+
+    from ..data.calibration_set import iter_batches, select_calibration_images
+
+    paths = select_calibration_images(opts.calib_dir, opts.calib_images, opts.calib_seed)[:n]
+    arrays = [a for a, _, _ in iter_batches(paths, n) if len(a)]
+    return np.concatenate(arrays) if arrays else None
+
+
+# --------------------------------------------------------------------------------------------------------
+# INT8
+
+
+@dataclass
+class _Calibration:
+    cache_path: Path
+    cache: object  # CalibrationCache
+    key: dict
+    images: list[Path] | None  # the selected calibration images, when --calib-dir was given
+    reused: bool
+    seconds: float = 0.0
+
+
+def _expected_key(opts, fp32_sha: str, manifest: dict | None) -> dict:
+    from ..data.preprocess import SPEC
+    from . import modelopt_bridge as mb
+
+    key = {
+        "onnx_sha256": fp32_sha,
+        "preprocess_sha256": SPEC.sha256(),
+        "method": opts.method_tag,
+        "tools": mb.tool_versions(),
+    }
+    if manifest is not None:
+        key["calibration_manifest_sha256"] = manifest["sha256"]
+    return key
+
+
+def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, fp32_sha: str) -> _Calibration:
+    from ..data import calibration_set as cal
+    from ..data.preprocess import SPEC
+    from . import modelopt_bridge as mb
+    from .calib_cache import CacheKey, check_cache_key, read_cache, write_cache, write_cache_key
+
+    cache_path = Path(opts.calib_cache) if opts.calib_cache else default_cache_path(model_name, opts)
+    if not cache_path.exists() and not opts.calib_dir:
+        raise UserError(
+            f"INT8 needs calibration: pass --calib-dir DIR (a folder of ~{opts.calib_images} representative "
+            f"images, e.g. from the ImageNet train set) or --calib-cache PATH to a cache made earlier "
+            f"(no cache at {cache_path})"
+        )
+    mb.require_modelopt("--precision int8")  # before the key: it names ModelOpt's version
+    images = manifest = None
+    if opts.calib_dir:
+        images = cal.select_calibration_images(opts.calib_dir, opts.calib_images, opts.calib_seed)
+        manifest = cal.build_manifest(images, opts.calib_dir, seed=opts.calib_seed, requested=opts.calib_images)
+    key = _expected_key(opts, fp32_sha, manifest)
+    if cache_path.exists() and read_cache(cache_path).made_by_tensorrt:
+        return _tensorrt_cache(cache_path, key, images)
+    if cache_path.exists():
+        try:
+            check_cache_key(cache_path, key)
+        except UserError as e:
+            if images is None:
+                raise
+            _note(f"{e}; recalibrating from {opts.calib_dir}")
+        else:
+            cache = read_cache(cache_path)
+            _say(f"reusing calibration cache {cache_path} ({len(cache.scales)} activation scales; key matches)")
+            return _Calibration(cache_path, cache, key, images, reused=True)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(images), desc=f"calibrate ({opts.method_tag})", unit="img", disable=not opts.progress,
+               dynamic_ncols=True)
+    failures: list[tuple[str, str]] = []
+    decoded = [0]
+
+    def batches():
+        for arr, _names, bad in cal.iter_batches(images, mb.CALIB_BATCH, SPEC):
+            for path, reason in bad:
+                if (path, reason) not in failures:
+                    failures.append((path, reason))
+                    bar.write(f"warning: skipped calibration image {path}: {reason}")
+                    bar.update(1)
+            if len(arr):
+                decoded[0] += len(arr)
+                yield arr
+
+    reader = mb.make_reader(batches, on_batch=bar.update)
+    t0 = time.perf_counter()
+    cache = mb.calibrate(fp32_onnx_path, reader, opts.calib_method, opts.calib_percentile,
+                         log_path=cache_path.with_name(cache_path.name + ".modelopt.log"))
+    seconds = time.perf_counter() - t0
+    bar.close()
+    if decoded[0] == 0:
+        raise UserError(f"none of the {len(images)} calibration images could be read")
+    manifest["unreadable"] = [{"path": p, "error": r} for p, r in failures]
+    write_cache(cache_path, cache)
+    manifest_path = cal.write_manifest(cal.manifest_path_for(cache_path), manifest)
+    write_cache_key(
+        cache_path,
+        CacheKey(key["onnx_sha256"], key["preprocess_sha256"], manifest["sha256"], key["method"], key["tools"],
+                 preprocess=SPEC.to_dict()),
+        info={"model": model_name, "source_onnx": str(fp32_onnx_path), "images": decoded[0],
+              "unreadable_images": len(failures), "manifest": manifest_path.name,
+              "calibration_seconds": round(seconds, 1), "activation_scales": len(cache.scales),
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+    )
+    _say(f"calibrated on {decoded[0]} images in {_minutes(seconds)} → {cache_path} "
+         f"({len(cache.scales)} activation scales; manifest {manifest_path.name})")
+    return _Calibration(cache_path, cache, key, images, reused=False, seconds=seconds)
+
+
+def _tensorrt_cache(cache_path: Path, key: dict, images) -> _Calibration:
+    """A cache written by TensorRT's own calibrator (e.g. on a Jetson) makes the Q/DQ model too: its scales
+    are TensorRT's, so only the model and the preprocessing must match; it is never overwritten."""
+    from .calib_cache import check_cache_key, read_cache, read_cache_key
+
+    try:
+        check_cache_key(cache_path, {k: key[k] for k in ("onnx_sha256", "preprocess_sha256")})
+    except UserError as e:
+        if images is not None:
+            raise UserError(f"{e} — it is TensorRT's cache, which this step does not overwrite: pass "
+                            "--calib-cache with another path to calibrate with ModelOpt") from None
+        raise
+    cache = read_cache(cache_path)
+    stored = read_cache_key(cache_path)["key"]
+    tools = stored.get("tools") or {}
+    # (indexing, not .get("tensorrt", ...): trt-api-check would take the result for the tensorrt module)
+    made_by = tools["tensorrt"] if "tensorrt" in tools else cache.version_tag
+    _say(f"using TensorRT {made_by}'s calibration cache {cache_path} ({cache.algorithm}, {len(cache.scales)} scales)")
+    return _Calibration(cache_path, cache, {**key, "method": stored.get("method"), "tools": stored.get("tools")},
+                        images, reused=True)
+
+
+def _make_int8(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, eval_set) -> Path:
+    from . import modelopt_bridge as mb
+    from .accuracy import overlap_warning
+
+    fp32_sha = sha256_file(fp32_onnx_path)
+    calib = _calibration(opts, fp32_onnx_path, model_name, fp32_sha)
+    if eval_set is not None and calib.images is not None:
+        warning = overlap_warning(eval_set.paths, calib.images)
+        if warning:
+            _note(f"{warning}: the comparison flatters INT8 — use images calibration has not seen")
+
+    out = converted_path(fp32_onnx_path, "int8")
+    log_path = out.with_name(out.name + ".modelopt.log")
+    t0 = time.perf_counter()
+    model = mb.quantize_from_cache(fp32_onnx_path, calib.cache, out, high_precision=opts.high_precision,
+                                   log_path=log_path)
+    seconds = time.perf_counter() - t0
+    n_q = len(mb.quantized_nodes(model))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    _say(f"wrote {out} (INT8 Q/DQ ONNX by ModelOpt, opset {opset}, {n_q} layers quantized, the rest "
+         f"{opts.high_precision.upper()}; {_minutes(seconds)})")
+
+    evaluator = _evaluator(opts, fp32_onnx_path, eval_set)
+    report = evaluator.evaluate(model, "INT8") if evaluator else None
+    _print_report(report, f"INT8 {out.name}")
+    excluded: list[str] = []
+    fallback_doc = None
+    from .accuracy import top1_drop_pp, within_budget
+
+    if report is not None and opts.auto_fallback and not within_budget(report, opts.max_top1_drop):
+        excluded, report, fallback_doc = _auto_fallback(opts, fp32_onnx_path, model, calib, evaluator, out,
+                                                        log_path, top1_drop_pp(report))
+    elif opts.auto_fallback and report is not None:
+        _say("auto-fallback: not needed, the fully quantized model meets the budget")
+    del model
+
+    _write_onnx_sidecar(out, {
+        "precision": "int8", "model": model_name,
+        "source_onnx": str(fp32_onnx_path), "source_onnx_sha256": fp32_sha,
+        "high_precision": opts.high_precision, "opset": opset,
+        "calibration_cache": str(calib.cache_path), "calibration_cache_reused": calib.reused,
+        "calibration_key": calib.key, "calibration_method": opts.method_tag,
+        "tools": mb.tool_versions(), "excluded_layers": excluded, "auto_fallback": fallback_doc,
+        "accuracy": report,
+    })
+    _gate(opts, report, out, f"INT8 {out.name}")
+    return out
+
+
+def _auto_fallback(opts, fp32_onnx_path: Path, model, calib: _Calibration, evaluator, out: Path, log_path: Path,
+                   full_drop: float):
+    import numpy as np
+
+    from ..data.calibration_set import iter_batches
+    from . import modelopt_bridge as mb
+    from .accuracy import format_report, open_session, run_session, top1_drop_pp, within_budget
+    from .fallback import layer_sensitivity, search_exclusions
+
+    _say(f"auto-fallback: the fully quantized model misses the budget ({full_drop:.2f} pp > "
+         f"{opts.max_top1_drop:g}); ranking layers by sensitivity")
+    if calib.images is not None:
+        arrays = [a for a, _, _ in iter_batches(calib.images[:SENSITIVITY_IMAGES], SENSITIVITY_IMAGES) if len(a)]
+        source = f"{SENSITIVITY_IMAGES} calibration images"
+    else:
+        evaluator.prepare()
+        arrays = [evaluator.images[:SENSITIVITY_IMAGES]]
+        source = f"{SENSITIVITY_IMAGES} held-out images (no --calib-dir given)"
+        _note(f"ranking layers on {source}; pass --calib-dir to keep the held-out images out of the choice")
+    images = np.concatenate(arrays)
+    session, _ = open_session(fp32_onnx_path)
+    reference = run_session(session, images)
+    del session
+    t0 = time.perf_counter()
+    ranking = layer_sensitivity(model, images, reference, progress=opts.progress)
+    rank_seconds = time.perf_counter() - t0
+    names = [n for n, _ in ranking]
+    _say(f"auto-fallback: {len(names)} layers ranked on {source} in {_minutes(rank_seconds)}; most sensitive: "
+         + ", ".join(f"{n} ({g:.2e})" for n, g in ranking[:5]))
+
+    def try_excluding(layers: list[str]):
+        candidate = out.with_name(f".{out.stem}.fallback.onnx")
+        try:
+            m = mb.quantize_from_cache(fp32_onnx_path, calib.cache, candidate, high_precision=opts.high_precision,
+                                       nodes_to_exclude=layers, log_path=log_path)
+            report = evaluator.evaluate(m, f"INT8 without {len(layers)} layers")
+        finally:
+            candidate.unlink(missing_ok=True)
+        drop = top1_drop_pp(report)
+        ok = within_budget(report, opts.max_top1_drop)
+        _say(f"auto-fallback: {len(layers):3d} layers excluded → drop {drop:.2f} pp "
+             f"({'meets' if ok else 'misses'} the budget)")
+        return report, ok, drop
+
+    t0 = time.perf_counter()
+    result = search_exclusions(names, try_excluding)
+    mb.quantize_from_cache(fp32_onnx_path, calib.cache, out, high_precision=opts.high_precision,
+                           nodes_to_exclude=result.excluded, log_path=log_path)
+    _say(f"auto-fallback: kept {len(result.excluded)} of {len(names)} quantized layers in "
+         f"{opts.high_precision.upper()}: {', '.join(result.excluded)}")
+    _say(format_report(result.report, f"INT8 {out.name} (after fallback)"))
+    doc = {"ranking_images": source, "ranking": [{"layer": n, "error_removed": g} for n, g in ranking],
+           "trials": result.trials, "search_seconds": round(time.perf_counter() - t0, 1)}
+    return result.excluded, result.report, doc

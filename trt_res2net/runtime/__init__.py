@@ -1,0 +1,1 @@
+"""Running model files: ONNX Runtime and TensorRT backends, the classifier, benchmark, evaluation."""

@@ -1,0 +1,1 @@
+"""Triton Inference Server: the model repository, its Python models, the server process, a client."""

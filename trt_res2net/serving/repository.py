@@ -1,0 +1,698 @@
+"""A Triton Inference Server model repository from what build.py made (``build.py ... --triton-repo DIR``).
+
+For a model ``M`` (the zoo name, or the ONNX file's stem) the repository holds::
+
+    M_preprocess/            python        image bytes (TYPE_STRING) → float32 [3,224,224]: trt_res2net.data.preprocess
+    M_classifier_plan/       tensorrt_plan the TensorRT engine as 1/model.plan (only when a standard TensorRT
+                                           engine was built; batch and dims from its manifest)
+    M_classifier_onnx/       onnxruntime_onnx   the ONNX as 1/model.onnx (always: CPU nodes, and the fallback)
+    M_classifier_python/     python        the same ONNX run by ONNX Runtime inside the Python backend
+    M_postprocess/           python        outputs → PROBABILITIES, TOPK_IDS, TOPK_SCORES, TOPK_LABELS
+    M_plan, M_onnx, M_python ensemble      IMAGE → preprocess → that classifier → postprocess
+    M                        ensemble      the same as M_plan when there is a plan, else as M_onnx
+    trt_res2net_repository.json            what was exported, from what (Triton ignores files at the top)
+
+Every classifier takes the ONNX's input name and gives its output name; every ensemble takes ``IMAGE`` (encoded
+image bytes, any format OpenCV decodes, one per batch row) and gives what ``infer.py`` prints. Each classifier and
+the pre/postprocessing are dynamically batched. ``M_python`` needs nothing but Triton's Python backend (and numpy,
+OpenCV, ONNX Runtime in its Python): the ``tritonserver`` of the ``serve`` extra serves it, and CI does.
+
+Every ``config.pbtxt`` is parsed by Triton's own ModelConfig proto (``tritonclient``'s ``model_config_pb2``) and
+cross-checked against the ONNX and the engine manifest (names, dims, data types, batch), and every ensemble
+against its steps, before anything is put under DIR; the repository is built in a temporary folder beside DIR and
+renamed into place, so DIR is either the old repository or the complete new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..core.errors import MissingDependency, UserError
+from ..core.version import __version__
+
+REPOSITORY_FILE = "trt_res2net_repository.json"
+REPOSITORY_FORMAT = "trt_res2net.triton-repository"
+DEFAULT_MAX_BATCH = 32
+DEFAULT_QUEUE_DELAY_US = 2000
+DEFAULT_TOPK = 5
+IMAGE, PIXELS, SCORES = "IMAGE", "PIXELS", "SCORES"
+ENSEMBLE_OUTPUTS = ("PROBABILITIES", "TOPK_IDS", "TOPK_SCORES", "TOPK_LABELS")
+VENDORED_PACKAGE = "trt_res2net_vendored"
+# The modules copied byte for byte, in their subpackages (their relative imports keep working there).
+VENDORED_MODULES = ("core/errors.py", "data/preprocess.py", "data/postprocess.py")
+TEMPLATES = {"preprocess": "preprocess_model.py", "postprocess": "postprocess_model.py",
+             "classifier_python": "onnx_classifier_model.py"}
+INSTALL_HINT = "pip install 'trt-res2net[triton]' (tritonclient, whose model_config_pb2 is Triton's ModelConfig proto)"
+# Triton's ModelConfig data types for the names the engine manifest and ONNX use.
+_TRITON_DTYPES = {"float32": "TYPE_FP32", "float": "TYPE_FP32", "fp32": "TYPE_FP32",
+                  "float16": "TYPE_FP16", "half": "TYPE_FP16", "fp16": "TYPE_FP16",
+                  "int32": "TYPE_INT32", "int64": "TYPE_INT64", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8",
+                  "bool": "TYPE_BOOL", "bfloat16": "TYPE_BF16", "bf16": "TYPE_BF16"}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Triton's ModelConfig proto (from tritonclient; needed to write a repository)
+
+
+def model_config_pb2():
+    """Triton's ``model_config_pb2`` from tritonclient; MissingDependency naming the install when absent.
+
+    ``tritonclient.grpc``'s package needs grpcio (and protobuf < 7); without them the generated module, which
+    needs only protobuf, is loaded from its file."""
+    try:
+        from tritonclient.grpc import model_config_pb2 as pb2
+
+        return pb2
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "tritonclient":
+            raise MissingDependency(f"writing a Triton model repository checks each config.pbtxt against Triton's "
+                                    f"ModelConfig proto: {INSTALL_HINT}") from None
+    except Exception:  # tritonclient without its grpc extra: RuntimeError("... does not include grpc support")
+        pass
+    return _load_pb2_from_file()
+
+
+def _load_pb2_from_file():
+    import importlib.util
+
+    spec = importlib.util.find_spec("tritonclient")
+    path = Path(next(iter(spec.submodule_search_locations or []), "")) / "grpc" / "model_config_pb2.py"
+    if spec is None or not path.is_file():
+        raise MissingDependency(f"tritonclient has no grpc/model_config_pb2.py: {INSTALL_HINT}")
+    name = "trt_res2net._triton_model_config_pb2"
+    if name in sys.modules:
+        return sys.modules[name]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise MissingDependency(f"cannot load Triton's ModelConfig proto from {path} ({e}): {INSTALL_HINT}") from None
+    sys.modules[name] = module
+    return module
+
+
+def parse_config(text: str, where: str = "config.pbtxt"):
+    """A ``config.pbtxt`` → ``ModelConfig``; UserError with the proto parser's own message."""
+    from google.protobuf import text_format
+
+    pb2 = model_config_pb2()
+    try:
+        return text_format.Parse(text, pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise UserError(f"{where}: not a valid Triton ModelConfig ({e})") from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# CLI options (build.py)
+
+
+def _repo_dir(text: str) -> Path:
+    """``--triton-repo``: checked when the options are parsed, so a missing tritonclient stops before any work."""
+    path = Path(text)
+    try:
+        model_config_pb2()
+    except MissingDependency as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
+    return path
+
+
+def add_cli_arguments(parser) -> None:
+    """build.py's ``--triton-*`` options."""
+    from ..cli.common import bounded_int, positive_int
+
+    g = parser.add_argument_group("Triton model repository (docs/triton.md)")
+    g.add_argument("--triton-repo", type=_repo_dir, metavar="DIR",
+                   help="also write a Triton Inference Server model repository to DIR (replaced if it holds one "
+                        "written before): ensembles on image bytes over the engine (tensorrt_plan), the ONNX "
+                        "(onnxruntime_onnx) and ONNX Runtime in the Python backend; needs tritonclient")
+    g.add_argument("--triton-max-batch", type=positive_int, metavar="N",
+                   help=f"max_batch_size of the ONNX/Python models and steps (default: the engine's max batch, "
+                        f"else {DEFAULT_MAX_BATCH})")
+    g.add_argument("--triton-queue-delay-us", type=bounded_int(0), default=DEFAULT_QUEUE_DELAY_US, metavar="US",
+                   help=f"dynamic batching: how long a classifier waits to fill a batch (default "
+                        f"{DEFAULT_QUEUE_DELAY_US} µs)")
+    g.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
+                   help="instances of each classifier (per GPU for the plan; default 1)")
+    g.add_argument("--triton-topk", type=positive_int, default=DEFAULT_TOPK, metavar="K",
+                   help=f"top-k classes the ensembles return (default {DEFAULT_TOPK})")
+    g.add_argument("--triton-labels", metavar="FILE",
+                   help="class names for the ensembles' labels (infer.py's --labels formats; default ImageNet's "
+                        "for 1000 classes, else the ids)")
+
+
+def export_from_build(args, onnx_path, model_name: str, engine_path=None) -> Path | None:
+    """build.py's hook: write ``--triton-repo`` (nothing without it). ``engine_path`` None: the ONNX models only.
+
+    ``onnx_path`` is the FP32 ONNX: the ONNX models, the CPU nodes' model and the fallback, are the exact graph;
+    ``--precision`` goes into the plan (whose manifest names both ONNX files)."""
+    out = getattr(args, "triton_repo", None)
+    if out is None:
+        return None
+    result = export_repository(
+        out, onnx_path, model_name=model_name, engine_path=engine_path,
+        max_batch=getattr(args, "triton_max_batch", None),
+        queue_delay_us=getattr(args, "triton_queue_delay_us", DEFAULT_QUEUE_DELAY_US),
+        instances=getattr(args, "triton_instances", 1) or 1,
+        topk=getattr(args, "triton_topk", DEFAULT_TOPK) or DEFAULT_TOPK,
+        labels=getattr(args, "triton_labels", None),
+    )
+    print(f"wrote Triton model repository {out}: {', '.join(result.models)} "
+          f"(ensembles on image bytes: {', '.join(result.ensembles)})", flush=True)
+    return Path(out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# What goes in
+
+
+@dataclass
+class PlanInfo:
+    """The standard TensorRT engine as Triton sees it: batch 1..max_batch, dims without the batch."""
+
+    engine_path: Path
+    max_batch: int
+    input_dims: list[int]
+    output_dims: list[int]
+    dtype: str
+    manifest: dict
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    models: list[str]
+    ensembles: list[str]
+    default_ensemble: str
+    plan_skipped: str | None = None
+    configs: dict = field(default_factory=dict)
+
+
+def _dims(shape) -> list[int]:
+    return [-1 if d is None or (isinstance(d, int) and d < 0) else int(d) for d in shape]
+
+
+def _triton_dtype(name: str, where: str) -> str:
+    key = str(name).lower().replace("dtype.", "").replace("torch.", "")
+    if key not in _TRITON_DTYPES:
+        raise UserError(f"{where}: data type {name!r} has no Triton equivalent here")
+    return _TRITON_DTYPES[key]
+
+
+def _num_classes(onnx_path: Path, io) -> int:
+    n = io.output_shape[1] if len(io.output_shape) >= 2 else None
+    if n:
+        return int(n)
+    from ..runtime.classifier import OnnxRuntimeBackend  # a symbolic class dimension: one probe batch tells
+
+    return int(OnnxRuntimeBackend(onnx_path).num_classes)
+
+
+def plan_from_manifest(engine_path, io, onnx_sha256: str | None = None) -> tuple[PlanInfo | None, str | None]:
+    """The engine as a Triton plan, or (None, why not) when Triton cannot use it as one.
+
+    A manifest that contradicts the ONNX (names, dims) or an engine file that is not the one it describes is a
+    UserError: that repository would be wrong, not merely without a plan."""
+    from ..engine.manifest import check_engine_file, read_manifest
+
+    engine_path = Path(engine_path)
+    manifest = read_manifest(engine_path)
+    where = f"engine manifest of {engine_path.name}"
+    family = manifest["engine_family"]  # read_manifest fills it in for manifests older than the RTX family
+    if family != "tensorrt":
+        return None, (f"{engine_path.name} is a {family} engine, which Triton's TensorRT backend (standard TensorRT) "
+                      "cannot load: the repository serves the ONNX model instead")
+    if not engine_path.is_file():
+        raise UserError(f"{engine_path}: no such engine file")
+    check_engine_file(manifest, engine_path)
+    if onnx_sha256 is not None:
+        built_from = {manifest.get("onnx_sha256"), manifest.get("fp32_onnx_sha256")} - {None}
+        if built_from and onnx_sha256 not in built_from:
+            raise UserError(f"{where}: the engine was built from another ONNX than the one exported (onnx_sha256 "
+                            "differs); build both in one build.py run")
+    mio = manifest.get("io") or {}
+    min_, mout = mio.get("input") or {}, mio.get("output") or {}
+    for role, m, name, shape in (("input", min_, io.input_name, io.input_shape),
+                                 ("output", mout, io.output_name, io.output_shape)):
+        if m.get("name") != name:
+            raise UserError(f"{where}: {role} is named {m.get('name')!r}, the ONNX's is {name!r}")
+        mshape = m.get("shape")
+        if not isinstance(mshape, list) or len(mshape) != len(shape):
+            raise UserError(f"{where}: {role} shape {mshape} does not have the ONNX's rank {len(shape)}")
+        for i, (a, b) in enumerate(zip(_dims(mshape)[1:], _dims(shape)[1:], strict=True), 1):
+            if a != -1 and b != -1 and a != b:
+                raise UserError(f"{where}: {role} dimension {i} is {a}, the ONNX's is {b}")
+    profiles = manifest.get("profiles") or []
+    if not profiles:
+        raise UserError(f"{where}: no optimization profile recorded (\"profiles\")")
+    profile = profiles[0]
+    pmin, pmax = profile.get("min") or [], profile.get("max") or []
+    if len(pmin) != 4 or len(pmax) != 4:
+        raise UserError(f"{where}: profile {profile} is not NCHW min/opt/max shapes")
+    dtypes = {str(min_.get("dtype", "float32")).lower(), str(mout.get("dtype", "float32")).lower()}
+    if not dtypes <= {"float32", "float", "fp32"}:
+        return None, (f"{engine_path.name} has {'/'.join(sorted(dtypes))} I/O; the ensemble feeds float32 (build with "
+                      "float32 I/O, as build.py does): the repository serves the ONNX model instead")
+    if int(pmin[0]) != 1:
+        return None, (f"{engine_path.name}'s profile starts at batch {pmin[0]}, but Triton's dynamic batcher sends "
+                      "any batch from 1 (rebuild with --min-batch 1): the repository serves the ONNX model instead")
+    in_dims = _dims(min_.get("shape"))[1:]
+    for i, (lo, hi) in enumerate(zip(pmin[1:], pmax[1:], strict=True)):
+        if lo != hi:
+            return None, (f"{engine_path.name}'s profile varies dimension {i + 1} ({lo}..{hi}); the ensemble sends "
+                          f"{in_dims}: the repository serves the ONNX model instead")
+    return PlanInfo(engine_path=engine_path, max_batch=int(pmax[0]), input_dims=[int(d) for d in pmax[1:]],
+                    output_dims=_dims(mout.get("shape"))[1:], dtype="TYPE_FP32", manifest=manifest), None
+
+
+# --------------------------------------------------------------------------------------------------------
+# config.pbtxt text
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)
+
+
+def _tensor(name: str, dtype: str, dims: list[int], label_filename: str | None = None) -> str:
+    label = f" label_filename: {_q(label_filename)}" if label_filename else ""
+    return f"  {{ name: {_q(name)} data_type: {dtype} dims: [ {', '.join(map(str, dims))} ]{label} }}"
+
+
+def _tensors(kind: str, items: list[str]) -> str:
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def _parameters(params: dict[str, str]) -> str:
+    return "".join(f"parameters {{ key: {_q(k)} value: {{ string_value: {_q(str(v))} }} }}\n"
+                   for k, v in params.items())
+
+
+def _header(name: str, kind: str, max_batch: int, comment: str) -> str:
+    return (f"# {comment}\n# Written by trt_res2net {__version__} (build.py --triton-repo).\n"
+            f"name: {_q(name)}\n{kind}\nmax_batch_size: {max_batch}\n")
+
+
+def _batching(delay_us: int) -> str:
+    return f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
+
+
+def _instances(count: int, kind: str) -> str:
+    return f"instance_group [ {{ count: {count} kind: {kind} }} ]\n"
+
+
+@dataclass
+class _Names:
+    model: str
+
+    def __getattr__(self, item):  # preprocess, postprocess, classifier_plan, ...
+        if item.startswith("_"):
+            raise AttributeError(item)
+        return f"{self.model}_{item}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# The export
+
+
+def export_repository(
+    out_dir,
+    onnx_path,
+    *,
+    model_name: str,
+    engine_path=None,
+    max_batch: int | None = None,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instances: int = 1,
+    topk: int = DEFAULT_TOPK,
+    labels=None,
+) -> ExportResult:
+    """Write the repository (module docstring) to ``out_dir``, atomically; returns what it holds.
+
+    ``engine_path``: a built engine with its manifest (None: ONNX models only). A TensorRT-RTX engine, or one
+    Triton's dynamic batcher cannot drive, is left out with a one-line warning."""
+    from ..data.postprocess import load_labels
+    from ..data.preprocess import SPEC
+    from ..engine.builder import inspect_onnx
+    from ..engine.manifest import sha256_file
+    from ..runtime.classifier import onnx_output_is_softmax
+
+    model_config_pb2()  # a missing tritonclient stops here, before anything is written
+    if not 0 <= queue_delay_us <= 10_000_000 or instances < 1 or topk < 1:
+        raise UserError("--triton-queue-delay-us must be 0..10000000 µs, --triton-instances and --triton-topk ≥ 1")
+    if max_batch is not None and max_batch < 1:
+        raise UserError(f"--triton-max-batch must be ≥ 1, not {max_batch}")
+    out_dir, onnx_path = Path(out_dir), Path(onnx_path)
+    _check_replaceable(out_dir)
+    if not _safe_name(model_name):
+        raise UserError(f"model name {model_name!r} is not a Triton model name (letters, digits, '_', '-', '.')")
+    io = inspect_onnx(onnx_path)
+    if io.batch is not None:
+        raise UserError(f"{onnx_path}: input {io.input_name!r} has a fixed batch of {io.batch}; Triton's dynamic "
+                        "batching needs a dynamic batch dimension (export it with one)")
+    if len(io.output_shape) < 2:
+        raise UserError(f"{onnx_path}: output {io.output_name!r} has shape {list(io.output_shape)}; "
+                        "expected [N, classes]")
+    num_classes = _num_classes(onnx_path, io)
+    class_labels = load_labels(labels, num_classes)
+    if any("\n" in label or "\r" in label for label in class_labels):
+        raise UserError("a class label contains a line break; Triton's label files hold one label per line")
+    onnx_sha = sha256_file(onnx_path)
+    plan, plan_skipped = (None, None) if engine_path is None else plan_from_manifest(engine_path, io, onnx_sha)
+    if plan_skipped:
+        print(f"warning: Triton repository: {plan_skipped}", file=sys.stderr, flush=True)
+    batch = max_batch or (plan.max_batch if plan else DEFAULT_MAX_BATCH)
+    k = min(topk, num_classes)
+    probs_mode = "true" if onnx_output_is_softmax(onnx_path, io.output_name) else "false"
+    in_dims, out_dims = _dims(io.input_shape)[1:], _dims(io.output_shape)[1:]
+    out_dims = [num_classes if d == -1 and i == 0 else d for i, d in enumerate(out_dims)]
+    c = SPEC.crop_size
+    pixel_dims = [3, c, c]
+    n = _Names(model_name)
+
+    configs: dict[str, str] = {}
+    files: dict[str, list[tuple[str, object]]] = {}  # model → [(relative path, source Path | bytes | str)]
+    vendored = _vendored_files()
+    labels_text = "".join(f"{label}\n" for label in class_labels)
+
+    configs[n.preprocess] = (
+        _header(n.preprocess, 'backend: "python"', batch, "Encoded image bytes → float32 [3,224,224]: "
+                "trt_res2net.data.preprocess, vendored in 1/" + VENDORED_PACKAGE)
+        + _tensors("input", [_tensor(IMAGE, "TYPE_STRING", [1])])
+        + _tensors("output", [_tensor(PIXELS, "TYPE_FP32", pixel_dims)])
+        + _batching(0) + _instances(1, "KIND_CPU")
+        + _parameters({"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(), "threads": "2"}))
+    files[n.preprocess] = [("1/model.py", _template("preprocess"))] + vendored
+
+    classifier_io = (_tensors("input", [_tensor(io.input_name, "TYPE_FP32", in_dims)])
+                     + _tensors("output", [_tensor(io.output_name, "TYPE_FP32", out_dims)]))
+    classifiers = {}  # variant → (model name, max batch)
+    if plan is not None:
+        configs[n.classifier_plan] = (
+            _header(n.classifier_plan, 'platform: "tensorrt_plan"', plan.max_batch,
+                    f"The TensorRT engine {plan.engine_path.name} (TensorRT "
+                    f"{plan.manifest.get('library_version', '?')}, {plan.manifest.get('precision', '?')}, "
+                    f"built for {_gpu_name(plan.manifest)}): it runs only on "
+                    "that GPU model with that TensorRT release")
+            + _tensors("input", [_tensor(io.input_name, plan.dtype, plan.input_dims)])
+            + _tensors("output", [_tensor(io.output_name, plan.dtype, plan.output_dims)])
+            + _batching(queue_delay_us) + _instances(instances, "KIND_GPU"))
+        files[n.classifier_plan] = [("1/model.plan", plan.engine_path)]
+        classifiers["plan"] = (n.classifier_plan, plan.max_batch)
+    configs[n.classifier_onnx] = (
+        _header(n.classifier_onnx, 'platform: "onnxruntime_onnx"', batch,
+                f"{onnx_path.name} on Triton's ONNX Runtime backend (GPU when there is one, else CPU)")
+        + classifier_io + _batching(queue_delay_us) + _instances(instances, "KIND_AUTO"))
+    files[n.classifier_onnx] = [("1/model.onnx", onnx_path)]
+    classifiers["onnx"] = (n.classifier_onnx, batch)
+    configs[n.classifier_python] = (
+        _header(n.classifier_python, 'backend: "python"', batch,
+                f"{onnx_path.name} run by ONNX Runtime inside the Python backend (any Triton with the Python backend)")
+        + classifier_io + _batching(queue_delay_us) + _instances(instances, "KIND_CPU")
+        + _parameters({"intra_op_threads": "0"}))
+    files[n.classifier_python] = [("1/model.py", _template("classifier_python")), ("1/model.onnx", onnx_path)]
+    classifiers["python"] = (n.classifier_python, batch)
+
+    result_tensors = [_tensor("PROBABILITIES", "TYPE_FP32", [num_classes], "labels.txt"),
+                      _tensor("TOPK_IDS", "TYPE_INT64", [k]), _tensor("TOPK_SCORES", "TYPE_FP32", [k]),
+                      _tensor("TOPK_LABELS", "TYPE_STRING", [k])]
+    configs[n.postprocess] = (
+        _header(n.postprocess, 'backend: "python"', batch, "Classifier outputs → probabilities and the top-k with "
+                "labels: trt_res2net.data.postprocess, vendored in 1/" + VENDORED_PACKAGE)
+        + _tensors("input", [_tensor(SCORES, "TYPE_FP32", out_dims)])
+        + _tensors("output", result_tensors)
+        + _batching(0) + _instances(1, "KIND_CPU")
+        + _parameters({"outputs_probabilities": probs_mode}))
+    files[n.postprocess] = [("1/model.py", _template("postprocess")), ("labels.txt", labels_text)] + vendored
+
+    ensembles = {}
+    for variant, (classifier, cmax) in classifiers.items():
+        ensembles[f"{model_name}_{variant}"] = (classifier, min(batch, cmax), variant)
+    default_variant = "plan" if plan is not None else "onnx"
+    ensembles[model_name] = ensembles[f"{model_name}_{default_variant}"][:2] + (default_variant,)
+    for name, (classifier, emax, variant) in ensembles.items():
+        configs[name] = _ensemble_config(name, emax, n, classifier, io, result_tensors, variant)
+        files[name] = [("1/.keep", ""), ("labels.txt", labels_text)]
+
+    parsed = {name: parse_config(text, f"{name}/config.pbtxt") for name, text in configs.items()}
+    if (n.classifier_plan in parsed) != (plan is not None):
+        raise AssertionError("a tensorrt_plan config needs the engine manifest it is checked against")
+    validate_configs(parsed, onnx_io=io, num_classes=num_classes, plan=plan)
+    record = {
+        "format": REPOSITORY_FORMAT, "format_version": 1, "model": model_name,
+        "default_ensemble": model_name, "ensembles": {name: {"classifier": e[0], "variant": e[2]}
+                                                      for name, e in ensembles.items()},
+        "models": sorted(configs),
+        "onnx": {"file": onnx_path.name, "sha256": onnx_sha, "input": io.input_name, "output": io.output_name,
+                 "outputs_probabilities": probs_mode == "true"},
+        "engine": None if plan is None else {
+            "file": plan.engine_path.name, "sha256": plan.manifest.get("engine_sha256"),
+            "tensorrt_version": plan.manifest.get("library_version"), "precision": plan.manifest.get("precision"),
+            "gpu": plan.manifest.get("gpu"), "max_batch": plan.max_batch},
+        "engine_skipped": plan_skipped,
+        "max_batch_size": batch, "queue_delay_us": queue_delay_us, "instances": instances, "topk": k,
+        "num_classes": num_classes, "preprocess": SPEC.to_dict(), "preprocess_sha256": SPEC.sha256(),
+        "trt_res2net_version": __version__,
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_atomically(out_dir, configs, files, record)
+    return ExportResult(path=out_dir, models=sorted(configs), ensembles=sorted(ensembles),
+                        default_ensemble=model_name, plan_skipped=plan_skipped, configs=parsed)
+
+
+def _ensemble_config(name, max_batch, n: _Names, classifier, io, result_tensors, variant) -> str:
+    outputs = "".join(f'      output_map {{ key: "{o}" value: "{o}" }}\n' for o in ENSEMBLE_OUTPUTS)
+    return (
+        _header(name, 'platform: "ensemble"', max_batch,
+                f"Image bytes → {n.preprocess} → {classifier} ({variant}) → {n.postprocess}: infer.py's answer")
+        + _tensors("input", [_tensor(IMAGE, "TYPE_STRING", [1])])
+        + _tensors("output", result_tensors)
+        + "ensemble_scheduling {\n  step [\n"
+        + f"    {{ model_name: {_q(n.preprocess)} model_version: -1\n"
+        + f'      input_map {{ key: "{IMAGE}" value: "{IMAGE}" }}\n'
+        + f'      output_map {{ key: "{PIXELS}" value: "pixels" }} }},\n'
+        + f"    {{ model_name: {_q(classifier)} model_version: -1\n"
+        + f'      input_map {{ key: {_q(io.input_name)} value: "pixels" }}\n'
+        + f'      output_map {{ key: {_q(io.output_name)} value: "scores" }} }},\n'
+        + f"    {{ model_name: {_q(n.postprocess)} model_version: -1\n"
+        + f'      input_map {{ key: "{SCORES}" value: "scores" }}\n'
+        + outputs.rstrip("\n") + " }\n  ]\n}\n"
+    )
+
+
+def _gpu_name(manifest: dict) -> str:
+    gpu = manifest.get("gpu") or {}
+    cc = gpu.get("compute_capability")
+    return f"{gpu.get('name', '?')}" + (f", compute capability {cc}" if cc else "")
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and all(ch.isalnum() or ch in "_-." for ch in name) and not name.startswith(".")
+
+
+def _template(kind: str) -> str:
+    return resources.files("trt_res2net.serving.triton_models").joinpath(TEMPLATES[kind]).read_text(encoding="utf-8")
+
+
+def _vendored_files() -> list[tuple[str, object]]:
+    package = resources.files("trt_res2net")
+    files: list[tuple[str, object]] = [(f"1/{VENDORED_PACKAGE}/__init__.py",
+                                        f'"""trt_res2net {__version__}\'s preprocessing and postprocessing, copied '
+                                        'byte for byte by build.py --triton-repo."""\n')]
+    for folder in sorted({module.split("/")[0] for module in VENDORED_MODULES}):
+        files.append((f"1/{VENDORED_PACKAGE}/{folder}/__init__.py", ""))
+    for module in VENDORED_MODULES:
+        files.append((f"1/{VENDORED_PACKAGE}/{module}", package.joinpath(module).read_text(encoding="utf-8")))
+    return files
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation: the parsed configs against each other, the ONNX and the engine manifest
+
+
+def _dims_compatible(produced: list[int], accepted: list[int]) -> bool:
+    return len(produced) == len(accepted) and all(a in (-1, p) or p == -1 for p, a in zip(produced, accepted,
+                                                                                           strict=True))
+
+
+def validate_configs(configs: dict, *, onnx_io=None, num_classes: int | None = None, plan: PlanInfo | None = None):
+    """Cross-check parsed ModelConfigs (name → ModelConfig): names, dims, data types and batch against the ONNX
+    (``onnx_io``: ``builder.OnnxIO``) and the engine (``plan``), and every ensemble step against its model.
+
+    Raises UserError naming the model and the field."""
+    pb2 = model_config_pb2()
+    dtype_name = pb2.DataType.Name
+    for name, cfg in configs.items():
+        if cfg.name != name:
+            raise UserError(f"{name}/config.pbtxt: name is {cfg.name!r}, not its folder's {name!r}")
+        if cfg.max_batch_size < 1:
+            raise UserError(f"{name}/config.pbtxt: max_batch_size {cfg.max_batch_size}; every model here is batched")
+        is_ensemble = cfg.platform == "ensemble"
+        if not is_ensemble and not cfg.HasField("dynamic_batching"):
+            raise UserError(f"{name}/config.pbtxt: no dynamic_batching")
+        if cfg.platform in ("tensorrt_plan", "onnxruntime_onnx") or name.endswith("_classifier_python"):
+            _check_classifier(name, cfg, onnx_io, num_classes, plan, dtype_name)
+    for name, cfg in configs.items():
+        if cfg.platform == "ensemble":
+            _check_ensemble(name, cfg, configs, dtype_name)
+
+
+def _check_classifier(name, cfg, onnx_io, num_classes, plan, dtype_name) -> None:
+    where = f"{name}/config.pbtxt"
+    if len(cfg.input) != 1 or len(cfg.output) != 1:
+        raise UserError(f"{where}: a classifier has one input and one output")
+    (inp,), (out,) = cfg.input, cfg.output
+    if onnx_io is not None:
+        for role, tensor, oname, oshape in (("input", inp, onnx_io.input_name, onnx_io.input_shape),
+                                            ("output", out, onnx_io.output_name, onnx_io.output_shape)):
+            if tensor.name != oname:
+                raise UserError(f"{where}: {role} {tensor.name!r} is not the ONNX's {oname!r}")
+            dims = _dims(oshape)[1:]
+            if role == "output" and num_classes and dims and dims[0] == -1:
+                dims[0] = num_classes
+            if not _dims_compatible(list(tensor.dims), dims) or len(tensor.dims) != len(dims):
+                raise UserError(f"{where}: {role} dims {list(tensor.dims)} do not match the ONNX's {dims}")
+            if dtype_name(tensor.data_type) != "TYPE_FP32":
+                raise UserError(f"{where}: {role} is {dtype_name(tensor.data_type)}; the ONNX's is TYPE_FP32")
+    if cfg.platform == "tensorrt_plan" and plan is not None:
+        if cfg.max_batch_size != plan.max_batch:
+            raise UserError(f"{where}: max_batch_size {cfg.max_batch_size}, but the engine's profile ends at batch "
+                            f"{plan.max_batch}")
+        for role, tensor, dims in (("input", inp, plan.input_dims), ("output", out, plan.output_dims)):
+            mio = plan.manifest["io"][role]
+            if tensor.name != mio["name"] or list(tensor.dims) != list(dims):
+                raise UserError(f"{where}: {role} {tensor.name!r} {list(tensor.dims)} is not the engine's "
+                                f"{mio['name']!r} {dims}")
+            if dtype_name(tensor.data_type) != _triton_dtype(mio.get("dtype", "float32"), where):
+                raise UserError(f"{where}: {role} is {dtype_name(tensor.data_type)}, the engine's is "
+                                f"{mio.get('dtype')}")
+
+
+def _check_ensemble(name, cfg, configs, dtype_name) -> None:
+    where = f"{name}/config.pbtxt"
+    tensors = {t.name: (t.data_type, list(t.dims)) for t in cfg.input}
+    produced_outputs = set()
+    if not cfg.ensemble_scheduling.step:
+        raise UserError(f"{where}: an ensemble without steps")
+    for i, step in enumerate(cfg.ensemble_scheduling.step, 1):
+        model = configs.get(step.model_name)
+        if model is None:
+            raise UserError(f"{where}: step {i} runs {step.model_name!r}, which is not in the repository")
+        if model.max_batch_size < cfg.max_batch_size:
+            raise UserError(f"{where}: max_batch_size {cfg.max_batch_size} exceeds step {step.model_name!r}'s "
+                            f"{model.max_batch_size}")
+        inputs = {t.name: (t.data_type, list(t.dims)) for t in model.input}
+        outputs = {t.name: (t.data_type, list(t.dims)) for t in model.output}
+        if set(step.input_map) != set(inputs):
+            raise UserError(f"{where}: step {i} ({step.model_name}) maps inputs {sorted(step.input_map)}, the model "
+                            f"takes {sorted(inputs)}")
+        for key, source in step.input_map.items():
+            if source not in tensors:
+                raise UserError(f"{where}: step {i} ({step.model_name}) reads {source!r}, which no earlier step or "
+                                "ensemble input provides")
+            (have_t, have_d), (want_t, want_d) = tensors[source], inputs[key]
+            if have_t != want_t or not _dims_compatible(have_d, want_d):
+                raise UserError(f"{where}: step {i} ({step.model_name}) input {key!r} takes {dtype_name(want_t)} "
+                                f"{want_d}, but {source!r} is {dtype_name(have_t)} {have_d}")
+        for key, target in step.output_map.items():
+            if key not in outputs:
+                raise UserError(f"{where}: step {i} ({step.model_name}) has no output {key!r}")
+            tensors[target] = outputs[key]
+            produced_outputs.add(target)
+    for out in cfg.output:
+        if out.name not in produced_outputs:
+            raise UserError(f"{where}: output {out.name!r} is produced by no step")
+        have_t, have_d = tensors[out.name]
+        if have_t != out.data_type or have_d != list(out.dims):
+            raise UserError(f"{where}: output {out.name!r} is declared {dtype_name(out.data_type)} {list(out.dims)}, "
+                            f"the step gives {dtype_name(have_t)} {have_d}")
+
+
+def validate_repository(root) -> dict:
+    """Parse every ``*/config.pbtxt`` under ``root`` and run the cross-checks that need no ONNX or manifest
+    (ensemble steps, names, batching); name → ModelConfig."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such model repository")
+    configs = {}
+    for path in sorted(root.glob("*/config.pbtxt")):
+        configs[path.parent.name] = parse_config(path.read_text(encoding="utf-8"), str(path))
+    if not configs:
+        raise UserError(f"{root}: no models (no */config.pbtxt)")
+    validate_configs(configs)
+    return configs
+
+
+# --------------------------------------------------------------------------------------------------------
+# Writing: a temporary folder beside DIR, renamed into place
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise UserError(f"--triton-repo {out_dir} exists and is not a folder")
+        if any(out_dir.iterdir()) and not (out_dir / REPOSITORY_FILE).is_file():
+            raise UserError(f"--triton-repo {out_dir} is a folder that build.py did not write (no {REPOSITORY_FILE}); "
+                            "name a new or empty folder")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # same file system: no copy (files are replaced by rename, never rewritten in place)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _write_atomically(out_dir: Path, configs: dict[str, str], files: dict, record: dict) -> None:
+    from ..core.files import write_json
+
+    parent = out_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=parent))
+    old = None
+    try:
+        for name, text in configs.items():
+            (tmp / name / "1").mkdir(parents=True, exist_ok=True)
+            (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
+            for rel, source in files.get(name, []):
+                dst = tmp / name / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(source, Path):
+                    _link_or_copy(source, dst)
+                else:
+                    dst.write_text(source, encoding="utf-8")
+        write_json(tmp / REPOSITORY_FILE, record)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+            os.rmdir(old)
+            os.rename(out_dir, old)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            if old is not None:
+                os.rename(old, out_dir)
+                old = None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
