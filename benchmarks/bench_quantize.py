@@ -8,7 +8,7 @@ Needs the quant extra (ModelOpt). No ImageNet is available where this project is
 are generated deterministically (trt_res2net.data.synthetic: painted scenes and, when tests/data holds photographs,
 random crops of them): calibration seed 101, held-out seed 102, disjoint. The model is the zoo architecture
 with seeded random weights made realistic — BatchNorm statistics fitted to 32 images, and a classifier head
-fitted to the features of those and the calibration images (synthetic.realistic_random_model) — so activation
+fitted to the features of those and the calibration images (model.realistic_random) — so activation
 ranges and prediction margins resemble a trained network's; its absolute accuracy means nothing.
 
 Each measured step runs in a fresh process, through the same code build.py runs:
@@ -125,8 +125,9 @@ def prepare(work: Path, model: str, calib_images: int, eval_images: int, sharpne
     import numpy as np
 
     from trt_res2net.data.calibration_set import iter_batches
-    from trt_res2net.data.synthetic import realistic_random_model, write_images
+    from trt_res2net.data.synthetic import write_images
     from trt_res2net.model import zoo
+    from trt_res2net.model.realistic_random import realistic_random_model
 
     photos = sorted((ROOT / "tests" / "data").glob("*.jpg"))
     settings = {"model": model, "calib_images": calib_images, "eval_images": eval_images,

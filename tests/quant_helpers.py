@@ -2,7 +2,7 @@
 
 Used by the ModelOpt tests: width 16 (ModelOpt leaves convolutions with fewer than 16 channels unquantized,
 so width 4 would test nothing), one block per stage, 1000 classes; BN statistics fitted to real-looking
-images and a classifier head fitted to their features (trt_res2net.data.synthetic.realistic_random_model).
+images and a classifier head fitted to their features (trt_res2net.model.realistic_random).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from trt_res2net.data.calibration_set import iter_batches
-from trt_res2net.data.synthetic import realistic_random_model, write_images
+from trt_res2net.data.synthetic import write_images
 from trt_res2net.model import zoo
+from trt_res2net.model.realistic_random import realistic_random_model
 
 DATA = Path(__file__).parent / "data"
 

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from trt_res2net.core.paths import cache_dir
 from trt_res2net.cuda import kernels as cp
 from trt_res2net.data.preprocess import SPEC, preprocess_bgr
 from trt_res2net.runtime.tensorrt_backend import topk_numpy
@@ -104,10 +105,10 @@ def test_kernel_cache_reuses_and_keys_by_source(tmp_path, monkeypatch):
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TRT_RES2NET_CACHE", str(tmp_path / "c"))
-    assert cp.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("TRT_RES2NET_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert cp.cache_dir() == tmp_path / "x" / "trt_res2net"
+    assert cache_dir() == tmp_path / "x" / "trt_res2net"
 
 
 # -- source generation and target choice ---------------------------------------------------------

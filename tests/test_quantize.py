@@ -229,7 +229,7 @@ def test_fp16_quantize_probe_and_fp32_twin():
 
 
 def test_compare_predictions_and_accuracy_definitions():
-    from trt_res2net.precision.accuracy import accuracy, compare_predictions
+    from trt_res2net.data.metrics import accuracy, compare_predictions
 
     a = np.array([[3.0, 2.0, 1.0, 0.0, -1.0, -2.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
     b = np.array([[3.0, 2.5, 1.0, 0.0, -1.0, -2.0], [0.0, 1.0, 2.0, 3.0, 6.0, 5.0]])

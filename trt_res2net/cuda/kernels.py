@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.paths import cache_dir
 from ..data.preprocess import SPEC, PreprocessSpec
 
 PREPROCESS_KERNEL = "res2net_preprocess_bgr"
@@ -471,14 +472,6 @@ def compile_source(source: str, arch: str, output: str = "ptx", options=NVRTC_OP
         return bytes(buf)
     finally:
         call(nvrtc.nvrtcDestroyProgram, prog)
-
-
-def cache_dir() -> Path:
-    """The project's cache (``weights.cache_dir``: $TRT_RES2NET_CACHE, else $XDG_CACHE_HOME/trt_res2net,
-    else ~/.cache/trt_res2net); compiled kernels go under ``kernels/`` in it."""
-    from ..model.weights import cache_dir as project_cache_dir
-
-    return project_cache_dir()
 
 
 def cached_kernel_image(compute_capability: tuple[int, int], spec: PreprocessSpec = SPEC,

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core import files as atomic
 from ..core.errors import UserError
+from ..core.paths import cache_dir
 from .zoo import ModelSpec, block_layouts, feature_channels, stem_units
 
 BN_SUFFIXES = ("_batch_norm.weight", "_batch_norm.bias", "_batch_norm._mean", "_batch_norm._variance")
@@ -265,14 +266,6 @@ def write_pdparams(path: str | os.PathLike, state: dict[str, np.ndarray], protoc
 
 
 # --- download ------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where downloaded weights live: $TRT_RES2NET_CACHE, else $XDG_CACHE_HOME/trt_res2net, else ~/.cache/..."""
-    if os.environ.get("TRT_RES2NET_CACHE"):
-        return Path(os.environ["TRT_RES2NET_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "trt_res2net"
 
 
 def download(url: str, dest: str | os.PathLike, progress: bool = True, timeout: float = 30.0) -> Path:

@@ -1,6 +1,6 @@
 """How close an FP16 or INT8 ONNX stays to the FP32 ONNX, on held-out images, in ONNX Runtime.
 
-Metrics (``trt_res2net.runtime.evaluate``, as infer.py --eval): top-1 agreement, mean top-5 overlap, logit
+Metrics (``trt_res2net.data.metrics``, as infer.py --eval): top-1 agreement, mean top-5 overlap, logit
 cosine similarity, and top-1/top-5 accuracy of both models when labels are given. The budget of
 ``--max-top1-drop X`` is in percentage points: the drop of top-1 accuracy when labelled, otherwise
 100 − top-1 agreement (% of images whose top class changed).
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import EXIT_SOME_FAILED, UserError
+from ..data.metrics import accuracy, compare_predictions, read_val_list
 from ..data.preprocess import SPEC, PreprocessSpec
 
 DEFAULT_EVAL_IMAGES = 500
@@ -35,28 +36,6 @@ class AccuracyBudgetExceeded(UserError):
     """The converted model misses the --max-top1-drop budget (exit status 1: the build ran, its result failed)."""
 
     exit_code = EXIT_SOME_FAILED
-
-
-# --------------------------------------------------------------------------------------------------------
-# Metrics: issue 3's evaluate module (the same definitions infer.py --eval reports)
-
-
-def compare_predictions(logits_a: np.ndarray, logits_b: np.ndarray, k: int = 5) -> dict:
-    from ..runtime.evaluate import compare_predictions as impl
-
-    return impl(logits_a, logits_b, k)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> dict:
-    from ..runtime.evaluate import accuracy as impl
-
-    return impl(logits, labels, k)
-
-
-def read_val_list(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
-    from ..runtime.evaluate import read_val_list as impl
-
-    return impl(path, data_root)
 
 
 # --------------------------------------------------------------------------------------------------------
