@@ -69,7 +69,8 @@ def export(model: str, directory: Path) -> Path:
 
 def bench_batch(onnx_path: Path, paths: list[Path], batch: int, runs: int) -> dict:
     from trt_res2net.data.preprocess import preprocess_batch
-    from trt_res2net.runtime.classifier import Classifier, OnnxRuntimeBackend
+    from trt_res2net.runtime.classifier import Classifier
+    from trt_res2net.runtime.onnx_runtime import OnnxRuntimeBackend
 
     clf = Classifier(onnx_path, batch=batch, threads=2)
     spin = Classifier(onnx_path, batch=batch, threads=2, backend=OnnxRuntimeBackend(onnx_path, spinning=True))

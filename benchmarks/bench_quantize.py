@@ -12,10 +12,10 @@ fitted to the features of those and the calibration images (model.realistic_rand
 ranges and prediction margins resemble a trained network's; its absolute accuracy means nothing.
 
 Each measured step runs in a fresh process, through the same code build.py runs:
-* calibrate: quantize._calibration (image selection, manifest, ModelOpt/ONNX Runtime calibration, cache) —
+* calibrate: precision.convert._calibration (image selection, manifest, ModelOpt/ONNX Runtime calibration, cache) —
   wall time, and peak RSS of that process (also minus its RSS after imports, before calibration);
-* int8 / int8-fp32: quantize.run_precision_step reusing the cache (Q/DQ model, then the held-out comparison);
-* fp16: quantize.run_precision_step --precision fp16 (AutoCast, then the comparison).
+* int8 / int8-fp32: precision.convert.convert_precision reusing the cache (Q/DQ model, then the held-out comparison);
+* fp16: precision.convert.convert_precision for fp16 (AutoCast, then the comparison).
 Times are the median of --runs (default 1: calibrating 500 images takes minutes).
 """
 
@@ -40,17 +40,15 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _args(**kw):
-    from trt_res2net.precision.convert import add_cli_arguments
+def _convert(precision: str, fp32: Path, **options) -> Path:
+    """build.py's precision step with these PrecisionOptions fields (``calib_*`` folded into the image set)."""
+    from trt_res2net.data.calibration_set import CalibrationImages
+    from trt_res2net.precision.convert import convert_precision
+    from trt_res2net.precision.options import PrecisionOptions
 
-    p = argparse.ArgumentParser()
-    add_cli_arguments(p)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--opset", type=int)
-    ns = p.parse_args(["--quiet"])
-    for k, v in kw.items():
-        setattr(ns, k, v)
-    return ns
+    calib = CalibrationImages(options.pop("calib_dir", None), options.pop("calib_images", 500))
+    return convert_precision(fp32, precision, PrecisionOptions(calibration=calib, progress=False, **options),
+                             model_name="model")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -72,10 +70,9 @@ def child(step: str, work: Path, method: str, calib_images: int, eval_images: in
     t0 = time.perf_counter()
     if step.startswith("fallback"):
         budget = float(step.split(":")[1])
-        a = _args(precision="int8", calib_cache=str(cache), calib_method=method, calib_dir=str(work / "calib_images"),
-                  calib_images=calib_images, eval_dir=str(work / "eval_images"), eval_images=eval_images,
-                  max_top1_drop=budget, auto_fallback=True)
-        out = q.run_precision_step(a, fp32, "model")
+        out = _convert("int8", fp32, calib_cache=cache, calib_method=method, calib_dir=work / "calib_images",
+                       calib_images=calib_images, eval_dir=work / "eval_images", eval_images=eval_images,
+                       max_top1_drop=budget, auto_fallback=True)
         side = json.loads(out.with_name(out.name + ".json").read_text())
         fb = side["auto_fallback"] or {}
         result = {"accuracy": side["accuracy"], "budget_pp": budget, "excluded_layers": side["excluded_layers"],
@@ -83,17 +80,19 @@ def child(step: str, work: Path, method: str, calib_images: int, eval_images: in
                   "ranking_top10": fb.get("ranking", [])[:10], "search_seconds": fb.get("search_seconds")}
     elif step == "calibrate":
         cache.unlink(missing_ok=True)
-        opts = q.PrecisionOptions(precision="int8", calib_dir=str(work / "calib_images"), calib_images=calib_images,
-                                  calib_method=method, calib_cache=str(cache), progress=False)
-        opts.validate()
-        cal = q._calibration(opts, fp32, "model", q.sha256_file(fp32))
+        from trt_res2net.core.hashing import sha256_file
+        from trt_res2net.data.calibration_set import CalibrationImages
+        from trt_res2net.precision.options import PrecisionOptions
+
+        opts = PrecisionOptions(calibration=CalibrationImages(work / "calib_images", calib_images),
+                                calib_method=method, calib_cache=cache, progress=False)
+        cal = q._calibration(opts, fp32, "model", sha256_file(fp32))
         result = {"activation_scales": len(cal.cache.scales), "images": calib_images}
     else:
         precision = "fp16" if step == "fp16" else "int8"
         hp = "fp32" if step == "int8-fp32" else "fp16"
-        a = _args(precision=precision, calib_cache=str(cache), calib_method=method, high_precision=hp,
-                  eval_dir=str(work / "eval_images"), eval_images=eval_images)
-        out = q.run_precision_step(a, fp32, "model")
+        out = _convert(precision, fp32, calib_cache=cache, calib_method=method, high_precision=hp,
+                       eval_dir=work / "eval_images", eval_images=eval_images)
         side = json.loads(out.with_name(out.name + ".json").read_text())
         result = {"accuracy": side["accuracy"], "onnx_mb": round(out.stat().st_size / 2**20, 1)}
     import resource

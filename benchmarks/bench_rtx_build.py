@@ -10,7 +10,7 @@ Per model, once: seeded random weights with BN statistics and a head fitted to g
 the INT8 Q/DQ ONNX (ModelOpt, ``max`` ranges from 16 generated images: the build does not depend on how good the
 ranges are). Then, --runs times each and each in a fresh process (so peaks do not mix):
 - export: ``build.py --model NAME --random-weights --onnx-only`` — weights made, exported, checked;
-- build: ``builder.run_engine_step`` on the prepared ONNX with ``--engine-family tensorrt-rtx`` (default targets),
+- build: ``engine.build.build_engine`` on the prepared ONNX with ``--engine-family tensorrt-rtx`` (default targets),
   i.e. what ``build.py`` does after the precision step: ONNX inspection, parse, build, atomic write, manifest.
 Reported: the library's own build time (``build_serialized_network``, from the manifest), the whole process's
 wall time, its peak RSS (``wait4``), and the engine size; medians of --runs. Needs the ``rtx`` and ``quant`` extras.
@@ -96,14 +96,12 @@ def prepare(name: str, workdir: Path, precisions: list[str]) -> dict[str, Path]:
 
 
 def child_build(onnx_path: str, fp32_path: str, precision: str, engine_path: str) -> dict:
-    from trt_res2net.engine import builder, manifest
+    from trt_res2net.engine.build import build_engine
+    from trt_res2net.engine.options import EngineOptions
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--quiet", action="store_true")
-    builder.add_cli_arguments(p)
-    args = p.parse_args(["--quiet", "--engine-family", "tensorrt-rtx", "--save-engine", engine_path])
-    engine = builder.run_engine_step(args, Path(onnx_path), Path(engine_path).stem, precision, Path(fp32_path))
-    m = manifest.read_manifest(engine)
+    options = EngineOptions(family="tensorrt-rtx", engine_path=engine_path, progress=False)
+    built = build_engine(onnx_path, precision, options, fp32_onnx_path=fp32_path, model_name=Path(engine_path).stem)
+    engine, m = built.path, built.manifest
     return {"build_s": m["build_time_s"], "engine_mib": engine.stat().st_size / 2**20}
 
 

@@ -291,7 +291,7 @@ def main() -> int:
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args()
 
-    from trt_res2net.runtime.classifier import OnnxRuntimeBackend
+    from trt_res2net.runtime.onnx_runtime import OnnxRuntimeBackend
     from trt_res2net.serving.repository import export_repository
 
     with tempfile.TemporaryDirectory(prefix="bench_triton_") as tmp_name:

@@ -35,11 +35,12 @@ def tiny_onnx(tmp_path_factory, tiny_spec, tiny_weights):
 
 def _library_and_gpu(family: str):
     from trt_res2net.core.errors import MissingDependency
-    from trt_res2net.engine import manifest, trt_compat
+    from trt_res2net.cuda.device import detect_gpu
+    from trt_res2net.engine import trt_compat
 
     try:
         library = trt_compat.import_library(family)
-        gpu = manifest.detect_gpu()
+        gpu = detect_gpu()
     except MissingDependency as e:
         pytest.skip(str(e).split(";")[0])  # e.g. "TensorRT is not importable (...)", "no usable NVIDIA GPU: ..."
     return library, gpu
@@ -58,7 +59,7 @@ def rtx_gpu():
     from trt_res2net.engine import trt_compat
 
     library, gpu = _library_and_gpu("tensorrt-rtx")
-    cc = gpu.compute_capability
+    cc = gpu.cc
     if not trt_compat.rtx_runs_on(cc, trt_compat.RTX_TARGETS, and_later=True):
         pytest.skip(f"{gpu.name} (compute capability {cc}) is not a TensorRT-RTX target")
     return library, gpu

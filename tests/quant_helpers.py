@@ -47,14 +47,18 @@ def make_workspace(root: Path, calib: int = 48, held_out: int = 48) -> dict:
 
 
 def args(**kw) -> argparse.Namespace:
-    """The Namespace build.py would pass, with the precision options' defaults."""
-    from trt_res2net.precision.convert import add_cli_arguments
+    """build.py's Namespace with these precision flags set (dest names), the rest at their defaults."""
+    from trt_res2net.cli.build import build_parser
 
-    p = argparse.ArgumentParser()
-    add_cli_arguments(p)
-    p.add_argument("--opset", type=int)
-    p.add_argument("--quiet", action="store_true")
-    ns = p.parse_args(["--quiet"])
+    ns = build_parser().parse_args(["--onnx", "m.onnx", "--quiet"])
     for k, v in kw.items():
         setattr(ns, k, str(v) if isinstance(v, Path) else v)
     return ns
+
+
+def run_precision(ns: argparse.Namespace, fp32_onnx: Path, model: str) -> Path:
+    """The precision step as build.py runs it: the flags through the CLI's mapping, then the library."""
+    from trt_res2net.cli.build import precision_options
+    from trt_res2net.precision.convert import convert_precision
+
+    return convert_precision(fp32_onnx, ns.precision, precision_options(ns), model_name=model)

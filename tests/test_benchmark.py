@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 from fake_gpu_runtime import install, write_engine
 
+from trt_res2net.cli.benchmark import load_images
+from trt_res2net.cli.infer import main as infer_main
 from trt_res2net.core.errors import EXIT_NO_TENSORRT, UserError
 from trt_res2net.runtime import benchmark as bm
 
@@ -56,7 +57,7 @@ def test_parse_batch_list():
     assert bm.parse_batch_list(["1,2", "2"]) == [1, 2]
     assert bm.parse_batch_list(None) == list(bm.DEFAULT_BATCHES)
     for bad in ("0", "1,x", "-1", "", ","):
-        with pytest.raises(argparse.ArgumentTypeError):
+        with pytest.raises(UserError, match="batch sizes are positive integers"):
             bm.parse_batch_list(bad)
 
 
@@ -127,25 +128,29 @@ def test_cross_check_commands():
     assert not any(a.startswith("--shapes") for a in bm.trtexec_command("m.engine", "x", 4, dynamic=False))
 
 
-def test_add_cli_arguments_leaves_options_the_parser_already_has():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--json")
-    bm.add_cli_arguments(parser)
-    args = parser.parse_args(["--benchmark", "--iterations", "5", "--warmup", "1", "--cuda-graph",
-                              "--polygraphy"])
-    assert args.benchmark and args.cuda_graph and args.polygraphy
-    assert (args.iterations, args.warmup) == (5, 1)
-    assert args.batch == 8
-    own = argparse.ArgumentParser()
-    bm.add_cli_arguments(own)
-    assert own.parse_args(["--batch", "1,8"]).batch == [1, 8]
+def test_benchmark_flags_map_onto_options():
+    from trt_res2net.cli.benchmark import benchmark_options
+    from trt_res2net.cli.infer import build_parser
+
+    args = build_parser().parse_args(["m.engine", "--benchmark", "--iterations", "5", "--warmup", "1", "--cuda-graph",
+                                      "--polygraphy", "--batch", "8,1", "--no-progress"])
+    assert args.benchmark and args.polygraphy
+    assert benchmark_options(args) == bm.BenchmarkOptions(batches=(1, 8), iterations=5, warmup=1, cuda_graph=True,
+                                                          progress=False)
+    assert benchmark_options(build_parser().parse_args(["m.engine", "--benchmark"])) == bm.BenchmarkOptions()
+    with pytest.raises(UserError, match="--iterations must be at least 1"):
+        bm.BenchmarkOptions(iterations=0)
+
+
+def main(argv) -> int:
+    """``infer.py ENGINE --benchmark ...`` (what python -m trt_res2net.benchmark was)."""
+    return infer_main([*argv, "--benchmark"])
 
 
 def test_cli_refuses_non_engines(tmp_path, capsys):
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"x")
-    assert bm.main([str(onnx)]) == 2
+    assert main([str(onnx)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --benchmark runs TensorRT engines") and err.count("\n") == 1
 
@@ -153,7 +158,7 @@ def test_cli_refuses_non_engines(tmp_path, capsys):
 def test_cli_without_tensorrt_exits_3(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     engine = write_engine(tmp_path / "m.engine")
-    assert bm.main([str(engine), "--batch", "1"]) == EXIT_NO_TENSORRT
+    assert main([str(engine), "--batch", "1"]) == EXIT_NO_TENSORRT
     err = capsys.readouterr().err
     assert f"cannot run {engine}, a TensorRT engine: TensorRT is not importable" in err and err.count("\n") == 1
 
@@ -170,7 +175,7 @@ def test_cli_without_tensorrt_still_prints_the_cross_check_commands(tmp_path, mo
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     engine = write_engine(tmp_path / "m.engine")
     _manifest_for(engine, engine_family="tensorrt")
-    assert bm.main([str(engine), "--batch", "1,8", "--polygraphy", "--iterations", "10"]) == EXIT_NO_TENSORRT
+    assert main([str(engine), "--batch", "1,8", "--polygraphy", "--iterations", "10"]) == EXIT_NO_TENSORRT
     out = capsys.readouterr().out
     assert f"trtexec equivalent:    trtexec --loadEngine={engine} --shapes=x:8x3x224x224 --useCudaGraph" in out
     assert "polygraphy equivalent: polygraphy run" in out and "'x:[1,3,224,224]'" in out
@@ -181,7 +186,7 @@ def test_rtx_engine_cross_check_uses_the_rtx_tools(tmp_path, monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
     engine = write_engine(tmp_path / "m.rtx.engine", rtx=True)
     _manifest_for(engine, engine_family="tensorrt-rtx")
-    assert bm.main([str(engine), "--batch", "8", "--polygraphy", "--iterations", "10"]) == EXIT_NO_TENSORRT
+    assert main([str(engine), "--batch", "8", "--polygraphy", "--iterations", "10"]) == EXIT_NO_TENSORRT
     out = capsys.readouterr().out
     assert (f"tensorrt_rtx equivalent: tensorrt_rtx --loadEngine={engine} --shapes=x:8x3x224x224 "
             "--rtxCudaGraphStrategy=wholeGraph --noDataTransfers") in out
@@ -193,7 +198,7 @@ def test_first_run_is_reported_apart(tmp_path, monkeypatch, capsys):
     install(monkeypatch, rtx=True)
     engine = write_engine(tmp_path / "m.rtx.engine", rtx=True, batch=(1, 4, 8))
     out_json = tmp_path / "b.json"
-    assert bm.main([str(engine), "--batch", "1,4", "--iterations", "3", "--warmup", "0", "--json",
+    assert main([str(engine), "--batch", "1,4", "--iterations", "3", "--warmup", "0", "--json",
                     str(out_json), "--plot", str(tmp_path / "b.png")]) == 0
     out = capsys.readouterr().out
     assert "first run" in out.splitlines()[1]
@@ -209,7 +214,7 @@ def test_cli_end_to_end_on_a_fake_engine(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bm, "_polygraphy_runnable", lambda family: False)
     engine = write_engine(tmp_path / "m.engine", batch=(1, 4, 8))
     out_json = tmp_path / "bench.json"
-    code = bm.main([str(engine), "--batch", "1,4,16", "--iterations", "3", "--warmup", "1",
+    code = main([str(engine), "--batch", "1,4,16", "--iterations", "3", "--warmup", "1",
                     "--json", str(out_json), "--polygraphy", "--cuda-graph"])
     assert code == 0
     captured = capsys.readouterr()
@@ -232,12 +237,12 @@ def test_cli_with_images_and_no_usable_batch(tmp_path, monkeypatch, capsys):
     photos.mkdir()
     cv2.imwrite(str(photos / "a.png"), bm.synthetic_images(1)[0])
     (photos / "broken.jpg").write_bytes(b"not an image")
-    assert bm.main([str(engine), str(photos), "--batch", "2", "--iterations", "2", "--warmup", "0"]) == 0
+    assert main([str(engine), str(photos), "--batch", "2", "--iterations", "2", "--warmup", "0"]) == 0
     assert "broken.jpg: not a readable image; skipped" in capsys.readouterr().err
-    assert bm.main([str(engine), "--batch", "4,8"]) == 2
+    assert main([str(engine), "--batch", "4,8"]) == 2
     assert "none of the batch sizes" in capsys.readouterr().err
     with pytest.raises(UserError, match="no such file"):
-        bm._load_images([tmp_path / "nope.jpg"])
+        load_images([tmp_path / "nope.jpg"])
 
 
 def _has_matplotlib():

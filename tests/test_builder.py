@@ -1,18 +1,23 @@
-"""The engine builder without TensorRT: planning, profiles, ONNX inspection, the no-TensorRT path (exit 3),
-and whole builds against fake TensorRT 8.6 / 10.x / 11.x modules."""
+"""The engine stage without a GPU: planning, profiles, the ONNX contract, the no-TensorRT path (exit 3), and whole
+builds against fake TensorRT 8.6 / 10.x modules — what no installable library can stand in for (calibrator, DLA,
+timing cache, builder flags). The 11.x-style API that TensorRT-RTX shares is tested on the real ``tensorrt_rtx`` in
+tests/test_rtx_build.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import pytest
 
+from trt_res2net.cli.build import build_parser, engine_options
 from trt_res2net.core.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
-from trt_res2net.engine import builder
-from trt_res2net.engine.builder import BatchProfile, resolve_batch_profile
+from trt_res2net.engine.build import build_engine
+from trt_res2net.engine.commands import equivalent_commands
 from trt_res2net.engine.manifest import read_manifest
+from trt_res2net.engine.options import BatchProfile, EngineOptions, engine_path_for, resolve_batch_profile
+from trt_res2net.engine.plan import default_workspace_bytes, plan_build, precision_onnx_needed
+from trt_res2net.model.contract import inspect_onnx
 
 from trt_fakes import (  # isort: skip
     FakeDeviceBuffer,
@@ -24,7 +29,7 @@ from trt_fakes import (  # isort: skip
     write_images,
 )
 
-RELEASES = ["8.6.1", "10.3.0", "10.13.3", "11.4.0"]
+RELEASES = ["8.6.1", "10.3.0", "10.13.3"]
 
 
 @pytest.fixture(scope="module")
@@ -69,24 +74,24 @@ def test_batch_profile_errors(kwargs, match):
 
 
 def test_inspect_onnx(onnx_dir, tmp_path):
-    io = builder.inspect_onnx(onnx_dir / "fp32.onnx")
+    io = inspect_onnx(onnx_dir / "fp32.onnx")
     assert (io.input_name, io.output_name, io.batch) == ("input", "logits", None)
     assert io.input_shape == (None, 3, 224, 224) and io.opset == 17 and not io.has_qdq and not io.has_fp16
-    assert io.chw(224) == (3, 224, 224)
-    q = builder.inspect_onnx(onnx_dir / "qdq.onnx")
+    assert io.chw() == (3, 224, 224)
+    q = inspect_onnx(onnx_dir / "qdq.onnx")
     assert q.has_qdq and q.opset == 19
-    assert builder.inspect_onnx(onnx_dir / "fp16.onnx").has_fp16
-    fixed = builder.inspect_onnx(onnx_dir / "fixed4.onnx")
+    assert inspect_onnx(onnx_dir / "fp16.onnx").has_fp16
+    fixed = inspect_onnx(onnx_dir / "fixed4.onnx")
     assert (fixed.input_name, fixed.batch, fixed.output_name) == ("x", 4, "save_infer_model/scale_0.tmp_1")
     with pytest.raises(UserError, match="not found"):
-        builder.inspect_onnx(tmp_path / "missing.onnx")
+        inspect_onnx(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"\x00garbage\xff" * 10)
     with pytest.raises(UserError, match="not a readable ONNX"):
-        builder.inspect_onnx(tmp_path / "junk.onnx")
+        inspect_onnx(tmp_path / "junk.onnx")
 
 
 def _plan(precision, release, onnx_dir, onnx="fp32.onnx", **kw):
-    return builder.plan_build(
+    return plan_build(
         precision, release, onnx_path=onnx_dir / onnx, fp32_onnx_path=onnx_dir / "fp32.onnx", **kw
     )
 
@@ -157,81 +162,64 @@ def test_plan_build_refusals(onnx_dir, precision, release, onnx, mode, match):
     ],
 )
 def test_precision_onnx_needed(precision, mode, release, expected):
-    assert builder.precision_onnx_needed(precision, mode, release) is expected
+    assert precision_onnx_needed(precision, mode, release) is expected
 
 
 def test_default_workspace():
     gib = 1 << 30
-    assert builder.default_workspace_bytes(20 * gib, 24 * gib, False) == 10 * gib
-    assert builder.default_workspace_bytes(130 * gib, 140 * gib, False) == 16 * gib
-    assert builder.default_workspace_bytes(12 * gib, 16 * gib, True) == 3 * gib  # Jetson: a quarter of free
-    assert builder.default_workspace_bytes(60 * gib, 64 * gib, True) == 4 * gib
-    assert builder.default_workspace_bytes(100 << 20, 4 * gib, True) == 256 << 20
-    assert builder.default_workspace_bytes(None, 8 * gib, False) == 4 * gib
+    assert default_workspace_bytes(20 * gib, 24 * gib, False) == 10 * gib
+    assert default_workspace_bytes(130 * gib, 140 * gib, False) == 16 * gib
+    assert default_workspace_bytes(12 * gib, 16 * gib, True) == 3 * gib  # Jetson: a quarter of free
+    assert default_workspace_bytes(60 * gib, 64 * gib, True) == 4 * gib
+    assert default_workspace_bytes(100 << 20, 4 * gib, True) == 256 << 20
+    assert default_workspace_bytes(None, 8 * gib, False) == 4 * gib
 
 
 def test_engine_path_for():
     assert (
-        str(builder.engine_path_for("res2net200_vd_26w_4s", "int8", 32))
+        str(engine_path_for("res2net200_vd_26w_4s", "int8", 32))
         == "engines/res2net200_vd_26w_4s_int8_b32.engine"
     )
 
 
-def _parser():
-    p = argparse.ArgumentParser()
-    p.add_argument("--precision", default="fp32")  # the precision step's option
-    p.add_argument("--calib-dir")
-    p.add_argument("--calib-images", type=int, default=500)
-    p.add_argument("--quiet", action="store_true")  # build.py's own option
-    builder.add_cli_arguments(p)
-    return p
+def _options(*argv) -> EngineOptions:
+    """build.py's flags through the CLI's own mapping (the one place flags become EngineOptions)."""
+    return engine_options(build_parser().parse_args(["--onnx", "m.onnx", *argv]))
 
 
-def test_cli_arguments():
-    a = _parser().parse_args(
-        [
-            "--int8-mode",
-            "calibrator",
-            "--min-batch",
-            "2",
-            "--max-batch",
-            "16",
-            "--workspace",
-            "512",
-            "--timing-cache",
-            "t.cache",
-            "--dla-core",
-            "0",
-            "--builder-opt-level",
-            "5",
-            "--calib-batch",
-            "4",
-        ]
-    )
-    opts = builder.EngineOptions.from_args(a)
-    assert opts.profile_request == {"batch": None, "min_batch": 2, "opt_batch": None, "max_batch": 16}
+def _step(argv, onnx, model, precision, fp32):
+    return build_engine(onnx, precision, _options(*argv), fp32_onnx_path=fp32, model_name=model).path
+
+
+def test_cli_flags_map_onto_engine_options():
+    opts = _options("--int8-mode", "calibrator", "--min-batch", "2", "--max-batch", "16", "--workspace", "512",
+                    "--timing-cache", "t.cache", "--dla-core", "0", "--builder-opt-level", "5", "--calib-batch", "4")
+    assert opts.batch_profile() == BatchProfile(2, 8, 16)
     assert opts.workspace_bytes == 512 << 20 and str(opts.timing_cache) == "t.cache"
-    assert (opts.dla_core, opts.builder_opt_level, opts.calib_batch) == (0, 5, 4)
-    d = builder.EngineOptions.from_args(_parser().parse_args([]))
-    assert d.workspace_bytes is None and d.calib_batch == 8 and d.log_level == "warning" and d.progress
+    assert (opts.dla_core, opts.builder_opt_level, opts.calibrator_batch, opts.int8_mode) == (0, 5, 4, "calibrator")
+    d = _options()
+    assert d == EngineOptions() and d.workspace_bytes is None and d.calibrator_batch == 8
+    assert d.log_level == "warning" and d.progress and not _options("--quiet").progress
     with pytest.raises(SystemExit):
-        _parser().parse_args(["--builder-opt-level", "9"])
+        _options("--builder-opt-level", "9")
     with pytest.raises(SystemExit):
-        _parser().parse_args(["--int8-mode", "minmax"])
+        _options("--int8-mode", "minmax")
     with pytest.raises(UserError, match="--workspace"):
-        builder.EngineOptions.from_args(_parser().parse_args(["--workspace", "0"]))
+        _options("--workspace", "0")
+    with pytest.raises(UserError, match="--compute-capability 9.0"):
+        EngineOptions(compute_capabilities="9.0")
+    assert EngineOptions(compute_capabilities=("12.0", "8.6")).compute_capabilities == ("8.6", "12.0")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# run_engine_step without TensorRT / without a GPU: exit status 3, one line, ONNX named
+# build_engine without TensorRT / without a GPU: exit status 3, one line, ONNX named
 
 
 def test_no_library_is_exit_3_naming_the_onnx(onnx_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` → ImportError
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
-    args = _parser().parse_args([])
     with pytest.raises(MissingDependency) as info:
-        builder.run_engine_step(args, onnx_dir / "qdq.onnx", "tiny", "int8", onnx_dir / "fp32.onnx")
+        _step([], onnx_dir / "qdq.onnx", "tiny", "int8", onnx_dir / "fp32.onnx")
     msg = str(info.value)
     assert info.value.exit_code == EXIT_NO_TENSORRT == 3
     assert msg.startswith(
@@ -240,23 +228,20 @@ def test_no_library_is_exit_3_naming_the_onnx(onnx_dir, monkeypatch):
     )
     assert "or TensorRT-RTX (pip install 'trt-res2net[rtx]'" in msg and "\n" not in msg
     with pytest.raises(MissingDependency, match=r"; TensorRT is not importable \(ModuleNotFoundError"):
-        builder.run_engine_step(_parser().parse_args(["--engine-family", "tensorrt"]), onnx_dir / "fp32.onnx",
-                                "tiny", "fp32", onnx_dir / "fp32.onnx")
+        _step(["--engine-family", "tensorrt"], onnx_dir / "fp32.onnx", "tiny", "fp32", onnx_dir / "fp32.onnx")
 
 
 def test_no_gpu_is_exit_3(onnx_dir, monkeypatch):
-    from trt_res2net.engine import manifest
+    from trt_res2net.cuda import device
 
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.3.0"))
 
     def no_gpu(device=0):
         raise MissingDependency("no usable NVIDIA GPU (CUDA error 35: is the driver installed?)")
 
-    monkeypatch.setattr(manifest, "detect_gpu", no_gpu)
+    monkeypatch.setattr(device, "detect_gpu", no_gpu)
     with pytest.raises(MissingDependency) as info:
-        builder.run_engine_step(
-            _parser().parse_args([]), onnx_dir / "fp32.onnx", "tiny", "fp32", onnx_dir / "fp32.onnx"
-        )
+        _step([], onnx_dir / "fp32.onnx", "tiny", "fp32", onnx_dir / "fp32.onnx")
     assert info.value.exit_code == 3
     assert str(info.value).startswith(f"wrote {onnx_dir / 'fp32.onnx'}; no usable NVIDIA GPU")
     assert "pip install tensorrt" in str(info.value) and "--engine-family tensorrt-rtx" in str(info.value)
@@ -264,13 +249,7 @@ def test_no_gpu_is_exit_3(onnx_dir, monkeypatch):
 
 def test_dla_fp32_is_a_usage_error(onnx_dir):
     with pytest.raises(UserError, match="DLA runs FP16 or INT8"):
-        builder.run_engine_step(
-            _parser().parse_args(["--dla-core", "0"]),
-            onnx_dir / "fp32.onnx",
-            "t",
-            "fp32",
-            onnx_dir / "fp32.onnx",
-        )
+        _step(["--dla-core", "0"], onnx_dir / "fp32.onnx", "t", "fp32", onnx_dir / "fp32.onnx")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,11 +260,11 @@ def test_dla_fp32_is_a_usage_error(onnx_dir):
 def fake_env(monkeypatch, tmp_path):
     """Fake TensorRT (set per test), a fake GPU, fake device buffers, and a scratch working directory
     (engines/ and calib/ are relative)."""
+    from trt_res2net.cuda import device
     from trt_res2net.engine import calibrator as trt_calibrator
-    from trt_res2net.engine import manifest
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(manifest, "detect_gpu", lambda device=0: fake_gpu())
+    monkeypatch.setattr(device, "detect_gpu", lambda device=0: fake_gpu())
     monkeypatch.setattr(trt_calibrator, "CudaDeviceBuffer", FakeDeviceBuffer)
     FakeDeviceBuffer.instances.clear()
 
@@ -298,8 +277,7 @@ def fake_env(monkeypatch, tmp_path):
 
 
 def _build(argv, onnx_dir, precision, onnx="fp32.onnx", model="tiny"):
-    args = _parser().parse_args(["--quiet", *argv])
-    return builder.run_engine_step(args, onnx_dir / onnx, model, precision, onnx_dir / "fp32.onnx")
+    return _step(["--quiet", *argv], onnx_dir / onnx, model, precision, onnx_dir / "fp32.onnx")
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -330,7 +308,6 @@ def test_fp32_build_per_release(fake_env, onnx_dir, release):
     [
         ("8.6.1", "fp32.onnx", ["FP16"], 0),
         ("10.3.0", "fp32.onnx", ["FP16"], 0),
-        ("11.4.0", "fp16.onnx", [], 0),
     ],
 )
 def test_fp16_build_per_release(fake_env, onnx_dir, release, path, flags, strongly):
@@ -342,13 +319,7 @@ def test_fp16_build_per_release(fake_env, onnx_dir, release, path, flags, strong
     assert doc["profiles"][0]["input"][0] == [4, 3, 224, 224] == doc["profiles"][0]["input"][2]
 
 
-def test_11x_fp16_without_autocast_onnx_is_refused(fake_env, onnx_dir):
-    fake_env("11.4.0")
-    with pytest.raises(UserError, match="AutoCast"):
-        _build([], onnx_dir, "fp16", onnx="fp32.onnx")
-
-
-@pytest.mark.parametrize("release, strongly_bit", [("10.3.0", 1 << 1), ("10.13.3", 1 << 1), ("11.4.0", 0)])
+@pytest.mark.parametrize("release, strongly_bit", [("10.3.0", 1 << 1), ("10.13.3", 1 << 1)])
 def test_int8_qdq_build(fake_env, onnx_dir, release, strongly_bit):
     fake_env(release)
     engine = _build(["--int8-mode", "qdq"], onnx_dir, "int8", onnx="qdq.onnx")
@@ -470,10 +441,7 @@ def test_fixed_batch_external_onnx(fake_env, onnx_dir, tmp_path):
     """A paddle2onnx-like export: other tensor names, batch 4 fixed in the file → no profile, a batch-4
     engine."""
     fake_env("10.3.0")
-    args = _parser().parse_args(["--quiet"])
-    engine = builder.run_engine_step(
-        args, onnx_dir / "fixed4.onnx", "mymodel", "fp16", onnx_dir / "fixed4.onnx"
-    )
+    engine = _step(["--quiet"], onnx_dir / "fixed4.onnx", "mymodel", "fp16", onnx_dir / "fixed4.onnx")
     assert engine.name == "mymodel_fp16_b4.engine"
     doc = plan_doc(engine)
     assert doc["profiles"] == []
@@ -481,20 +449,14 @@ def test_fixed_batch_external_onnx(fake_env, onnx_dir, tmp_path):
     assert m["io"]["input"]["name"] == "x" and m["io"]["input"]["shape"] == [4, 3, 224, 224]
     assert m["io"]["output"]["name"] == "save_infer_model/scale_0.tmp_1"
     with pytest.raises(UserError, match="fixed batch of 4"):
-        builder.run_engine_step(
-            _parser().parse_args(["--max-batch", "32"]),
-            onnx_dir / "fixed4.onnx",
-            "mymodel",
-            "fp16",
-            onnx_dir / "fixed4.onnx",
-        )
+        _step(["--max-batch", "32"], onnx_dir / "fixed4.onnx", "mymodel", "fp16", onnx_dir / "fixed4.onnx")
 
 
 def test_fixed_batch_calibration_uses_the_file_batch(fake_env, onnx_dir, tmp_path):
     fake_env("8.6.1")
     images = write_images(tmp_path / "imgs", n=9)
-    args = _parser().parse_args(["--quiet", "--calib-dir", str(images[0].parent)])
-    engine = builder.run_engine_step(args, onnx_dir / "fixed4.onnx", "m", "int8", onnx_dir / "fixed4.onnx")
+    engine = _step(["--quiet", "--calib-dir", str(images[0].parent)], onnx_dir / "fixed4.onnx", "m", "int8",
+                   onnx_dir / "fixed4.onnx")
     doc = plan_doc(engine)
     assert doc["calibrated_batches"] == 2 and doc["calibration_profile"] is None
 
@@ -549,44 +511,12 @@ def test_timing_cache_written_reused_and_keyed(fake_env, onnx_dir, tmp_path):
         _build(["--timing-cache", str(other)], onnx_dir, "fp32")
 
 
-def test_build_failure_and_parse_failure(fake_env, onnx_dir, tmp_path):
-    fake_env("10.3.0", fail_build=True)
-    with pytest.raises(UserError, match="failed"):
-        _build([], onnx_dir, "fp32")
-    assert not (tmp_path / "engines" / "tiny_fp32_b32.engine").exists()
-
+def test_8_6_parser_refuses_opset_19(fake_env, tmp_path):
+    """8.6's ONNX parser reads opset ≤ 17 (a real build failure on TensorRT-RTX: tests/test_rtx_build.py)."""
     fake_env("8.6.1")
     tiny_classifier_onnx(tmp_path / "op19.onnx", opset=19)
     with pytest.raises(UserError, match="ONNX parser rejected.*opset 19"):
-        builder.run_engine_step(
-            _parser().parse_args(["--quiet"]),
-            tmp_path / "op19.onnx",
-            "t",
-            "fp32",
-            tmp_path / "op19.onnx",
-        )
-
-
-def test_progress_monitor_events_and_cancel(fake_env, onnx_dir, monkeypatch):
-    from trt_res2net.engine import progress as build_progress
-
-    seen = []
-    original = build_progress.BuildProgress
-
-    class Recording(original):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            seen.append(self)
-
-    monkeypatch.setattr(build_progress, "BuildProgress", Recording)
-    fake_env("10.3.0")
-    _build([], onnx_dir, "fp32")
-    events = seen[-1].events
-    assert events[0] == ("start", "Building engine", 3) and ("finish", "Building engine", None) in events
-
-    fake_env("11.4.0", cancel_after_steps=1)
-    with pytest.raises(UserError, match="failed"):
-        _build([], onnx_dir, "fp32")
+        _step(["--quiet"], tmp_path / "op19.onnx", "t", "fp32", tmp_path / "op19.onnx")
 
 
 def test_8_6_uses_spinner(fake_env, onnx_dir, monkeypatch):
@@ -605,20 +535,11 @@ def test_8_6_uses_spinner(fake_env, onnx_dir, monkeypatch):
     assert entered == ["building tiny_fp32_b32.engine"]
 
 
-def test_11x_never_touches_removed_names(fake_env, onnx_dir, tmp_path):
-    """The 11.x fake has no EXPLICIT_BATCH, FP16/INT8 flags, calibrator or int8_calibrator: all three
-    precisions build (int8 through Q/DQ), so no removed name was reached."""
-    fake_env("11.4.0")
-    for precision, onnx in (("fp32", "fp32.onnx"), ("fp16", "fp16.onnx"), ("int8", "qdq.onnx")):
-        assert _build([], onnx_dir, precision, onnx=onnx).exists()
-
-
 def test_softmax_output_is_recorded(fake_env, tmp_path):
     fake_env("10.3.0")
     probs = tiny_classifier_onnx(tmp_path / "p.onnx", softmax=True, output_name="probabilities")
-    assert builder.inspect_onnx(probs).outputs_probabilities
-    args = _parser().parse_args(["--quiet"])
-    engine = builder.run_engine_step(args, probs, "p", "fp32", probs)
+    assert inspect_onnx(probs).outputs_probabilities
+    engine = _step(["--quiet"], probs, "p", "fp32", probs)
     m = read_manifest(engine)
     assert m["outputs_probabilities"] is True and m["io"]["output"]["name"] == "probabilities"
 
@@ -627,8 +548,8 @@ def test_tiny_res2net_through_the_fake_builder(fake_env, tiny_onnx, tmp_path):
     """The real exporter's tiny Res2Net (conftest) through every release's fake builder."""
     for release in RELEASES:
         fake_env(release)
-        args = _parser().parse_args(["--quiet", "--max-batch", "4", "--engine-dir", str(tmp_path / release)])
-        engine = builder.run_engine_step(args, tiny_onnx, "tiny_res2net", "fp32", tiny_onnx)
+        engine = _step(["--quiet", "--max-batch", "4", "--engine-dir", str(tmp_path / release)], tiny_onnx,
+                       "tiny_res2net", "fp32", tiny_onnx)
         m = read_manifest(engine)
         assert m["io"]["input"]["name"] == "input" and m["io"]["output"]["name"] == "logits"
         assert m["outputs_probabilities"] is False and m["profiles"][0]["max"] == [4, 3, 224, 224]
@@ -636,9 +557,9 @@ def test_tiny_res2net_through_the_fake_builder(fake_env, tiny_onnx, tmp_path):
 
 def test_equivalent_commands(onnx_dir):
     plan = _plan("int8", "10.3.0", onnx_dir, int8_mode="calibrator")
-    cmds = builder.equivalent_commands(plan, BatchProfile(1, 8, 32), "input", (3, 224, 224), "engines/t.engine",
-                                       workspace_bytes=4 << 30, calib_cache="calib/t.trt100300.cache",
-                                       timing_cache="t.cache", builder_opt_level=4, version="10.3.0")
+    cmds = equivalent_commands(plan, BatchProfile(1, 8, 32), "input", (3, 224, 224), "engines/t.engine",
+                               workspace_bytes=4 << 30, calib_cache="calib/t.trt100300.cache",
+                               timing_cache="t.cache", builder_opt_level=4, version="10.3.0")
     t, p = cmds["trtexec"].split(), cmds["polygraphy"].split()
     assert t[:3] == ["trtexec", f"--onnx={onnx_dir / 'fp32.onnx'}", "--saveEngine=engines/t.engine"]
     for flag in ("--memPoolSize=workspace:4096M", "--minShapes=input:1x3x224x224", "--optShapes=input:8x3x224x224",
@@ -648,12 +569,11 @@ def test_equivalent_commands(onnx_dir):
     assert " --trt-max-shapes 'input:[32,3,224,224]'" in cmds["polygraphy"] and "--tf32" in p
     assert "--calibration-cache calib/t.trt100300.cache" in cmds["polygraphy"]
 
-    q = builder.equivalent_commands(_plan("int8", "10.3.0", onnx_dir, "qdq.onnx"), BatchProfile(4, 4, 4), "x",
-                                    (3, 224, 224), "e.engine", workspace_bytes=1 << 30, dynamic=False,
-                                    version="10.3.0")
+    q = equivalent_commands(_plan("int8", "10.3.0", onnx_dir, "qdq.onnx"), BatchProfile(4, 4, 4), "x",
+                            (3, 224, 224), "e.engine", workspace_bytes=1 << 30, dynamic=False, version="10.3.0")
     assert "--stronglyTyped" in q["trtexec"] and "--int8" not in q["trtexec"] and "Shapes" not in q["trtexec"]
-    eleven = builder.equivalent_commands(_plan("int8", "11.4.0", onnx_dir, "qdq.onnx"), BatchProfile(1, 1, 1), "x",
-                                         (3, 224, 224), "e.engine", workspace_bytes=1 << 30, version="11.4.0")
+    eleven = equivalent_commands(_plan("int8", "11.4.0", onnx_dir, "qdq.onnx"), BatchProfile(1, 1, 1), "x",
+                                 (3, 224, 224), "e.engine", workspace_bytes=1 << 30, version="11.4.0")
     assert "--stronglyTyped" not in eleven["trtexec"]  # a no-op flag in 11.x
 
 
@@ -669,8 +589,7 @@ def test_manifest_records_equivalent_commands(fake_env, onnx_dir, capsys):
 def test_batch_usage_errors_come_before_the_tensorrt_check(onnx_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(UserError) as info:
-        builder.run_engine_step(_parser().parse_args(["--batch", "0"]), onnx_dir / "fp32.onnx", "t", "fp32",
-                                onnx_dir / "fp32.onnx")
+        _step(["--batch", "0"], onnx_dir / "fp32.onnx", "t", "fp32", onnx_dir / "fp32.onnx")
     assert info.value.exit_code == 2 and "--batch must be ≥ 1" in str(info.value)
 
 

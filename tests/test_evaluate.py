@@ -14,7 +14,7 @@ from trt_res2net.cli.infer import main
 from trt_res2net.core.errors import UserError
 from trt_res2net.data.metrics import AccuracyMeter, AgreementMeter, accuracy, compare_predictions, read_val_list
 from trt_res2net.data.preprocess import preprocess_batch
-from trt_res2net.runtime.classifier import open_backend
+from trt_res2net.runtime.backend import open_backend
 from trt_res2net.runtime.evaluate import evaluate
 
 

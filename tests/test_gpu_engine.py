@@ -8,13 +8,13 @@ and therefore FP16/INT8 errors — are realistically scaled.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
+from trt_res2net.cli.build import build_parser, engine_options
 from trt_res2net.core.errors import UserError
-from trt_res2net.engine import builder, manifest, trt_compat
+from trt_res2net.engine import manifest, trt_compat
+from trt_res2net.engine.build import build_engine
 
 from trt_fakes import tiny_classifier_onnx  # isort: skip
 
@@ -34,12 +34,13 @@ def _ort(path, x):
 
 
 def _args(tmp_path, *argv):
-    p = argparse.ArgumentParser()
-    p.add_argument("--calib-dir")
-    p.add_argument("--calib-images", type=int, default=500)
-    p.add_argument("--quiet", action="store_true")
-    builder.add_cli_arguments(p)
-    return p.parse_args(["--quiet", "--engine-family", "tensorrt", "--engine-dir", str(tmp_path / "engines"), *argv])
+    """build.py's engine flags, mapped by the CLI onto EngineOptions."""
+    return engine_options(build_parser().parse_args(["--onnx", "m.onnx", "--quiet", "--engine-family", "tensorrt",
+                                                     "--engine-dir", str(tmp_path / "engines"), *argv]))
+
+
+def _step(options, onnx, model, precision, fp32):
+    return build_engine(onnx, precision, options, fp32_onnx_path=fp32, model_name=model).path
 
 
 def _cosine(a, b):
@@ -54,10 +55,10 @@ def _run(runtime, engine, x):
 
 def test_fp32_engine_matches_onnxruntime(trt_gpu, runtime, fitted_onnx, gpu_images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    engine = builder.run_engine_step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp32", fitted_onnx)
+    engine = _step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp32", fitted_onnx)
     m = manifest.read_manifest(engine)
     version, gpu = trt_gpu
-    manifest.check_engine_compatible(m, version, gpu.name, gpu.compute_capability)
+    manifest.check_engine_compatible(m, version, gpu.name, gpu.cc)
     x = gpu_images["eval"][:8]
     ref = _ort(fitted_onnx, x)
     got = _run(runtime, engine, x)
@@ -73,7 +74,7 @@ def test_fp16_engine_agrees(trt_gpu, runtime, fitted_onnx, gpu_images, tmp_path,
     if trt_compat.fp16_source(version) == "onnx":
         pytest.skip(f"TensorRT {version}: FP16 comes from the AutoCast ONNX (precision step, needs ModelOpt)")
     monkeypatch.chdir(tmp_path)
-    engine = builder.run_engine_step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp16", fitted_onnx)
+    engine = _step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp16", fitted_onnx)
     assert manifest.read_manifest(engine)["build_options"]["flags"] == ["FP16"]
     x = gpu_images["eval"][:8]
     ref, got = _ort(fitted_onnx, x), _run(runtime, engine, x)
@@ -89,7 +90,7 @@ def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fit
     monkeypatch.chdir(tmp_path)
     args = _args(tmp_path, "--int8-mode", "calibrator", "--calib-dir", str(gpu_images["calib_dir"]), "--calib-batch",
                  "8", "--max-batch", "8")
-    engine = builder.run_engine_step(args, fitted_onnx, "tiny", "int8", fitted_onnx)
+    engine = _step(args, fitted_onnx, "tiny", "int8", fitted_onnx)
     m = manifest.read_manifest(engine)
     assert m["int8_mode"] == "calibrator" and m["calibration"]["reused"] is False
     from trt_res2net.precision.calib_cache import read_cache, trt_version_tag
@@ -101,7 +102,7 @@ def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fit
     ref, got = _ort(fitted_onnx, x), _run(runtime, engine, x)
     assert _cosine(got, ref) > 0.95
 
-    again = builder.run_engine_step(_args(tmp_path, "--int8-mode", "calibrator", "--max-batch", "8"), fitted_onnx,
+    again = _step(_args(tmp_path, "--int8-mode", "calibrator", "--max-batch", "8"), fitted_onnx,
                                     "tiny", "int8", fitted_onnx)
     assert manifest.read_manifest(again)["calibration"]["reused"] is True
 
@@ -115,7 +116,7 @@ def test_int8_qdq_engine_matches_onnxruntime_on_the_qdq_graph(trt_gpu, runtime, 
     monkeypatch.chdir(tmp_path)
     fp32 = tiny_classifier_onnx(tmp_path / "toy.onnx", opset=19)
     qdq = tiny_classifier_onnx(tmp_path / "toy_qdq.onnx", qdq=True, opset=19)
-    engine = builder.run_engine_step(_args(tmp_path, "--int8-mode", "qdq", "--max-batch", "4"), qdq, "toy", "int8",
+    engine = _step(_args(tmp_path, "--int8-mode", "qdq", "--max-batch", "4"), qdq, "toy", "int8",
                                      fp32)
     m = manifest.read_manifest(engine)
     assert m["int8_mode"] == "qdq" and m["build_options"]["strongly_typed"] and m["build_options"]["flags"] == []
@@ -128,12 +129,12 @@ def test_timing_cache_reuse_and_manifest_refusal(trt_gpu, fitted_onnx, tmp_path,
     version, gpu = trt_gpu
     monkeypatch.chdir(tmp_path)
     tc = tmp_path / "timing.cache"
-    first = builder.run_engine_step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t",
+    first = _step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t",
                                     "fp32", fitted_onnx)
     assert tc.stat().st_size > 0
-    builder.run_engine_step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t", "fp32",
+    _step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t", "fp32",
                             fitted_onnx)
     m = manifest.read_manifest(first)
     m["library_version"] = "7.0.0"
     with pytest.raises(UserError, match="built with TensorRT 7.0.0"):
-        manifest.check_engine_compatible(m, version, gpu.name, gpu.compute_capability)
+        manifest.check_engine_compatible(m, version, gpu.name, gpu.cc)

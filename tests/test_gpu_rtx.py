@@ -8,12 +8,12 @@ capability 7.5, 8.x, 12.x — not Hopper, not Jetson); everything is skipped, wi
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
-from trt_res2net.engine import builder, manifest
+from trt_res2net.cli.build import build_parser, engine_options
+from trt_res2net.engine import manifest
+from trt_res2net.engine.build import build_engine
 
 pytestmark = pytest.mark.gpu  # fixtures rtx_gpu, fitted_onnx and gpu_images: tests/conftest.py
 
@@ -26,12 +26,9 @@ def _ort(path, x):
 
 
 def _build(tmp_path, onnx_path, *argv):
-    p = argparse.ArgumentParser()
-    p.add_argument("--quiet", action="store_true")
-    builder.add_cli_arguments(p)
-    args = p.parse_args(["--quiet", "--engine-family", "tensorrt-rtx", "--engine-dir", str(tmp_path), "--max-batch",
-                         "8", *argv])
-    return builder.run_engine_step(args, onnx_path, "tiny", "fp32", onnx_path)
+    args = build_parser().parse_args(["--onnx", str(onnx_path), "--quiet", "--engine-family", "tensorrt-rtx",
+                                      "--engine-dir", str(tmp_path), "--max-batch", "8", *argv])
+    return build_engine(onnx_path, "fp32", engine_options(args), model_name="tiny").path
 
 
 def test_portable_engine_matches_onnxruntime_and_keeps_its_runtime_cache(rtx_gpu, fitted_onnx, gpu_images, tmp_path):
@@ -84,4 +81,4 @@ def test_engine_for_this_gpu_alone(rtx_gpu, fitted_onnx, tmp_path):
     _, gpu = rtx_gpu
     engine = _build(tmp_path, fitted_onnx, "--compute-capability", "current")
     m = manifest.read_manifest(engine)
-    assert m["gpu"]["name"] == gpu.name and gpu.compute_capability in m["compute_capabilities"]
+    assert m["gpu"]["name"] == gpu.name and gpu.cc in m["compute_capabilities"]

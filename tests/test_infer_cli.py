@@ -15,7 +15,7 @@ import pytest
 from trt_res2net.cli.infer import build_parser, main
 from trt_res2net.data.postprocess import load_labels, softmax
 from trt_res2net.data.preprocess import preprocess_batch
-from trt_res2net.runtime.classifier import open_backend
+from trt_res2net.runtime.backend import open_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 

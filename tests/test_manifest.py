@@ -1,4 +1,4 @@
-"""Engine manifests, the compatibility refusal, and GPU/Jetson detection (fake cuda-python)."""
+"""Engine manifests, the compatibility refusal, and the GPU/Jetson detection they record (fake cuda-python)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from fake_gpu_runtime import cudaError_t, fake_cuda_runtime, install_cuda_runtime
 
 from trt_res2net.core.errors import MissingDependency, UserError
+from trt_res2net.cuda import device as dev
 from trt_res2net.data.preprocess import SPEC
 from trt_res2net.engine import manifest as mf
 from trt_res2net.engine.trt_compat import parse_version
@@ -142,35 +143,35 @@ def test_check_engine_file(tmp_path):
 
 
 def test_jetson_info(tmp_path):
-    assert mf.jetson_info(tmp_path) is None
+    assert dev.jetson_info(tmp_path) is None
     (tmp_path / "proc/device-tree").mkdir(parents=True)
     (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/nv_tegra_release").write_text(
         "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n"
     )
-    assert mf.jetson_info(tmp_path) == {"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3"}
+    assert dev.jetson_info(tmp_path) == {"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3"}
     (tmp_path / "proc/device-tree/model").write_bytes(b"Raspberry Pi 4\x00")
     (tmp_path / "etc/nv_tegra_release").unlink()
-    assert mf.jetson_info(tmp_path) is None
+    assert dev.jetson_info(tmp_path) is None
 
 
 def test_detect_gpu_with_fake_cuda(monkeypatch):
     rt = install_cuda_runtime(monkeypatch, fake_cuda_runtime(count=2))
-    gpu = mf.detect_gpu(1)
-    assert gpu.name == "NVIDIA GeForce RTX 4090" and gpu.compute_capability == "8.9" and gpu.device == 1
+    gpu = dev.detect_gpu(1)
+    assert gpu.name == "NVIDIA GeForce RTX 4090" and gpu.cc == "8.9" and gpu.index == 1
     assert gpu.free_memory == 20 << 30 and gpu.total_memory == 24 << 30 and not gpu.integrated
     assert ("cudaSetDevice", 1) in rt.calls  # free memory is that of the device asked for
     with pytest.raises(UserError, match=r"device 3 does not exist \(this machine has 2\)") as info:
-        mf.detect_gpu(3)
+        dev.detect_gpu(3)
     assert not isinstance(info.value, MissingDependency)
 
 
 def test_detect_gpu_integrated_looks_for_jetson(monkeypatch):
     install_cuda_runtime(monkeypatch, fake_cuda_runtime(name=b"Orin", cc=(8, 7), integrated=True))
-    monkeypatch.setattr(mf, "jetson_info", lambda: {"module": "NVIDIA Jetson AGX Orin", "l4t": "36.4.3"})
-    gpu = mf.detect_gpu()
-    assert gpu.integrated and gpu.compute_capability == "8.7" and gpu.jetson["l4t"] == "36.4.3"
+    monkeypatch.setattr(dev, "jetson_info", lambda: {"module": "NVIDIA Jetson AGX Orin", "l4t": "36.4.3"})
+    gpu = dev.detect_gpu()
+    assert gpu.integrated and gpu.cc == "8.7" and gpu.jetson["l4t"] == "36.4.3"
 
 
 @pytest.mark.parametrize(
@@ -187,7 +188,7 @@ def test_detect_gpu_integrated_looks_for_jetson(monkeypatch):
 def test_detect_gpu_without_driver_or_device_is_exit_3(monkeypatch, runtime, message):
     install_cuda_runtime(monkeypatch, fake_cuda_runtime(**runtime))
     with pytest.raises(MissingDependency, match=message) as info:
-        mf.detect_gpu()
+        dev.detect_gpu()
     assert info.value.exit_code == 3 and "\n" not in str(info.value)
 
 
@@ -200,7 +201,7 @@ def test_detect_gpu_without_cuda_python_is_exit_3(monkeypatch):
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(MissingDependency, match="cuda-python is not installed: pip install") as info:
-        mf.detect_gpu()
+        dev.detect_gpu()
     assert info.value.exit_code == 3
 
 
@@ -208,8 +209,8 @@ def test_real_cuda_python_if_installed_reports_no_gpu_cleanly():
     """Where cuda-python is installed without a driver (CI), detection is exit 3, not a traceback."""
     pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed")
     try:
-        gpu = mf.detect_gpu()
+        gpu = dev.detect_gpu()
     except MissingDependency as e:
         assert e.exit_code == 3
     else:  # a machine with a GPU
-        assert gpu.name and "." in gpu.compute_capability
+        assert gpu.name and "." in gpu.cc

@@ -71,11 +71,9 @@ def test_without_modelopt_one_install_command_exit_3(tiny_onnx, tmp_path, monkey
 
 
 def test_fp32_is_a_no_op(tiny_onnx):
-    from quant_helpers import args
+    from quant_helpers import args, run_precision
 
-    from trt_res2net.precision.convert import run_precision_step
-
-    assert run_precision_step(args(precision="fp32"), tiny_onnx, "tiny") == tiny_onnx
+    assert run_precision(args(precision="fp32"), tiny_onnx, "tiny") == tiny_onnx
 
 
 def test_require_modelopt_raises_missing_dependency(monkeypatch):
@@ -87,17 +85,21 @@ def test_require_modelopt_raises_missing_dependency(monkeypatch):
     assert e.value.exit_code == EXIT_NO_TENSORRT
 
 
-def test_options_group_does_not_clash_with_builds_precision():
-    import argparse
+def test_build_flags_map_onto_precision_options():
+    from trt_res2net.cli.build import build_parser, precision_options
+    from trt_res2net.data.calibration_set import CalibrationImages
+    from trt_res2net.precision.options import PrecisionOptions
 
-    from trt_res2net.precision.convert import add_cli_arguments
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--precision", default="fp32")
-    add_cli_arguments(p)  # no "conflicting option string"
-    ns = p.parse_args(["--calib-dir", "d", "--eval", "l.txt", "--max-top1-drop", "0.5"])
-    assert (ns.calib_dir, ns.eval_list, ns.max_top1_drop, ns.calib_images, ns.high_precision) == (
-        "d", "l.txt", 0.5, 500, "fp16")
+    ns = build_parser().parse_args(["--onnx", "m.onnx", "--calib-dir", "d", "--eval", "l.txt", "--max-top1-drop",
+                                    "0.5"])
+    opts = precision_options(ns)
+    assert opts.calibration == CalibrationImages("d", 500, 0)
+    assert (str(opts.eval_list), opts.max_top1_drop, opts.high_precision, opts.progress) == ("l.txt", 0.5, "fp16", True)
+    assert precision_options(build_parser().parse_args(["--onnx", "m.onnx"])) == PrecisionOptions()
+    with pytest.raises(UserError, match="--max-top1-drop needs held-out images"):
+        PrecisionOptions(max_top1_drop=1.0)
+    with pytest.raises(UserError, match="--calib-images must be at least 1"):
+        CalibrationImages("d", 0)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -256,16 +258,17 @@ def test_budget_semantics_and_report_text():
 
 def test_gate_rejects_and_keeps_the_model_for_inspection(tmp_path):
     from trt_res2net.precision.accuracy import AccuracyBudgetExceeded
-    from trt_res2net.precision.convert import PrecisionOptions, _gate
+    from trt_res2net.precision.convert import _gate
+    from trt_res2net.precision.options import PrecisionOptions
 
     out = tmp_path / "m_int8.onnx"
     out.write_bytes(b"model")
     out.with_name(out.name + ".json").write_text("{}")
     report = {"top1_agreement": 0.9}
-    _gate(PrecisionOptions(precision="int8", max_top1_drop=10.0), report, out, "INT8")  # met: nothing moves
+    _gate(PrecisionOptions(eval_dir="held-out", max_top1_drop=10.0), report, out, "INT8", "int8")  # met
     assert out.exists()
     with pytest.raises(AccuracyBudgetExceeded) as e:
-        _gate(PrecisionOptions(precision="int8", max_top1_drop=5.0), report, out, "INT8 m_int8.onnx")
+        _gate(PrecisionOptions(eval_dir="held-out", max_top1_drop=5.0), report, out, "INT8 m_int8.onnx", "int8")
     assert e.value.exit_code == EXIT_SOME_FAILED
     assert "top-1 disagreement 10.00 pp > --max-top1-drop 5" in str(e.value) and "--auto-fallback" in str(e.value)
     assert not out.exists() and (tmp_path / "m_int8.rejected.onnx").read_bytes() == b"model"

@@ -24,14 +24,13 @@ import pytest
 pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt not installed (pip install -e '.[quant]')")
 
 import onnx  # noqa: E402
-from quant_helpers import args, make_workspace  # noqa: E402
+from quant_helpers import args, make_workspace, run_precision  # noqa: E402
 
 from trt_res2net.core.errors import UserError  # noqa: E402
 from trt_res2net.data.calibration_set import manifest_path_for, read_manifest  # noqa: E402
 from trt_res2net.precision import modelopt_bridge as mb  # noqa: E402
 from trt_res2net.precision.accuracy import Evaluator, load_eval_set  # noqa: E402
 from trt_res2net.precision.calib_cache import check_cache_key, read_cache, read_cache_key, sidecar_path  # noqa: E402
-from trt_res2net.precision.convert import run_precision_step  # noqa: E402
 
 INT8_MIN_AGREEMENT, INT8_MIN_COSINE = 0.9375, 0.995
 FP16_MIN_AGREEMENT, FP16_MIN_COSINE = 0.979, 0.9999
@@ -45,13 +44,13 @@ def ws(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_build(ws):
     """One INT8 build with calibration and held-out evaluation (as build.py --precision int8 runs it)."""
-    from trt_res2net.precision.convert import sha256_file
+    from trt_res2net.core.hashing import sha256_file
 
     before = sha256_file(ws["onnx"])
     cache = ws["root"] / "calib_out" / "tiny16.entropy.cache"
     a = args(precision="int8", calib_dir=ws["calib_dir"], eval_dir=ws["eval_dir"], calib_cache=cache,
              high_precision="fp32", max_top1_drop=100 * (1 - INT8_MIN_AGREEMENT))
-    out = run_precision_step(a, ws["onnx"], "tiny16")
+    out = run_precision(a, ws["onnx"], "tiny16")
     assert sha256_file(ws["onnx"]) == before  # ModelOpt rewrites its input in place: it must get a copy
     assert sorted(p.name for p in ws["onnx"].parent.iterdir()) == ["tiny16.onnx", "tiny16_int8.onnx",
                                                                    "tiny16_int8.onnx.json"]
@@ -85,8 +84,8 @@ def test_cache_sidecar_manifest_and_round_trip(int8_build, ws):
     assert cache.header == "TRT-modelopt-entropy" and len(cache.scales) >= 27
     doc = read_cache_key(cache_path)
     key = doc["key"]
+    from trt_res2net.core.hashing import sha256_file
     from trt_res2net.data.preprocess import SPEC
-    from trt_res2net.precision.convert import sha256_file
 
     assert key["onnx_sha256"] == sha256_file(ws["onnx"])
     assert key["preprocess_sha256"] == SPEC.sha256() and key["method"] == "entropy"
@@ -128,7 +127,7 @@ def test_calibrating_and_quantizing_from_the_cache_give_the_same_model(ws, tmp_p
 def test_rebuild_with_the_same_key_reuses_the_cache_without_images(int8_build, ws, capsys):
     first = int8_build["out"].read_bytes()
     a = args(precision="int8", calib_cache=int8_build["cache"], high_precision="fp32")  # no --calib-dir
-    out = run_precision_step(a, ws["onnx"], "tiny16")
+    out = run_precision(a, ws["onnx"], "tiny16")
     assert "reusing calibration cache" in capsys.readouterr().out
     assert out.read_bytes() == first
 
@@ -142,10 +141,10 @@ def test_stale_cache_is_refused_naming_the_field(int8_build, ws, tmp_path):
     shutil.copy(int8_build["cache"], cache)
     shutil.copy(sidecar_path(int8_build["cache"]), sidecar_path(cache))
     with pytest.raises(UserError) as e:
-        run_precision_step(args(precision="int8", calib_cache=cache), other, "other")
+        run_precision(args(precision="int8", calib_cache=cache), other, "other")
     assert "was made for onnx_sha256=" in str(e.value) and "delete it or pass --calib-dir" in str(e.value)
     with pytest.raises(UserError, match="method=entropy, this build has max"):
-        run_precision_step(args(precision="int8", calib_cache=cache, calib_method="max"), ws["onnx"], "tiny16")
+        run_precision(args(precision="int8", calib_cache=cache, calib_method="max"), ws["onnx"], "tiny16")
 
 
 def test_stale_cache_with_calib_dir_is_recalibrated(int8_build, ws, tmp_path, capsys):
@@ -155,7 +154,7 @@ def test_stale_cache_with_calib_dir_is_recalibrated(int8_build, ws, tmp_path, ca
     side["key"]["preprocess_sha256"] = "0" * 64
     sidecar_path(cache).write_text(json.dumps(side))
     a = args(precision="int8", calib_cache=cache, calib_dir=ws["calib_dir"], calib_images=16)
-    run_precision_step(a, ws["onnx"], "tiny16")
+    run_precision(a, ws["onnx"], "tiny16")
     err = capsys.readouterr().err
     assert "preprocess_sha256=000000000000…" in err and "recalibrating" in err
     check_cache_key(cache, {"preprocess_sha256": read_cache_key(int8_build["cache"])["key"]["preprocess_sha256"]})
@@ -167,7 +166,7 @@ def test_other_calibration_methods(ws, tmp_path, method):
     cache = tmp_path / f"{method}.cache"
     a = args(precision="int8", calib_dir=ws["calib_dir"], calib_images=24, calib_method=method, calib_cache=cache,
              eval_dir=ws["eval_dir"])
-    out = run_precision_step(a, ws["onnx"], "tiny16")
+    out = run_precision(a, ws["onnx"], "tiny16")
     c = read_cache(cache)
     assert c.algorithm == ("max" if method == "max" else "percentile99.999")
     report = json.loads(out.with_name(out.name + ".json").read_text())["accuracy"]
@@ -179,7 +178,7 @@ def test_int8_with_fp16_elsewhere(int8_build, ws, tmp_path):
     fp32_copy = tmp_path / "tiny16.onnx"
     shutil.copy(ws["onnx"], fp32_copy)
     a = args(precision="int8", calib_cache=int8_build["cache"], eval_dir=ws["eval_dir"])
-    out = run_precision_step(a, fp32_copy, "tiny16")
+    out = run_precision(a, fp32_copy, "tiny16")
     model = onnx.load(str(out))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     io = {v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
@@ -191,7 +190,7 @@ def test_int8_with_fp16_elsewhere(int8_build, ws, tmp_path):
 def test_fp16_keeps_float32_io_and_agrees_with_fp32(ws, tmp_path):
     fp32_copy = tmp_path / "tiny16.onnx"
     shutil.copy(ws["onnx"], fp32_copy)
-    out = run_precision_step(args(precision="fp16", eval_dir=ws["eval_dir"], max_top1_drop=2.1), fp32_copy, "tiny16")
+    out = run_precision(args(precision="fp16", eval_dir=ws["eval_dir"], max_top1_drop=2.1), fp32_copy, "tiny16")
     assert out.name == "tiny16_fp16.onnx"
     model = onnx.load(str(out))
     io = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
@@ -232,12 +231,12 @@ def test_auto_fallback_finds_a_sabotaged_layer(int8_build, ws, tmp_path, capsys)
     from trt_res2net.precision.accuracy import AccuracyBudgetExceeded
 
     with pytest.raises(AccuracyBudgetExceeded) as e:
-        run_precision_step(a, fp32_copy, "tiny16")
+        run_precision(a, fp32_copy, "tiny16")
     assert e.value.exit_code == 1 and "try --auto-fallback" in str(e.value)
     assert (tmp_path / "tiny16_int8.rejected.onnx").exists() and not (tmp_path / "tiny16_int8.onnx").exists()
 
     a.auto_fallback = True
-    out = run_precision_step(a, fp32_copy, "tiny16")
+    out = run_precision(a, fp32_copy, "tiny16")
     side = json.loads(out.with_name(out.name + ".json").read_text())
     # The sabotaged layer ranks first and is the first excluded; on this small held-out set one more layer may
     # be needed to get back inside the budget (seen with onnxruntime 1.24.4 CPU vs the -gpu build's CPU EP).
@@ -289,7 +288,7 @@ def test_a_tensorrt_calibration_cache_makes_the_qdq_model(int8_build, ws, tmp_pa
     before = cache.read_bytes()
     fp32_copy = tmp_path / "tiny16.onnx"
     shutil.copy(ws["onnx"], fp32_copy)
-    out = run_precision_step(args(precision="int8", calib_cache=cache, high_precision="fp32"), fp32_copy, "tiny16")
+    out = run_precision(args(precision="int8", calib_cache=cache, high_precision="fp32"), fp32_copy, "tiny16")
     assert "using TensorRT 10.3.0's calibration cache" in capsys.readouterr().out
     scales = mb.activation_scales(onnx.load(str(out)))
     assert scales.keys() == ours.scales.keys()
@@ -303,5 +302,5 @@ def test_a_tensorrt_calibration_cache_makes_the_qdq_model(int8_build, ws, tmp_pa
     m.doc_string = "another model"
     onnx.save(m, str(other))
     with pytest.raises(UserError, match="TensorRT's cache, which this step does not overwrite"):
-        run_precision_step(args(precision="int8", calib_cache=cache, calib_dir=ws["calib_dir"]), other, "other")
+        run_precision(args(precision="int8", calib_cache=cache, calib_dir=ws["calib_dir"]), other, "other")
     assert cache.read_bytes() == before

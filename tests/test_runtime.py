@@ -10,7 +10,9 @@ import pytest
 from trt_res2net.core.errors import EXIT_NO_TENSORRT, EXIT_USAGE, MissingDependency, UserError
 from trt_res2net.data.postprocess import load_labels, softmax
 from trt_res2net.data.preprocess import preprocess_batch
-from trt_res2net.runtime.classifier import Backend, Classifier, OnnxRuntimeBackend, open_backend
+from trt_res2net.runtime.backend import Backend, open_backend
+from trt_res2net.runtime.classifier import Classifier
+from trt_res2net.runtime.onnx_runtime import OnnxRuntimeBackend
 
 
 @pytest.fixture(scope="module")

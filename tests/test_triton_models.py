@@ -18,7 +18,7 @@ pytest.importorskip("tritonclient", reason="writing a repository needs tritoncli
 
 from trt_res2net.data.postprocess import softmax, topk  # noqa: E402
 from trt_res2net.data.preprocess import SPEC, preprocess  # noqa: E402
-from trt_res2net.runtime.classifier import OnnxRuntimeBackend  # noqa: E402
+from trt_res2net.runtime.onnx_runtime import OnnxRuntimeBackend  # noqa: E402
 from trt_res2net.serving import repository as T  # noqa: E402
 
 

@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny"
 
 
-def export(tmp_path, onnx, **kw):
-    out = kw.pop("out", tmp_path / "repo")
-    return T.export_repository(out, onnx, model_name=kw.pop("model_name", NAME), **kw)
+def export(tmp_path, onnx, *, out=None, model_name=NAME, engine_path=None, **options):
+    """The export with ``options`` as TritonOptions fields (build.py's --triton-* flags)."""
+    return T.export_repository(out or tmp_path / "repo", onnx, model_name=model_name, engine_path=engine_path,
+                               options=T.TritonOptions(**options))
 
 
 def fake_engine(tmp_path, onnx, *, max_batch=16, min_batch=1, family=None, tweak=None, name="tiny_fp16_b16.engine"):
@@ -167,7 +168,7 @@ def test_a_manifest_that_contradicts_the_onnx_is_refused(tiny_onnx, tmp_path, tw
 
 
 def test_configs_are_checked_by_the_proto_and_the_cross_checks(tiny_onnx, tmp_path):
-    from trt_res2net.engine.builder import inspect_onnx
+    from trt_res2net.model.contract import inspect_onnx
 
     engine = fake_engine(tmp_path, tiny_onnx)
     export(tmp_path, tiny_onnx, engine_path=engine)
@@ -313,7 +314,8 @@ def test_serve_user_errors_are_one_line(tiny_onnx, tmp_path):
 
 
 def test_serve_without_any_tritonserver_says_what_to_install(tiny_onnx, tmp_path, monkeypatch, capsys):
-    from trt_res2net.cli import serve
+    from trt_res2net.cli import serve as serve_cli
+    from trt_res2net.serving import server as serve
 
     export(tmp_path, tiny_onnx)
     monkeypatch.setattr(serve.shutil, "which", lambda name: None)
@@ -327,13 +329,13 @@ def test_serve_without_any_tritonserver_says_what_to_install(tiny_onnx, tmp_path
             ports.append(s.getsockname()[1])
     argv = [str(tmp_path / "repo")] + [x for flag, p in zip(("--http-port", "--grpc-port", "--metrics-port"), ports,
                                                             strict=True) for x in (flag, str(p))]
-    assert serve.main(argv) == 3
+    assert serve_cli.main(argv) == 3
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no tritonserver found" in err and "pip install -e '.[serve]'" in err
 
 
 def test_serve_loads_what_the_server_can_run(tiny_onnx, tmp_path):
-    from trt_res2net.cli.serve import choose_models, read_repository
+    from trt_res2net.serving.server import choose_models, read_repository
 
     export(tmp_path, tiny_onnx, engine_path=fake_engine(tmp_path, tiny_onnx))
     models = read_repository(tmp_path / "repo")

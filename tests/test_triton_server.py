@@ -188,7 +188,7 @@ def test_photos_as_bytes_over_http_and_grpc_answer_like_infer_py(server, repo, e
     # And one request per image through the package's client (the same answer, both protocols).
     for proto, port in (("http", server.http), ("grpc", server.grpc)):
         res = tmp_path / f"{proto}.json"
-        proc = run_serving_python("-m", "trt_res2net.serving.client", *imf.PHOTOS, "--model", ENSEMBLE, "--protocol",
+        proc = run_serving_python("-m", "trt_res2net.cli.client", *imf.PHOTOS, "--model", ENSEMBLE, "--protocol",
                                   proto, "--url", f"127.0.0.1:{port}", "--json", res, "-q")
         assert proc.returncode == 0, proc.stderr
         for r in json.loads(res.read_text()):
@@ -205,7 +205,7 @@ def test_concurrent_requests_are_batched_and_a_corrupt_image_fails_alone(server,
     before = server.get(f"/v2/models/{MODEL}_classifier_python/stats")["model_stats"][0]["inference_count"]
     for proto, port in (("grpc", server.grpc), ("http", server.http)):
         res = tmp_path / f"{proto}.json"
-        proc = run_serving_python("-m", "trt_res2net.serving.client", *items, "--model", ENSEMBLE, "--protocol",
+        proc = run_serving_python("-m", "trt_res2net.cli.client", *items, "--model", ENSEMBLE, "--protocol",
                                   proto, "--url", f"127.0.0.1:{port}", "--concurrency", 16, "--json", res, "-q")
         assert proc.returncode == 1, proc.stderr  # some failed, the rest classified
         assert "Traceback" not in proc.stderr

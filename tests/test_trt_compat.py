@@ -225,9 +225,10 @@ def test_trt_api_check_reports_no_unknown_names_and_all_release_names_are_gated(
     assert not ungated, f"release-dependent names without a gate in trt_compat.GATED_NAMES: {ungated}"
 
 
-@pytest.mark.parametrize("release", RELEASES)
+@pytest.mark.parametrize("release", ["8.6.1", "10.3.0", "10.13.3"])
 def test_gated_names_match_the_fakes(release):
-    """Each gate says 'present' exactly where the fake release (built from the name lists) has the name."""
+    """Each gate says 'present' exactly where the fake release (built from the name lists) has the name; 11.x's
+    are checked against the real bindings' names by trt-api-check, TensorRT-RTX's against the real module."""
     from trt_fakes import make_fake_tensorrt
 
     trt = make_fake_tensorrt(release)

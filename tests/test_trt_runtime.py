@@ -188,10 +188,10 @@ def test_missing_manifest_is_a_warning(tmp_path, fake_trt, capsys):
     [
         ({"inputs": {"a": {"shape": [-1, 3, 224, 224], "dtype": "FLOAT", "profile": [[1, 3, 224, 224]] * 3},
                      "b": {"shape": [-1, 3, 224, 224], "dtype": "FLOAT", "profile": [[1, 3, 224, 224]] * 3}}},
-         "one input and one output"),
+         "has 2 inputs"),
         ({"inputs": {"x": {"shape": [-1, 224, 224], "dtype": "FLOAT", "profile": [[1, 224, 224]] * 3}}},
-         r"expected \[N, 3, H, W\]"),
-        ({"out_dtype": "INT8"}, "data type INT8"),
+         r"expected NCHW \[N, 3, 224, 224\]"),
+        ({"out_dtype": "INT8"}, "is int8; expected float32 or float16"),
         ({"outputs": {"y": {"shape": [-1, 10, 7], "dtype": "FLOAT"}}}, r"expected \[N, classes\]"),
     ],
 )
@@ -264,7 +264,7 @@ def test_rtx_engine_runs_and_keeps_its_runtime_cache(tmp_path, fake_rtx):
     stamp = cache.stat().st_mtime_ns
 
     again = TensorRTBackend(path)
-    assert again._runtime_cache_config.cache.deserialized == [cache.read_bytes()]
+    assert again.loaded._runtime_config.cache.deserialized == [cache.read_bytes()]
     again.run(_batch(8))  # nothing new compiled → the file is not rewritten
     again.close()
     assert cache.stat().st_mtime_ns == stamp
@@ -312,12 +312,12 @@ def test_rtx_manifest_targets_are_checked_by_compute_capability(tmp_path, fake_r
 def test_rtx_cuda_graphs_are_the_library_s(tmp_path, fake_rtx, capsys, monkeypatch):
     path = write_engine(tmp_path / "m.rtx.engine", rtx=True)
     backend = TensorRTBackend(path, check_manifest=False, cuda_graph=True)
-    assert backend._runtime_cache_config.cuda_graph_strategy == fake_rtx.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+    assert backend.loaded._runtime_config.cuda_graph_strategy == fake_rtx.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
     for _ in range(3):
         backend.run(_batch(4))
     assert FakeGraph.instances == [] and backend.info()["cuda_graph"]
     plain = TensorRTBackend(path, check_manifest=False)
-    assert plain._runtime_cache_config.cuda_graph_strategy == fake_rtx.CudaGraphStrategy.DISABLED
+    assert plain.loaded._runtime_config.cuda_graph_strategy == fake_rtx.CudaGraphStrategy.DISABLED
     monkeypatch.setattr(fake_gpu_runtime.FakeEngine, "capturable", False)
     backend = TensorRTBackend(path, check_manifest=False, cuda_graph=True)
     assert "cannot capture" in capsys.readouterr().err and not backend.info()["cuda_graph"]

@@ -1,10 +1,11 @@
-"""Fake ``tensorrt`` modules shaped like TensorRT 8.6, 10.x and 11.x, for CPU tests of the engine layer.
+"""Fake ``tensorrt`` modules shaped like TensorRT 8.6 and 10.x, for CPU tests of what no installable library can
+stand in for: builder flags, the INT8 calibrator, DLA, timing caches. (The strongly typed 11.x-style API is
+TensorRT-RTX's too, and tests/test_rtx_build.py runs the real ``tensorrt_rtx`` builder.)
 
 Each fake has exactly the names its release's Python bindings have for what the builder touches (from the
-name lists of the real 8.6.1 / 10.3.0 / 10.13.3 / 11.4.0 bindings, encoded here by hand): 11.x has no
-EXPLICIT_BATCH, no BuilderFlag.FP16/INT8, no calibrator classes, no int8_calibrator or
-set_calibration_profile; 8.6 has no STRONGLY_TYPED and no IProgressMonitor/progress_monitor. Objects refuse
-attributes their release lacks (AttributeError), so code that forgets a version gate fails here.
+name lists of the real 8.6.1 / 10.3.0 / 10.13.3 bindings, encoded here by hand): 8.6 has no STRONGLY_TYPED and no
+IProgressMonitor/progress_monitor. Objects refuse attributes their release lacks (AttributeError), so code that
+forgets a version gate fails here.
 
 The fake builder behaves enough like the real one to exercise the code around it: the ONNX parser reads the
 file's I/O (and refuses >opset 17 on 8.x, and a network created without EXPLICIT_BATCH on 8.x), the build
@@ -48,9 +49,9 @@ def make_fake_tensorrt(
     *,
     num_dla_cores: int = 0,
     fail_build: bool = False,
-    cancel_after_steps: int | None = None,
 ) -> types.ModuleType:
     major = int(version.split(".")[0])
+    assert major in (8, 10), "the fakes are TensorRT 8.6 and 10.x; 11.x-style code runs on the real tensorrt_rtx"
     m = types.ModuleType(MODULE_NAME)
     m.__version__ = version
     m.__fake__ = True
@@ -58,17 +59,14 @@ def make_fake_tensorrt(
     m.last = {}
 
     # -- enums
-    nflags = {}
-    if major < 11:
-        nflags["EXPLICIT_BATCH"] = 0
+    nflags = {"EXPLICIT_BATCH": 0}
     if major >= 10:
-        nflags["STRONGLY_TYPED"] = 1 if major == 10 else 0
-    if major < 10:
+        nflags["STRONGLY_TYPED"] = 1
+    else:
         nflags["EXPLICIT_PRECISION"] = 1
     m.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", nflags)
-    bflags = ["TF32", "GPU_FALLBACK", "REFIT", "DEBUG", "VERSION_COMPATIBLE"]
-    if major <= 10:
-        bflags += ["FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS"]
+    bflags = ["TF32", "GPU_FALLBACK", "REFIT", "DEBUG", "VERSION_COMPATIBLE", "FP16", "INT8",
+              "PREFER_PRECISION_CONSTRAINTS", "OBEY_PRECISION_CONSTRAINTS"]
     m.BuilderFlag = enum.IntEnum("BuilderFlag", {n: i for i, n in enumerate(bflags)})
     m.MemoryPoolType = enum.IntEnum(
         "MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1, "TACTIC_DRAM": 4}
@@ -91,13 +89,11 @@ def make_fake_tensorrt(
 
     m.init_libnvinfer_plugins = init_libnvinfer_plugins
 
-    if major <= 10:
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            m.log.append(("calibrator_init", None))
 
-        class IInt8EntropyCalibrator2:
-            def __init__(self):
-                m.log.append(("calibrator_init", None))
-
-        m.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+    m.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
 
     if major >= 9:
 
@@ -191,9 +187,8 @@ def make_fake_tensorrt(
         def serialize(self):
             return self.data + b"+measured"
 
-    allowed = {"builder_optimization_level", "default_device_type", "DLA_core", "profiling_verbosity"}
-    if major <= 10:
-        allowed |= {"int8_calibrator"}
+    allowed = {"builder_optimization_level", "default_device_type", "DLA_core", "profiling_verbosity",
+               "int8_calibrator"}
     if major >= 9:
         allowed |= {"progress_monitor"}
 
@@ -209,8 +204,7 @@ def make_fake_tensorrt(
             self.builder_optimization_level = 3
             self.default_device_type = m.DeviceType.GPU
             self.DLA_core = -1
-            if major <= 10:
-                self.int8_calibrator = None
+            self.int8_calibrator = None
             if major >= 9:
                 self.progress_monitor = None
 
@@ -245,13 +239,9 @@ def make_fake_tensorrt(
         def get_timing_cache(self):
             return self._timing
 
-    if major <= 10:
-
         def set_calibration_profile(self, profile):
             self._calib_profile = profile
             return True
-
-        BuilderConfig.set_calibration_profile = set_calibration_profile
 
     class Builder(_Strict):
         def __init__(self, logger):
@@ -277,9 +267,7 @@ def make_fake_tensorrt(
 
         def build_serialized_network(self, network, config):
             m.log.append(("build", None))
-            typed = major >= 11 or (
-                major >= 10 and network.flags & (1 << int(m.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-            )
+            typed = major >= 10 and network.flags & (1 << int(m.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
             if typed and config._flags & {"FP16", "INT8"}:
                 raise RuntimeError(
                     "fake TensorRT: precision flags are not allowed on a strongly typed network"
@@ -312,13 +300,9 @@ def make_fake_tensorrt(
             if monitor is not None:
                 monitor.phase_start("Building engine", None, 3)
                 monitor.phase_start("Tactic selection", "Building engine", 2)
-                steps = 0
                 for phase, n in (("Tactic selection", 2), ("Building engine", 3)):
                     for s in range(n):
-                        steps += 1
                         if not monitor.step_complete(phase, s):
-                            return None
-                        if cancel_after_steps is not None and steps >= cancel_after_steps:
                             return None
                     monitor.phase_finish(phase)
             if fail_build:
@@ -345,8 +329,6 @@ def make_fake_tensorrt(
             }
             return b"FAKE-PLAN" + json.dumps(doc).encode()
 
-    if major <= 10:
-        Builder.platform_has_fast_fp16 = property(lambda self: True)
     m.Builder = Builder
     return m
 
@@ -384,11 +366,11 @@ class FakeDeviceBuffer:
 
 
 def fake_gpu(name="NVIDIA Fake GPU", cc="8.9", total=24 << 30, free=20 << 30, integrated=False):
-    from trt_res2net.engine.manifest import GpuInfo
+    from trt_res2net.cuda.device import DeviceInfo
 
-    return GpuInfo(
-        name=name, compute_capability=cc, total_memory=total, free_memory=free, integrated=integrated
-    )
+    major, minor = (int(x) for x in cc.split("."))
+    return DeviceInfo(index=0, name=name, compute_capability=(major, minor), total_memory=total, free_memory=free,
+                      integrated=integrated)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""build.py: model name + PaddleClas weights → exact ONNX → (FP16 / INT8 ONNX) → TensorRT engine."""
+"""build.py: model name + PaddleClas weights → exact ONNX → (FP16 / INT8 ONNX) → TensorRT engine → (Triton repository).
+
+The flags are declared here and mapped onto the library's options in one function per stage
+(:func:`precision_options`, :func:`engine_options`, :func:`triton_options`); the work is the library's.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,44 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.errors import EXIT_OK, MissingDependency
+from ..core.errors import EXIT_OK, MissingDependency, UserError
 from ..core.version import __version__
-from .common import run_main, usage_error, warn
+from ..data.calibration_set import DEFAULT_CALIB_IMAGES, CalibrationImages
+from ..engine import trt_compat
+from ..engine.build import build_engine
+from ..engine.options import (
+    DEFAULT_ENGINE_DIR,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MIN_BATCH,
+    DEFAULT_OPT_BATCH,
+    INT8_MODES,
+    LOG_LEVELS,
+    EngineOptions,
+)
+from ..engine.plan import check_engine_request, precision_onnx_needed, refuse_inapplicable_options
+from ..model.export import DEFAULT_OPSET, check_weight_options, export_model
+from ..precision.options import (
+    CALIB_METHODS,
+    DEFAULT_EVAL_IMAGES,
+    DEFAULT_HIGH_PRECISION,
+    HIGH_PRECISIONS,
+    PRECISIONS,
+    PrecisionOptions,
+    check_precision_request,
+)
+from ..serving.repository import DEFAULT_MAX_BATCH as TRITON_DEFAULT_MAX_BATCH
+from ..serving.repository import DEFAULT_QUEUE_DELAY_US, DEFAULT_TOPK, TritonOptions
+from .common import bounded_int, positive_int, run_main, usage_error
 
-ENGINES_DIR = Path("engines")
+
+def _triton_repo_dir(text: str) -> Path:
+    """``--triton-repo``: checked when the options are parsed, so a missing tritonclient stops before any work."""
+    from ..serving.repository import check_repository_target
+
+    try:
+        return check_repository_target(text)
+    except UserError as e:  # no tritonclient (exit 3 elsewhere), or a file where the folder should be
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,22 +73,151 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--onnx-only", action="store_true", help="stop after writing the ONNX model(s)")
     onnx.add_argument("--onnx-out", metavar="PATH", help="where to write the FP32 ONNX (default engines/NAME.onnx)")
     onnx.add_argument("--opset", type=int, default=None,
-                      help="ONNX opset (default 17, which TensorRT 8.6 parses; INT8 Q/DQ needs 19)")
+                      help=f"ONNX opset (default {DEFAULT_OPSET}, which TensorRT 8.6 parses; INT8 Q/DQ needs 19)")
     onnx.add_argument("--softmax", action="store_true",
                       help="end the graph with Softmax (output 'probabilities') like PaddleClas's exported models")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="engine precision (default fp32); fp16/int8 also write the converted ONNX")
-    from ..engine.builder import add_cli_arguments as add_engine_arguments
-    from ..precision.convert import add_cli_arguments as add_precision_arguments
-    from ..serving.repository import add_cli_arguments as add_triton_arguments
-
-    add_precision_arguments(p)
-    add_engine_arguments(p)
-    add_triton_arguments(p)
+    _add_precision_arguments(p)
+    _add_engine_arguments(p)
+    _add_triton_arguments(p)
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--version", action="version", version=f"trt_res2net {__version__}")
     return p
+
+
+def _add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("precision (FP16 / INT8 ONNX made with NVIDIA ModelOpt; needs the quant extra)")
+    g.add_argument("--calib-dir", metavar="DIR",
+                   help="INT8 calibration images (searched recursively: jpg, jpeg, png, bmp, webp)")
+    g.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
+                   help="use at most N calibration images: all, sorted, or a seeded sample of N "
+                        f"(default {DEFAULT_CALIB_IMAGES})")
+    g.add_argument("--calib-seed", type=int, default=0, metavar="S",
+                   help="seed of the calibration sample when there are more than N images (default 0)")
+    g.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy",
+                   help="activation ranges: entropy (KL, default), max, or percentile")
+    g.add_argument("--calib-percentile", type=float, default=99.999, metavar="P",
+                   help="with --calib-method percentile: the percentile of |x| (default 99.999)")
+    g.add_argument("--calib-cache", metavar="PATH",
+                   help="calibration cache to reuse or write (default calib/<model>.<method>.cache); "
+                        "TensorRT's text format with a <cache>.json sidecar that keys it")
+    g.add_argument("--high-precision", choices=HIGH_PRECISIONS, default=DEFAULT_HIGH_PRECISION,
+                   help=f"precision of what INT8 does not cover (default {DEFAULT_HIGH_PRECISION})")
+    g.add_argument("--eval-dir", metavar="DIR",
+                   help="held-out images: compare the FP16/INT8 ONNX with the FP32 ONNX on them")
+    g.add_argument("--eval", metavar="LIST", dest="eval_list",
+                   help="labelled held-out images, 'relative/path.jpg label' per line (PaddleClas val_list)")
+    g.add_argument("--data-root", metavar="DIR", help="folder the --eval list's paths are relative to")
+    g.add_argument("--eval-images", type=int, default=DEFAULT_EVAL_IMAGES, metavar="N",
+                   help=f"compare on at most N held-out images, a seeded sample (default {DEFAULT_EVAL_IMAGES}; "
+                        "0 = all)")
+    g.add_argument("--max-top1-drop", type=float, metavar="PP",
+                   help="fail when top-1 accuracy drops more than PP percentage points (labelled), or when "
+                        "more than PP %% of the images change their top-1 class (unlabelled)")
+    g.add_argument("--auto-fallback", action="store_true",
+                   help="INT8: keep the most sensitive layers out of quantization until --max-top1-drop holds")
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("TensorRT engine")
+    g.add_argument("--engine-family", choices=trt_compat.FAMILY_CHOICES, default="auto",
+                   help="tensorrt: standard TensorRT, builds for this machine's GPU (servers, Jetson); "
+                        "tensorrt-rtx: TensorRT for RTX, builds without a GPU for compute capability 8.0/8.6/"
+                        "8.9/12.0 and later (7.5 on request); auto: tensorrt when importable, else "
+                        "tensorrt-rtx (default)")
+    g.add_argument("--compute-capability", metavar="LIST",
+                   help="TensorRT-RTX targets, e.g. 8.6,8.9,12.0, or current (this machine's GPU); default "
+                        "the library's portable set: 8.0, 8.6, 8.9, 12.0, 12.1 and later")
+    g.add_argument("--int8-mode", choices=INT8_MODES, default="auto",
+                   help="INT8 path: qdq = ModelOpt's Q/DQ ONNX (TensorRT 10/11, TensorRT-RTX), calibrator = "
+                        "TensorRT's entropy calibrator (8.6/10.x), auto = what the installed library supports "
+                        "(default)")
+    g.add_argument("--batch", type=int, metavar="N", help="fixed batch size N (min = opt = max = N)")
+    g.add_argument("--min-batch", type=int, metavar="N", help=f"smallest batch (default {DEFAULT_MIN_BATCH})")
+    g.add_argument("--opt-batch", type=int, metavar="N",
+                   help=f"batch TensorRT tunes for (default {DEFAULT_OPT_BATCH})")
+    g.add_argument("--max-batch", type=int, metavar="N", help=f"largest batch (default {DEFAULT_MAX_BATCH})")
+    g.add_argument("--workspace", type=int, metavar="MiB",
+                   help="builder workspace limit in MiB (default: half the free GPU memory, a quarter on "
+                        "Jetson; TensorRT-RTX without a GPU: the library's own default)")
+    g.add_argument("--timing-cache", metavar="PATH",
+                   help="TensorRT timing cache, read if present and updated after the build (speeds up "
+                        "rebuilds; not for TensorRT-RTX)")
+    g.add_argument("--dla-core", type=int, metavar="N",
+                   help="build for Jetson DLA core N, with GPU fallback (TensorRT only)")
+    g.add_argument("--builder-opt-level", type=int, choices=range(6), metavar="0-5",
+                   help="builder optimization level (TensorRT default 3; higher searches longer)")
+    g.add_argument("--calib-batch", type=int, default=None, metavar="N",
+                   help="batch size of TensorRT's INT8 calibrator (default 8)")
+    g.add_argument("--trt-calib-cache", metavar="PATH",
+                   help="TensorRT calibration cache (default calib/<model>.trt<version>.cache)")
+    g.add_argument("--engine-dir", default=str(DEFAULT_ENGINE_DIR), metavar="DIR",
+                   help="where engines go (default engines/)")
+    g.add_argument("--save-engine", metavar="PATH",
+                   help="engine path (default <engine-dir>/<model>_<precision>_b<max>.engine, "
+                        "….rtx.engine for TensorRT-RTX)")
+    g.add_argument("--trt-log", choices=LOG_LEVELS, default="warning",
+                   help="TensorRT log level (default warning)")
+
+
+def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("Triton model repository (docs/triton.md)")
+    g.add_argument("--triton-repo", type=_triton_repo_dir, metavar="DIR",
+                   help="also write a Triton Inference Server model repository to DIR (replaced if it holds one "
+                        "written before): ensembles on image bytes over the engine (tensorrt_plan), the ONNX "
+                        "(onnxruntime_onnx) and ONNX Runtime in the Python backend; needs tritonclient")
+    g.add_argument("--triton-max-batch", type=positive_int, metavar="N",
+                   help=f"max_batch_size of the ONNX/Python models and steps (default: the engine's max batch, "
+                        f"else {TRITON_DEFAULT_MAX_BATCH})")
+    g.add_argument("--triton-queue-delay-us", type=bounded_int(0), default=DEFAULT_QUEUE_DELAY_US, metavar="US",
+                   help=f"dynamic batching: how long a classifier waits to fill a batch (default "
+                        f"{DEFAULT_QUEUE_DELAY_US} µs)")
+    g.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
+                   help="instances of each classifier (per GPU for the plan; default 1)")
+    g.add_argument("--triton-topk", type=positive_int, default=DEFAULT_TOPK, metavar="K",
+                   help=f"top-k classes the ensembles return (default {DEFAULT_TOPK})")
+    g.add_argument("--triton-labels", metavar="FILE",
+                   help="class names for the ensembles' labels (infer.py's --labels formats; default ImageNet's "
+                        "for 1000 classes, else the ids)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Flags → the library's options, one function per stage
+
+
+def calibration_images(args: argparse.Namespace) -> CalibrationImages:
+    return CalibrationImages(args.calib_dir, args.calib_images, args.calib_seed)
+
+
+def precision_options(args: argparse.Namespace) -> PrecisionOptions:
+    return PrecisionOptions(
+        calibration=calibration_images(args), calib_method=args.calib_method,
+        calib_percentile=args.calib_percentile, calib_cache=args.calib_cache, high_precision=args.high_precision,
+        eval_dir=args.eval_dir, eval_list=args.eval_list, data_root=args.data_root, eval_images=args.eval_images,
+        max_top1_drop=args.max_top1_drop, auto_fallback=args.auto_fallback, progress=not args.quiet)
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    calib = calibration_images(args)
+    return EngineOptions(
+        family=args.engine_family, int8_mode=args.int8_mode, high_precision=args.high_precision,
+        compute_capabilities=args.compute_capability, batch=args.batch, min_batch=args.min_batch,
+        opt_batch=args.opt_batch, max_batch=args.max_batch, workspace_mib=args.workspace,
+        timing_cache=args.timing_cache, dla_core=args.dla_core, builder_opt_level=args.builder_opt_level,
+        calib_dir=calib.directory, calib_images=calib.count, calib_seed=calib.seed, calib_batch=args.calib_batch,
+        calib_cache=args.trt_calib_cache, engine_dir=args.engine_dir, engine_path=args.save_engine,
+        log_level=args.trt_log, progress=not args.quiet)
+
+
+def triton_options(args: argparse.Namespace) -> TritonOptions:
+    return TritonOptions(max_batch=args.triton_max_batch, queue_delay_us=args.triton_queue_delay_us,
+                         instances=args.triton_instances, topk=args.triton_topk, labels=args.triton_labels)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The run
 
 
 def list_models(as_json: bool) -> int:
@@ -76,78 +242,61 @@ def list_models(as_json: bool) -> int:
     return EXIT_OK
 
 
-def load_model_weights(args, spec):
-    """The weights named by the options, and a short description of their source for the metadata."""
-    from ..model import weights as W
+def _write_triton_repository(args, fp32_path: Path, model_name: str, engine: Path | None = None) -> None:
+    """``--triton-repo``: the repository from what was built (the ONNX models alone without an engine)."""
+    if args.triton_repo is None:
+        return
+    from ..serving.repository import export_repository
 
-    if args.random_weights:
-        warn(f"--random-weights: {spec.name} gets seeded random weights (seed {args.seed}); "
-             "its predictions mean NOTHING — for smoke tests and benchmarks only")
-        state = W.random_weights(spec, seed=args.seed)
-        return state, {"weights": f"random (seed {args.seed})", "weights_sha256": W.state_sha256(state)}
-    path = Path(args.weights) if args.weights else W.fetch_pretrained(spec, progress=not args.quiet)
-    state = W.load_weights(path, spec)
-    return state, {"weights": path.name, "weights_sha256": W.file_sha256(path)}
-
-
-def export_fp32(args, spec) -> Path:
-    from ..model.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
-
-    state, meta = load_model_weights(args, spec)
-    out = Path(args.onnx_out) if args.onnx_out else ENGINES_DIR / f"{spec.name}.onnx"
-    opset = args.opset or DEFAULT_OPSET
-    if opset < 13:
-        raise usage_error(f"--opset {opset} is too old: the graph needs opset 13 or newer (Split with sizes)")
-    export_onnx(spec, state, out, opset=opset, softmax=args.softmax, metadata=meta, progress=not args.quiet)
-    del state
-    check_onnx(out)
-    return out
+    result = export_repository(args.triton_repo, fp32_path, model_name=model_name, engine_path=engine,
+                               options=triton_options(args))
+    print(f"wrote Triton model repository {args.triton_repo}: {', '.join(result.models)} "
+          f"(ensembles on image bytes: {', '.join(result.ensembles)})", flush=True)
 
 
 def _main(argv) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.list_models:
         return list_models(args.json)
     if bool(args.model) == bool(args.onnx):
         raise usage_error("pass --model NAME or --onnx PATH (--list-models shows the names)")
-    if args.weights and args.random_weights:
-        raise usage_error("--weights and --random-weights exclude each other")
-    from ..engine import builder, trt_compat
-
-    version = trt_compat.installed_version(args.engine_family)  # None: the ONNX is all this machine can make
+    check_weight_options(args.weights, args.random_weights)
+    precision = args.precision
+    eng_opts, prec_opts = engine_options(args), precision_options(args)
+    check_engine_request(eng_opts, precision)
+    version = trt_compat.installed_version(eng_opts.family)  # None: the ONNX is all this machine can make
     if version is not None and not args.onnx_only:  # refuse options that mean nothing here before any work
-        builder.refuse_inapplicable_options(builder.EngineOptions.from_args(args), version, args.precision,
-                                            args.int8_mode)
+        refuse_inapplicable_options(eng_opts, version, precision)
+    needs_precision_onnx = precision_onnx_needed(precision, eng_opts.int8_mode, version)
+    if needs_precision_onnx:
+        check_precision_request(precision, prec_opts, opset=args.opset)
+
     if args.onnx:
         fp32_path = Path(args.onnx)
         if not fp32_path.is_file():
             raise usage_error(f"--onnx {fp32_path}: no such file")
         model_name = fp32_path.stem
     else:
-        from ..model.zoo import get_model
-
-        spec = get_model(args.model)
-        model_name = spec.name
-        fp32_path = export_fp32(args, spec)
-        print(f"wrote {fp32_path} (fp32 ONNX, {fp32_path.stat().st_size / 1e6:.1f} MB, checked)")
+        exported = export_model(args.model, args.onnx_out, weights=args.weights, random_weights=args.random_weights,
+                                seed=args.seed, opset=args.opset or DEFAULT_OPSET, softmax=args.softmax,
+                                progress=not args.quiet)
+        fp32_path, model_name = exported.path, exported.model
+        print(f"wrote {fp32_path} (fp32 ONNX, {exported.bytes / 1e6:.1f} MB, checked)")
     onnx_path = fp32_path
-    if builder.precision_onnx_needed(args.precision, args.int8_mode, version):
-        from ..precision.convert import run_precision_step
+    if needs_precision_onnx:
+        from ..precision.convert import convert_precision
 
-        onnx_path = run_precision_step(args, fp32_path, model_name)
-    from ..serving.repository import export_from_build
-
+        onnx_path = convert_precision(fp32_path, precision, prec_opts, model_name=model_name)
     if args.onnx_only:
-        export_from_build(args, fp32_path, model_name)
+        _write_triton_repository(args, fp32_path, model_name)
         return EXIT_OK
     try:
-        engine = builder.run_engine_step(args, onnx_path, model_name, args.precision, fp32_path)
+        built = build_engine(onnx_path, precision, eng_opts, fp32_onnx_path=fp32_path, model_name=model_name)
     except MissingDependency:
-        export_from_build(args, fp32_path, model_name)  # the ONNX-only repository, then exit 3 as before
+        _write_triton_repository(args, fp32_path, model_name)  # the ONNX-only repository, then exit 3 as before
         raise
-    print(f"engine ready: {engine}")
-    export_from_build(args, fp32_path, model_name, engine)
+    print(f"engine ready: {built.path}")
+    _write_triton_repository(args, fp32_path, model_name, built.path)
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
+from .benchmark import add_benchmark_arguments, run_benchmark
 from .common import positive_int, run_main, warn
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
@@ -25,11 +26,13 @@ def _batch_sizes(text: str) -> list[int]:
     """``--batch``: one size ("8"), or with --benchmark a list ("1,8,32")."""
     from ..runtime.benchmark import parse_batch_list
 
-    return parse_batch_list(text)
+    try:
+        return parse_batch_list(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser; later stages add their own option groups to it (e.g. ``--benchmark``)."""
     p = argparse.ArgumentParser(
         prog="infer.py",
         description="Classify images with an ONNX model (ONNX Runtime, CUDA if present, else CPU) or a "
@@ -70,8 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "line): report top-1/top-5, and agreement when several models are given")
     ev.add_argument("--data-root", metavar="DIR", help="where the list's paths start (the list's folder)")
     ev.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N listed images")
-    from ..runtime.benchmark import add_cli_arguments as add_benchmark_arguments
-
     add_benchmark_arguments(p)  # --benchmark, --iterations, --warmup, --cuda-graph, --plot, --polygraphy
     return p
 
@@ -168,7 +169,7 @@ def _report_first_runs(backend, quiet: bool) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..runtime.classifier import ENGINE_SUFFIXES, ONNX_SUFFIXES
+    from ..runtime.backend import ENGINE_SUFFIXES, ONNX_SUFFIXES
     from ..runtime.evaluate import evaluate
 
     models = [args.model, *args.inputs]
@@ -187,10 +188,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch parsed arguments (raises UserError)."""
-    if getattr(args, "benchmark", False) or getattr(args, "polygraphy", False):
-        from ..runtime.benchmark import run_benchmark_cli
-
-        return run_benchmark_cli(args)
+    if args.benchmark or args.polygraphy:
+        return run_benchmark(args)
     args.batch = _one_batch_size(args.batch)
     if args.eval:
         return run_eval(args)

@@ -2,15 +2,7 @@
 
     python serve.py REPO_DIR [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002] [--host 127.0.0.1]
 
-The ``tritonserver`` is the one on PATH (NVIDIA's Triton container, JetPack's Triton), or else the one that
-``nvidia-pytriton`` ships (the ``serve`` extra: Triton 2.51 with the Python backend only). For the latter this
-sets up what it needs in a temporary folder (its Python backend with the stub for this interpreter, the shared
-libraries on LD_LIBRARY_PATH, this interpreter's environment for the models) and removes it when the server stops.
-
-Models whose backend the server lacks are not loaded (one line says which); the rest are loaded explicitly.
-The server listens on loopback unless ``--host`` says otherwise. SIGTERM or Ctrl-C stops it: SIGTERM to the
-server, a bounded wait (then SIGKILL), the temporary folder removed; the server also gets SIGTERM if this
-process dies (Linux's parent-death signal), so no server outlives it.
+The work is ``trt_res2net.serving.server`` (which tritonserver, its set-up, start, readiness, stop).
 
 Exit status: 0 stopped on request; 1 the server failed or stopped by itself; 2 usage error (missing repository,
 port in use, ...); 3 no tritonserver here (says what to install).
@@ -19,35 +11,16 @@ port in use, ...); 3 no tritonserver here (says what to install).
 from __future__ import annotations
 
 import argparse
-import collections
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
 
-from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, MissingDependency, UserError
-from .common import bounded_int, run_main, warn
-
-INSTALL_HINT = ("no tritonserver found: run inside NVIDIA's Triton container (nvcr.io/nvidia/tritonserver) or "
-                "JetPack's Triton, or create the serving environment: python3 -m venv .venv-serve && "
-                ". .venv-serve/bin/activate && pip install -e '.[serve]' (README, docs/triton.md)")
-# Which backend a platform needs (Triton's model configuration docs).
-PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch",
-                     "tensorflow_savedmodel": "tensorflow", "tensorflow_graphdef": "tensorflow"}
-DEFAULT_STOP_TIMEOUT = 30.0
-
+from ..serving.server import DEFAULT_HOST, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, ServerOptions, serve
+from .common import bounded_int, run_main
 
 port_number = bounded_int(1, 65535, "a port number 1..65535")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = ServerOptions()
     p = argparse.ArgumentParser(
         prog="serve.py",
         description="Serve a model repository (build.py --triton-repo) with Triton Inference Server on loopback "
@@ -55,12 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 stopped on request, 1 the server failed, 2 usage error, 3 no tritonserver here.",
     )
     p.add_argument("repo", metavar="REPO_DIR", help="a Triton model repository (build.py ... --triton-repo DIR)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1, loopback only; 0.0.0.0 for every interface)")
-    p.add_argument("--http-port", type=port_number, default=8000, metavar="N", help="HTTP port (default 8000)")
-    p.add_argument("--grpc-port", type=port_number, default=8001, metavar="N", help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=port_number, default=8002, metavar="N",
-                   help="Prometheus metrics port (default 8002)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to listen on (default {DEFAULT_HOST}, loopback only; 0.0.0.0 for every interface)")
+    p.add_argument("--http-port", type=port_number, default=defaults.http_port, metavar="N",
+                   help=f"HTTP port (default {defaults.http_port})")
+    p.add_argument("--grpc-port", type=port_number, default=defaults.grpc_port, metavar="N",
+                   help=f"gRPC port (default {defaults.grpc_port})")
+    p.add_argument("--metrics-port", type=port_number, default=defaults.metrics_port, metavar="N",
+                   help=f"Prometheus metrics port (default {defaults.metrics_port})")
     p.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
     p.add_argument("--model", action="append", metavar="NAME",
                    help="load only this model (and what an ensemble needs); repeatable (default: every model whose "
@@ -70,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-directory", metavar="DIR",
                    help="Triton's backend folder (default: the server's own; /opt/tritonserver/backends in NVIDIA's "
                         "containers)")
-    p.add_argument("--ready-timeout", type=float, default=300.0, metavar="S",
-                   help="seconds to wait for the models to load (default 300)")
+    p.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT, metavar="S",
+                   help=f"seconds to wait for the models to load (default {DEFAULT_READY_TIMEOUT:g})")
     p.add_argument("--stop-timeout", type=float, default=DEFAULT_STOP_TIMEOUT, metavar="S",
                    help=f"seconds a stopping server gets before SIGKILL (default {DEFAULT_STOP_TIMEOUT:g})")
     p.add_argument("-v", "--verbose", action="store_true", help="show the server's own log")
@@ -80,394 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# --------------------------------------------------------------------------------------------------------
-# Finding the server
-
-
-class ServerSetup:
-    """The command line, environment and temporary folder of one tritonserver run."""
-
-    def __init__(self, binary: Path, backend_dir: Path | None, env: dict, tmp: Path | None, backends: set[str],
-                 origin: str):
-        self.binary, self.backend_dir, self.env, self.tmp = binary, backend_dir, env, tmp
-        self.backends, self.origin = backends, origin
-
-    def cleanup(self) -> None:
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-
-
-def _backends_in(directory: Path | None) -> set[str]:
-    if directory is None or not directory.is_dir():
-        return set()
-    return {p.name for p in directory.iterdir() if p.is_dir()}
-
-
-def _pytriton_dist() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    dist = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
-    return dist if (dist / "bin" / "tritonserver").is_file() else None
-
-
-def _prepend(env: dict, key: str, *paths) -> None:
-    parts = [str(p) for p in paths if p] + [p for p in env.get(key, "").split(os.pathsep) if p]
-    env[key] = os.pathsep.join(dict.fromkeys(parts))
-
-
-def find_server(binary: str | None, backend_directory: str | None) -> ServerSetup:
-    """The tritonserver to run: ``--tritonserver``, PATH, /opt/tritonserver, else nvidia-pytriton's."""
-    env = os.environ.copy()
-    if binary is None:
-        found = shutil.which("tritonserver") or (
-            "/opt/tritonserver/bin/tritonserver" if Path("/opt/tritonserver/bin/tritonserver").is_file() else None)
-        if found is None:
-            dist = _pytriton_dist()
-            if dist is None:
-                raise MissingDependency(INSTALL_HINT)
-            return _pytriton_setup(dist, env, backend_directory)
-        binary = found
-    path = Path(binary)
-    if not path.is_file() or not os.access(path, os.X_OK):
-        raise UserError(f"--tritonserver {path}: not an executable file")
-    dist = _pytriton_dist()
-    if dist is not None and path.resolve() == (dist / "bin" / "tritonserver").resolve():
-        return _pytriton_setup(dist, env, backend_directory)
-    backend_dir = Path(backend_directory) if backend_directory else path.resolve().parent.parent / "backends"
-    return ServerSetup(path, Path(backend_directory) if backend_directory else None, env, None,
-                       _backends_in(backend_dir), f"{path}")
-
-
-TMP_PREFIX = "trt_res2net-triton-"
-
-
-def _remove_stale_folders() -> None:
-    """Temporary folders of serve.py runs that were killed (SIGKILL leaves no chance to clean up)."""
-    for folder in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
-        try:
-            pid = int((folder / "serve.pid").read_text())
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except (OSError, ValueError):
-            continue  # not ours to judge (unreadable, or its process runs as another user)
-
-
-def _pytriton_setup(dist: Path, env: dict, backend_directory: str | None) -> ServerSetup:
-    """nvidia-pytriton's server: its Python backend needs the stub built for this Python beside it, this
-    interpreter's shared library and pytriton's own libraries on LD_LIBRARY_PATH, and this interpreter first on
-    PATH (the stub's embedded Python then finds this environment's site-packages)."""
-    import sysconfig
-
-    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise MissingDependency(f"nvidia-pytriton has no Python backend stub for Python {version} (it has "
-                                f"{', '.join(sorted(p.name for p in (dist / 'python_backend_stubs').iterdir()))}): "
-                                "create the serving environment with one of those")
-    import numpy
-
-    if int(numpy.__version__.split(".")[0]) >= 2:
-        raise UserError(f"this Python has numpy {numpy.__version__}; the Python backend of nvidia-pytriton's "
-                        "tritonserver returns empty outputs with numpy 2: run serve.py from the serving environment "
-                        "(pip install -e '.[serve]' pins numpy < 2; README)")
-    _remove_stale_folders()
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
-    try:
-        (tmp / "serve.pid").write_text(str(os.getpid()))
-        python_backend = tmp / "backends" / "python"
-        python_backend.mkdir(parents=True)
-        for item in (dist / "backends" / "python").iterdir():
-            if item.is_file():
-                shutil.copy2(item, python_backend / item.name)
-        shutil.copy2(stub, python_backend / "triton_python_backend_stub")
-        if backend_directory:
-            warn("--backend-directory is ignored for nvidia-pytriton's tritonserver (Python backend only)")
-        libs = dist.parent.parent / "nvidia_pytriton.libs"
-        _prepend(env, "LD_LIBRARY_PATH", sysconfig.get_config_var("LIBDIR"), libs if libs.is_dir() else None)
-        _prepend(env, "PATH", Path(sys.executable).parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ServerSetup(dist / "bin" / "tritonserver", tmp / "backends", env, tmp, {"python"},
-                       f"nvidia-pytriton's tritonserver (Python backend only; models run in {sys.prefix})")
-
-
-# --------------------------------------------------------------------------------------------------------
-# The repository: which models this server can load
-
-
-_TOP_KEY = re.compile(r'^\s*(backend|platform)\s*:\s*"([^"]*)"', re.M)
-_STEP_MODEL = re.compile(r'model_name\s*:\s*"([^"]*)"')
-
-
-def read_repository(repo: Path) -> dict[str, dict]:
-    """name → {"backend": ..., "steps": [...]} for every model folder with a config.pbtxt."""
-    if not repo.exists():
-        raise UserError(f"{repo}: no such model repository")
-    if not repo.is_dir():
-        raise UserError(f"{repo}: not a folder (a model repository is one: build.py ... --triton-repo DIR)")
-    models = {}
-    for config in sorted(repo.glob("*/config.pbtxt")):
-        text = config.read_text(encoding="utf-8", errors="replace")
-        keys = dict(_TOP_KEY.findall(text))
-        platform = keys.get("platform", "")
-        backend = keys.get("backend") or PLATFORM_BACKENDS.get(platform, platform)
-        steps = _STEP_MODEL.findall(text) if platform == "ensemble" else []
-        models[config.parent.name] = {"backend": "ensemble" if platform == "ensemble" else backend, "steps": steps}
-    if not models:
-        raise UserError(f"{repo}: no models in it (no */config.pbtxt); write one with build.py ... --triton-repo DIR")
-    return models
-
-
-def choose_models(models: dict[str, dict], backends: set[str], wanted: list[str] | None) -> tuple[list, dict]:
-    """(models to load, {skipped model: why}). An ensemble is loadable when all of its steps are."""
-    skipped: dict[str, str] = {}
-
-    def loadable(name: str, seen=()) -> bool:
-        info = models.get(name)
-        if info is None:
-            skipped.setdefault(name, "not in the repository")
-            return False
-        if info["backend"] == "ensemble":
-            bad = [s for s in info["steps"] if s in seen or not loadable(s, (*seen, name))]
-            if bad:
-                why = skipped.get(bad[0], "")
-                skipped.setdefault(name, f"needs {', '.join(bad)}" + (f" ({why})" if why else ""))
-            return not bad
-        if backends and info["backend"] not in backends:
-            skipped.setdefault(name, f"this tritonserver has no {info['backend']} backend")
-            return False
-        return True
-
-    if wanted:
-        unknown = [w for w in wanted if w not in models]
-        if unknown:
-            raise UserError(f"--model {', '.join(unknown)}: not in the repository (it has {', '.join(models)})")
-        for w in wanted:
-            if not loadable(w):
-                raise UserError(f"--model {w} cannot be served here: {skipped[w]}")
-        chosen = set()
-        todo = list(wanted)
-        while todo:
-            name = todo.pop()
-            if name not in chosen:
-                chosen.add(name)
-                todo.extend(models[name]["steps"])
-        return sorted(chosen), {}
-    chosen = [name for name in models if loadable(name)]
-    return chosen, {k: v for k, v in skipped.items() if k in models}
-
-
-# --------------------------------------------------------------------------------------------------------
-# Running
-
-
-def _check_port_free(host: str, port: int, what: str) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == 98:  # EADDRINUSE
-                raise UserError(f"{what} port {port} on {host} is in use; choose another with --{what.lower()}-port"
-                                ) from None
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-
-
-def _parent_death_signal():
-    """Runs in the child before exec: SIGTERM it when this process dies (Linux); nothing elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-class LogPump(threading.Thread):
-    """Reads the server's output: echoes it with --verbose, keeps the last lines for error reports."""
-
-    def __init__(self, stream, verbose: bool):
-        super().__init__(daemon=True, name="tritonserver-log")
-        self.stream, self.verbose = stream, verbose
-        self.lines: collections.deque[str] = collections.deque(maxlen=400)
-
-    def run(self):
-        for raw in iter(self.stream.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.lines.append(line)
-            if self.verbose:
-                print(line, file=sys.stderr, flush=True)
-
-    def errors(self, limit: int = 6) -> list[str]:
-        """The server's error lines (``E...`` log lines, and what its stubs printed), without CPU-only noise."""
-        noise = ("CudaDriverHelper", "CUDA driver", "pinned memory", "cuda_memory_manager", "Failed to initialize "
-                 "CUDA", "libcuda", "GPU metrics", "DCGM", "nvml")
-        picked = [ln for ln in self.lines if re.match(r"^E\d{4} ", ln) or "rror" in ln]
-        picked = [ln for ln in picked if not any(n in ln for n in noise)]
-        return [re.sub(r"^[EWI]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ", "", ln).strip() for ln in picked[-limit:]]
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
-
-
-def _ready(host: str, port: int) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://{_url_host(host)}:{port}/v2/health/ready", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-class _Stop(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def run_server(args) -> int:
-    repo = Path(args.repo)
-    models = read_repository(repo)
-    for what, port in (("HTTP", args.http_port), ("gRPC", args.grpc_port)) + (
-            () if args.no_metrics else (("metrics", args.metrics_port),)):
-        _check_port_free(args.host, port, what)
-    ports = [args.http_port, args.grpc_port] + ([] if args.no_metrics else [args.metrics_port])
-    if len(set(ports)) != len(ports):
-        raise UserError(f"the HTTP, gRPC and metrics ports must differ, got {', '.join(map(str, ports))}")
-    setup = find_server(args.tritonserver, args.backend_directory)
-    try:
-        return _serve(args, repo, models, setup)
-    finally:
-        setup.cleanup()
-
-
-def _serve(args, repo: Path, models: dict, setup: ServerSetup) -> int:
-    chosen, skipped = choose_models(models, setup.backends, args.model)
-    if not chosen:
-        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
-        raise UserError(f"{repo}: this tritonserver can load none of its models ({why})")
-    if skipped:
-        shown = ", ".join(sorted(skipped))
-        reasons = sorted(set(re.findall(r"this tritonserver has no \S+ backend", " ".join(skipped.values())))) \
-            or sorted(set(skipped.values()))
-        print(f"not loading {shown} ({'; '.join(reasons)})", file=sys.stderr, flush=True)
-    cmd = [str(setup.binary), f"--model-repository={repo.resolve()}", "--model-control-mode=explicit",
-           *[f"--load-model={m}" for m in chosen],
-           f"--http-address={args.host}", f"--http-port={args.http_port}",
-           f"--grpc-address={args.host}", f"--grpc-port={args.grpc_port}",
-           f"--exit-timeout-secs={max(1, int(args.stop_timeout) - 1)}", "--strict-readiness=true"]
-    if args.no_metrics:
-        cmd.append("--allow-metrics=false")
-    else:
-        cmd += [f"--metrics-address={args.host}", f"--metrics-port={args.metrics_port}", "--allow-gpu-metrics=false"]
-    if setup.backend_dir is not None:
-        cmd.append(f"--backend-directory={setup.backend_dir}")
-    if not args.verbose:
-        cmd.append("--log-info=false")
-    cmd += args.extra
-
-    stop_requested: list[int] = []
-
-    def on_signal(signum, frame):
-        stop_requested.append(signum)
-        raise _Stop(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    proc = None
-    try:
-        proc = subprocess.Popen(cmd, env=setup.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_parent_death_signal)
-        pump = LogPump(proc.stdout, args.verbose)
-        pump.start()
-        deadline = time.monotonic() + args.ready_timeout
-        while not _ready(args.host, args.http_port):
-            if proc.poll() is not None:
-                pump.join(timeout=2)
-                reasons = pump.errors() or [f"exit status {proc.returncode}"]
-                raise UserError("tritonserver stopped while loading: " + " | ".join(reasons), EXIT_SOME_FAILED)
-            if time.monotonic() > deadline:
-                raise UserError(f"tritonserver was not ready after {args.ready_timeout:g} s"
-                                + (": " + " | ".join(pump.errors()) if pump.errors() else ""), EXIT_SOME_FAILED)
-            time.sleep(0.1)
-        h = _url_host(args.host)
-        lines = [f"tritonserver (pid {proc.pid}, {setup.origin}) serving {repo} on {args.host}:",
-                 f"  HTTP    http://{h}:{args.http_port}/v2/models/<model>/infer",
-                 f"  gRPC    {h}:{args.grpc_port}"]
-        if not args.no_metrics:
-            lines.append(f"  metrics http://{h}:{args.metrics_port}/metrics")
-        lines.append(f"  models  {', '.join(chosen)}")
-        lines.append("ready; SIGTERM or Ctrl-C stops it")
-        print("\n".join(lines), flush=True)
-        while proc.poll() is None:
-            time.sleep(0.2)
-        pump.join(timeout=2)
-        reasons = pump.errors()
-        raise UserError(f"tritonserver stopped by itself (exit status {proc.returncode})"
-                        + (": " + " | ".join(reasons) if reasons else ""), EXIT_SOME_FAILED)
-    except _Stop:
-        pass
-    finally:
-        for s in previous:
-            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
-        try:
-            if proc is not None:
-                code = stop_server(proc, args.stop_timeout)
-                if stop_requested:
-                    print(f"tritonserver stopped (exit status {code})", file=sys.stderr, flush=True)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-    return EXIT_OK
-
-
-def stop_server(proc: subprocess.Popen, timeout: float) -> int:
-    """SIGTERM, wait up to ``timeout`` s, then SIGKILL; the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    _stop_group(proc.pid, timeout)
-    if proc.stdout is not None:
-        proc.stdout.close()
-    return proc.returncode
-
-
-def _stop_group(pgid: int, timeout: float) -> None:
-    """What is left of the server's own process group (its Python backend stubs): SIGTERM, then SIGKILL."""
-    deadline = time.monotonic() + min(timeout, 10.0)
-    sig = signal.SIGTERM
-    while True:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        if sig == signal.SIGKILL:
-            return
-        time.sleep(0.1)
-        if time.monotonic() > deadline:
-            sig = signal.SIGKILL
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    return ServerOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                         metrics_port=args.metrics_port, metrics=not args.no_metrics,
+                         models=tuple(args.model) if args.model else None, tritonserver=args.tritonserver,
+                         backend_directory=args.backend_directory, ready_timeout=args.ready_timeout,
+                         stop_timeout=args.stop_timeout, verbose=args.verbose, extra_args=tuple(args.extra))
 
 
 def main(argv=None) -> int:
     def body() -> int:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-        return run_server(args)
+        return serve(args.repo, server_options(args))
 
     return run_main(body)

@@ -14,8 +14,13 @@ Nothing here is imported by ``import trt_res2net``; cuda-python itself is import
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
+import os
+import platform
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,15 +152,18 @@ def native_handle(obj) -> int:
 
 @dataclass(frozen=True)
 class DeviceInfo:
+    """One GPU, as the builder, the runtime and the manifests describe it (the project's only GPU description)."""
+
     index: int
     name: str
     compute_capability: tuple[int, int]
     total_memory: int  # bytes
-    free_memory: int  # bytes, when queried
+    free_memory: int | None  # bytes, when queried
     integrated: bool  # Jetson: the GPU shares memory with the CPU
-    multiprocessors: int
-    memory_bus_width_bits: int | None
-    memory_clock_khz: int | None
+    multiprocessors: int = 0
+    memory_bus_width_bits: int | None = None
+    memory_clock_khz: int | None = None
+    jetson: dict | None = None  # {"module": ..., "l4t": ...} on a Jetson (detect_gpu fills it in)
 
     @property
     def cc(self) -> str:
@@ -182,6 +190,60 @@ class DeviceInfo:
             "integrated": self.integrated,
             "multiprocessors": self.multiprocessors,
         }
+
+    def to_manifest(self) -> dict:
+        """The build GPU as an engine manifest records it."""
+        return {"name": self.name, "compute_capability": self.cc, "integrated": self.integrated,
+                "device": self.index, "jetson": self.jetson, "total_memory_mib": self.total_memory // (1 << 20)}
+
+
+def jetson_info(root: str | os.PathLike = "/") -> dict | None:
+    """On a Jetson: ``{"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.0"}``; else None.
+
+    Reads /proc/device-tree/model (the module/carrier name) and /etc/nv_tegra_release (the L4T release of
+    JetPack); ``root`` lets tests point at a fake file tree.
+    """
+    root = Path(root)
+    model = l4t = None
+    try:
+        model = (root / "proc/device-tree/model").read_bytes().decode("utf-8", "replace").strip("\x00 \n")
+    except OSError:
+        pass
+    try:
+        first = (root / "etc/nv_tegra_release").read_text(errors="replace").splitlines()[0]
+        m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
+        if m:
+            rev = m.group(2).split(".")
+            l4t = ".".join([m.group(1), *rev] + ["0"] * max(0, 2 - len(rev)))
+    except (OSError, IndexError):
+        pass
+    if l4t is None and not (model and "jetson" in model.lower()):
+        return None
+    return {"module": model, "l4t": l4t}
+
+
+def detect_gpu(device: int = 0) -> DeviceInfo:
+    """The CUDA device TensorRT will build for, with its Jetson module when there is one.
+
+    MissingDependency (exit 3) when cuda-python, the driver or a GPU is missing; UserError for a device index
+    this machine does not have.
+    """
+    runtime = cuda_modules().runtime  # CudaUnavailable (exit 3) without cuda-python
+    try:
+        count = int(call(runtime.cudaGetDeviceCount))
+    except CudaUnavailable as e:  # no driver, no device, no libcuda: the message says which
+        raise MissingDependency(f"no usable NVIDIA GPU: {e}") from None
+    except CudaError as e:  # any other failure to count devices also leaves no GPU to build for
+        raise MissingDependency(f"no usable NVIDIA GPU: {e}; is the NVIDIA driver installed?") from None
+    if count == 0:
+        raise MissingDependency("no usable NVIDIA GPU: CUDA sees no device; is the NVIDIA driver installed?")
+    if not 0 <= device < count:
+        raise UserError(f"CUDA device {device} does not exist (this machine has {count})")
+    set_device(device)  # the free memory reported is the device's own
+    info = device_info(device)
+    if info.integrated or platform.machine() == "aarch64":
+        info = dataclasses.replace(info, jetson=jetson_info())
+    return info
 
 
 def device_count() -> int:

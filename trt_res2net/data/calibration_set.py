@@ -16,16 +16,40 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import UserError
 from ..core.files import read_json, write_json
+from ..core.hashing import sha256_file
 from .preprocess import SPEC, PreprocessSpec
 
 DEFAULT_CALIB_IMAGES = 500
-MANIFEST_FORMAT = "trt_res2net.data.calibration_set-manifest"
+
+
+@dataclass(frozen=True)
+class CalibrationImages:
+    """The INT8 calibration set asked for: up to ``count`` images under ``directory`` (a seeded sample of them
+    when there are more). Both INT8 paths read it: ModelOpt's Q/DQ calibration and TensorRT's own calibrator."""
+
+    directory: Path | None = None
+    count: int = DEFAULT_CALIB_IMAGES
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.directory is not None:
+            object.__setattr__(self, "directory", Path(self.directory))
+        if self.count < 1:
+            raise UserError(f"--calib-images must be at least 1, got {self.count}")
+
+    def select(self) -> list[Path]:
+        """The images (UserError without a directory, or when it has none)."""
+        if self.directory is None:
+            raise UserError("no calibration images: pass --calib-dir DIR")
+        return select_calibration_images(self.directory, self.count, self.seed)
+MANIFEST_FORMAT = "trt_res2net.calibration-manifest"
 MANIFEST_VERSION = 1
 
 
@@ -60,14 +84,6 @@ def select_calibration_images(calib_dir: str | os.PathLike, n: int = DEFAULT_CAL
 
     chosen = set(sorted(images, key=rank)[:n])
     return [p for p in images if p in chosen]
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_manifest(images: Sequence[str | os.PathLike], root: str | os.PathLike, *, seed: int = 0,

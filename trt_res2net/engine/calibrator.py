@@ -23,11 +23,11 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.files import write_bytes
 from ..cuda import device as cuda_util
+from ..data.calibration_set import DEFAULT_CALIB_IMAGES
+from .options import DEFAULT_CALIB_BATCH
 
 ALGORITHM = "EntropyCalibration2"  # what IInt8EntropyCalibrator2 writes in the cache header
 METHOD = "tensorrt-entropy2"
-DEFAULT_CALIB_BATCH = 8
-DEFAULT_CALIB_IMAGES = 500
 
 
 def default_cache_path(model: str, trt_version, calib_root: str | os.PathLike = "calib") -> Path:

@@ -1,4 +1,4 @@
-"""The JSON manifest beside every engine, the compatibility check that reads it, and GPU/Jetson detection.
+"""The JSON manifest beside every engine, and the compatibility check that reads it.
 
 A TensorRT engine only runs under the TensorRT release and on the GPU (compute capability) it was built for; a
 TensorRT-RTX engine runs on the list of compute capabilities it was built for, under the same or a newer
@@ -11,18 +11,21 @@ the field that differs.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import platform
 import re
 import shlex
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..core.errors import MissingDependency, UserError
+from ..core.errors import UserError
 from ..core.files import read_json, write_json
+from ..core.hashing import sha256_file
 from ..core.version import __version__
+
+if TYPE_CHECKING:
+    from ..cuda.device import DeviceInfo
 
 MANIFEST_FORMAT = "trt_res2net.engine-manifest"
 MANIFEST_VERSION = 2  # 2: engine_family, library_version (was tensorrt_version), compute_capabilities
@@ -36,14 +39,6 @@ def manifest_path_for(engine_path: str | os.PathLike) -> Path:
     """``engines/x_int8_b32.engine`` → ``engines/x_int8_b32.engine.json``."""
     p = Path(engine_path)
     return p if p.name.endswith(".json") else p.with_name(p.name + ".json")
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(engine_path: str | os.PathLike, manifest: dict) -> Path:
@@ -84,7 +79,7 @@ def build_manifest(
     int8_mode: str | None,
     engine_family: str,
     library_version: str,
-    gpu: GpuInfo | dict | None,
+    gpu: DeviceInfo | dict | None,
     compute_capabilities: list[str],
     onnx_path: str | os.PathLike,
     onnx_sha256: str,
@@ -121,7 +116,7 @@ def build_manifest(
         "library_version": library_version,
         "compute_capabilities": [normalize_cc(cc) for cc in compute_capabilities],
         "compute_capabilities_and_later": bool(compute_capabilities_and_later),
-        "gpu": gpu.to_manifest() if isinstance(gpu, GpuInfo) else (dict(gpu) if gpu else None),
+        "gpu": gpu.to_manifest() if hasattr(gpu, "to_manifest") else (dict(gpu) if gpu else None),
         "caveats": list(caveats or []),
         "onnx": str(onnx_path),
         "onnx_sha256": onnx_sha256,
@@ -216,81 +211,3 @@ def check_engine_file(manifest: dict, engine_path: str | os.PathLike) -> None:
     if expected and sha256_file(engine_path) != expected:
         raise UserError(f"{engine_path} does not match its manifest {manifest_path_for(engine_path)} "
                         "(engine_sha256 differs); rebuild it with build.py")
-
-
-# --------------------------------------------------------------------------------------------------------
-# GPU and Jetson detection
-
-
-@dataclass
-class GpuInfo:
-    name: str
-    compute_capability: str  # "8.7"
-    total_memory: int  # bytes
-    free_memory: int | None  # bytes, at detection time
-    integrated: bool  # shares memory with the CPU (Jetson)
-    device: int = 0
-    jetson: dict | None = None  # {"module": ..., "l4t": ...} on a Jetson
-
-    def to_manifest(self) -> dict:
-        d = asdict(self)
-        d["total_memory_mib"] = self.total_memory // (1 << 20)
-        del d["total_memory"], d["free_memory"]
-        return d
-
-
-def jetson_info(root: str | os.PathLike = "/") -> dict | None:
-    """On a Jetson: ``{"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.0"}``; else None.
-
-    Reads /proc/device-tree/model (the module/carrier name) and /etc/nv_tegra_release (the L4T release of
-    JetPack); ``root`` lets tests point at a fake file tree.
-    """
-    root = Path(root)
-    model = l4t = None
-    try:
-        model = (root / "proc/device-tree/model").read_bytes().decode("utf-8", "replace").strip("\x00 \n")
-    except OSError:
-        pass
-    try:
-        first = (root / "etc/nv_tegra_release").read_text(errors="replace").splitlines()[0]
-        m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
-        if m:
-            rev = m.group(2).split(".")
-            l4t = ".".join([m.group(1), *rev] + ["0"] * max(0, 2 - len(rev)))
-    except (OSError, IndexError):
-        pass
-    if l4t is None and not (model and "jetson" in model.lower()):
-        return None
-    return {"module": model, "l4t": l4t}
-
-
-def detect_gpu(device: int = 0) -> GpuInfo:
-    """The CUDA device TensorRT will build for (through ``trt_res2net.cuda.device``).
-
-    MissingDependency (exit 3) when cuda-python, the driver or a GPU is missing; UserError for a device index
-    this machine does not have.
-    """
-    from ..cuda import device as cu
-
-    runtime = cu.cuda_modules().runtime  # CudaUnavailable (exit 3) without cuda-python
-    try:
-        count = int(cu.call(runtime.cudaGetDeviceCount))
-    except cu.CudaUnavailable as e:  # no driver, no device, no libcuda: the message says which
-        raise MissingDependency(f"no usable NVIDIA GPU: {e}") from None
-    except cu.CudaError as e:  # any other failure to count devices also leaves no GPU to build for
-        raise MissingDependency(f"no usable NVIDIA GPU: {e}; is the NVIDIA driver installed?") from None
-    if count == 0:
-        raise MissingDependency("no usable NVIDIA GPU: CUDA sees no device; is the NVIDIA driver installed?")
-    if not 0 <= device < count:
-        raise UserError(f"CUDA device {device} does not exist (this machine has {count})")
-    cu.set_device(device)  # the free memory reported is the device's own
-    info = cu.device_info(device)
-    return GpuInfo(
-        name=info.name,
-        compute_capability=info.cc,
-        total_memory=info.total_memory,
-        free_memory=info.free_memory,
-        integrated=info.integrated,
-        device=device,
-        jetson=jetson_info() if info.integrated or platform.machine() == "aarch64" else None,
-    )

@@ -207,14 +207,6 @@ def load_weights(path: str | os.PathLike, spec: ModelSpec) -> dict[str, np.ndarr
     return validate_state(read_pdparams(path), spec, label=f"weights {path}")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def state_sha256(state: dict[str, np.ndarray]) -> str:
     """A digest of weights held in memory (for --random-weights, which have no file)."""
     h = hashlib.sha256()

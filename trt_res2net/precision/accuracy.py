@@ -25,8 +25,8 @@ import numpy as np
 from ..core.errors import EXIT_SOME_FAILED, UserError
 from ..data.metrics import accuracy, compare_predictions, read_val_list
 from ..data.preprocess import SPEC, PreprocessSpec
+from .options import DEFAULT_EVAL_IMAGES
 
-DEFAULT_EVAL_IMAGES = 500
 EVAL_BATCH = 16
 TWIN_NOTE = ("evaluated with FP32 arithmetic on its FP16-rounded constants: this ONNX Runtime rounds float16 "
              "QuantizeLinear toward zero on the CPU (microsoft/onnxruntime#18576)")

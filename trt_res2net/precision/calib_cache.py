@@ -35,7 +35,7 @@ from ..core.errors import UserError
 from ..core.files import read_json, write_bytes, write_json
 
 MODELOPT_VERSION_TAG = "modelopt"
-SIDECAR_FORMAT = "trt_res2net.data.calibration_set-cache-key"
+SIDECAR_FORMAT = "trt_res2net.calibration-cache-key"
 SIDECAR_VERSION = 1
 # The order in which keys are compared (so the message names the most fundamental difference first).
 KEY_FIELDS = (

@@ -22,9 +22,7 @@ accuracy budget is kept as ``<stem>.rejected.onnx`` and the build fails (exit st
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import hashlib
 import os
 import sys
 import time
@@ -33,115 +31,12 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..core.files import write_json
+from ..core.hashing import sha256_file
+from .options import PrecisionOptions, check_precision_request
 
-PRECISIONS = ("fp32", "fp16", "int8")
-CALIB_METHODS = ("entropy", "max", "percentile")
 CALIB_DIR = Path("calib")
 SENSITIVITY_IMAGES = 8  # enough for a continuous error measure; each layer costs one inference of them
 ONNX_SIDECAR_FORMAT = "trt_res2net.precision-onnx"
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """build.py's precision options (one argparse group)."""
-    g = parser.add_argument_group(
-        "precision (FP16 / INT8 ONNX made with NVIDIA ModelOpt; needs the quant extra)"
-    )
-    if "--precision" not in parser._option_string_actions:  # build.py may define it itself
-        g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="fp16: AutoCast FP16 ONNX (float32 I/O kept); int8: Q/DQ ONNX from post-training "
-                            "quantization (opset 19). Default fp32")
-    g.add_argument("--calib-dir", metavar="DIR",
-                   help="INT8 calibration images (searched recursively: jpg, jpeg, png, bmp, webp)")
-    g.add_argument("--calib-images", type=int, default=500, metavar="N",
-                   help="use at most N calibration images: all, sorted, or a seeded sample of N (default 500)")
-    g.add_argument("--calib-seed", type=int, default=0, metavar="S",
-                   help="seed of the calibration sample when there are more than N images (default 0)")
-    g.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy",
-                   help="activation ranges: entropy (KL, default), max, or percentile")
-    g.add_argument("--calib-percentile", type=float, default=99.999, metavar="P",
-                   help="with --calib-method percentile: the percentile of |x| (default 99.999)")
-    g.add_argument("--calib-cache", metavar="PATH",
-                   help="calibration cache to reuse or write (default calib/<model>.<method>.cache); "
-                        "TensorRT's text format with a <cache>.json sidecar that keys it")
-    g.add_argument("--high-precision", choices=("fp16", "fp32"), default="fp16",
-                   help="precision of what INT8 does not cover (default fp16)")
-    g.add_argument("--eval-dir", metavar="DIR",
-                   help="held-out images: compare the FP16/INT8 ONNX with the FP32 ONNX on them")
-    g.add_argument("--eval", metavar="LIST", dest="eval_list",
-                   help="labelled held-out images, 'relative/path.jpg label' per line (PaddleClas val_list)")
-    g.add_argument("--data-root", metavar="DIR", help="folder the --eval list's paths are relative to")
-    g.add_argument("--eval-images", type=int, default=500, metavar="N",
-                   help="compare on at most N held-out images, a seeded sample (default 500; 0 = all)")
-    g.add_argument("--max-top1-drop", type=float, metavar="PP",
-                   help="fail when top-1 accuracy drops more than PP percentage points (labelled), or when "
-                        "more than PP %% of the images change their top-1 class (unlabelled)")
-    g.add_argument("--auto-fallback", action="store_true",
-                   help="INT8: keep the most sensitive layers out of quantization until --max-top1-drop holds")
-    return g
-
-
-@dataclass
-class PrecisionOptions:
-    precision: str = "fp32"
-    calib_dir: str | None = None
-    calib_images: int = 500
-    calib_seed: int = 0
-    calib_method: str = "entropy"
-    calib_percentile: float = 99.999
-    calib_cache: str | None = None
-    high_precision: str = "fp16"
-    eval_dir: str | None = None
-    eval_list: str | None = None
-    data_root: str | None = None
-    eval_images: int = 500
-    max_top1_drop: float | None = None
-    auto_fallback: bool = False
-    opset: int | None = None
-    progress: bool = True
-
-    @classmethod
-    def from_args(cls, args) -> PrecisionOptions:
-        fields = {k: getattr(args, k) for k in cls.__dataclass_fields__ if getattr(args, k, None) is not None}
-        fields.pop("progress", None)
-        opts = cls(**fields)
-        opts.progress = not getattr(args, "quiet", False)
-        return opts
-
-    @property
-    def method_tag(self) -> str:
-        return f"percentile{self.calib_percentile:g}" if self.calib_method == "percentile" else self.calib_method
-
-    def validate(self) -> None:
-        from .modelopt_bridge import MIN_QDQ_OPSET
-
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.calib_images < 1:
-            raise UserError(f"--calib-images must be at least 1, got {self.calib_images}")
-        if self.eval_images < 0:
-            raise UserError(f"--eval-images must be 0 (all) or more, got {self.eval_images}")
-        if not 0 < self.calib_percentile <= 100:
-            raise UserError(f"--calib-percentile must be in (0, 100], got {self.calib_percentile}")
-        if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise UserError(f"--max-top1-drop must be ≥ 0 percentage points, got {self.max_top1_drop}")
-        if self.data_root and not self.eval_list:
-            raise UserError("--data-root goes with --eval LIST")
-        if self.eval_dir and self.eval_list:
-            raise UserError("pass either --eval-dir DIR or --eval LIST --data-root DIR, not both")
-        held_out = bool(self.eval_dir or self.eval_list)
-        if self.max_top1_drop is not None and not held_out:
-            raise UserError("--max-top1-drop needs held-out images: --eval-dir DIR or --eval LIST --data-root DIR")
-        if self.auto_fallback and self.precision != "int8":
-            raise UserError("--auto-fallback applies to --precision int8")
-        if self.auto_fallback and self.max_top1_drop is None:
-            raise UserError("--auto-fallback needs a budget: --max-top1-drop PP (and held-out images)")
-        if self.precision == "int8" and self.opset is not None and self.opset < MIN_QDQ_OPSET:
-            raise UserError(
-                f"INT8 Q/DQ needs ONNX opset ≥ {MIN_QDQ_OPSET} (ModelOpt writes QuantizeLinear/DequantizeLinear "
-                f"of opset 19), but --opset {self.opset} was asked; drop --opset (the Q/DQ ONNX is written at "
-                f"{MIN_QDQ_OPSET}) or pass --opset {MIN_QDQ_OPSET}. TensorRT 8.6 (opset ≤ 17) calibrates the FP32 "
-                "ONNX with its own calibrator instead"
-            )
 
 
 def converted_path(fp32_onnx: Path, precision: str) -> Path:
@@ -154,14 +49,6 @@ def rejected_path(path: Path) -> Path:
 
 def default_cache_path(model_name: str, opts: PrecisionOptions) -> Path:
     return CALIB_DIR / f"{model_name}.{opts.method_tag}.cache"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _say(message: str) -> None:
@@ -180,14 +67,17 @@ def _minutes(seconds: float) -> str:
 # The stage
 
 
-def run_precision_step(args, fp32_onnx_path: Path, model_name: str) -> Path:
-    """Make the ONNX that the engine is built from: the FP32 path itself for fp32, else the FP16 or INT8
-    ONNX beside it. Raises UserError (exit 2) for usage errors, MissingDependency (exit 3) without
-    ModelOpt, AccuracyBudgetExceeded (exit 1) when --max-top1-drop is missed."""
-    opts = PrecisionOptions.from_args(args)
-    opts.validate()
+def convert_precision(fp32_onnx_path: str | os.PathLike, precision: str, options: PrecisionOptions | None = None, *,
+                      model_name: str | None = None) -> Path:
+    """Make the ONNX that an engine of ``precision`` is built from: the FP32 path itself for fp32, else the FP16
+    (ModelOpt AutoCast) or INT8 Q/DQ (ModelOpt PTQ) ONNX beside it. ``model_name`` names the calibration cache
+    (default: the ONNX's stem). Raises UserError (exit 2) for usage errors, MissingDependency (exit 3) without
+    ModelOpt, AccuracyBudgetExceeded (exit 1) when ``max_top1_drop`` is missed."""
+    opts = options or PrecisionOptions()
+    check_precision_request(precision, opts)
     fp32_onnx_path = Path(fp32_onnx_path)
-    if opts.precision == "fp32":
+    model_name = model_name or fp32_onnx_path.stem
+    if precision == "fp32":
         if opts.max_top1_drop is not None or opts.auto_fallback:
             _note("--max-top1-drop/--auto-fallback ignored: --precision fp32 has nothing to compare")
         return fp32_onnx_path
@@ -196,7 +86,7 @@ def run_precision_step(args, fp32_onnx_path: Path, model_name: str) -> Path:
     from .accuracy import load_eval_set
 
     eval_set = load_eval_set(opts.eval_dir, opts.eval_list, opts.data_root, limit=opts.eval_images)
-    if opts.precision == "fp16":
+    if precision == "fp16":
         return _make_fp16(opts, fp32_onnx_path, model_name, eval_set)
     return _make_int8(opts, fp32_onnx_path, model_name, eval_set)
 
@@ -207,7 +97,7 @@ def _evaluator(opts, fp32_onnx_path, eval_set):
     return Evaluator(eval_set, fp32_onnx_path, progress=opts.progress) if eval_set is not None else None
 
 
-def _gate(opts, report: dict | None, out_path: Path, label: str) -> None:
+def _gate(opts, report: dict | None, out_path: Path, label: str, precision: str) -> None:
     from .accuracy import AccuracyBudgetExceeded, budget_measure_name, top1_drop_pp, within_budget
 
     if report is None or opts.max_top1_drop is None:
@@ -222,7 +112,7 @@ def _gate(opts, report: dict | None, out_path: Path, label: str) -> None:
     side = out_path.with_name(out_path.name + ".json")
     if side.exists():
         os.replace(side, rejected.with_name(rejected.name + ".json"))
-    hint = " (try --auto-fallback)" if opts.precision == "int8" and not opts.auto_fallback else ""
+    hint = " (try --auto-fallback)" if precision == "int8" and not opts.auto_fallback else ""
     raise AccuracyBudgetExceeded(
         f"{label} misses the accuracy budget: {budget_measure_name(report)} {drop:.2f} pp > --max-top1-drop "
         f"{opts.max_top1_drop:g}{hint}; the model is kept as {rejected} for inspection"
@@ -252,7 +142,7 @@ def _make_fp16(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, ev
     mb.require_modelopt("--precision fp16")
     out = converted_path(fp32_onnx_path, "fp16")
     reference = None
-    if opts.calib_dir:  # real images decide which nodes must stay FP32 (AutoCast's data_max rule)
+    if opts.calibration.directory:  # real images decide which nodes must stay FP32 (AutoCast's data_max rule)
         reference = _first_images(opts, 8)
     t0 = time.perf_counter()
     model = mb.autocast_fp16(fp32_onnx_path, out, reference_inputs=reference,
@@ -271,16 +161,16 @@ def _make_fp16(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, ev
         "autocast_reference": "calibration images" if reference is not None else "AutoCast random inputs",
         "accuracy": report,
     })
-    _gate(opts, report, out, f"FP16 {out.name}")
+    _gate(opts, report, out, f"FP16 {out.name}", "fp16")
     return out
 
 
 def _first_images(opts: PrecisionOptions, n: int):
     import numpy as np
 
-    from ..data.calibration_set import iter_batches, select_calibration_images
+    from ..data.calibration_set import iter_batches
 
-    paths = select_calibration_images(opts.calib_dir, opts.calib_images, opts.calib_seed)[:n]
+    paths = opts.calibration.select()[:n]
     arrays = [a for a, _, _ in iter_batches(paths, n) if len(a)]
     return np.concatenate(arrays) if arrays else None
 
@@ -321,17 +211,18 @@ def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, 
     from .calib_cache import CacheKey, check_cache_key, read_cache, write_cache, write_cache_key
 
     cache_path = Path(opts.calib_cache) if opts.calib_cache else default_cache_path(model_name, opts)
-    if not cache_path.exists() and not opts.calib_dir:
+    calib = opts.calibration
+    if not cache_path.exists() and not calib.directory:
         raise UserError(
-            f"INT8 needs calibration: pass --calib-dir DIR (a folder of ~{opts.calib_images} representative "
+            f"INT8 needs calibration: pass --calib-dir DIR (a folder of ~{calib.count} representative "
             f"images, e.g. from the ImageNet train set) or --calib-cache PATH to a cache made earlier "
             f"(no cache at {cache_path})"
         )
     mb.require_modelopt("--precision int8")  # before the key: it names ModelOpt's version
     images = manifest = None
-    if opts.calib_dir:
-        images = cal.select_calibration_images(opts.calib_dir, opts.calib_images, opts.calib_seed)
-        manifest = cal.build_manifest(images, opts.calib_dir, seed=opts.calib_seed, requested=opts.calib_images)
+    if calib.directory:
+        images = calib.select()
+        manifest = cal.build_manifest(images, calib.directory, seed=calib.seed, requested=calib.count)
     key = _expected_key(opts, fp32_sha, manifest)
     if cache_path.exists() and read_cache(cache_path).made_by_tensorrt:
         return _tensorrt_cache(cache_path, key, images)
@@ -341,7 +232,7 @@ def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, 
         except UserError as e:
             if images is None:
                 raise
-            _note(f"{e}; recalibrating from {opts.calib_dir}")
+            _note(f"{e}; recalibrating from {calib.directory}")
         else:
             cache = read_cache(cache_path)
             _say(f"reusing calibration cache {cache_path} ({len(cache.scales)} activation scales; key matches)")
@@ -457,7 +348,7 @@ def _make_int8(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, ev
         "tools": mb.tool_versions(), "excluded_layers": excluded, "auto_fallback": fallback_doc,
         "accuracy": report,
     })
-    _gate(opts, report, out, f"INT8 {out.name}")
+    _gate(opts, report, out, f"INT8 {out.name}", "int8")
     return out
 
 

@@ -30,7 +30,6 @@ import numpy as np
 from ..core.errors import MissingDependency, UserError
 from .calib_cache import MODELOPT_VERSION_TAG, CalibrationCache, cache_scales_finite, write_cache
 
-MIN_QDQ_OPSET = 19  # ModelOpt's INT8 Q/DQ output (tensorrt_notes §0.4)
 CALIB_BATCH = 8  # images per ONNX Runtime calibration step (memory, not results: ranges merge per batch)
 # ModelOpt's GEMV rule keeps a MatMul/Gemm unquantized when a dimension is 1; a fixed shape makes the Q/DQ
 # placement independent of how the images were batched (deployment batches are > 1).

@@ -17,12 +17,7 @@ without a GPU; only :func:`run_benchmark` needs a target that can time things (`
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import io
-import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -30,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import EXIT_OK, MissingDependency, UserError
+from ..core.errors import UserError
 
 CV_WARN_THRESHOLD = 0.025
 DEFAULT_BATCHES = (1, 8, 32)
 DEFAULT_ITERATIONS = 200
 DEFAULT_WARMUP = 20
 SYNTHETIC_SIZE = (500, 375)  # width, height: the typical ImageNet validation photo
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -123,7 +117,7 @@ _BATCH_ERROR = "batch sizes are positive integers like 1,8,32, not {!r}"
 
 
 def parse_batch_list(text) -> list[int]:
-    """"1,8,32" → [1, 8, 32]; also accepts an int or a list. Usable as an argparse ``type``."""
+    """"1,8,32" → [1, 8, 32]; also accepts an int or a list; UserError for anything else."""
     if text is None:
         return list(DEFAULT_BATCHES)
     if isinstance(text, int):
@@ -138,9 +132,9 @@ def parse_batch_list(text) -> list[int]:
             try:
                 items.append(int(part))
             except ValueError:
-                raise argparse.ArgumentTypeError(_BATCH_ERROR.format(text)) from None
+                raise UserError(_BATCH_ERROR.format(text)) from None
     if not items or any(b < 1 for b in items):
-        raise argparse.ArgumentTypeError(_BATCH_ERROR.format(text))
+        raise UserError(_BATCH_ERROR.format(text))
     return sorted(set(items))
 
 
@@ -291,6 +285,9 @@ def trtexec_command(engine, input_name: str, batch: int, input_hw=(224, 224), dy
 
 
 def _polygraphy_runnable(family_key: str) -> bool:
+    import importlib.util
+    import shutil
+
     from ..engine.trt_compat import family
 
     if shutil.which("polygraphy") is None:
@@ -298,138 +295,9 @@ def _polygraphy_runnable(family_key: str) -> bool:
     return importlib.util.find_spec(family(family_key).module) is not None
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _add(parser, *flags, **kwargs) -> None:
-    """Add an option unless the parser already has it (infer.py owns --batch and --json)."""
-    try:
-        parser.add_argument(*flags, **kwargs)
-    except argparse.ArgumentError:
-        pass
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("benchmark (TensorRT engines)")
-    group.add_argument("--benchmark", action="store_true",
-                       help="measure GPU compute and end-to-end latency and throughput per batch size")
-    group.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, metavar="N",
-                       help=f"timed runs per batch size and measure (default {DEFAULT_ITERATIONS})")
-    group.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, metavar="N",
-                       help=f"untimed runs first (default {DEFAULT_WARMUP})")
-    group.add_argument("--cuda-graph", action="store_true",
-                       help="capture the engine's enqueue as a CUDA graph per batch size "
-                            "(like trtexec --useCudaGraph)")
-    group.add_argument("--plot", type=Path, metavar="PNG",
-                       help="write latency and throughput against batch size (default: next to --json)")
-    group.add_argument("--polygraphy", action="store_true",
-                       help="print the equivalent polygraphy and trtexec commands; "
-                            "run polygraphy when installed")
-    _add(group, "--batch", type=parse_batch_list, default=None, metavar="B[,B...]",
-         help=f"batch sizes (default {','.join(map(str, DEFAULT_BATCHES))})")
-    _add(group, "--json", type=Path, metavar="PATH", help="write the results as JSON")
-
-
-def _model_path(args) -> Path:
-    for name in ("model", "model_file", "engine"):
-        value = getattr(args, name, None)
-        if value:
-            return Path(value)
-    raise UserError("--benchmark needs an engine file")
-
-
-def _input_paths(args) -> list[Path]:
-    for name in ("images", "inputs", "paths"):
-        value = getattr(args, name, None)
-        if value:
-            return [Path(v) for v in value]
-    return []
-
-
-def _load_images(paths) -> list[np.ndarray]:
-    """Decode the given images (directories walked) once; unreadable ones are named and skipped."""
-    import cv2
-
-    files = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"no such file or directory: {p}")
-    images = []
-    for f in files:
-        img = cv2.imdecode(np.fromfile(str(f), np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            print(f"warning: {f}: not a readable image; skipped", file=sys.stderr)
-        else:
-            images.append(img)
-    return images
-
-
-def run_benchmark_cli(args) -> int:
-    """``infer.py ENGINE --benchmark ...``: time, print a table, write --json / --plot, cross-check."""
-    from ..core.files import write_json
-    from .tensorrt_backend import TensorRTBackend
-
-    engine = _model_path(args)
-    if engine.suffix.lower() not in (".engine", ".plan"):
-        raise UserError(f"--benchmark runs TensorRT engines (.engine, .plan), not {engine}")
-    if not engine.is_file():
-        raise UserError(f"engine not found: {engine}")
-    batches = parse_batch_list(getattr(args, "batch", None))
-    iterations = getattr(args, "iterations", DEFAULT_ITERATIONS)
-    try:
-        backend = TensorRTBackend(engine, cuda_graph=getattr(args, "cuda_graph", False))
-    except MissingDependency:
-        if getattr(args, "polygraphy", False):  # the commands are still worth having for another machine
-            _cross_check(engine, _info_from_manifest(engine), batches, iterations, run=False)
-        raise
-    try:
-        usable = [b for b in batches if backend.min_batch <= b <= backend.max_batch]
-        for b in sorted(set(batches) - set(usable)):
-            print(f"warning: batch {b} is outside the engine's range "
-                  f"{backend.min_batch}..{backend.max_batch}; skipped", file=sys.stderr)
-        if not usable:
-            raise UserError(f"none of the batch sizes {batches} fits the engine's range "
-                            f"{backend.min_batch}..{backend.max_batch}")
-        paths = _input_paths(args)
-        images = _load_images(paths) if paths else synthetic_images(min(max(usable), 64))
-        source = f"{len(images)} images" if paths else "synthetic {}x{} images".format(*SYNTHETIC_SIZE)
-        k = min(int(getattr(args, "topk", 5) or 5), backend.num_classes)
-        warmup = getattr(args, "warmup", DEFAULT_WARMUP)
-        results = run_benchmark(backend, usable, images, iterations=iterations, warmup=warmup, k=k)
-        info = backend.info()
-    finally:
-        backend.close()
-
-    print(format_table(results))
-    for r in results:
-        for w in r.warnings():
-            print(f"warning: {w}", file=sys.stderr)
-    settings = {"batches": usable, "iterations": iterations, "warmup": warmup, "topk": k, "images": source,
-                "cuda_graph": info.get("cuda_graph", False)}
-    json_path = getattr(args, "json", None)
-    if json_path:
-        write_json(json_path, results_json(results, info, settings))
-        print(f"wrote {json_path}")
-    plot_path = getattr(args, "plot", None) or (Path(json_path).with_suffix(".png") if json_path else None)
-    if plot_path:
-        try:
-            plot_results(results, plot_path, title=f"{engine.name} — {info['library']}, {info['gpu']['name']}")
-            print(f"wrote {plot_path}")
-        except UserError as e:
-            print(f"warning: {e}", file=sys.stderr)
-    if getattr(args, "polygraphy", False):
-        _cross_check(engine, info, usable, iterations)
-    return EXIT_OK
-
-
-def _info_from_manifest(engine: Path) -> dict:
-    """Input name, batch range and family from the engine's manifest (or file) when the library cannot be
-    asked."""
+def engine_summary(engine) -> dict:
+    """Input name, batch range and family from the engine's manifest (or file), for the equivalent commands when
+    the library cannot be asked."""
     from ..engine.manifest import find_manifest
     from ..engine.trt_compat import engine_family_of
 
@@ -447,51 +315,103 @@ def _info_from_manifest(engine: Path) -> dict:
     return {"input": {"name": name, "batch": batch}, "engine_family": family_key}
 
 
-def _cross_check(engine: Path, info: dict, batches, iterations: int, run: bool = True) -> None:
+@dataclass(frozen=True)
+class CrossCheck:
+    """The NVIDIA tools' commands for the same engine and batch sizes, and whether polygraphy can run here."""
+
+    commands: list[tuple[str, list[str]]]  # (tool, argv) per batch size: trtexec / tensorrt_rtx, then polygraphy
+    polygraphy_runnable: bool
+    family: str
+
+
+def cross_check_commands(engine, info: dict, batches, iterations: int = DEFAULT_ITERATIONS) -> CrossCheck:
     name = info["input"]["name"]
     dynamic = info["input"]["batch"][0] != info["input"]["batch"][2]
     family_key = info.get("engine_family", "tensorrt")
     rtx = family_key == "tensorrt-rtx"
-    runnable = run and _polygraphy_runnable(family_key)
     tool = "tensorrt_rtx" if rtx else "trtexec"
+    commands = []
     for b in batches:
-        print(f"{tool} equivalent:{' ' * max(1, 11 - len(tool))}"
-              f"{shlex.join(trtexec_command(engine, name, b, dynamic=dynamic, rtx=rtx))}")
-        cmd = polygraphy_command(engine, name, b, iterations=iterations, rtx=rtx)
-        print(f"polygraphy equivalent: {shlex.join(cmd)}")
-        if runnable:
-            sys.stdout.flush()
-            code = subprocess.run(cmd, check=False).returncode
-            if code != 0:
-                print(f"warning: polygraphy exited with status {code}", file=sys.stderr)
-    if not runnable:
-        print(f"(polygraphy not run: it needs `pip install polygraphy` and {'TensorRT-RTX' if rtx else 'TensorRT'}"
-              " with a GPU)")
+        commands.append((tool, trtexec_command(engine, name, b, dynamic=dynamic, rtx=rtx)))
+        commands.append(("polygraphy", polygraphy_command(engine, name, b, iterations=iterations, rtx=rtx)))
+    return CrossCheck(commands, _polygraphy_runnable(family_key), family_key)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m trt_res2net.runtime.benchmark",
-        description="Latency and throughput of a TensorRT engine per batch size "
-                    "(the same as infer.py ENGINE --benchmark).",
-    )
-    parser.add_argument("model", type=Path, metavar="ENGINE", help="TensorRT engine (.engine or .plan)")
-    parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE_OR_DIR",
-                        help="images to time end to end (default: synthetic photos)")
-    parser.add_argument("--topk", type=int, default=5, metavar="K")
-    add_cli_arguments(parser)
-    return parser
+# --------------------------------------------------------------------------------------------------
+# The whole benchmark of one engine
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    args.benchmark = True
-    try:
-        return run_benchmark_cli(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """``infer.py ENGINE --benchmark``'s settings; every default stated here."""
+
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    iterations: int = DEFAULT_ITERATIONS
+    warmup: int = DEFAULT_WARMUP
+    topk: int = 5
+    cuda_graph: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "batches", tuple(parse_batch_list(self.batches)))
+        if self.iterations < 1:
+            raise UserError("--iterations must be at least 1")
+        if self.warmup < 0:
+            raise UserError("--warmup must not be negative")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+@dataclass
+class BenchmarkReport:
+    """What :func:`benchmark_engine` measured: per batch size, with the engine and GPU and the settings."""
+
+    engine: Path
+    results: list[BatchResult]
+    info: dict
+    settings: dict
+    skipped_batches: list[int]
+
+    def table(self) -> str:
+        return format_table(self.results)
+
+    def warnings(self) -> list[str]:
+        return [w for r in self.results for w in r.warnings()]
+
+    def to_json(self) -> dict:
+        return results_json(self.results, self.info, self.settings)
+
+    def plot(self, path) -> Path:
+        return plot_results(self.results, path,
+                            title=f"{self.engine.name} — {self.info['library']}, {self.info['gpu']['name']}")
+
+
+def benchmark_engine(engine, images=None, options: BenchmarkOptions | None = None) -> BenchmarkReport:
+    """Latency and throughput of a TensorRT or TensorRT-RTX engine (needs its library and a GPU) at each batch size
+    of ``options`` that fits the engine's range. ``images``: decoded BGR arrays to time end to end (default:
+    synthetic photo-sized images)."""
+    from .tensorrt_backend import TensorRTBackend
+
+    options = options or BenchmarkOptions()
+    engine = Path(engine)
+    if engine.suffix.lower() not in (".engine", ".plan"):
+        raise UserError(f"--benchmark runs TensorRT engines (.engine, .plan), not {engine}")
+    if not engine.is_file():
+        raise UserError(f"engine not found: {engine}")
+    with TensorRTBackend(engine, cuda_graph=options.cuda_graph) as backend:
+        usable = [b for b in options.batches if backend.min_batch <= b <= backend.max_batch]
+        skipped = sorted(set(options.batches) - set(usable))
+        if not usable:
+            raise UserError(f"none of the batch sizes {list(options.batches)} fits the engine's range "
+                            f"{backend.min_batch}..{backend.max_batch}")
+        for b in skipped:
+            print(f"warning: batch {b} is outside the engine's range {backend.min_batch}..{backend.max_batch}; "
+                  "skipped", file=sys.stderr)
+        source = f"{len(images)} images" if images else "synthetic {}x{} images".format(*SYNTHETIC_SIZE)
+        if not images:
+            images = synthetic_images(min(max(usable), 64))
+        k = min(options.topk, backend.num_classes)
+        results = run_benchmark(backend, usable, images, iterations=options.iterations, warmup=options.warmup, k=k,
+                                progress=options.progress)
+        info = backend.info()
+    settings = {"batches": usable, "iterations": options.iterations, "warmup": options.warmup, "topk": k,
+                "images": source, "cuda_graph": info.get("cuda_graph", False)}
+    return BenchmarkReport(engine, results, info, settings, skipped)

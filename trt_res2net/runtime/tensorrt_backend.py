@@ -1,44 +1,35 @@
-"""TensorRT runtime: ``TensorRTBackend`` runs a serialized engine (``.engine``/``.plan``) of either family —
-standard TensorRT or TensorRT-RTX — on one GPU.
+"""``TensorRTBackend`` runs a serialized engine (``.engine``/``.plan``) of either family — standard TensorRT or
+TensorRT-RTX — on one GPU, in four parts: loading and validity (``trt_engine.LoadedEngine``) → bindings (device and
+pinned buffers per batch size) → execution (one stream, optionally a CUDA graph per batch size) → GPU preprocessing
+and top-k (``classify_bgr``).
 
-It implements the Backend protocol of ``trt_res2net.runtime.classifier`` (``input_name``, ``output_name``,
+It implements the Backend protocol of ``trt_res2net.runtime.backend`` (``input_name``, ``output_name``,
 ``num_classes``, ``max_batch``, ``fixed_batch``, ``outputs_probabilities``, ``run(batch) -> outputs``,
-``describe()``) and adds a GPU fast path, ``classify_bgr(images, k)``: decoded BGR images → fused CUDA
+``describe()``) and adds the GPU fast path, ``classify_bgr(images, k)``: decoded BGR images → fused CUDA
 preprocessing straight into the engine's input buffer → inference → softmax + top-k on the GPU → only k ids
 and scores per image copied back.
 
-The engine's family (its manifest, else its first bytes) chooses the library, through
-``trt_compat.import_library``; the manifest is checked before anything is deserialized (``manifest``). Only the
-name-based I/O API is used (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``), which TensorRT 8.5 through 11.x and TensorRT-RTX share. A
-TensorRT-RTX engine is first asked ``Runtime.get_engine_validity``; it runs through an ``IRuntimeConfig`` whose
-runtime cache (a file beside the engine, keyed by library version and GPU) keeps the kernels it compiles just in
-time on this GPU, and whose CUDA-graph strategy replaces our own capture. CUDA comes from cuda-python
-(``trt_res2net.cuda.device``): device and pinned host buffers allocated once per batch size, one stream, and
-optionally a CUDA graph of the enqueue per batch size. Not thread-safe: use one backend per thread.
+Only the name-based I/O API is used (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), which TensorRT 8.5 through 11.x and
+TensorRT-RTX share. CUDA comes from cuda-python (``trt_res2net.cuda.device``). Not thread-safe: use one backend
+per thread.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ..core.errors import MissingDependency, UserError
+from ..core.errors import UserError
 from ..data.preprocess import SPEC
-from ..engine import manifest as manifest_mod
-from ..engine import trt_compat
+from .trt_engine import LoadedEngine
 
 if TYPE_CHECKING:  # the API the code below is written against (trt-api-check reads this import); at run time
     import tensorrt as trt  # noqa: F401  the module is trt_compat.import_library(...).module, of either family
-
-# TensorRT I/O data types that the runtime can feed from numpy, by enum member name.
-_NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16}
 
 
 class TopK(NamedTuple):
@@ -50,51 +41,6 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-# --------------------------------------------------------------------------------------------------
-# The engine's manifest and library
-
-
-def engine_family(engine_path: Path, manifest: dict | None) -> str:
-    """The family named by the manifest, else the one the file's first bytes show."""
-    if manifest and manifest.get("engine_family"):
-        return str(manifest["engine_family"])
-    return trt_compat.engine_family_of(engine_path)
-
-
-def import_engine_library(engine_path: Path, family_key: str) -> trt_compat.Library:
-    """The library that runs this engine's family, or MissingDependency (exit 3) naming the family."""
-    label = trt_compat.family(family_key).label
-    try:
-        return trt_compat.import_library(family_key)
-    except MissingDependency as e:
-        raise MissingDependency(f"cannot run {engine_path}, a {label} engine: {e}; .onnx files run anywhere "
-                                "with ONNX Runtime") from e
-
-
-def check_engine_manifest(manifest: dict, version: trt_compat.TrtVersion, gpu_name: str, compute_capability: str,
-                          engine_path: Path | None = None) -> None:
-    """Refuse (UserError naming the difference) an engine of another family, built for another release or GPU,
-    or a file that is not the engine its manifest describes; warn when it was built for other preprocessing."""
-    manifest_mod.check_engine_compatible(manifest, version, gpu_name, compute_capability,
-                                         engine=str(engine_path) if engine_path else None)
-    if engine_path is not None:
-        manifest_mod.check_engine_file(manifest, engine_path)
-    recorded = manifest.get("preprocess_sha256")
-    if recorded and recorded != SPEC.sha256():
-        _warn(f"{engine_path or 'the engine'} was built for other preprocessing than this trt_res2net's "
-              "(preprocess_sha256 differs); inputs are preprocessed with this version's spec")
-
-
-def _outputs_probabilities(manifest: dict | None, output_name: str) -> bool:
-    """Whether the engine's output is already softmax probabilities: the manifest says so, else the name."""
-    if manifest:
-        for key in ("outputs_probabilities", "softmax"):
-            if isinstance(manifest.get(key), bool):
-                return manifest[key]
-    lowered = output_name.lower()
-    return "prob" in lowered or "softmax" in lowered
-
-
 def topk_numpy(outputs: np.ndarray, k: int, apply_softmax: bool) -> TopK:
     """The CPU equivalent of the top-k kernel (ranked by the raw output, ties in class order)."""
     x = np.asarray(outputs, dtype=np.float32)
@@ -103,71 +49,6 @@ def topk_numpy(outputs: np.ndarray, k: int, apply_softmax: bool) -> TopK:
         e = np.exp(x - x.max(axis=1, keepdims=True))
         x = e / e.sum(axis=1, keepdims=True)
     return TopK(order.astype(np.int32), np.take_along_axis(x, order, axis=1).astype(np.float32))
-
-
-# --------------------------------------------------------------------------------------------------
-# TensorRT-RTX: engine validity and the runtime cache
-
-
-def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path) -> None:
-    """``Runtime.get_engine_validity`` on the plan's header before deserializing: INVALID → one line naming the
-    library's diagnostics; SUBOPTIMAL → a warning."""
-    size = int(runtime.engine_header_size)
-    validity, diagnostics = runtime.get_engine_validity(memoryview(data)[:size])
-    if validity == trt.EngineValidity.VALID:
-        return
-    bits = int(diagnostics)
-    names = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if bits & int(member)]
-    why = ", ".join(names) or "no diagnostic given"
-    if validity == trt.EngineValidity.SUBOPTIMAL:
-        _warn(f"TensorRT-RTX says {engine_path} runs suboptimally on this GPU ({why})")
-        return
-    raise UserError(f"TensorRT-RTX says {engine_path} cannot run here ({why}); rebuild it with build.py "
-                    "--engine-family tensorrt-rtx for this GPU's compute capability")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
-
-
-class RuntimeCacheFile:
-    """The TensorRT-RTX runtime cache beside an engine: the kernels compiled just in time on one GPU, so that
-    the compilation is paid once. One file per (library version, GPU), named after both — caches from other
-    GPUs or releases sit beside it untouched — written atomically."""
-
-    def __init__(self, engine_path: Path, library_version: str, gpu_name: str, compute_capability: str):
-        cc = compute_capability.replace(".", "")
-        self.path = Path(engine_path).with_name(
-            f"{Path(engine_path).name}.{_slug(gpu_name)}-sm{cc}.rtx-{library_version}.runtime-cache")
-        self.loaded = b""
-
-    def load(self) -> bytes:
-        try:
-            self.loaded = self.path.read_bytes()
-        except FileNotFoundError:
-            self.loaded = b""
-        except OSError as e:
-            _warn(f"runtime cache {self.path} is unreadable ({e.strerror or e}); kernels are compiled again")
-            self.loaded = b""
-        return self.loaded
-
-    def save(self, data: bytes) -> bool:
-        """Write ``data`` when it differs from what was loaded; False (with a warning) when the folder is not
-        writable — the engine still runs, compiling again next time."""
-        from ..core.files import write_bytes
-
-        if not data or data == self.loaded:
-            return False
-        try:
-            write_bytes(self.path, data)
-        except OSError as e:
-            _warn(f"could not write the runtime cache {self.path} ({e.strerror or e})")
-            return False
-        self.loaded = data
-        return True
-
-
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -199,120 +80,46 @@ class TensorRTBackend:
                  outputs_probabilities: bool | None = None, runtime_cache: bool = True):
         from ..cuda import device as cu
 
-        self.engine_path = Path(engine_path)
-        if not self.engine_path.is_file():
-            raise UserError(f"engine not found: {self.engine_path}")
-        self.manifest = manifest_mod.find_manifest(self.engine_path)
-        self.manifest_path = manifest_mod.manifest_path_for(self.engine_path) if self.manifest else None
-        self.library = import_engine_library(self.engine_path, engine_family(self.engine_path, self.manifest))
-        trt = self.library.module
-        version = self.library.version
-        self.rtx = trt_compat.has_runtime_cache(version)
-        self.trt_version = str(version)
         self.device = device
-        self.device_info = cu.init_device(device)
-        if self.manifest is not None and check_manifest:
-            check_engine_manifest(self.manifest, version, self.device_info.name, self.device_info.cc,
-                                  self.engine_path)
-        elif self.manifest is None and check_manifest:
-            _warn(f"no manifest next to {self.engine_path}: cannot confirm it was built for {self.library.label} "
-                  f"on {self.device_info.name}")
-
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)  # must outlive the engine
-        data = self.engine_path.read_bytes()
-        if self.rtx:
-            check_rtx_validity(trt, self._runtime, data, self.engine_path)
-        self.engine = self._runtime.deserialize_cuda_engine(data)
-        del data
-        if self.engine is None:
-            raise UserError(f"{self.library.label} could not load {self.engine_path} (see its message above): "
-                            "engines only run on the library version and GPUs they were built for")
-        self._read_io(trt)
+        self.loaded = LoadedEngine(engine_path, device, check_manifest=check_manifest)
+        self.device_info = self.loaded.device_info
         self.cuda_graph = cuda_graph
         self._graph_failed = False
         self.stream = cu.Stream()
-        self.runtime_cache = self._runtime_cache_config = self._runtime_cache_object = None
-        if self.rtx:
-            self.context = self._rtx_context(trt, runtime_cache)
-        else:
-            self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise UserError(f"{self.library.label} could not create an execution context for "
-                            f"{self.engine_path} (out of GPU memory?)")
+        self.context = self.loaded.create_context(cuda_graph=cuda_graph, use_runtime_cache=runtime_cache)
         if self.rtx and cuda_graph and not self.context.is_stream_capturable(self.stream.handle):
             self._graph_failed = True
             _warn(f"{self.engine_path}: TensorRT-RTX cannot capture this engine's enqueue; running without graphs")
         self.num_classes = self._output_classes()
-        self.outputs_probabilities = (
-            outputs_probabilities if outputs_probabilities is not None
-            else _outputs_probabilities(self.manifest, self.output_name)
-        )
+        self.outputs_probabilities = (outputs_probabilities if outputs_probabilities is not None
+                                      else self.loaded.outputs_probabilities())
         self._bindings: dict[int, _Bindings] = {}
         self.first_run_ms: dict[int, float] = {}
         self._kernels = None  # compiled on first classify_bgr
         self._events = None
 
-    def _rtx_context(self, trt, use_cache: bool):
-        """An execution context through an IRuntimeConfig: the runtime cache beside the engine, and the
-        library's whole-graph CUDA-graph strategy when graphs are asked for."""
-        config = self.engine.create_runtime_config()
-        if use_cache:
-            self.runtime_cache = RuntimeCacheFile(self.engine_path, self.library.version.full,
-                                                  self.device_info.name, self.device_info.cc)
-            cache = config.create_runtime_cache()
-            blob = self.runtime_cache.load()
-            if blob and not cache.deserialize(blob):
-                _warn(f"runtime cache {self.runtime_cache.path} does not fit this GPU, driver or TensorRT-RTX; "
-                      "kernels are compiled again and the cache replaced")
-                self.runtime_cache.loaded = b""
-            config.set_runtime_cache(cache)
-            self._runtime_cache_object = cache  # the config holds a pointer only: keep the object alive
-        if self.cuda_graph:
-            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
-        self._runtime_cache_config = config  # keeps the cache alive with the context
-        return self.engine.create_execution_context(config)
+    # -- what was loaded -------------------------------------------------------------------------
+
+    engine_path = property(lambda self: self.loaded.path)
+    manifest = property(lambda self: self.loaded.manifest)
+    manifest_path = property(lambda self: self.loaded.manifest_path)
+    library = property(lambda self: self.loaded.library)
+    engine = property(lambda self: self.loaded.engine)
+    rtx = property(lambda self: self.loaded.rtx)
+    runtime_cache = property(lambda self: self.loaded.runtime_cache)
+    trt_version = property(lambda self: str(self.loaded.library.version))
+    input_name = property(lambda self: self.loaded.io.input_name)
+    output_name = property(lambda self: self.loaded.io.output_name)
+    input_hw = property(lambda self: self.loaded.io.input_hw)
+    input_dtype = property(lambda self: self.loaded.io.input_dtype)
+    output_dtype = property(lambda self: self.loaded.io.output_dtype)
+    min_batch = property(lambda self: self.loaded.io.min_batch)
+    opt_batch = property(lambda self: self.loaded.io.opt_batch)
+    max_batch = property(lambda self: self.loaded.io.max_batch)
+    fixed_batch = False  # run() takes any n: it splits and pads to the profile itself
 
     def save_runtime_cache(self) -> bool:
-        """Write the TensorRT-RTX runtime cache beside the engine (atomically) if it grew; True if written."""
-        if self.runtime_cache is None or self._runtime_cache_config is None:
-            return False
-        cache = self._runtime_cache_config.get_runtime_cache()
-        if cache is None:
-            return False
-        return self.runtime_cache.save(bytes(memoryview(cache.serialize())))
-
-    # -- engine description ------------------------------------------------------------------------
-
-    def _read_io(self, trt) -> None:
-        engine = self.engine
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise UserError(f"{self.engine_path}: expected one input and one output, found inputs {inputs} "
-                            f"and outputs {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        shape = tuple(int(d) for d in engine.get_tensor_shape(self.input_name))
-        if len(shape) != 4 or shape[1] != 3 or min(shape[2:]) <= 0:
-            raise UserError(f"{self.engine_path}: input {self.input_name!r} has shape {list(shape)}; "
-                            "expected [N, 3, H, W] with fixed H and W")
-        self.input_hw = (shape[2], shape[3])
-        if shape[0] > 0:
-            self.min_batch = self.opt_batch = self.max_batch = shape[0]
-        else:
-            low, opt, high = engine.get_tensor_profile_shape(self.input_name, 0)
-            self.min_batch, self.opt_batch, self.max_batch = int(low[0]), int(opt[0]), int(high[0])
-        self.fixed_batch = False  # run() takes any n: it splits and pads to the profile itself
-        self.input_dtype = self._numpy_dtype(engine.get_tensor_dtype(self.input_name), self.input_name)
-        self.output_dtype = self._numpy_dtype(engine.get_tensor_dtype(self.output_name), self.output_name)
-
-    def _numpy_dtype(self, trt_dtype, name: str):
-        key = getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
-        if key not in _NUMPY_DTYPES:
-            raise UserError(f"{self.engine_path}: tensor {name!r} has data type {key}; "
-                            f"the runtime feeds {', '.join(_NUMPY_DTYPES)} only")
-        return np.dtype(_NUMPY_DTYPES[key])
+        return self.loaded.save_runtime_cache()
 
     def _input_shape(self, n: int) -> tuple[int, int, int, int]:
         return (n, 3, *self.input_hw)
@@ -362,7 +169,7 @@ class TensorRTBackend:
             "first_run_ms": {str(b): round(ms, 3) for b, ms in sorted(self.first_run_ms.items())},
         }
 
-    # -- buffers and execution ---------------------------------------------------------------------
+    # -- bindings and execution --------------------------------------------------------------------
 
     def _get_bindings(self, n: int) -> _Bindings:
         from ..cuda import device as cu

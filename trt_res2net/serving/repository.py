@@ -25,7 +25,6 @@ renamed into place, so DIR is either the old repository or the complete new one.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
@@ -113,64 +112,40 @@ def parse_config(text: str, where: str = "config.pbtxt"):
 
 
 # --------------------------------------------------------------------------------------------------------
-# CLI options (build.py)
+# Options
 
 
-def _repo_dir(text: str) -> Path:
-    """``--triton-repo``: checked when the options are parsed, so a missing tritonclient stops before any work."""
-    path = Path(text)
-    try:
-        model_config_pb2()
-    except MissingDependency as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+@dataclass(frozen=True)
+class TritonOptions:
+    """The repository's serving settings (build.py's ``--triton-*`` flags map onto these).
+
+    ``max_batch``: max_batch_size of the ONNX/Python models and steps (None: the engine's max batch, else
+    32); ``queue_delay_us``: how long a classifier waits to fill a batch; ``instances``: instances of each
+    classifier (per GPU for the plan); ``topk``: classes the ensembles return; ``labels``: a labels file
+    (infer.py's formats; None: ImageNet's for 1000 classes, else the ids)."""
+
+    max_batch: int | None = None
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    instances: int = 1
+    topk: int = DEFAULT_TOPK
+    labels: Path | None = None
+
+    def __post_init__(self):
+        if self.labels is not None:
+            object.__setattr__(self, "labels", Path(self.labels))
+        if not 0 <= self.queue_delay_us <= 10_000_000 or self.instances < 1 or self.topk < 1:
+            raise UserError("--triton-queue-delay-us must be 0..10000000 µs, --triton-instances and --triton-topk ≥ 1")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise UserError(f"--triton-max-batch must be ≥ 1, not {self.max_batch}")
+
+
+def check_repository_target(path: str | os.PathLike) -> Path:
+    """Before any work: tritonclient (for the proto) is here and ``path`` can become a repository."""
+    path = Path(path)
+    model_config_pb2()
     if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
+        raise UserError(f"{path} exists and is not a folder")
     return path
-
-
-def add_cli_arguments(parser) -> None:
-    """build.py's ``--triton-*`` options."""
-    from ..cli.common import bounded_int, positive_int
-
-    g = parser.add_argument_group("Triton model repository (docs/triton.md)")
-    g.add_argument("--triton-repo", type=_repo_dir, metavar="DIR",
-                   help="also write a Triton Inference Server model repository to DIR (replaced if it holds one "
-                        "written before): ensembles on image bytes over the engine (tensorrt_plan), the ONNX "
-                        "(onnxruntime_onnx) and ONNX Runtime in the Python backend; needs tritonclient")
-    g.add_argument("--triton-max-batch", type=positive_int, metavar="N",
-                   help=f"max_batch_size of the ONNX/Python models and steps (default: the engine's max batch, "
-                        f"else {DEFAULT_MAX_BATCH})")
-    g.add_argument("--triton-queue-delay-us", type=bounded_int(0), default=DEFAULT_QUEUE_DELAY_US, metavar="US",
-                   help=f"dynamic batching: how long a classifier waits to fill a batch (default "
-                        f"{DEFAULT_QUEUE_DELAY_US} µs)")
-    g.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
-                   help="instances of each classifier (per GPU for the plan; default 1)")
-    g.add_argument("--triton-topk", type=positive_int, default=DEFAULT_TOPK, metavar="K",
-                   help=f"top-k classes the ensembles return (default {DEFAULT_TOPK})")
-    g.add_argument("--triton-labels", metavar="FILE",
-                   help="class names for the ensembles' labels (infer.py's --labels formats; default ImageNet's "
-                        "for 1000 classes, else the ids)")
-
-
-def export_from_build(args, onnx_path, model_name: str, engine_path=None) -> Path | None:
-    """build.py's hook: write ``--triton-repo`` (nothing without it). ``engine_path`` None: the ONNX models only.
-
-    ``onnx_path`` is the FP32 ONNX: the ONNX models, the CPU nodes' model and the fallback, are the exact graph;
-    ``--precision`` goes into the plan (whose manifest names both ONNX files)."""
-    out = getattr(args, "triton_repo", None)
-    if out is None:
-        return None
-    result = export_repository(
-        out, onnx_path, model_name=model_name, engine_path=engine_path,
-        max_batch=getattr(args, "triton_max_batch", None),
-        queue_delay_us=getattr(args, "triton_queue_delay_us", DEFAULT_QUEUE_DELAY_US),
-        instances=getattr(args, "triton_instances", 1) or 1,
-        topk=getattr(args, "triton_topk", DEFAULT_TOPK) or DEFAULT_TOPK,
-        labels=getattr(args, "triton_labels", None),
-    )
-    print(f"wrote Triton model repository {out}: {', '.join(result.models)} "
-          f"(ensembles on image bytes: {', '.join(result.ensembles)})", flush=True)
-    return Path(out)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -211,10 +186,9 @@ def _triton_dtype(name: str, where: str) -> str:
 
 
 def _num_classes(onnx_path: Path, io) -> int:
-    n = io.output_shape[1] if len(io.output_shape) >= 2 else None
-    if n:
-        return int(n)
-    from ..runtime.classifier import OnnxRuntimeBackend  # a symbolic class dimension: one probe batch tells
+    if io.io.num_classes:
+        return int(io.io.num_classes)
+    from ..runtime.onnx_runtime import OnnxRuntimeBackend  # a symbolic class dimension: one probe batch tells
 
     return int(OnnxRuntimeBackend(onnx_path).num_classes)
 
@@ -325,149 +299,192 @@ class _Names:
 # The export
 
 
-def export_repository(
-    out_dir,
-    onnx_path,
-    *,
-    model_name: str,
-    engine_path=None,
-    max_batch: int | None = None,
-    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-    instances: int = 1,
-    topk: int = DEFAULT_TOPK,
-    labels=None,
-) -> ExportResult:
-    """Write the repository (module docstring) to ``out_dir``, atomically; returns what it holds.
+@dataclass
+class _Source:
+    """What goes in, checked: the FP32 ONNX, the engine when Triton can serve it, the labels and the batch."""
 
-    ``engine_path``: a built engine with its manifest (None: ONNX models only). A TensorRT-RTX engine, or one
-    Triton's dynamic batcher cannot drive, is left out with a one-line warning."""
+    onnx_path: Path
+    onnx_sha256: str
+    io: object  # model.contract.OnnxIO
+    num_classes: int
+    labels: list[str]
+    plan: PlanInfo | None
+    plan_skipped: str | None
+    max_batch: int
+    topk: int
+
+    @property
+    def outputs_probabilities(self) -> bool:
+        return self.io.outputs_probabilities
+
+    @property
+    def classifier_dims(self) -> tuple[list[int], list[int]]:
+        out_dims = _dims(self.io.output_shape)[1:]
+        return _dims(self.io.input_shape)[1:], [self.num_classes if d == -1 and i == 0 else d
+                                                for i, d in enumerate(out_dims)]
+
+
+def _read_source(onnx_path: Path, engine_path, options: TritonOptions) -> _Source:
+    from ..core.hashing import sha256_file
     from ..data.postprocess import load_labels
-    from ..data.preprocess import SPEC
-    from ..engine.builder import inspect_onnx
-    from ..engine.manifest import sha256_file
-    from ..runtime.classifier import onnx_output_is_softmax
+    from ..model.contract import inspect_onnx
 
-    model_config_pb2()  # a missing tritonclient stops here, before anything is written
-    if not 0 <= queue_delay_us <= 10_000_000 or instances < 1 or topk < 1:
-        raise UserError("--triton-queue-delay-us must be 0..10000000 µs, --triton-instances and --triton-topk ≥ 1")
-    if max_batch is not None and max_batch < 1:
-        raise UserError(f"--triton-max-batch must be ≥ 1, not {max_batch}")
-    out_dir, onnx_path = Path(out_dir), Path(onnx_path)
-    _check_replaceable(out_dir)
-    if not _safe_name(model_name):
-        raise UserError(f"model name {model_name!r} is not a Triton model name (letters, digits, '_', '-', '.')")
-    io = inspect_onnx(onnx_path)
+    io = inspect_onnx(onnx_path, dtypes=("float32",))  # the ensembles feed float32
     if io.batch is not None:
         raise UserError(f"{onnx_path}: input {io.input_name!r} has a fixed batch of {io.batch}; Triton's dynamic "
                         "batching needs a dynamic batch dimension (export it with one)")
-    if len(io.output_shape) < 2:
-        raise UserError(f"{onnx_path}: output {io.output_name!r} has shape {list(io.output_shape)}; "
-                        "expected [N, classes]")
     num_classes = _num_classes(onnx_path, io)
-    class_labels = load_labels(labels, num_classes)
-    if any("\n" in label or "\r" in label for label in class_labels):
+    labels = load_labels(options.labels, num_classes)
+    if any("\n" in label or "\r" in label for label in labels):
         raise UserError("a class label contains a line break; Triton's label files hold one label per line")
     onnx_sha = sha256_file(onnx_path)
     plan, plan_skipped = (None, None) if engine_path is None else plan_from_manifest(engine_path, io, onnx_sha)
     if plan_skipped:
         print(f"warning: Triton repository: {plan_skipped}", file=sys.stderr, flush=True)
-    batch = max_batch or (plan.max_batch if plan else DEFAULT_MAX_BATCH)
-    k = min(topk, num_classes)
-    probs_mode = "true" if onnx_output_is_softmax(onnx_path, io.output_name) else "false"
-    in_dims, out_dims = _dims(io.input_shape)[1:], _dims(io.output_shape)[1:]
-    out_dims = [num_classes if d == -1 and i == 0 else d for i, d in enumerate(out_dims)]
+    return _Source(onnx_path, onnx_sha, io, num_classes, labels, plan, plan_skipped,
+                   max_batch=options.max_batch or (plan.max_batch if plan else DEFAULT_MAX_BATCH),
+                   topk=min(options.topk, num_classes))
+
+
+@dataclass
+class _Repository:
+    """The repository being assembled: config text and files per model, and the classifiers and ensembles."""
+
+    names: _Names
+    configs: dict[str, str] = field(default_factory=dict)
+    files: dict[str, list] = field(default_factory=dict)  # model → [(relative path, source Path | str)]
+    classifiers: dict[str, tuple[str, int]] = field(default_factory=dict)  # variant → (model name, max batch)
+    ensembles: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # name → (classifier, batch, variant)
+
+    def add(self, name: str, config: str, files: list) -> None:
+        self.configs[name], self.files[name] = config, files
+
+
+def _result_tensors(src: _Source) -> list[str]:
+    k = src.topk
+    return [_tensor("PROBABILITIES", "TYPE_FP32", [src.num_classes], "labels.txt"),
+            _tensor("TOPK_IDS", "TYPE_INT64", [k]), _tensor("TOPK_SCORES", "TYPE_FP32", [k]),
+            _tensor("TOPK_LABELS", "TYPE_STRING", [k])]
+
+
+def _add_pre_and_postprocessing(repo: _Repository, src: _Source, labels_text: str) -> None:
+    from ..data.preprocess import SPEC
+
+    n, batch, vendored = repo.names, src.max_batch, _vendored_files()
     c = SPEC.crop_size
-    pixel_dims = [3, c, c]
-    n = _Names(model_name)
+    repo.add(n.preprocess,
+             _header(n.preprocess, 'backend: "python"', batch, "Encoded image bytes → float32 [3,224,224]: "
+                     "trt_res2net.data.preprocess, vendored in 1/" + VENDORED_PACKAGE)
+             + _tensors("input", [_tensor(IMAGE, "TYPE_STRING", [1])])
+             + _tensors("output", [_tensor(PIXELS, "TYPE_FP32", [3, c, c])])
+             + _batching(0) + _instances(1, "KIND_CPU")
+             + _parameters({"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(), "threads": "2"}),
+             [("1/model.py", _template("preprocess"))] + vendored)
+    probs_mode = "true" if src.outputs_probabilities else "false"
+    repo.add(n.postprocess,
+             _header(n.postprocess, 'backend: "python"', batch, "Classifier outputs → probabilities and the top-k "
+                     "with labels: trt_res2net.data.postprocess, vendored in 1/" + VENDORED_PACKAGE)
+             + _tensors("input", [_tensor(SCORES, "TYPE_FP32", src.classifier_dims[1])])
+             + _tensors("output", _result_tensors(src))
+             + _batching(0) + _instances(1, "KIND_CPU")
+             + _parameters({"outputs_probabilities": probs_mode}),
+             [("1/model.py", _template("postprocess")), ("labels.txt", labels_text)] + vendored)
 
-    configs: dict[str, str] = {}
-    files: dict[str, list[tuple[str, object]]] = {}  # model → [(relative path, source Path | bytes | str)]
-    vendored = _vendored_files()
-    labels_text = "".join(f"{label}\n" for label in class_labels)
 
-    configs[n.preprocess] = (
-        _header(n.preprocess, 'backend: "python"', batch, "Encoded image bytes → float32 [3,224,224]: "
-                "trt_res2net.data.preprocess, vendored in 1/" + VENDORED_PACKAGE)
-        + _tensors("input", [_tensor(IMAGE, "TYPE_STRING", [1])])
-        + _tensors("output", [_tensor(PIXELS, "TYPE_FP32", pixel_dims)])
-        + _batching(0) + _instances(1, "KIND_CPU")
-        + _parameters({"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(), "threads": "2"}))
-    files[n.preprocess] = [("1/model.py", _template("preprocess"))] + vendored
-
+def _add_classifiers(repo: _Repository, src: _Source, options: TritonOptions) -> None:
+    n, batch, io, plan = repo.names, src.max_batch, src.io, src.plan
+    in_dims, out_dims = src.classifier_dims
+    batching = _batching(options.queue_delay_us)
     classifier_io = (_tensors("input", [_tensor(io.input_name, "TYPE_FP32", in_dims)])
                      + _tensors("output", [_tensor(io.output_name, "TYPE_FP32", out_dims)]))
-    classifiers = {}  # variant → (model name, max batch)
     if plan is not None:
-        configs[n.classifier_plan] = (
-            _header(n.classifier_plan, 'platform: "tensorrt_plan"', plan.max_batch,
-                    f"The TensorRT engine {plan.engine_path.name} (TensorRT "
-                    f"{plan.manifest.get('library_version', '?')}, {plan.manifest.get('precision', '?')}, "
-                    f"built for {_gpu_name(plan.manifest)}): it runs only on "
-                    "that GPU model with that TensorRT release")
-            + _tensors("input", [_tensor(io.input_name, plan.dtype, plan.input_dims)])
-            + _tensors("output", [_tensor(io.output_name, plan.dtype, plan.output_dims)])
-            + _batching(queue_delay_us) + _instances(instances, "KIND_GPU"))
-        files[n.classifier_plan] = [("1/model.plan", plan.engine_path)]
-        classifiers["plan"] = (n.classifier_plan, plan.max_batch)
-    configs[n.classifier_onnx] = (
-        _header(n.classifier_onnx, 'platform: "onnxruntime_onnx"', batch,
-                f"{onnx_path.name} on Triton's ONNX Runtime backend (GPU when there is one, else CPU)")
-        + classifier_io + _batching(queue_delay_us) + _instances(instances, "KIND_AUTO"))
-    files[n.classifier_onnx] = [("1/model.onnx", onnx_path)]
-    classifiers["onnx"] = (n.classifier_onnx, batch)
-    configs[n.classifier_python] = (
-        _header(n.classifier_python, 'backend: "python"', batch,
-                f"{onnx_path.name} run by ONNX Runtime inside the Python backend (any Triton with the Python backend)")
-        + classifier_io + _batching(queue_delay_us) + _instances(instances, "KIND_CPU")
-        + _parameters({"intra_op_threads": "0"}))
-    files[n.classifier_python] = [("1/model.py", _template("classifier_python")), ("1/model.onnx", onnx_path)]
-    classifiers["python"] = (n.classifier_python, batch)
+        repo.add(n.classifier_plan,
+                 _header(n.classifier_plan, 'platform: "tensorrt_plan"', plan.max_batch,
+                         f"The TensorRT engine {plan.engine_path.name} (TensorRT "
+                         f"{plan.manifest.get('library_version', '?')}, {plan.manifest.get('precision', '?')}, "
+                         f"built for {_gpu_name(plan.manifest)}): it runs only on "
+                         "that GPU model with that TensorRT release")
+                 + _tensors("input", [_tensor(io.input_name, plan.dtype, plan.input_dims)])
+                 + _tensors("output", [_tensor(io.output_name, plan.dtype, plan.output_dims)])
+                 + batching + _instances(options.instances, "KIND_GPU"),
+                 [("1/model.plan", plan.engine_path)])
+        repo.classifiers["plan"] = (n.classifier_plan, plan.max_batch)
+    onnx_name = src.onnx_path.name
+    repo.add(n.classifier_onnx,
+             _header(n.classifier_onnx, 'platform: "onnxruntime_onnx"', batch,
+                     f"{onnx_name} on Triton's ONNX Runtime backend (GPU when there is one, else CPU)")
+             + classifier_io + batching + _instances(options.instances, "KIND_AUTO"),
+             [("1/model.onnx", src.onnx_path)])
+    repo.classifiers["onnx"] = (n.classifier_onnx, batch)
+    repo.add(n.classifier_python,
+             _header(n.classifier_python, 'backend: "python"', batch,
+                     f"{onnx_name} run by ONNX Runtime inside the Python backend (any Triton with the Python backend)")
+             + classifier_io + batching + _instances(options.instances, "KIND_CPU")
+             + _parameters({"intra_op_threads": "0"}),
+             [("1/model.py", _template("classifier_python")), ("1/model.onnx", src.onnx_path)])
+    repo.classifiers["python"] = (n.classifier_python, batch)
 
-    result_tensors = [_tensor("PROBABILITIES", "TYPE_FP32", [num_classes], "labels.txt"),
-                      _tensor("TOPK_IDS", "TYPE_INT64", [k]), _tensor("TOPK_SCORES", "TYPE_FP32", [k]),
-                      _tensor("TOPK_LABELS", "TYPE_STRING", [k])]
-    configs[n.postprocess] = (
-        _header(n.postprocess, 'backend: "python"', batch, "Classifier outputs → probabilities and the top-k with "
-                "labels: trt_res2net.data.postprocess, vendored in 1/" + VENDORED_PACKAGE)
-        + _tensors("input", [_tensor(SCORES, "TYPE_FP32", out_dims)])
-        + _tensors("output", result_tensors)
-        + _batching(0) + _instances(1, "KIND_CPU")
-        + _parameters({"outputs_probabilities": probs_mode}))
-    files[n.postprocess] = [("1/model.py", _template("postprocess")), ("labels.txt", labels_text)] + vendored
 
-    ensembles = {}
-    for variant, (classifier, cmax) in classifiers.items():
-        ensembles[f"{model_name}_{variant}"] = (classifier, min(batch, cmax), variant)
-    default_variant = "plan" if plan is not None else "onnx"
-    ensembles[model_name] = ensembles[f"{model_name}_{default_variant}"][:2] + (default_variant,)
-    for name, (classifier, emax, variant) in ensembles.items():
-        configs[name] = _ensemble_config(name, emax, n, classifier, io, result_tensors, variant)
-        files[name] = [("1/.keep", ""), ("labels.txt", labels_text)]
+def _add_ensembles(repo: _Repository, src: _Source, model_name: str, labels_text: str) -> None:
+    for variant, (classifier, cmax) in repo.classifiers.items():
+        repo.ensembles[f"{model_name}_{variant}"] = (classifier, min(src.max_batch, cmax), variant)
+    default_variant = "plan" if src.plan is not None else "onnx"
+    repo.ensembles[model_name] = repo.ensembles[f"{model_name}_{default_variant}"][:2] + (default_variant,)
+    for name, (classifier, emax, variant) in repo.ensembles.items():
+        repo.add(name, _ensemble_config(name, emax, repo.names, classifier, src.io, _result_tensors(src), variant),
+                 [("1/.keep", ""), ("labels.txt", labels_text)])
 
-    parsed = {name: parse_config(text, f"{name}/config.pbtxt") for name, text in configs.items()}
-    if (n.classifier_plan in parsed) != (plan is not None):
-        raise AssertionError("a tensorrt_plan config needs the engine manifest it is checked against")
-    validate_configs(parsed, onnx_io=io, num_classes=num_classes, plan=plan)
-    record = {
+
+def _record(repo: _Repository, src: _Source, model_name: str, options: TritonOptions) -> dict:
+    from ..data.preprocess import SPEC
+
+    plan = src.plan
+    return {
         "format": REPOSITORY_FORMAT, "format_version": 1, "model": model_name,
         "default_ensemble": model_name, "ensembles": {name: {"classifier": e[0], "variant": e[2]}
-                                                      for name, e in ensembles.items()},
-        "models": sorted(configs),
-        "onnx": {"file": onnx_path.name, "sha256": onnx_sha, "input": io.input_name, "output": io.output_name,
-                 "outputs_probabilities": probs_mode == "true"},
+                                                      for name, e in repo.ensembles.items()},
+        "models": sorted(repo.configs),
+        "onnx": {"file": src.onnx_path.name, "sha256": src.onnx_sha256, "input": src.io.input_name,
+                 "output": src.io.output_name, "outputs_probabilities": src.outputs_probabilities},
         "engine": None if plan is None else {
             "file": plan.engine_path.name, "sha256": plan.manifest.get("engine_sha256"),
             "tensorrt_version": plan.manifest.get("library_version"), "precision": plan.manifest.get("precision"),
             "gpu": plan.manifest.get("gpu"), "max_batch": plan.max_batch},
-        "engine_skipped": plan_skipped,
-        "max_batch_size": batch, "queue_delay_us": queue_delay_us, "instances": instances, "topk": k,
-        "num_classes": num_classes, "preprocess": SPEC.to_dict(), "preprocess_sha256": SPEC.sha256(),
-        "trt_res2net_version": __version__,
+        "engine_skipped": src.plan_skipped,
+        "max_batch_size": src.max_batch, "queue_delay_us": options.queue_delay_us, "instances": options.instances,
+        "topk": src.topk, "num_classes": src.num_classes, "preprocess": SPEC.to_dict(),
+        "preprocess_sha256": SPEC.sha256(), "trt_res2net_version": __version__,
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _write_atomically(out_dir, configs, files, record)
-    return ExportResult(path=out_dir, models=sorted(configs), ensembles=sorted(ensembles),
-                        default_ensemble=model_name, plan_skipped=plan_skipped, configs=parsed)
+
+
+def export_repository(out_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, model_name: str | None = None,
+                      engine_path: str | os.PathLike | None = None,
+                      options: TritonOptions | None = None) -> ExportResult:
+    """Write the repository (module docstring) to ``out_dir``, atomically; returns what it holds.
+
+    ``onnx_path`` is the FP32 ONNX (the ONNX models are the exact graph); ``engine_path`` a built engine with its
+    manifest (None: ONNX models only) — a TensorRT-RTX engine, or one Triton's dynamic batcher cannot drive, is
+    left out with a one-line warning. ``model_name`` (default: the ONNX's stem) names the models."""
+    options = options or TritonOptions()
+    model_config_pb2()  # a missing tritonclient stops here, before anything is written
+    out_dir, onnx_path = Path(out_dir), Path(onnx_path)
+    model_name = model_name or onnx_path.stem
+    _check_replaceable(out_dir)
+    if not _safe_name(model_name):
+        raise UserError(f"model name {model_name!r} is not a Triton model name (letters, digits, '_', '-', '.')")
+    src = _read_source(onnx_path, engine_path, options)
+    labels_text = "".join(f"{label}\n" for label in src.labels)
+    repo = _Repository(_Names(model_name))
+    _add_pre_and_postprocessing(repo, src, labels_text)
+    _add_classifiers(repo, src, options)
+    _add_ensembles(repo, src, model_name, labels_text)
+
+    parsed = {name: parse_config(text, f"{name}/config.pbtxt") for name, text in repo.configs.items()}
+    validate_configs(parsed, onnx_io=src.io, num_classes=src.num_classes, plan=src.plan)
+    _write_atomically(out_dir, repo.configs, repo.files, _record(repo, src, model_name, options))
+    return ExportResult(path=out_dir, models=sorted(repo.configs), ensembles=sorted(repo.ensembles),
+                        default_ensemble=model_name, plan_skipped=src.plan_skipped, configs=parsed)
 
 
 def _ensemble_config(name, max_batch, n: _Names, classifier, io, result_tensors, variant) -> str:
@@ -527,7 +544,7 @@ def _dims_compatible(produced: list[int], accepted: list[int]) -> bool:
 
 def validate_configs(configs: dict, *, onnx_io=None, num_classes: int | None = None, plan: PlanInfo | None = None):
     """Cross-check parsed ModelConfigs (name → ModelConfig): names, dims, data types and batch against the ONNX
-    (``onnx_io``: ``builder.OnnxIO``) and the engine (``plan``), and every ensemble step against its model.
+    (``onnx_io``: ``model.contract.OnnxIO``) and the engine (``plan``), and every ensemble step against its model.
 
     Raises UserError naming the model and the field."""
     pb2 = model_config_pb2()
@@ -654,7 +671,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _write_atomically(out_dir: Path, configs: dict[str, str], files: dict, record: dict) -> None:
-    from ..core.files import write_json
+    from ..core.files import current_umask, write_json
 
     parent = out_dir.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -672,7 +689,7 @@ def _write_atomically(out_dir: Path, configs: dict[str, str], files: dict, recor
                 else:
                     dst.write_text(source, encoding="utf-8")
         write_json(tmp / REPOSITORY_FILE, record)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
             os.rmdir(old)
@@ -690,9 +707,3 @@ def _write_atomically(out_dir: Path, configs: dict[str, str], files: dict, recor
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -1,0 +1,68 @@
+"""The runtime interface: a Backend runs NCHW float32 batches; :func:`open_backend` picks one for a model file.
+
+ONNX Runtime runs ``.onnx`` files on every machine (CUDA execution provider when present, else CPU); TensorRT
+engines (``.engine`` / ``.plan``) are run by ``trt_res2net.runtime.tensorrt_backend.TensorRTBackend``, imported only
+when such a file is opened. Any classification model that meets the contract of ``trt_res2net.model.contract`` runs,
+whatever its tensor names (e.g. a paddle2onnx export of a fine-tuned PaddleClas model).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..core.errors import MissingDependency, UserError
+
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan")
+TRT_INSTALL_HINT = (
+    "running engines needs cuda-python, an NVIDIA GPU and the engine's library: TensorRT (pip install "
+    "'trt-res2net[trt]' on x86, JetPack's python3-libnvinfer on Jetson) or TensorRT-RTX (pip install "
+    "'trt-res2net[rtx,nvrtc]'); .onnx files run anywhere with ONNX Runtime"
+)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a Classifier needs from an inference engine.
+
+    ``max_batch`` is None for a dynamic batch dimension, else the most images one ``run`` takes; a backend
+    whose batch is fixed (it must get exactly ``max_batch`` images) also sets ``fixed_batch = True``.
+    ``run`` takes float32 [n, 3, 224, 224] and returns float32 [n, num_classes].
+    """
+
+    input_name: str
+    output_name: str
+    num_classes: int
+    max_batch: int | None
+    outputs_probabilities: bool
+
+    def run(self, batch_nchw_float32: np.ndarray) -> np.ndarray: ...
+
+
+def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
+    """The backend for a model file: ``.onnx`` → ONNX Runtime, ``.engine``/``.plan`` → TensorRT or TensorRT-RTX
+    (the engine's family decides)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
+        raise UserError(f"{p}: unsupported model file; expected .onnx, .engine or .plan")
+    if not p.is_file():
+        raise UserError(f"{p}: no such model file")
+    if suffix in ONNX_SUFFIXES:
+        from .onnx_runtime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(p, **kwargs)
+    try:
+        from .tensorrt_backend import TensorRTBackend
+    except ImportError as e:
+        raise MissingDependency(f"{p}: {TRT_INSTALL_HINT} ({e})") from None
+    return TensorRTBackend(p, **kwargs)
+
+
+def backend_preprocesses_on_gpu(backend) -> bool:
+    """Whether ``backend`` takes decoded images and preprocesses them on the GPU (``classify_bgr``)."""
+    return callable(getattr(backend, "classify_bgr", None)) and bool(getattr(backend, "gpu_preprocessing", False))

@@ -1,0 +1,270 @@
+"""Loading a TensorRT or TensorRT-RTX engine for a backend: which library runs it, whether its manifest and the
+library accept it on this GPU, what its I/O is (the ONNX contract again, read from the engine), and its execution
+context — through an ``IRuntimeConfig`` with a runtime cache for TensorRT-RTX.
+
+The engine's family (its manifest, else its first bytes) chooses the library, through
+``trt_compat.import_library``; the manifest is checked before anything is deserialized. A TensorRT-RTX engine is
+first asked ``Runtime.get_engine_validity``; it runs through an ``IRuntimeConfig`` whose runtime cache (a file
+beside the engine, keyed by library version and GPU) keeps the kernels it compiles just in time on this GPU, and
+whose CUDA-graph strategy replaces our own capture.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..core.errors import MissingDependency, UserError
+from ..core.files import write_bytes
+from ..data.preprocess import SPEC
+from ..engine import manifest as manifest_mod
+from ..engine import trt_compat
+from ..model.contract import TensorSpec, check_classifier_io
+
+if TYPE_CHECKING:  # the API the code below is written against (trt-api-check reads this import); at run time
+    import tensorrt as trt  # noqa: F401  the module is trt_compat.import_library(...).module, of either family
+
+# TensorRT I/O data types that the runtime can feed from numpy, by enum member name.
+_NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16}
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine's manifest and library
+
+
+def engine_family(engine_path: Path, manifest: dict | None) -> str:
+    """The family named by the manifest, else the one the file's first bytes show."""
+    if manifest and manifest.get("engine_family"):
+        return str(manifest["engine_family"])
+    return trt_compat.engine_family_of(engine_path)
+
+
+def import_engine_library(engine_path: Path, family_key: str) -> trt_compat.Library:
+    """The library that runs this engine's family, or MissingDependency (exit 3) naming the family."""
+    label = trt_compat.family(family_key).label
+    try:
+        return trt_compat.import_library(family_key)
+    except MissingDependency as e:
+        raise MissingDependency(f"cannot run {engine_path}, a {label} engine: {e}; .onnx files run anywhere "
+                                "with ONNX Runtime") from e
+
+
+def check_engine_manifest(manifest: dict, version: trt_compat.TrtVersion, gpu_name: str, compute_capability: str,
+                          engine_path: Path | None = None) -> None:
+    """Refuse (UserError naming the difference) an engine of another family, built for another release or GPU,
+    or a file that is not the engine its manifest describes; warn when it was built for other preprocessing."""
+    manifest_mod.check_engine_compatible(manifest, version, gpu_name, compute_capability,
+                                         engine=str(engine_path) if engine_path else None)
+    if engine_path is not None:
+        manifest_mod.check_engine_file(manifest, engine_path)
+    recorded = manifest.get("preprocess_sha256")
+    if recorded and recorded != SPEC.sha256():
+        _warn(f"{engine_path or 'the engine'} was built for other preprocessing than this trt_res2net's "
+              "(preprocess_sha256 differs); inputs are preprocessed with this version's spec")
+
+
+def _outputs_probabilities(manifest: dict | None, output_name: str) -> bool:
+    """Whether the engine's output is already softmax probabilities: the manifest says so, else the name."""
+    if manifest:
+        for key in ("outputs_probabilities", "softmax"):
+            if isinstance(manifest.get(key), bool):
+                return manifest[key]
+    lowered = output_name.lower()
+    return "prob" in lowered or "softmax" in lowered
+
+
+# --------------------------------------------------------------------------------------------------
+# TensorRT-RTX: engine validity and the runtime cache
+
+
+def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path) -> None:
+    """``Runtime.get_engine_validity`` on the plan's header before deserializing: INVALID → one line naming the
+    library's diagnostics; SUBOPTIMAL → a warning."""
+    size = int(runtime.engine_header_size)
+    validity, diagnostics = runtime.get_engine_validity(memoryview(data)[:size])
+    if validity == trt.EngineValidity.VALID:
+        return
+    bits = int(diagnostics)
+    names = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if bits & int(member)]
+    why = ", ".join(names) or "no diagnostic given"
+    if validity == trt.EngineValidity.SUBOPTIMAL:
+        _warn(f"TensorRT-RTX says {engine_path} runs suboptimally on this GPU ({why})")
+        return
+    raise UserError(f"TensorRT-RTX says {engine_path} cannot run here ({why}); rebuild it with build.py "
+                    "--engine-family tensorrt-rtx for this GPU's compute capability")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
+
+
+class RuntimeCacheFile:
+    """The TensorRT-RTX runtime cache beside an engine: the kernels compiled just in time on one GPU, so that
+    the compilation is paid once. One file per (library version, GPU), named after both — caches from other
+    GPUs or releases sit beside it untouched — written atomically."""
+
+    def __init__(self, engine_path: Path, library_version: str, gpu_name: str, compute_capability: str):
+        cc = compute_capability.replace(".", "")
+        self.path = Path(engine_path).with_name(
+            f"{Path(engine_path).name}.{_slug(gpu_name)}-sm{cc}.rtx-{library_version}.runtime-cache")
+        self.loaded = b""
+
+    def load(self) -> bytes:
+        try:
+            self.loaded = self.path.read_bytes()
+        except FileNotFoundError:
+            self.loaded = b""
+        except OSError as e:
+            _warn(f"runtime cache {self.path} is unreadable ({e.strerror or e}); kernels are compiled again")
+            self.loaded = b""
+        return self.loaded
+
+    def save(self, data: bytes) -> bool:
+        """Write ``data`` when it differs from what was loaded; False (with a warning) when the folder is not
+        writable — the engine still runs, compiling again next time."""
+        if not data or data == self.loaded:
+            return False
+        try:
+            write_bytes(self.path, data)
+        except OSError as e:
+            _warn(f"could not write the runtime cache {self.path} ({e.strerror or e})")
+            return False
+        self.loaded = data
+        return True
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine's I/O
+
+
+@dataclass(frozen=True)
+class EngineIO:
+    """The engine's image input and class output, checked against the ONNX contract."""
+
+    input_name: str
+    output_name: str
+    input_hw: tuple[int, int]
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    input_dtype: np.dtype
+    output_dtype: np.dtype
+
+
+def _dtype_key(trt_dtype) -> str:
+    return getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
+
+
+def read_engine_io(trt, engine, where: str) -> EngineIO:
+    """The engine's tensors as the contract sees them (``model.contract.check_classifier_io``), its batch range
+    (from the fixed batch or the first optimization profile) and the numpy types the runtime feeds."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if n not in inputs]
+
+    def spec(name: str) -> TensorSpec:
+        key = _dtype_key(engine.get_tensor_dtype(name))
+        dtype = np.dtype(_NUMPY_DTYPES[key]).name if key in _NUMPY_DTYPES else key.lower()
+        shape = tuple(int(d) if int(d) > 0 else None for d in engine.get_tensor_shape(name))
+        return TensorSpec(name, shape, dtype)
+
+    io = check_classifier_io([spec(n) for n in inputs], [spec(n) for n in outputs], where)
+    shape = tuple(int(d) for d in engine.get_tensor_shape(io.input.name))
+    if shape[0] > 0:
+        low = opt = high = shape[0]
+    else:
+        lows, opts, highs = engine.get_tensor_profile_shape(io.input.name, 0)
+        low, opt, high = int(lows[0]), int(opts[0]), int(highs[0])
+    _, h, w = io.chw()
+    return EngineIO(io.input.name, io.output.name, (h, w), low, opt, high, np.dtype(io.input.dtype),
+                    np.dtype(io.output.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+class LoadedEngine:
+    """A deserialized engine whose manifest, library and (for TensorRT-RTX) validity on this GPU were checked.
+
+    ``check_manifest=False`` skips the manifest comparison (the library still refuses a plan it cannot load)."""
+
+    def __init__(self, engine_path, device: int = 0, *, check_manifest: bool = True):
+        from ..cuda.device import init_device
+
+        self.path = Path(engine_path)
+        if not self.path.is_file():
+            raise UserError(f"engine not found: {self.path}")
+        self.manifest = manifest_mod.find_manifest(self.path)
+        self.manifest_path = manifest_mod.manifest_path_for(self.path) if self.manifest else None
+        self.library = import_engine_library(self.path, engine_family(self.path, self.manifest))
+        self.rtx = trt_compat.has_runtime_cache(self.library.version)
+        self.device_info = device_info = init_device(device)
+        if self.manifest is not None and check_manifest:
+            check_engine_manifest(self.manifest, self.library.version, device_info.name, device_info.cc, self.path)
+        elif self.manifest is None and check_manifest:
+            _warn(f"no manifest next to {self.path}: cannot confirm it was built for {self.library.label} "
+                  f"on {device_info.name}")
+        trt = self.library.module
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self._logger)  # must outlive the engine
+        data = self.path.read_bytes()
+        if self.rtx:
+            check_rtx_validity(trt, self.runtime, data, self.path)
+        self.engine = self.runtime.deserialize_cuda_engine(data)
+        del data
+        if self.engine is None:
+            raise UserError(f"{self.library.label} could not load {self.path} (see its message above): "
+                            "engines only run on the library version and GPUs they were built for")
+        self.io = read_engine_io(trt, self.engine, str(self.path))
+        self.runtime_cache: RuntimeCacheFile | None = None
+        self._runtime_config = self._runtime_cache_object = None
+
+    def outputs_probabilities(self) -> bool:
+        return _outputs_probabilities(self.manifest, self.io.output_name)
+
+    def create_context(self, *, cuda_graph: bool, use_runtime_cache: bool):
+        """An execution context; for TensorRT-RTX through an IRuntimeConfig with the runtime cache beside the
+        engine and the library's whole-graph CUDA-graph strategy when graphs are asked for."""
+        if not self.rtx:
+            context = self.engine.create_execution_context()
+        else:
+            trt = self.library.module
+            config = self.engine.create_runtime_config()
+            if use_runtime_cache:
+                self.runtime_cache = RuntimeCacheFile(self.path, self.library.version.full, self.device_info.name,
+                                                      self.device_info.cc)
+                cache = config.create_runtime_cache()
+                blob = self.runtime_cache.load()
+                if blob and not cache.deserialize(blob):
+                    _warn(f"runtime cache {self.runtime_cache.path} does not fit this GPU, driver or TensorRT-RTX; "
+                          "kernels are compiled again and the cache replaced")
+                    self.runtime_cache.loaded = b""
+                config.set_runtime_cache(cache)
+                self._runtime_cache_object = cache  # the config holds a pointer only: keep the object alive
+            if cuda_graph:
+                config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            self._runtime_config = config  # keeps the cache alive with the context
+            context = self.engine.create_execution_context(config)
+        if context is None:
+            raise UserError(f"{self.library.label} could not create an execution context for "
+                            f"{self.path} (out of GPU memory?)")
+        return context
+
+    def save_runtime_cache(self) -> bool:
+        """Write the TensorRT-RTX runtime cache beside the engine (atomically) if it grew; True if written."""
+        if self.runtime_cache is None or self._runtime_config is None:
+            return False
+        cache = self._runtime_config.get_runtime_cache()
+        if cache is None:
+            return False
+        return self.runtime_cache.save(bytes(memoryview(cache.serialize())))
