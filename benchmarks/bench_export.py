@@ -3,7 +3,7 @@
 
     python benchmarks/bench_export.py [--runs 3] [--models NAME ...] [--json out.json]
 
-Does what build.py does: weights in memory → export_onnx (timed) → weights freed → onnx.checker full check
+Does what build.py does: weights in memory → write_onnx (timed) → weights freed → onnx.checker full check
 (timed separately). Times are the median of --runs. Memory: peak RSS of the process minus its RSS before the
 weights were made, over the weights' bytes (the weights themselves count as 1.0x; the target is < 3x).
 """
@@ -46,7 +46,7 @@ def child(name: str, runs: int) -> dict:
             state = weights.random_weights(spec)
             weights_mb = sum(v.nbytes for v in state.values()) / 2**20
             t = time.perf_counter()
-            path = onnx_export.export_onnx(spec, state, Path(d) / "m.onnx")
+            path = onnx_export.write_onnx(spec, state, Path(d) / "m.onnx")
             times.append(time.perf_counter() - t)
             del state
             t = time.perf_counter()

@@ -57,12 +57,12 @@ def write_images(directory: Path, n: int) -> list[Path]:
 
 def export(model: str, directory: Path) -> Path:
     from trt_res2net.model import weights, zoo
-    from trt_res2net.model.onnx_export import export_onnx
+    from trt_res2net.model.onnx_export import write_onnx
 
     spec = zoo.get_model(model)
     path = directory / f"{model}.onnx"
     t = time.perf_counter()
-    export_onnx(spec, weights.random_weights(spec, seed=0), path)
+    write_onnx(spec, weights.random_weights(spec, seed=0), path)
     print(f"exported {path.name} with random weights in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return path
 

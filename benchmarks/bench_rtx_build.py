@@ -59,7 +59,7 @@ def prepare(name: str, workdir: Path, precisions: list[str]) -> dict[str, Path]:
 
     from trt_res2net.data.preprocess import preprocess_bgr
     from trt_res2net.model import reference, weights, zoo
-    from trt_res2net.model.onnx_export import export_onnx
+    from trt_res2net.model.onnx_export import write_onnx
     from trt_res2net.runtime.benchmark import synthetic_images
 
     spec = zoo.get_model(name)
@@ -70,7 +70,7 @@ def prepare(name: str, workdir: Path, precisions: list[str]) -> dict[str, Path]:
     if not paths["fp32"].exists():
         batch = np.stack([preprocess_bgr(im) for im in images[:8]])
         state = reference.fit_bn_statistics(spec, weights.random_weights(spec, seed=0), batch)
-        export_onnx(spec, state, paths["fp32"], metadata={"weights": "random (seed 0), fitted BN"})
+        write_onnx(spec, state, paths["fp32"], metadata={"weights": "random (seed 0), fitted BN"})
     if "fp16" in precisions:
         paths["fp16"] = d / f"{name}_fp16.onnx"
     if "int8" in precisions:

@@ -292,7 +292,7 @@ def main() -> int:
     args = p.parse_args()
 
     from trt_res2net.runtime.onnx_runtime import OnnxRuntimeBackend
-    from trt_res2net.serving.repository import export_repository
+    from trt_res2net.serving.repository import write_triton_repository
 
     with tempfile.TemporaryDirectory(prefix="bench_triton_") as tmp_name:
         tmp = Path(tmp_name)
@@ -301,11 +301,11 @@ def main() -> int:
         onnx = Path(args.onnx) if args.onnx else None
         if onnx is None:
             from trt_res2net.model import weights, zoo
-            from trt_res2net.model.onnx_export import export_onnx
+            from trt_res2net.model.onnx_export import write_onnx
 
             spec = zoo.get_model(args.model)
-            onnx = export_onnx(spec, weights.random_weights(spec, seed=0), tmp / f"{args.model}.onnx")
-        export_repository(tmp / "repo", onnx, model_name=args.model)
+            onnx = write_onnx(spec, weights.random_weights(spec, seed=0), tmp / f"{args.model}.onnx")
+        write_triton_repository(tmp / "repo", onnx, model_name=args.model)
         ensemble = f"{args.model}_python"
         pa = None if args.client == "loop" else perf_analyzer_command(tmp)
         if args.client == "perf_analyzer" and pa is None:

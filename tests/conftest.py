@@ -23,10 +23,10 @@ def tiny_weights(tiny_spec) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_spec, tiny_weights):
     """Path of the tiny model's FP32 ONNX (input 'input' [N,3,224,224], output 'logits' [N,1000])."""
-    from trt_res2net.model.onnx_export import export_onnx
+    from trt_res2net.model.onnx_export import write_onnx
 
     path = tmp_path_factory.mktemp("tiny") / f"{tiny_spec.name}.onnx"
-    return export_onnx(tiny_spec, tiny_weights, path, metadata={"weights": "random (seed 0)"})
+    return write_onnx(tiny_spec, tiny_weights, path, metadata={"weights": "random (seed 0)"})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,8 +86,8 @@ def gpu_images(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fitted_onnx(tmp_path_factory, tiny_spec, tiny_weights, gpu_images):
     """The tiny Res2Net with BN statistics fitted to generated images (realistically scaled activations)."""
-    from trt_res2net.model.onnx_export import export_onnx
+    from trt_res2net.model.onnx_export import write_onnx
     from trt_res2net.model.reference import fit_bn_statistics
 
     fitted = fit_bn_statistics(tiny_spec, tiny_weights, gpu_images["calib"])
-    return export_onnx(tiny_spec, fitted, tmp_path_factory.mktemp("gpu_onnx") / "tiny_fitted.onnx")
+    return write_onnx(tiny_spec, fitted, tmp_path_factory.mktemp("gpu_onnx") / "tiny_fitted.onnx")

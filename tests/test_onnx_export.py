@@ -57,8 +57,8 @@ def test_reference_detects_the_pooling_details(tiny_spec, tiny_weights):
 
 
 def test_export_is_checked_deterministic_and_streams_the_same_bytes(tmp_path, tiny_spec, tiny_weights):
-    a = onnx_export.export_onnx(tiny_spec, tiny_weights, tmp_path / "a.onnx", metadata={"weights_sha256": "ab"})
-    b = onnx_export.export_onnx(tiny_spec, tiny_weights, tmp_path / "b.onnx", metadata={"weights_sha256": "ab"})
+    a = onnx_export.write_onnx(tiny_spec, tiny_weights, tmp_path / "a.onnx", metadata={"weights_sha256": "ab"})
+    b = onnx_export.write_onnx(tiny_spec, tiny_weights, tmp_path / "b.onnx", metadata={"weights_sha256": "ab"})
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() == onnx_export.build_onnx(
         tiny_spec, tiny_weights, metadata={"weights_sha256": "ab"}).SerializeToString()
@@ -77,7 +77,7 @@ def test_export_is_checked_deterministic_and_streams_the_same_bytes(tmp_path, ti
 
 
 def test_dynamic_batch_softmax_and_opset_19(tmp_path, tiny_spec, tiny_weights):
-    path = onnx_export.export_onnx(tiny_spec, tiny_weights, tmp_path / "s.onnx", softmax=True, opset=19)
+    path = onnx_export.write_onnx(tiny_spec, tiny_weights, tmp_path / "s.onnx", softmax=True, opset=19)
     onnx_export.check_onnx(path)
     x = np.random.default_rng(1).standard_normal((3, 3, 224, 224)).astype(np.float32)
     p = _run(path, x)
@@ -94,7 +94,7 @@ def test_interrupted_export_leaves_no_file(tmp_path, tiny_spec, tiny_weights):
     broken = dict(tiny_weights)
     del broken["out.bias"]  # the exporter fails at the last tensor, after writing most of the file
     with pytest.raises(KeyError):
-        onnx_export.export_onnx(tiny_spec, broken, tmp_path / "x.onnx")
+        onnx_export.write_onnx(tiny_spec, broken, tmp_path / "x.onnx")
     assert not list(tmp_path.iterdir())
 
 

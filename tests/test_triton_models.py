@@ -58,7 +58,7 @@ def pb_utils(monkeypatch):
 @pytest.fixture(scope="module")
 def repo(tiny_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "repo"
-    T.export_repository(out, tiny_onnx, model_name="tiny")
+    T.write_triton_repository(out, tiny_onnx, model_name="tiny")
     return out
 
 

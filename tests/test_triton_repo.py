@@ -29,7 +29,7 @@ NAME = "tiny"
 
 def export(tmp_path, onnx, *, out=None, model_name=NAME, engine_path=None, **options):
     """The export with ``options`` as TritonOptions fields (build.py's --triton-* flags)."""
-    return T.export_repository(out or tmp_path / "repo", onnx, model_name=model_name, engine_path=engine_path,
+    return T.write_triton_repository(out or tmp_path / "repo", onnx, model_name=model_name, engine_path=engine_path,
                                options=T.TritonOptions(**options))
 
 

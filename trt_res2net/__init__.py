@@ -1,9 +1,67 @@
-"""trt_res2net: PaddleClas Res2Net classifiers → exact ONNX → FP16/INT8 → TensorRT engines.
+"""trt_res2net: PaddleClas Res2Net classifiers → exact ONNX → FP16/INT8 → TensorRT / TensorRT-RTX engines → Triton.
 
-Importing the package is light: numpy only. onnx, onnxruntime, OpenCV, TensorRT, cuda-python and
-ModelOpt are imported inside the functions that need them.
+The public API, one call per pipeline step (README "Use from Python")::
+
+    import trt_res2net as tr
+
+    fp32 = tr.export_onnx("res2net50_vd_26w_4s", "engines/r50.onnx", random_weights=True).path
+    fp16 = tr.convert_precision(fp32, "fp16")                       # ModelOpt AutoCast (the quant extra)
+    built = tr.build_engine(fp16, "fp16", tr.EngineOptions(family="tensorrt-rtx"), fp32_onnx_path=fp32)
+    with tr.Classifier(fp32) as clf:                                # .onnx or .engine
+        print(clf.classify_image("cat.jpg"))
+    tr.write_triton_repository("repo", fp32, engine_path=None)
+
+Importing the package is light (numpy only): the names below are loaded on first use, and onnx, onnxruntime,
+OpenCV, TensorRT, cuda-python and ModelOpt only inside the functions that need them. Everything not listed in
+``__all__`` is internal and may move.
 """
+
+from __future__ import annotations
+
+import importlib
 
 from .core.version import __version__
 
-__all__ = ["__version__"]
+# name → the module that defines it (loaded on first access: PEP 562)
+_API = {
+    # errors every call may raise: UserError (one line, exit 2), MissingDependency (what to install, exit 3)
+    "UserError": "core.errors",
+    "MissingDependency": "core.errors",
+    # model
+    "list_models": "model.zoo",
+    "export_onnx": "model.export",
+    # data
+    "SPEC": "data.preprocess",
+    "preprocess": "data.preprocess",
+    "load_labels": "data.postprocess",
+    # precision
+    "convert_precision": "precision.convert",
+    "PrecisionOptions": "precision.options",
+    "CalibrationImages": "data.calibration_set",
+    # engine
+    "build_engine": "engine.build",
+    "EngineOptions": "engine.options",
+    # runtime
+    "Classifier": "runtime.classifier",
+    "open_backend": "runtime.backend",
+    "benchmark_engine": "runtime.benchmark",
+    "BenchmarkOptions": "runtime.benchmark",
+    # serving
+    "write_triton_repository": "serving.repository",
+    "TritonOptions": "serving.repository",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trt_res2net' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -25,7 +25,7 @@ from ..engine.options import (
     EngineOptions,
 )
 from ..engine.plan import check_engine_request, precision_onnx_needed, refuse_inapplicable_options
-from ..model.export import DEFAULT_OPSET, check_weight_options, export_model
+from ..model.export import DEFAULT_OPSET, check_weight_options, export_onnx
 from ..precision.options import (
     CALIB_METHODS,
     DEFAULT_EVAL_IMAGES,
@@ -200,13 +200,12 @@ def precision_options(args: argparse.Namespace) -> PrecisionOptions:
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
-    calib = calibration_images(args)
     return EngineOptions(
         family=args.engine_family, int8_mode=args.int8_mode, high_precision=args.high_precision,
         compute_capabilities=args.compute_capability, batch=args.batch, min_batch=args.min_batch,
         opt_batch=args.opt_batch, max_batch=args.max_batch, workspace_mib=args.workspace,
         timing_cache=args.timing_cache, dla_core=args.dla_core, builder_opt_level=args.builder_opt_level,
-        calib_dir=calib.directory, calib_images=calib.count, calib_seed=calib.seed, calib_batch=args.calib_batch,
+        calibration=calibration_images(args), calib_batch=args.calib_batch,
         calib_cache=args.trt_calib_cache, engine_dir=args.engine_dir, engine_path=args.save_engine,
         log_level=args.trt_log, progress=not args.quiet)
 
@@ -246,9 +245,9 @@ def _write_triton_repository(args, fp32_path: Path, model_name: str, engine: Pat
     """``--triton-repo``: the repository from what was built (the ONNX models alone without an engine)."""
     if args.triton_repo is None:
         return
-    from ..serving.repository import export_repository
+    from ..serving.repository import write_triton_repository
 
-    result = export_repository(args.triton_repo, fp32_path, model_name=model_name, engine_path=engine,
+    result = write_triton_repository(args.triton_repo, fp32_path, model_name=model_name, engine_path=engine,
                                options=triton_options(args))
     print(f"wrote Triton model repository {args.triton_repo}: {', '.join(result.models)} "
           f"(ensembles on image bytes: {', '.join(result.ensembles)})", flush=True)
@@ -277,7 +276,7 @@ def _main(argv) -> int:
             raise usage_error(f"--onnx {fp32_path}: no such file")
         model_name = fp32_path.stem
     else:
-        exported = export_model(args.model, args.onnx_out, weights=args.weights, random_weights=args.random_weights,
+        exported = export_onnx(args.model, args.onnx_out, weights=args.weights, random_weights=args.random_weights,
                                 seed=args.seed, opset=args.opset or DEFAULT_OPSET, softmax=args.softmax,
                                 progress=not args.quiet)
         fp32_path, model_name = exported.path, exported.model

@@ -103,7 +103,8 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
         calibration = prepare_calibration(
             model=model_name, trt_version=version, onnx_sha256=onnx_sha,
             batch=options.calibrator_batch if io.batch is None else io.batch,
-            calib_dir=options.calib_dir, calib_images=options.calib_images, seed=options.calib_seed,
+            calib_dir=options.calibration.directory, calib_images=options.calibration.count,
+            seed=options.calibration.seed,
             cache_path=options.calib_cache,
         )
 

@@ -4,11 +4,11 @@ profile it resolves to (:class:`BatchProfile`)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import UserError
-from ..data.calibration_set import DEFAULT_CALIB_IMAGES
+from ..data.calibration_set import CalibrationImages
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("auto", "qdq", "calibrator")
@@ -33,8 +33,9 @@ class EngineOptions:
     ``compute_capabilities``: TensorRT-RTX targets such as ``("8.6", "8.9")`` or ``("current",)``; None = the
     library's portable default. ``batch`` fixes the batch; else ``min/opt/max_batch`` make one profile (defaults
     1/8/32). ``workspace_mib`` None = half the free GPU memory (a quarter on Jetson), or TensorRT-RTX's own default
-    without a GPU. The ``calib_*`` fields feed TensorRT's own INT8 calibrator (``int8_mode="calibrator"``, 8.6 and
-    10.x); ModelOpt's Q/DQ path takes its images from :class:`~trt_res2net.precision.options.PrecisionOptions`.
+    without a GPU. ``calibration`` and the ``calib_*`` fields feed TensorRT's own INT8 calibrator
+    (``int8_mode="calibrator"``, 8.6 and 10.x); ModelOpt's Q/DQ path takes its images from
+    :class:`~trt_res2net.precision.options.PrecisionOptions` (build.py gives both the same images).
     """
 
     family: str = "auto"
@@ -49,9 +50,7 @@ class EngineOptions:
     timing_cache: Path | None = None
     dla_core: int | None = None
     builder_opt_level: int | None = None
-    calib_dir: Path | None = None
-    calib_images: int = DEFAULT_CALIB_IMAGES
-    calib_seed: int = 0
+    calibration: CalibrationImages = field(default_factory=CalibrationImages)
     calib_batch: int | None = None  # None: DEFAULT_CALIB_BATCH (a fixed-batch ONNX calibrates at its own batch)
     calib_cache: Path | None = None  # TensorRT's cache; None: calib/<model>.trt<version>.cache
     engine_dir: Path = DEFAULT_ENGINE_DIR
@@ -61,7 +60,7 @@ class EngineOptions:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("timing_cache", "calib_dir", "calib_cache", "engine_path"):
+        for name in ("timing_cache", "calib_cache", "engine_path"):
             object.__setattr__(self, name, _optional_path(getattr(self, name)))
         object.__setattr__(self, "engine_dir", Path(self.engine_dir))
         if self.compute_capabilities is not None:  # "8.6,8.9" or ("8.6", "8.9"): checked, sorted, "current" alone

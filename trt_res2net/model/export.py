@@ -10,7 +10,7 @@ from pathlib import Path
 from ..core.errors import UserError
 from ..core.hashing import sha256_file
 from . import weights as W
-from .onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
+from .onnx_export import DEFAULT_OPSET, check_onnx, write_onnx
 from .zoo import ModelSpec, get_model
 
 DEFAULT_OUTPUT_DIR = Path("engines")
@@ -55,7 +55,7 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def export_model(model: str, path: str | os.PathLike | None = None, *, weights: str | os.PathLike | None = None,
+def export_onnx(model: str, path: str | os.PathLike | None = None, *, weights: str | os.PathLike | None = None,
                  random_weights: bool = False, seed: int = 0, opset: int = DEFAULT_OPSET, softmax: bool = False,
                  progress: bool = True) -> ExportedOnnx:
     """Export zoo model ``model`` (e.g. ``"res2net50_vd_26w_4s"``) to ``path`` (default
@@ -68,7 +68,7 @@ def export_model(model: str, path: str | os.PathLike | None = None, *, weights: 
     check_opset(opset)
     state, meta = load_model_weights(spec, weights, random_weights=random_weights, seed=seed, progress=progress)
     out = Path(path) if path is not None else default_onnx_path(spec.name)
-    export_onnx(spec, state, out, opset=opset, softmax=softmax, metadata=meta, progress=progress)
+    write_onnx(spec, state, out, opset=opset, softmax=softmax, metadata=meta, progress=progress)
     del state
     check_onnx(out)
     return ExportedOnnx(out, spec.name, meta["weights"], out.stat().st_size)

@@ -177,7 +177,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def export_onnx(spec: ModelSpec, weights: dict[str, np.ndarray], path: str | os.PathLike, *,
+def write_onnx(spec: ModelSpec, weights: dict[str, np.ndarray], path: str | os.PathLike, *,
                 opset: int = DEFAULT_OPSET, softmax: bool = False, metadata: dict | None = None,
                 image_size: int | None = SPEC.crop_size, progress: bool = False) -> Path:
     """Write the model to ``path`` atomically; the bytes equal ``build_onnx(...).SerializeToString()``.

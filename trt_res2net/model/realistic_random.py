@@ -66,13 +66,13 @@ def realistic_random_model(spec, images_nchw: np.ndarray, path: str | os.PathLik
 
     from . import reference
     from . import weights as W
-    from .onnx_export import export_onnx
+    from .onnx_export import write_onnx
 
     path = Path(path)
     state = reference.fit_bn_statistics(spec, W.random_weights(spec, seed=seed), images_nchw)
     meta = {"weights": f"random (seed {seed}), BN statistics fitted to images, head fitted to their features",
             **(metadata or {})}
-    export_onnx(spec, state, path, metadata=meta)
+    write_onnx(spec, state, path, metadata=meta)
     model = onnx.load(str(path))
     model.graph.output.append(onnx.helper.make_empty_tensor_value_info("head.flatten"))
     so = ort.SessionOptions()
@@ -85,4 +85,4 @@ def realistic_random_model(spec, images_nchw: np.ndarray, path: str | os.PathLik
     state["out.weight"], state["out.bias"] = fit_classifier_head(feats, spec.num_classes, seed=seed,
                                                                  sharpness=head_sharpness,
                                                                  max_active=max_active_classes)
-    return export_onnx(spec, state, path, metadata=meta)
+    return write_onnx(spec, state, path, metadata=meta)

@@ -75,6 +75,11 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def list_models() -> list[str]:
+    """The zoo's model names (``build.py --list-models`` adds parameters, GFLOPs and published accuracy)."""
+    return list(MODELS)
+
+
 def get_model(name: str) -> ModelSpec:
     """Look a model up by name (case-insensitive; '-' and '_' alike). Unknown → closest names."""
     key = name.strip().lower().replace("-", "_")

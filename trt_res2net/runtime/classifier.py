@@ -16,7 +16,12 @@ from .backend import Backend, backend_preprocesses_on_gpu, open_backend
 
 
 class Classifier:
-    """Image files → top-k, through one backend.
+    """Image files, encoded bytes or decoded BGR arrays → top-k, through one backend (``open_backend``: ``.onnx``
+    with ONNX Runtime, ``.engine``/``.plan`` with TensorRT or TensorRT-RTX). Use it with ``with``, or ``close()`` it.
+
+    ``classify(items)`` yields one result per item in input order (``{"image", "topk"}`` or ``{"image",
+    "error"}``), decoding ahead in threads; ``classify_image(item)`` is one item's top-k (ImageDecodeError for an
+    unreadable one); ``predict(batch)`` gives the probabilities [n, classes] of a preprocessed float32 NCHW batch.
 
     ``labels``: a labels file (``--labels``), a list of names, or None (ImageNet's for 1000 classes, else
     ids). Softmax is applied unless the model already outputs probabilities (a Softmax at the end of the
@@ -96,6 +101,10 @@ class Classifier:
             outs.append(self.backend.run(chunk)[:m])
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities [n, classes] of a preprocessed float32 [n, 3, 224, 224] batch (``trt_res2net.preprocess``)."""
+        return self.probabilities(self.infer(np.asarray(batch, np.float32)))
+
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Scores to report: the outputs themselves when they are probabilities, else their softmax."""
         if outputs.shape[0] == 0:
@@ -113,6 +122,16 @@ class Classifier:
             top = self.backend.classify_bgr(batch.images, self.topk)
             return top.ids, top.scores
         return topk(self.probabilities(self.infer(batch.array)), self.topk)
+
+    def classify_image(self, image) -> list[dict]:
+        """One image (a path, encoded bytes or a decoded BGR uint8 array) → its top-k entries
+        ``[{"class_id", "label", "score"}]``; ImageDecodeError (one line) when it cannot be read."""
+        from ..data.preprocess import ImageDecodeError
+
+        (result,) = self.classify([image])
+        if "error" in result:
+            raise ImageDecodeError(result["error"], image if isinstance(image, (str, os.PathLike)) else None)
+        return result["topk"]
 
     def classify(self, items: Iterable) -> Iterator[dict]:
         """Yield one result per item, in input order: ``{"image", "topk": [{"class_id", "label", "score"}]}``

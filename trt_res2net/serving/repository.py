@@ -458,7 +458,7 @@ def _record(repo: _Repository, src: _Source, model_name: str, options: TritonOpt
     }
 
 
-def export_repository(out_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, model_name: str | None = None,
+def write_triton_repository(out_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, model_name: str | None = None,
                       engine_path: str | os.PathLike | None = None,
                       options: TritonOptions | None = None) -> ExportResult:
     """Write the repository (module docstring) to ``out_dir``, atomically; returns what it holds.
