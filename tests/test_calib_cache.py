@@ -41,7 +41,7 @@ def test_trt_version_tag_rejects_nonsense(bad):
 
 
 def test_hex_is_the_big_endian_float32_bit_pattern():
-    assert scale_to_hex(1 / 127) == "3c010204"  # the example in tensorrt_notes §4
+    assert scale_to_hex(1 / 127) == "3c010204"  # 1/127 as TensorRT writes it (float32 bits, hex)
     assert hex_to_scale("3c010204") == pytest.approx(1 / 127, rel=1e-7)
     assert scale_to_hex(0.0) == "00000000"
     assert hex_to_scale("0") == 0.0

@@ -123,7 +123,7 @@ def test_infer_cli_on_an_engine_says_which_preprocessing_ran(engine, inputs, tmp
     err_cpu = capsys.readouterr().err
     assert "preprocessing on the CPU" in err_cpu and "Traceback" not in err + err_cpu
     gpu, cpu = json.loads(gpu_json.read_text()), json.loads(cpu_json.read_text())
-    assert len(gpu) == len(cpu) == len(inputs["all"])  # a list, as issue 3 specifies
+    assert len(gpu) == len(cpu) == len(inputs["all"])  # a list, infer.py's JSON form
     assert {r["preprocessing"] for r in gpu if "topk" in r} == {"gpu"}
     assert {r["preprocessing"] for r in cpu if "topk" in r} == {"cpu"}
     assert [("error" in r) for r in gpu] == [("error" in r) for r in cpu]

@@ -44,7 +44,7 @@ def test_odd_input_sizes_exercise_exclusive_and_ceil_pooling(name, size):
 
 
 def test_reference_detects_the_pooling_details(tiny_spec, tiny_weights):
-    """The comparison is sharp enough to see count_include_pad and ceil_mode mistakes (spec §12)."""
+    """The comparison is sharp enough to see count_include_pad and ceil_mode mistakes."""
     x = np.random.default_rng(0).standard_normal((1, 3, 225, 225)).astype(np.float32)
     model = onnx_export.build_onnx(tiny_spec, tiny_weights, image_size=225)
     ref = reference.forward(tiny_spec, tiny_weights, x)

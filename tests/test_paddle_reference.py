@@ -1,5 +1,5 @@
 """The exported ONNX computes what PaddleClas computes: logits recorded by running PaddlePaddle + PaddleClas
-themselves (tests/fixtures/make_paddle_reference.py, res2net_spec §12) for weights and inputs regenerated here
+themselves (tests/fixtures/make_paddle_reference.py) for weights and inputs regenerated here
 from seeds. Also: the safe .pdparams reader reads files written by paddle.save itself."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_onnx_matches_paddleclas(case):
 
 def test_fixture_keys_were_checked_against_paddleclas():
     """The generator compared PaddleClas's state_dict() with expected_shapes / param_attr_names; key counts still
-    agree with today's expected_shapes (spec §7.1 table)."""
+    agree with today's expected_shapes."""
     for case, c in META["cases"].items():
         assert c["keys_match"] and c["key_order_match"] and c["param_attr_names_match"], case
         assert len(W.expected_shapes(case_spec(case))) == c["keys"], case
@@ -91,7 +91,7 @@ def test_read_pdparams_reads_real_paddle_save_output(name):
 
 @pytest.mark.parametrize("name", list(TINY["files"]))
 def test_paddle_name_table_matches_param_attr_names(name):
-    """The StructuredToParameterName@@ table written by paddle.save is what param_attr_names predicts (§7.2)."""
+    """The StructuredToParameterName@@ table written by paddle.save is what param_attr_names predicts."""
     raw = pickle.loads((FIXTURES / name).read_bytes(), encoding="latin1")  # our own fixture: trusted
     table = raw[W.NAME_TABLE_KEY]
     assert table == TINY["files"][name]["name_table"]

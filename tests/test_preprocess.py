@@ -47,7 +47,7 @@ def paddleclas_deploy(data: bytes, scale=0.00392157) -> np.ndarray:
 
 
 def spec_in_numpy(data: bytes) -> np.ndarray:
-    """An independent implementation of res2net_spec §9 that does not use cv2.resize: bilinear with
+    """An independent implementation of the recipe (docs/preprocessing.md) that does not use cv2.resize: bilinear with
     half-pixel centres and clamped edges in float64, rounded to 8 bits, then crop and normalise."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     rgb = bgr[:, :, ::-1]

@@ -4,7 +4,7 @@ from trt_res2net.core.errors import UserError
 from trt_res2net.model import weights as W
 from trt_res2net.model import zoo
 
-# res2net_spec §7.1 (key counts without the name table) and §11 (trainable parameters).
+# Key counts of PaddleClas's .pdparams (without the name table) and trainable parameters (README's table).
 SPEC_TABLE = {
     "res2net50_26w_4s": (427, 25_699_120, 25_758_612),
     "res2net50_14w_8s": (747, 25_059_816, 25_122_612),

@@ -1,4 +1,4 @@
-"""PaddleClas's evaluation preprocessing (res2net_spec §9): the one spec and its CPU implementation.
+"""PaddleClas's evaluation preprocessing (docs/preprocessing.md): the one spec and its CPU implementation.
 
 Every consumer — inference, calibration, evaluation, the ONNX metadata and the CUDA kernel — reads the
 numbers from ``SPEC`` below, so there is exactly one place where they live.

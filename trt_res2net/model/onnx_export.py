@@ -1,4 +1,4 @@
-"""Res2Net → ONNX, computing exactly what PaddleClas computes (res2net_spec §2–8), BatchNorm folded.
+"""Res2Net → ONNX, computing exactly what PaddleClas computes (tests/test_paddle_reference.py), BatchNorm folded.
 
 The graph is assembled from one small function per architecture piece (stem, block, shortcut, head). Big
 models are written by streaming: each folded tensor is serialised and written on its own, so exporting
@@ -80,7 +80,7 @@ def _bottle2neck(g: _GraphBuilder, b: BlockLayout, x: str) -> str:
     g.nodes.append(g.helper.make_node("Split", [h, sizes], chunks, name=f"{p}.split", axis=1))
     ys = []
     for j, unit in enumerate(b.branches):
-        # PaddleClas adds the previous branch's output only when the block stride is 1 (spec §4.3) —
+        # PaddleClas adds the previous branch's output only when the block stride is 1 —
         # including the first block of stage 1, unlike timm.
         inp = chunks[j] if (j == 0 or b.stride == 2) else g.node("Add", [chunks[j], ys[-1]], f"{unit.prefix}.add")
         ys.append(g.conv_bn(inp, unit))

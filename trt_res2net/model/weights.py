@@ -1,7 +1,7 @@
 """PaddleClas ``.pdparams`` weights: read safely, validate against the architecture, download, or generate.
 
-A ``.pdparams`` file is a pickle of ``{structured key: float32 ndarray}`` (res2net_spec §7). Pickle is code, so
-it is read with an unpickler that admits only what numpy arrays need and refuses everything else.
+A ``.pdparams`` file is a pickle of ``{structured key: float32 ndarray}`` (what ``paddle.save`` writes). Pickle is
+code, so it is read with an unpickler that admits only what numpy arrays need and refuses everything else.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ BIG_PARAM_KEY = "UnpackBigParamInfor@@"
 
 
 def conv_units(spec: ModelSpec):
-    """Every ConvBN unit of the model, in PaddleClas's state-dict order (spec §7.1)."""
+    """Every ConvBN unit of the model, in PaddleClas's state-dict order."""
     yield from stem_units(spec)
     for b in block_layouts(spec):
         yield b.conv0
@@ -50,7 +50,7 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# --- ParamAttr names (spec §7.2) -----------------------------------------------------------------------
+# --- ParamAttr names (the StructuredToParameterName@@ table) -----------------------------------------------------------------------
 
 _BN_PARAM_ATTR = {
     "_batch_norm.weight": "scale",

@@ -1,6 +1,6 @@
 """The Res2Net model zoo of PaddleClas: names, hyper-parameters, weight URLs, published accuracy.
 
-Hyper-parameters follow res2net_spec §1; the per-block layout (channels, strides, shortcut kind and the legacy
+Hyper-parameters follow PaddleClas's res2net.py / res2net_vd.py (ppcls/arch/backbone/model_zoo); the per-block layout (channels, strides, shortcut kind and the legacy
 PaddleClas block names used in weight keys) is derived here once and read by the weight loader, the ONNX
 exporter and the numpy reference alike.
 """
@@ -59,7 +59,7 @@ def _m(name, paddle, layers, vd, depths, width, scales, top1, top5, ssld=False):
 
 
 # Published top-1/top-5 from the model card (PaddleClas release/2.5 docs). Params/FLOPs are not copied:
-# the card's table swaps two rows (spec §11); build.py --list-models computes them from the graph.
+# PaddleClas's doc table swaps the params/FLOPs rows of two models; build.py --list-models computes them from the graph.
 MODELS: dict[str, ModelSpec] = {
     m.name: m
     for m in [
@@ -95,7 +95,7 @@ def get_model(name: str) -> ModelSpec:
 
 @dataclass(frozen=True)
 class ConvUnit:
-    """ConvBN of res2net_spec §2: conv (no bias) + BN(eps 1e-5) + optional ReLU. ``prefix`` is its key prefix."""
+    """PaddleClas's ConvBNLayer: conv (no bias) + BN(eps 1e-5) + optional ReLU. ``prefix`` is its key prefix."""
 
     prefix: str
     cin: int
@@ -107,7 +107,7 @@ class ConvUnit:
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """One Bottle2neck block (res2net_spec §4–5)."""
+    """One Bottle2neck block: 1x1 conv, the hierarchical 3x3 branches, 1x1 conv, shortcut."""
 
     stage: int
     index: int
@@ -128,7 +128,7 @@ class BlockLayout:
 
 
 def legacy_block_name(spec: ModelSpec, stage: int, index: int) -> str:
-    """PaddleClas's legacy block name (res2a, res4b22, ...) that appears inside branch keys (spec §7.1)."""
+    """PaddleClas's legacy block name (res2a, res4b22, ...) that appears inside branch keys of the .pdparams."""
     deep = (101, 152, 200) if spec.vd else (101, 152)
     if stage == 2 and spec.layers in deep:
         return "res4a" if index == 0 else f"res4b{index}"

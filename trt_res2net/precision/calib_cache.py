@@ -1,6 +1,6 @@
 """TensorRT's calibration-cache text format, and the sidecar JSON that says what a cache is valid for.
 
-The cache (tensorrt_notes §4) is what INT8 calibration computed — one scale per activation tensor —
+The cache is what INT8 calibration computed — one scale per activation tensor —
 in the form TensorRT's calibrators write and read and ModelOpt's ``calibration_cache_path`` imports::
 
     TRT-<version tag>-<algorithm>
