@@ -50,7 +50,7 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# --- ParamAttr names (the StructuredToParameterName@@ table) -----------------------------------------------------------------------
+# --- ParamAttr names (the StructuredToParameterName@@ table) -----------------------------------------------------
 
 _BN_PARAM_ATTR = {
     "_batch_norm.weight": "scale",
