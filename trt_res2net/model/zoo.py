@@ -1,8 +1,8 @@
 """The Res2Net model zoo of PaddleClas: names, hyper-parameters, weight URLs, published accuracy.
 
-Hyper-parameters follow PaddleClas's res2net.py / res2net_vd.py (ppcls/arch/backbone/model_zoo); the per-block layout (channels, strides, shortcut kind and the legacy
-PaddleClas block names used in weight keys) is derived here once and read by the weight loader, the ONNX
-exporter and the numpy reference alike.
+Hyper-parameters follow PaddleClas's res2net.py / res2net_vd.py (ppcls/arch/backbone/model_zoo); the per-block
+layout (channels, strides, shortcut kind and the legacy PaddleClas block names used in weight keys) is derived here
+once and read by the weight loader, the ONNX exporter and the numpy reference alike.
 """
 
 from __future__ import annotations
