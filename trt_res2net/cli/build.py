@@ -260,6 +260,12 @@ def _main(argv) -> int:
     if bool(args.model) == bool(args.onnx):
         raise usage_error("pass --model NAME or --onnx PATH (--list-models shows the names)")
     check_weight_options(args.weights, args.random_weights)
+    if args.onnx:  # the contract both runtimes check, in their words, before any work
+        from ..model.contract import inspect_onnx
+
+        if not Path(args.onnx).exists():
+            raise usage_error(f"--onnx {args.onnx}: no such file")
+        inspect_onnx(args.onnx)
     precision = args.precision
     eng_opts, prec_opts = engine_options(args), precision_options(args)
     check_engine_request(eng_opts, precision)
@@ -272,8 +278,6 @@ def _main(argv) -> int:
 
     if args.onnx:
         fp32_path = Path(args.onnx)
-        if not fp32_path.is_file():
-            raise usage_error(f"--onnx {fp32_path}: no such file")
         model_name = fp32_path.stem
     else:
         exported = export_onnx(args.model, args.onnx_out, weights=args.weights, random_weights=args.random_weights,
