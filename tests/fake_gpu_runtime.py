@@ -7,6 +7,8 @@
 - A fake engine file is JSON describing the engine's tensors (behind a 64-byte TensorRT-RTX-like header with
   ``rtx=True``); the fake engine computes
   ``outputs = mean over H, W of the input @ WEIGHTS[:, :classes]`` so results can be checked in numpy.
+- The fake GPU has a simulated clock (``GPU_CLOCK``) that only an engine execution advances, by
+  ``EXECUTE_MS_PER_IMAGE`` per image; ``FakeEvent`` reads it, so timings measured with events are exact.
 - ``FakeKernels`` does what the CUDA kernels do with the numpy port of their arithmetic.
 - ``fake_cuda_runtime(...)`` + ``install_cuda_runtime(monkeypatch, rt)``: a cuda-python runtime module
   with the calls device detection and plain device buffers make, behind ``cuda_util.cuda_modules()``, so
@@ -20,7 +22,6 @@ import ctypes
 import enum
 import json
 import sys
-import time
 import types
 from dataclasses import dataclass, field
 
@@ -44,6 +45,22 @@ def array_at(address: int, dtype, shape) -> np.ndarray:
 
 
 RTX_HEADER_SIZE = 64
+
+# Simulated GPU time of one engine execution, per image of the batch (a power of two: sums stay exact).
+EXECUTE_MS_PER_IMAGE = 0.125
+
+
+class _GpuClock:
+    """The fake GPU's time in milliseconds: advanced by the work the fakes run, never by the host's clock."""
+
+    def __init__(self):
+        self.ms = 0.0
+
+    def advance(self, ms: float) -> None:
+        self.ms += ms
+
+
+GPU_CLOCK = _GpuClock()
 
 
 def write_engine(path, *, inputs=None, outputs=None, batch=(1, 4, 8), classes=10, in_dtype="FLOAT",
@@ -129,6 +146,7 @@ class FakeContext:
         y = array_at(addresses[out_name], _DTYPES[out_spec["dtype"]], (shape[0], classes))
         y[:] = expected_outputs(x, classes)
         self.executions += 1
+        GPU_CLOCK.advance(EXECUTE_MS_PER_IMAGE * shape[0])
         return True
 
 
@@ -305,17 +323,19 @@ class FakeStream:
 
 
 class FakeEvent:
+    """Records the simulated GPU clock (the fake stream runs everything at once, in order)."""
+
     def __init__(self):
         self.t = None
 
     def record(self, stream):
-        self.t = time.perf_counter()
+        self.t = GPU_CLOCK.ms
 
     def synchronize(self):
         pass
 
     def elapsed_ms(self, start):
-        return (self.t - start.t) * 1000.0
+        return self.t - start.t
 
     def destroy(self):
         pass

@@ -1,22 +1,37 @@
 """NVIDIA's real TensorRT-RTX builder, ahead of time on this CPU-only machine: engines through build.py from a
 reduced Res2Net (fp32, fp16, int8), the full res2net50_vd_26w_4s (fp32) and an external ONNX; manifests checked
-against the files; an interrupted build; the one-line refusals; the polygraphy equivalent.
+against the files and against what was asked for; the builder's steps on the real library (the options in the real
+IBuilderConfig, a parse failure, a build failure, the progress monitor and cancelling); Ctrl-C during a real build
+(a real SIGINT, in-process and to a build.py process); the one-line refusals; the polygraphy equivalent.
 
-Needs the ``rtx`` extra (``tensorrt-rtx-cu13``; CI installs it); fp16/int8 also need ModelOpt (the ``quant``
-extra). No fake stands in for the library here.
+Needs the ``rtx`` extra (``tensorrt-rtx-cu13``; CI installs it); fp16/int8 through build.py also need ModelOpt (the
+``quant`` extra). No fake stands in for the library here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import shlex
+import signal
 import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
 
 import pytest
 
 from trt_res2net.cli.build import main as build_main
+from trt_res2net.core.errors import UserError
+from trt_res2net.engine import builder, trt_compat
 from trt_res2net.engine import manifest as mf
-from trt_res2net.engine import trt_compat
+from trt_res2net.engine import progress as build_progress
+from trt_res2net.engine.build import build_engine
+from trt_res2net.engine.options import EngineOptions, MiB
+from trt_res2net.engine.plan import plan_build
+from trt_res2net.model.contract import inspect_onnx
 
 from trt_fakes import tiny_classifier_onnx, write_images  # isort: skip
 
@@ -24,7 +39,10 @@ if os.environ.get("TRT_RES2NET_REQUIRE_RTX"):  # CI: the real builder must run h
     import tensorrt_rtx as trt
 else:
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed: pip install -e '.[rtx]'")
-DEFAULT_TARGETS = ["8.0", "8.6", "8.9", "12.0", "12.1"]  # the library's portable set (1.7.1 plan header)
+REPO = Path(__file__).resolve().parents[1]
+# What TensorRT-RTX builds for without --compute-capability: Ampere (8.0, 8.6), Ada (8.9), Blackwell (12.0, 12.1)
+# "and later" (the library's documentation; docs/tensorrt_rtx.md), never Turing (7.5) unless asked for.
+DEFAULT_TARGETS = ["8.0", "8.6", "8.9", "12.0", "12.1"]
 
 
 def _modelopt():
@@ -43,18 +61,24 @@ def _build(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _check_manifest_against_file(engine):
-    """The manifest describes this very file: size, SHA-256, family, version, targets (also in its header)."""
+def _check_manifest_against_file(engine, targets: list[str] | None = None):
+    """The manifest describes this very file, checked against sources other than the code that wrote it: size and
+    SHA-256 computed here, the library's own ``__version__``, and the targets asked for (``targets``, as passed on
+    the command line) or, for a default build, the library's documented default set and later."""
     m = mf.read_manifest(engine)
-    assert m["engine_bytes"] == engine.stat().st_size and m["engine_sha256"] == mf.sha256_file(engine)
+    data = engine.read_bytes()
+    assert m["engine_bytes"] == len(data) and m["engine_sha256"] == hashlib.sha256(data).hexdigest()
     assert m["engine_family"] == "tensorrt-rtx" and m["library_version"] == trt.__version__
-    header = trt_compat.read_rtx_plan_header(engine.read_bytes()[:64])
-    version = str(trt.__version__)  # "1.7.1.116"; the header holds 1.7.1
-    assert header is not None and version.startswith(".".join(map(str, header.version)) + ".")
-    assert m["compute_capabilities"] == list(header.compute_capabilities)
-    assert m["compute_capabilities_and_later"] == header.and_later
+    expected = (sorted(targets, key=lambda cc: tuple(map(int, cc.split(".")))), False) if targets else (
+        DEFAULT_TARGETS, True)
+    assert (m["compute_capabilities"], m["compute_capabilities_and_later"]) == expected
     assert m["gpu"] is None  # built ahead of time, on no GPU
     return m
+
+
+def _files_in(directory: Path) -> list[str]:
+    """Every file under ``directory``, hidden ones (atomic writes' temporaries) included."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")) if directory.exists() else []
 
 
 def test_fp32_reduced_res2net_through_build_py(workdir, capsys, tiny_onnx):
@@ -63,7 +87,6 @@ def test_fp32_reduced_res2net_through_build_py(workdir, capsys, tiny_onnx):
     engine = workdir / "engines" / f"{tiny_onnx.stem}_fp32_b32.rtx.engine"
     assert f"engine ready: {engine.relative_to(workdir)}" in out
     m = _check_manifest_against_file(engine)
-    assert m["compute_capabilities"] == DEFAULT_TARGETS and m["compute_capabilities_and_later"]
     assert m["precision"] == "fp32" and m["caveats"] == [] and m["build_options"]["strongly_typed"]
     assert m["io"]["input"]["name"] == "input" and m["io"]["output"]["name"] == "logits"
     assert m["profiles"] == [{"input": "input", "min": [1, 3, 224, 224], "opt": [8, 3, 224, 224],
@@ -78,8 +101,7 @@ def test_fp32_reduced_res2net_through_build_py(workdir, capsys, tiny_onnx):
 def test_targets_are_written_into_the_plan(workdir, capsys, tiny_onnx):
     code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--compute-capability", "12.0,8.6", "--batch", "4")
     assert code == 0, err
-    m = _check_manifest_against_file(workdir / "engines" / f"{tiny_onnx.stem}_fp32_b4.rtx.engine")
-    assert m["compute_capabilities"] == ["8.6", "12.0"] and not m["compute_capabilities_and_later"]
+    m = _check_manifest_against_file(workdir / "engines" / f"{tiny_onnx.stem}_fp32_b4.rtx.engine", ["12.0", "8.6"])
     assert m["build_options"]["compute_capabilities_requested"] == ["8.6", "12.0"]
     poly = m["build_options"]["equivalent_commands"]["polygraphy"]
     assert poly.startswith("POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy convert ")
@@ -120,7 +142,7 @@ def test_fp16_engine_is_smaller_and_turing_takes_it(workdir, capsys, tiny_onnx):
     code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--precision", "fp16", "--compute-capability", "7.5",
                           "--save-engine", "engines/turing.rtx.engine")
     assert code == 0, err
-    assert _check_manifest_against_file(workdir / "engines" / "turing.rtx.engine")["compute_capabilities"] == ["7.5"]
+    _check_manifest_against_file(workdir / "engines" / "turing.rtx.engine", ["7.5"])
 
 
 def test_int8_qdq_engine_carries_the_weight_only_caveat(workdir, capsys, tiny_onnx):
@@ -156,22 +178,6 @@ def test_external_paddle2onnx_style_onnx(workdir, capsys):
     assert m["io"]["output"]["name"] == "save_infer_model/scale_0.tmp_1" and m["outputs_probabilities"]
 
 
-def test_interrupted_build_leaves_no_engine(workdir, capsys, tiny_onnx, monkeypatch):
-    """Ctrl-C during the build: the progress monitor tells TensorRT-RTX to cancel; nothing is written."""
-    from trt_res2net.engine import progress as build_progress
-
-    def ctrl_c(self, phase, step):
-        self.cancelled = True  # what BuildProgress does when KeyboardInterrupt arrives in a callback
-        return False
-
-    monkeypatch.setattr(build_progress.BuildProgress, "on_step", ctrl_c)
-    code, out, err = _build(capsys, "--onnx", str(tiny_onnx))
-    assert code == 130 and err.strip().splitlines()[-1] == "interrupted"
-    assert "engine ready" not in out and "Traceback" not in err
-    engines = workdir / "engines"
-    assert not engines.exists() or list(engines.iterdir()) == []  # no engine, manifest or temporary file
-
-
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -190,3 +196,262 @@ def test_options_that_mean_nothing_here_are_refused_in_one_line(workdir, capsys,
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
     assert not (workdir / "engines").exists() or not list((workdir / "engines").glob("*.engine"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The builder's steps on the real library
+
+
+def _rtx():
+    return trt_compat.import_library("tensorrt-rtx")
+
+
+def _plan(library, precision, onnx, fp32_onnx=None):
+    return plan_build(precision, library.version, onnx_path=onnx, fp32_onnx_path=fp32_onnx or onnx,
+                      onnx_io=inspect_onnx(onnx))
+
+
+class _ProfileKeepingBuilder:
+    """The real ``trt.Builder``, keeping the optimization profiles it creates (IBuilderConfig cannot hand them
+    back, only count them)."""
+
+    def __init__(self, real):
+        self._real = real
+        self.profiles = []
+
+    def create_optimization_profile(self):
+        profile = self._real.create_optimization_profile()
+        self.profiles.append(profile)
+        return profile
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_options_reach_the_real_builder_config(tiny_onnx):
+    library = _rtx()
+    options = EngineOptions(workspace_mib=300, builder_opt_level=5, compute_capabilities="8.6,12.0", max_batch=16)
+    io, plan = inspect_onnx(tiny_onnx), _plan(library, "fp32", tiny_onnx)
+    parsed = builder.parse_network(library, plan, options.log_level)
+    parsed = dataclasses.replace(parsed, builder=_ProfileKeepingBuilder(parsed.builder))
+    setup = builder.configure(library, parsed, plan, options.batch_profile(io.batch), options, chw=io.chw(),
+                              targets=list(options.compute_capabilities))
+    config = setup.config
+    assert config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) == 300 * MiB == setup.workspace_bytes
+    assert config.builder_optimization_level == 5
+    assert config.num_compute_capabilities == 2
+    assert [config.get_compute_capability(i) for i in range(2)] == [trt.ComputeCapability.SM86,
+                                                                    trt.ComputeCapability.SM120]
+    assert config.num_optimization_profiles == 1 and len(parsed.builder.profiles) == 1
+    assert [tuple(d) for d in parsed.builder.profiles[0].get_shape("input")] == [(1, 3, 224, 224), (8, 3, 224, 224),
+                                                                               (16, 3, 224, 224)]
+    assert config.progress_monitor is not None and setup.use_monitor
+    assert parsed.network.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+    # nothing asked for: the library's own defaults stay (no targets = its portable set)
+    default = builder.configure(library, builder.parse_network(library, plan, "warning"), plan,
+                                EngineOptions().batch_profile(io.batch), EngineOptions(), chw=io.chw())
+    assert default.config.num_compute_capabilities == 0 and default.config.builder_optimization_level == 3
+    assert default.workspace_bytes == default.config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) > 300 * MiB
+
+
+def test_real_parser_rejection_writes_nothing(tmp_path):
+    """An operator the parser knows no importer or plugin for (a custom domain): one UserError, no file."""
+    import onnx
+
+    path = tiny_classifier_onnx(tmp_path / "custom_op.onnx")
+    model = onnx.load(path)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.domain = "MysteryActivation", "com.example"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    onnx.save(model, path)
+    with pytest.raises(UserError, match=r"^TensorRT-RTX's ONNX parser rejected .*custom_op\.onnx: .*MysteryActivation"):
+        build_engine(path, "fp32", EngineOptions(family="tensorrt-rtx", engine_dir=tmp_path / "engines",
+                                                 progress=False))
+    assert _files_in(tmp_path / "engines") == []
+
+
+def test_real_build_failure_fp32_gemm_for_turing(tiny_onnx, tmp_path, capfd):
+    """build_engine refuses 7.5 with an FP32 GEMM before building; past that check, the real library fails."""
+    library = _rtx()
+    options = EngineOptions(family="tensorrt-rtx", progress=False)
+    io = inspect_onnx(tiny_onnx)
+    engine = tmp_path / "engines" / "turing.rtx.engine"
+    with pytest.raises(UserError, match=r"^building the engine from .* failed \(TensorRT-RTX's log above says why\)"):
+        builder.build(library, _plan(library, "fp32", tiny_onnx), io, options.batch_profile(io.batch), options,
+                      engine_path=engine, targets=["7.5"])
+    log = "".join(capfd.readouterr())  # TensorRT-RTX's logger writes to the process's stdout
+    assert "Cannot compile operation 'logits" in log and "FP32 GEMM is not supported" in log  # its own reason
+    assert _files_in(tmp_path) == []
+
+
+def _recording_progress(monkeypatch, **hooks):
+    """Wrap the BuildProgress the builder makes (the real methods still run): keeps every instance and what
+    on_step answered; ``hooks`` (e.g. ``on_start=f``) are called with the instance after the real method."""
+    made = []
+
+    class Recording(build_progress.BuildProgress):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.answers = []
+            made.append(self)
+
+        def on_start(self, phase, parent, num_steps):
+            super().on_start(phase, parent, num_steps)
+            if "on_start" in hooks:
+                hooks["on_start"](self)
+
+        def on_step(self, phase, step):
+            answer = super().on_step(phase, step)
+            self.answers.append(answer)
+            return answer
+
+    monkeypatch.setattr(build_progress, "BuildProgress", Recording)
+    return made
+
+
+def _check_nesting(events):
+    """Phases finish in the reverse order they started (a stack), and every started phase finishes."""
+    open_phases = []
+    for kind, phase, _ in events:
+        if kind == "start":
+            open_phases.append(phase)
+        else:
+            assert open_phases and open_phases.pop() == phase, events
+    assert open_phases == []
+
+
+def test_real_progress_monitor_drives_build_progress(workdir, capsys, tiny_onnx, monkeypatch):
+    made = _recording_progress(monkeypatch)
+    code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--max-batch", "4")
+    assert code == 0, err
+    events = made[-1].events
+    assert events[0][:2] == ("start", "Building engine") and events[0][2] > 0
+    assert events[-1] == ("finish", "Building engine", None)
+    assert len(events) > 4 and made[-1].answers and all(made[-1].answers)
+    _check_nesting(events)
+    assert mf.read_manifest(workdir / "engines" / f"{tiny_onnx.stem}_fp32_b4.rtx.engine")[
+        "build_options"]["progress"] == "monitor"
+
+
+def test_on_step_false_stops_the_real_build(tiny_onnx, monkeypatch, capfd):
+    """An interrupt recorded when the first phase starts: on_step answers False, TensorRT-RTX cancels (its log
+    says so, and it unwinds its phases at once), and build_serialized raises KeyboardInterrupt."""
+    made = _recording_progress(monkeypatch, on_start=lambda p: p.interrupt() if len(p.events) == 1 else None)
+    library = _rtx()
+    options = EngineOptions(family="tensorrt-rtx", progress=False)
+    io, plan = inspect_onnx(tiny_onnx), _plan(library, "fp32", tiny_onnx)
+    parsed = builder.parse_network(library, plan, options.log_level)
+    setup = builder.configure(library, parsed, plan, options.batch_profile(io.batch), options, chw=io.chw())
+    with pytest.raises(KeyboardInterrupt):
+        builder.build_serialized(parsed, setup, library, plan, "building x")
+    progress = made[-1]
+    assert progress is setup.progress and progress.cancelled
+    assert progress.answers == [False]  # TensorRT asked at its next step, heard False, and stopped
+    _check_nesting(progress.events)
+    assert "BuildCanceled" in "".join(capfd.readouterr())  # TensorRT-RTX's log
+    assert setup.keep_alive == []
+
+
+def test_all_precisions_build_without_the_removed_names(tmp_path):
+    """The strongly typed API (TensorRT 11.x's, TensorRT-RTX's) has no EXPLICIT_BATCH, no FP16/INT8 builder flags
+    and no calibrator: touching any of them would raise AttributeError on the real module. fp32 from the FP32
+    ONNX, fp16 from an AutoCast-style FP16 ONNX, int8 from a Q/DQ ONNX all build."""
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    assert not hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+    assert not any(hasattr(trt.BuilderFlag, name) for name in ("FP16", "INT8"))
+    assert not hasattr(trt, "IInt8EntropyCalibrator2")
+    assert not any(hasattr(config, name) for name in ("int8_calibrator", "set_calibration_profile"))
+
+    fp32 = tiny_classifier_onnx(tmp_path / "tiny.onnx")
+    converted = {"fp32": fp32, "fp16": tiny_classifier_onnx(tmp_path / "tiny_fp16.onnx", fp16=True),
+                 "int8": tiny_classifier_onnx(tmp_path / "tiny_int8.onnx", qdq=True, opset=19)}
+    options = EngineOptions(family="tensorrt-rtx", engine_dir=tmp_path / "engines", max_batch=4, progress=False)
+    for precision, onnx in converted.items():
+        built = build_engine(onnx, precision, options, fp32_onnx_path=fp32)
+        assert built.path == tmp_path / "engines" / f"tiny_{precision}_b4.rtx.engine"
+        m = _check_manifest_against_file(built.path)
+        assert m["precision"] == precision and m["onnx"] == str(onnx) and m["calibration"] is None
+        assert m["build_options"]["flags"] == [] and m["build_options"]["network_flags"] == 0
+        assert m["build_options"]["strongly_typed"] and m["int8_mode"] == ("qdq" if precision == "int8" else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ctrl-C during a real build: a real SIGINT, exit status 130, nothing written
+
+
+def test_sigint_during_the_real_build_exits_130_and_writes_nothing(workdir, capsys, tiny_onnx, monkeypatch):
+    """SIGINT to this very process when TensorRT-RTX starts its first phase (inside its callback): recorded, the
+    build cancelled, KeyboardInterrupt once TensorRT has returned; the CLI says `interrupted` and exits 130."""
+    before = signal.getsignal(signal.SIGINT)
+    made = _recording_progress(
+        monkeypatch, on_start=lambda p: os.kill(os.getpid(), signal.SIGINT) if len(p.events) == 1 else None)
+    for _ in range(3):  # the same every time
+        code, out, err = _build(capsys, "--onnx", str(tiny_onnx))
+        assert code == 130 and err.strip().splitlines()[-1] == "interrupted", err
+        assert "engine ready" not in out and "Traceback" not in err and "error:" not in err
+        assert made[-1].cancelled and made[-1].answers[-1] is False  # TensorRT was told to stop
+        _check_nesting(made[-1].events)
+        assert signal.getsignal(signal.SIGINT) is before  # Python's own handler is back
+        assert _files_in(workdir / "engines") == []  # no engine, manifest or temporary file
+
+
+@pytest.fixture(scope="module")
+def res2net50_onnx(tmp_path_factory):
+    """The full res2net50_vd_26w_4s with seeded random weights: its real build lasts about a second here."""
+    from trt_res2net.model import weights as W
+    from trt_res2net.model import zoo
+    from trt_res2net.model.onnx_export import write_onnx
+
+    spec = zoo.get_model("res2net50_vd_26w_4s")
+    path = tmp_path_factory.mktemp("res2net50") / f"{spec.name}.onnx"
+    return write_onnx(spec, W.random_weights(spec, seed=0), path, metadata={"weights": "random (seed 0)"})
+
+
+def _build_py(onnx: Path, engine_dir: Path, interrupt_after: float | None = None) -> tuple[int, list[str]]:
+    """``python build.py`` from the repository root; with ``interrupt_after``, SIGINT that many seconds after its
+    stderr shows the `build: ... →` line (printed just before TensorRT starts building)."""
+    command = [sys.executable, "build.py", "--quiet", "--engine-family", "tensorrt-rtx", "--onnx", str(onnx),
+               "--builder-opt-level", "5", "--engine-dir", str(engine_dir)]
+    lines, timer = [], None
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            for line in proc.stderr:
+                lines.append(line.rstrip("\n"))
+                if interrupt_after is not None and timer is None and line.startswith("build: ") and "→" in line:
+                    timer = threading.Timer(interrupt_after, proc.send_signal, (signal.SIGINT,))
+                    timer.start()
+            proc.wait(timeout=300)
+        finally:
+            if timer is not None:
+                timer.join()
+            if proc.poll() is None:
+                proc.kill()
+    assert interrupt_after is None or timer is not None, lines
+    return proc.returncode, lines
+
+
+def test_sigint_to_a_build_py_process_at_several_moments(res2net50_onnx, tmp_path):
+    """Ctrl-C to build.py at the start, a fifth and half-way through the real build (measured first, on this
+    machine: about 1-1.8 s at --builder-opt-level 5 on 2 CPU cores, and the process lives ~0.3 s longer to write the
+    engine): exit 130, `interrupted`, and no engine, manifest or temporary file, every time."""
+    code, lines = _build_py(res2net50_onnx, tmp_path / "measured")
+    assert code == 0, "\n".join(lines)
+    build_s = mf.read_manifest(tmp_path / "measured" / "res2net50_vd_26w_4s_fp32_b32.rtx.engine")["build_time_s"]
+    assert build_s > 0.2, build_s
+    for fraction in (0.0, 0.2, 0.5):
+        engines = tmp_path / f"interrupted_at_{fraction}"
+        code, lines = _build_py(res2net50_onnx, engines, interrupt_after=fraction * build_s)
+        finished = any(line.startswith("wrote ") for line in lines) or _files_in(engines) != []
+        if finished and fraction > 0:
+            # this build outran the signal (much faster than the measured one): what Ctrl-C after a build may
+            # leave is a complete engine, never a temporary file or a manifest without its engine
+            warnings.warn(f"build.py finished before SIGINT at {fraction * build_s:.2f}s; not counted", stacklevel=1)
+            left = _files_in(engines)
+            assert not any(name.startswith(".") for name in left), left
+            assert not any(name.endswith(".json") for name in left) or _check_manifest_against_file(
+                engines / "res2net50_vd_26w_4s_fp32_b32.rtx.engine")
+            continue
+        assert code == 130 and lines[-1] == "interrupted", (fraction, code, lines[-5:])
+        assert not any(line.startswith(("Traceback", "error:", "wrote ")) for line in lines), lines
+        assert _files_in(engines) == [], fraction

@@ -55,12 +55,12 @@ def test_parse_version_rejects_garbage():
 
 # What the bindings of each release have (tensorrt_notes §2.5 / the trt-api-check name lists).
 EXPECTED_GATES = {
-    #            explicit strongly always  flags  calib  monitor optlvl  dmv2   opset  fp16src
-    "8.6.1": (True, False, False, True, True, False, True, False, 17, "flag"),
-    "10.3.0": (False, True, False, True, True, True, True, True, None, "flag"),
-    "10.13.3": (False, True, False, True, True, True, True, True, None, "flag"),
-    "11.4.0": (False, True, True, False, False, True, True, True, None, "onnx"),
-    "rtx-1.7.1": (False, True, True, False, False, True, True, True, None, "onnx"),
+    #            explicit strongly always  flags  calib  monitor optlvl  opset  fp16src
+    "8.6.1": (True, False, False, True, True, False, True, 17, "flag"),
+    "10.3.0": (False, True, False, True, True, True, True, None, "flag"),
+    "10.13.3": (False, True, False, True, True, True, True, None, "flag"),
+    "11.4.0": (False, True, True, False, False, True, True, None, "onnx"),
+    "rtx-1.7.1": (False, True, True, False, False, True, True, None, "onnx"),
 }
 #                    dla    no-GPU build  targets  runtime cache  timing cache
 FAMILY_GATES = {"tensorrt": (True, False, False, False, True), "tensorrt-rtx": (False, True, True, True, False)}
@@ -77,7 +77,6 @@ def test_gates_per_release(release):
         trt_compat.has_int8_calibrator(v),
         trt_compat.has_progress_monitor(v),
         trt_compat.has_builder_optimization_level(v),
-        trt_compat.has_device_memory_size_v2(v),
         trt_compat.max_onnx_opset(v),
         trt_compat.fp16_source(v),
     )
@@ -90,7 +89,7 @@ def test_gates_per_release(release):
 def test_gates_accept_tuples_and_strings():
     assert trt_compat.needs_explicit_batch_flag((8, 6))
     assert not trt_compat.needs_explicit_batch_flag("10.3.0")
-    assert trt_compat.has_device_memory_size_v2("10.1") and not trt_compat.has_device_memory_size_v2("10.0.1")
+    assert trt_compat.has_progress_monitor("9.0") and not trt_compat.has_progress_monitor("8.6.1")
     assert not trt_compat.is_supported("8.5.2") and trt_compat.is_supported("8.6.1")
     # a TensorRT-RTX version is always a TrtVersion: "1.7" as a string is a (too old) TensorRT
     assert trt_compat.is_supported(RTX) and not trt_compat.is_supported("1.7.1")

@@ -135,11 +135,18 @@ def test_cuda_graph_failure_falls_back_with_a_warning(tmp_path, fake_trt, capsys
     assert not backend.info()["cuda_graph"]
 
 
-def test_time_compute_ms(tmp_path, fake_trt):
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_time_compute_ms(tmp_path, fake_trt, cuda_graph):
+    """The events enclose exactly one execution at the asked batch: the fake GPU's clock advances
+    EXECUTE_MS_PER_IMAGE per image executed, so the first run (and the graph capture) kept outside the timed
+    region, or a wrong batch, would show in the result."""
     backend = TensorRTBackend(write_engine(tmp_path / "m.engine", batch=(1, 4, 8)), check_manifest=False,
-                              cuda_graph=True)
-    assert backend.time_compute_ms(8) >= 0.0
-    assert backend.time_compute_ms(8) >= 0.0
+                              cuda_graph=cuda_graph)
+    per_image = fake_gpu_runtime.EXECUTE_MS_PER_IMAGE
+    assert backend.time_compute_ms(8) == 8 * per_image  # the first run at 8 happened before the events
+    assert backend.time_compute_ms(8) == 8 * per_image
+    assert backend.time_compute_ms(1) == 1 * per_image
+    assert backend.context.executions == 5  # 2 first runs + 3 timed
     with pytest.raises(UserError, match="batch 9"):
         backend.time_compute_ms(9)
 

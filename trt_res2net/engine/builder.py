@@ -317,27 +317,42 @@ def configure(library: trt_compat.Library, parsed: ParsedNetwork, plan: BuildPla
 
 def build_serialized(parsed: ParsedNetwork, setup: BuildSetup, library: trt_compat.Library, plan: BuildPlan,
                      spinner_label: str) -> tuple[memoryview, float]:
-    """Run the build: (serialized plan, seconds). Ctrl-C during it becomes KeyboardInterrupt after TensorRT has
-    stopped; a calibration error is re-raised; no plan at all is a UserError pointing at the library's log."""
+    """Run the build: (serialized plan, seconds).
+
+    Ctrl-C during it (in the main thread) is only recorded while TensorRT runs: the progress monitor then asks
+    TensorRT to cancel, the calibrator stops feeding and writes no cache, and KeyboardInterrupt is raised once
+    TensorRT has returned, before anything else is looked at (a plan made anyway is discarded). Otherwise a
+    calibration error is re-raised; no plan at all is a UserError pointing at the library's log."""
     spinner = (contextlib.nullcontext() if setup.use_monitor
                else build_progress.Spinner(spinner_label, enabled=setup.progress.enabled))
+
+    def interrupted() -> None:  # the SIGINT handler: record, never raise (it may run inside a TensorRT callback)
+        setup.progress.interrupt()
+        if setup.feed is not None and setup.feed.error is None:
+            setup.feed.error = KeyboardInterrupt()  # next_batch ends calibration, write_cache keeps nothing
+
+    serialized = None
     started = time.perf_counter()
     try:
-        with spinner:
+        with build_progress.sigint_recorded(interrupted), spinner:
             serialized = parsed.builder.build_serialized_network(parsed.network, setup.config)
+    except Exception:
+        if not setup.progress.cancelled:
+            raise
     finally:
         setup.progress.close()
         if setup.feed is not None:
             setup.feed.close()
     seconds = time.perf_counter() - started
     setup.keep_alive.clear()  # TensorRT is done with the monitor and the calibrator
+    if setup.progress.cancelled:  # Ctrl-C during the build: whatever TensorRT returned, nothing is written
+        del serialized
+        raise KeyboardInterrupt
     if setup.feed is not None and setup.feed.error is not None:
         err = setup.feed.error
         raise err if isinstance(err, (UserError, KeyboardInterrupt)) else UserError(
             f"INT8 calibration failed: {type(err).__name__}: {err}") from err
     if serialized is None:
-        if setup.progress.cancelled:  # Ctrl-C during the build: TensorRT stopped it; nothing was written
-            raise KeyboardInterrupt
         raise UserError(f"building the engine from {plan.onnx_path} failed ({library.family.label}'s log above "
                         "says why)")
     return memoryview(serialized), seconds

@@ -3,13 +3,20 @@
 Plain Python, no TensorRT here: ``trt_res2net.engine.builder`` wraps :class:`BuildProgress` in a
 ``tensorrt.IProgressMonitor`` subclass where the release has one, and runs :class:`Spinner` around the
 build where it does not (8.6), so that a build is never silent for minutes.
+
+Ctrl-C during a build goes through :func:`sigint_recorded`: while TensorRT builds, SIGINT only records the
+interrupt (``BuildProgress.interrupt``), ``on_step`` then tells TensorRT to cancel, and the builder raises
+KeyboardInterrupt once TensorRT has returned, so a KeyboardInterrupt never lands inside a TensorRT callback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 
 def format_elapsed(seconds: float) -> str:
@@ -26,18 +33,23 @@ def format_elapsed(seconds: float) -> str:
 class BuildProgress:
     """Receives TensorRT's progress callbacks and draws one tqdm bar per active phase, nested by parent.
 
-    ``on_step`` returns False after Ctrl-C (TensorRT then cancels the build and returns no engine); the
-    callbacks themselves never raise, since an exception inside a TensorRT callback cannot unwind cleanly.
+    ``on_step`` returns False once :meth:`interrupt` was called (Ctrl-C: TensorRT then cancels the build and
+    returns no engine); the callbacks themselves never raise, since an exception inside a TensorRT callback
+    cannot unwind cleanly.
     """
 
     def __init__(self, *, max_depth: int = 3, file=None, enabled: bool = True):
         self.max_depth = max_depth
         self.file = file if file is not None else sys.stderr
         self.enabled = enabled
-        self.cancelled = False
+        self.cancelled = False  # Ctrl-C was recorded: TensorRT is told to stop, the builder raises after it
         self._depth: dict[str, int] = {}
         self._bars: dict[str, object] = {}
         self.events: list[tuple] = []  # (kind, phase, value): kept for tests and the manifest
+
+    def interrupt(self) -> None:
+        """Record Ctrl-C (called from the SIGINT handler of :func:`sigint_recorded`): no drawing, no raising."""
+        self.cancelled = True
 
     def on_start(self, phase: str, parent: str | None, num_steps: int) -> None:
         try:
@@ -52,7 +64,7 @@ class BuildProgress:
                                          file=self.file, dynamic_ncols=True,
                                          mininterval=0.1 if tty else 10.0)  # a log gets a line per 10 s
         except KeyboardInterrupt:
-            self.cancelled = True
+            self.interrupt()
 
     def on_step(self, phase: str, step: int) -> bool:
         try:
@@ -60,7 +72,7 @@ class BuildProgress:
             if bar is not None:
                 bar.update(step + 1 - bar.n)  # TensorRT counts steps from 0; tqdm redraws at its own pace
         except KeyboardInterrupt:
-            self.cancelled = True
+            self.interrupt()
         return not self.cancelled
 
     def on_finish(self, phase: str) -> None:
@@ -72,12 +84,35 @@ class BuildProgress:
                 bar.close()
             self._depth.pop(phase, None)
         except KeyboardInterrupt:
-            self.cancelled = True
+            self.interrupt()
 
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
+
+
+@contextlib.contextmanager
+def sigint_recorded(on_interrupt: Callable[[], None]) -> Iterator[bool]:
+    """``with sigint_recorded(progress.interrupt):`` — while the body runs, SIGINT (Ctrl-C) calls ``on_interrupt``
+    instead of raising KeyboardInterrupt wherever Python happens to be (inside a TensorRT callback, say); the
+    caller checks what was recorded after the body and raises then. The previous handler is restored on the way
+    out, whatever happens. Only the main thread can set signal handlers: elsewhere this does nothing (the body
+    gets False, the main thread True).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+
+    def handler(signum, frame):
+        on_interrupt()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield True
+    finally:
+        # None: a handler not set from Python; the default is the closest Python can restore
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 class Spinner:

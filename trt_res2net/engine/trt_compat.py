@@ -77,9 +77,6 @@ class TrtVersion(NamedTuple):
         """``TensorRT 10.3.0`` / ``TensorRT-RTX 1.7.1``."""
         return f"{FAMILIES[self.family].label} {self}"
 
-    def release(self) -> tuple[int, int]:
-        return self.major, self.minor
-
 
 def parse_version(text: str, family_key: str = TENSORRT.key) -> TrtVersion:
     """``"10.3.0.26"`` → TrtVersion(10, 3, 0, 26); also ``"8.6.1"``, ``"11.4.0.106"``, ``"10.13.3.post1"``;
@@ -164,13 +161,6 @@ def has_builder_optimization_level(v) -> bool:
     return rel is None or rel >= (8, 6)
 
 
-def has_device_memory_size_v2(v) -> bool:
-    """ICudaEngine.device_memory_size_v2 (added in 10.1); device_memory_size was removed in 11.0 and is not in
-    TensorRT-RTX."""
-    rel = _trt(v)
-    return rel is None or rel >= (10, 1)
-
-
 def has_dla(v) -> bool:
     """Deep-learning accelerators exist on Jetson only, which TensorRT-RTX does not target."""
     return _trt(v) is not None
@@ -237,8 +227,6 @@ GATED_NAMES = {
     "set_calibration_profile": has_int8_calibrator,
     "IProgressMonitor": has_progress_monitor,
     "progress_monitor": has_progress_monitor,
-    "device_memory_size_v2": has_device_memory_size_v2,
-    "device_memory_size": lambda v: not has_device_memory_size_v2(v),
     "ComputeCapability": has_compute_capability_targets,
     "num_compute_capabilities": has_compute_capability_targets,
     "set_compute_capability": has_compute_capability_targets,
