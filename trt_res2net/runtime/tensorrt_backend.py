@@ -53,7 +53,7 @@ def topk_numpy(outputs: np.ndarray, k: int, apply_softmax: bool) -> TopK:
 
 @dataclass
 class _Bindings:
-    """Buffers (and the CUDA graph) for one batch size."""
+    """The buffers of one batch size — device input and output, their pinned host mirrors — and its CUDA graph."""
 
     batch: int
     device_in: object
@@ -64,6 +64,26 @@ class _Bindings:
     host_out: np.ndarray
     graph: object = None
     ran: bool = False  # executed at least once (the first run of a TensorRT-RTX engine compiles kernels)
+
+    @classmethod
+    def allocate(cls, stream, input_shape: tuple[int, ...], input_dtype: np.dtype, num_classes: int,
+                 output_dtype: np.dtype) -> _Bindings:
+        from ..cuda import device as cu
+
+        n = input_shape[0]
+        in_bytes = int(np.prod(input_shape)) * input_dtype.itemsize
+        out_bytes = n * num_classes * output_dtype.itemsize
+        device_in, device_out = cu.DeviceBuffer(in_bytes), cu.DeviceBuffer(out_bytes)
+        pinned_in, pinned_out = cu.PinnedBuffer(in_bytes), cu.PinnedBuffer(out_bytes)
+        stream.memset(device_in.address, 0, in_bytes)  # padding slots of fixed-batch runs stay finite
+        return cls(n, device_in, device_out, pinned_in, pinned_out, pinned_in.view(input_dtype, input_shape),
+                   pinned_out.view(output_dtype, (n, num_classes)))
+
+    def free(self) -> None:
+        if self.graph is not None:
+            self.graph.destroy()
+        for buf in (self.device_in, self.device_out, self.pinned_in, self.pinned_out):
+            buf.free()
 
 
 class TensorRTBackend:
@@ -169,24 +189,14 @@ class TensorRTBackend:
             "first_run_ms": {str(b): round(ms, 3) for b, ms in sorted(self.first_run_ms.items())},
         }
 
-    # -- bindings and execution --------------------------------------------------------------------
+    # -- execution: bindings per batch size, the enqueue (and its CUDA graph), chunks of any n --------
 
     def _get_bindings(self, n: int) -> _Bindings:
-        from ..cuda import device as cu
-
+        """The buffers of batch size ``n``, allocated once."""
         b = self._bindings.get(n)
-        if b is not None:
-            return b
-        in_shape = self._input_shape(n)
-        in_bytes = int(np.prod(in_shape)) * self.input_dtype.itemsize
-        out_bytes = n * self.num_classes * self.output_dtype.itemsize
-        device_in, device_out = cu.DeviceBuffer(in_bytes), cu.DeviceBuffer(out_bytes)
-        pinned_in, pinned_out = cu.PinnedBuffer(in_bytes), cu.PinnedBuffer(out_bytes)
-        self.stream.memset(device_in.address, 0, in_bytes)  # padding slots of fixed-batch runs stay finite
-        b = _Bindings(n, device_in, device_out, pinned_in, pinned_out,
-                      pinned_in.view(self.input_dtype, in_shape), pinned_out.view(self.output_dtype,
-                                                                                  (n, self.num_classes)))
-        self._bindings[n] = b
+        if b is None:
+            b = self._bindings[n] = _Bindings.allocate(self.stream, self._input_shape(n), self.input_dtype,
+                                                       self.num_classes, self.output_dtype)
         return b
 
     def _bind(self, b: _Bindings) -> None:
@@ -256,6 +266,8 @@ class TensorRTBackend:
             out[start : start + count] = b.host_out[:count]
         return out
 
+    # -- GPU preprocessing and top-k -----------------------------------------------------------------
+
     def _gpu_kernels(self):
         if self._kernels is None:
             from ..cuda.kernels import GpuKernels
@@ -316,10 +328,7 @@ class TensorRTBackend:
         goes with the object)."""
         self.save_runtime_cache()
         for b in self._bindings.values():
-            if b.graph is not None:
-                b.graph.destroy()
-            for buf in (b.device_in, b.device_out, b.pinned_in, b.pinned_out):
-                buf.free()
+            b.free()
         self._bindings.clear()
         if self._kernels is not None:
             self._kernels.close()
