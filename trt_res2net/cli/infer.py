@@ -147,7 +147,7 @@ def run_classify(args: argparse.Namespace) -> int:
         _report_first_runs(clf.backend, args.quiet)
         clf.close()  # a TensorRT-RTX engine writes its runtime cache here
     if args.json:
-        # The format: a list of {"image", "topk"} / {"image", "error"}; each classified image also
+        # infer.py's JSON: a list of {"image", "topk"} / {"image", "error"}; each classified image also
         # says where it was preprocessed ("gpu" kernel or the "cpu" reference).
         _write_json(args.json, [r if "error" in r else {**r, "preprocessing": clf.preprocessing} for r in results])
     if failed or args.quiet:
