@@ -46,6 +46,13 @@ _API = {
     "open_backend": "runtime.backend",
     "benchmark_engine": "runtime.benchmark",
     "BenchmarkOptions": "runtime.benchmark",
+    # video: files, cameras and network streams, batched (docs/streams.md)
+    "open_streams": "runtime.stream",
+    "StreamOptions": "runtime.stream",
+    "StreamRunner": "runtime.stream",
+    "StreamResult": "runtime.stream",
+    "StreamSummary": "runtime.stream",
+    "parse_source": "data.sources",
     # serving
     "write_triton_repository": "serving.repository",
     "TritonOptions": "serving.repository",

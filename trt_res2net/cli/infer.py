@@ -3,6 +3,7 @@
     python infer.py MODEL_FILE IMAGE_OR_DIR... [--topk 5] [--batch N] [--json PATH] [--labels FILE]
     python infer.py MODEL_FILE [MODEL_FILE...] --eval LIST [--data-root DIR] [--limit N] [--json PATH]
     python infer.py ENGINE --benchmark [--batch 1,8,32] [--iterations N] [--warmup N] [--polygraphy] ...
+    python infer.py MODEL_FILE SOURCE... [--jsonl PATH] [--save-video DIR] [--smooth N] ...  (cli/streams.py)
 
 Exit status: 0 every image classified, 1 some images could not be read (the others are still reported),
 2 usage or input error, 3 a TensorRT engine was given but TensorRT / a GPU is missing.
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
 from .benchmark import add_benchmark_arguments, run_benchmark
 from .common import positive_int, run_main, warn
+from .streams import add_stream_arguments, run_streams, wants_streams
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
 DEFAULT_BATCH = 8
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGE_OR_DIR",
         nargs="*",
         help="image files, or folders walked for .jpg .jpeg .png .bmp .webp (any case); "
-        "with --eval: more model files to evaluate and compare with the first",
+        "with --eval: more model files to evaluate and compare with the first; video files, cameras and "
+        "streams: see 'video and streams'",
     )
     out = p.add_argument_group("output")
     out.add_argument("--topk", type=positive_int, default=5, metavar="K", help="classes to report per image (5)")
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", metavar="DIR", help="where the list's paths start (the list's folder)")
     ev.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N listed images")
     add_benchmark_arguments(p)  # --benchmark, --iterations, --warmup, --cuda-graph, --plot, --polygraphy
+    add_stream_arguments(p)  # --jsonl, --save-video, --display, --threshold, --smooth, --loop, ...
     return p
 
 
@@ -193,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     args.batch = _one_batch_size(args.batch)
     if args.eval:
         return run_eval(args)
+    if wants_streams(args):
+        return run_streams(args)
     return run_classify(args)
 
 
