@@ -314,6 +314,16 @@ def test_truncated_video_and_bad_images_are_reported_and_the_rest_classified(tin
     assert [r["frame"] for r in records if r["source"] == str(folder)] == [0, 2]
 
 
+def test_a_looped_folder_of_unreadable_images_ends(tiny, tmp_path):
+    for i in range(2):
+        (tmp_path / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    events = []
+    with open_streams(tiny, [tmp_path], StreamOptions(loop=True), on_event=events.append) as run:
+        assert list(run) == []
+    s = run.summary().sources[0]
+    assert s.errors == 2 and s.status == "ended" and len(events) == 2
+
+
 def test_options_are_checked():
     for bad in ({"threshold": 1.5}, {"batch": 0}, {"smooth": 0}, {"reconnect_timeout": 0}, {"queue_size": -1}):
         with pytest.raises(UserError):
@@ -377,3 +387,24 @@ def test_results_and_summary_serialise(tiny, tmp_path):
     assert summary["classified"] == 3 and summary["sources"][0]["read"] == 3
     assert summary["latency_p99_ms"] >= summary["latency_p50_ms"] > 0
     assert threading.active_count() >= 1
+
+
+def test_bench_streams_runs_every_case(tiny):
+    """benchmarks/bench_streams.py end to end on the tiny model and small frames (its figures: docs/streams.md)."""
+    import argparse
+
+    from bench_scripts import load_benchmark
+
+    bench = load_benchmark("bench_streams")
+    args = argparse.Namespace(model=None, model_file=str(tiny), batch=4, frames=8, size="160x120", runs=1,
+                              live_seconds=0.5, live_fps=20.0, json=None)
+    report = bench.bench(args)
+    cases = report["cases"]
+    assert list(cases) == ["decode only", "model alone, batch 1", "model alone, batch 4", "serial loop (batch 1)",
+                           "runner, 1 source, batch 1", "runner, 1 source, batch 4", "runner, 4 sources, batch 4",
+                           "live, 1 camera, batch 4", "live, 4 cameras, batch 4"]
+    assert all(c["fps"] > 0 and c["frames"] > 0 for c in cases.values())
+    assert cases["runner, 1 source, batch 4"]["frames"] == 8 and cases["runner, 4 sources, batch 4"]["frames"] == 8
+    assert cases["live, 4 cameras, batch 4"]["read"] == 40
+    text = bench.table(report)
+    assert text.count("\n") == len(cases) + 1 and "latency p99 ms" in text

@@ -173,7 +173,8 @@ class StreamSummary:
 
     @property
     def failed(self) -> bool:
-        return any(s.failed for s in self.sources)
+        """A source could not be opened, gave up, ended early, or had unreadable frames (infer.py exits 1)."""
+        return any(s.failed or s.errors for s in self.sources)
 
     def latency(self) -> dict:
         everything = [x for s in self.sources for x in s.latencies_ms]
@@ -324,8 +325,13 @@ class StreamRunner:
         if self._started:
             return self
         self._started = True
-        with ThreadPoolExecutor(min(8, len(self._states)), thread_name_prefix="open") as pool:
-            list(pool.map(self._open, self._states))
+        try:
+            with ThreadPoolExecutor(min(8, len(self._states)), thread_name_prefix="open") as pool:
+                list(pool.map(self._open, self._states))
+        except BaseException:  # Ctrl-C while opening: release what was opened
+            self._release_unstarted()
+            self._close_classifier()
+            raise
         failed = [st for st in self._states if st.source is None]
         if len(failed) == len(self._states):
             self._close_classifier()
@@ -365,7 +371,7 @@ class StreamRunner:
         period = 0.0
         if o.realtime and not source.live:
             period = 1.0 / (cap.fps if cap.fps > 0 else o.realtime_fps)
-        paced_start, paced_n, this_pass = None, 0, 0
+        paced_start, paced_n, this_pass, good_this_pass = None, 0, 0, 0
         try:
             while not self._stop.is_set():
                 if o.max_frames and st.stats.read >= o.max_frames:
@@ -390,8 +396,8 @@ class StreamRunner:
                             break
                         continue
                     self._check_complete(st, cap, this_pass)
-                    if o.loop and this_pass > 0 and cap.rewind():
-                        this_pass = 0
+                    if o.loop and good_this_pass > 0 and cap.rewind():  # a source of bad frames only: no loop
+                        this_pass = good_this_pass = 0
                         continue
                     if not st.stats.failed:
                         st.stats.status = "ended"
@@ -409,6 +415,7 @@ class StreamRunner:
                               getattr(cap, "image", None))
                 st.next_index += 1
                 this_pass += 1
+                good_this_pass += 1
                 with self._cond:
                     st.stats.read += 1
                     if st.live:
@@ -678,6 +685,11 @@ class StreamRunner:
             if st.stats.status == "running":
                 st.stats.status = "stopped"
         self._close_classifier()
+
+    def _release_unstarted(self) -> None:
+        for st in self._states:
+            if st.cap is not None and st.thread is None:
+                st.cap.release()
 
     def _close_classifier(self) -> None:
         if self._own_classifier:
