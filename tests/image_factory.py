@@ -162,6 +162,43 @@ def random_bytes() -> bytes:
     return np.random.default_rng(4).integers(0, 256, 4096, dtype=np.uint8).tobytes()
 
 
+# ----------------------------------------------------------------------------------------- hostile inputs
+
+
+def _zlib_zeros(chunks: int, chunk_len: int) -> bytes:
+    """zlib data of chunks × chunk_len zero bytes, without compressing them all: one chunk compressed and ended by
+    a full flush (no reference back) is repeated, then a final empty block and the Adler-32 (of zeros: a = 1,
+    b = the count modulo 65521)."""
+    import struct
+    import zlib
+
+    c = zlib.compressobj(9)
+    first = c.compress(b"\0" * chunk_len) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(b"\0" * chunk_len) + c.flush(zlib.Z_FULL_FLUSH)
+    total = chunks * chunk_len
+    return first + again * (chunks - 1) + b"\x03\x00" + struct.pack(">I", ((total % 65521) << 16) | 1)
+
+
+def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid black RGB PNG of width × height (20000×20000: 400 MP, 1.2 GB decoded, 1.17 MB encoded), made in
+    milliseconds. ``height`` must be a multiple of 100."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    idat = _zlib_zeros(height // 100, 100 * (1 + 3 * width))  # each row: filter byte 0, then the pixels
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def oversized_jpeg(total_bytes: int = 60_000_000) -> bytes:
+    """A real photograph followed by zeros up to ``total_bytes``: a request over the byte limit."""
+    data = (DATA / "coffee.jpg").read_bytes()
+    return data + b"\0" * (total_bytes - len(data))
+
+
 AWKWARD = {
     "gray.png": grayscale_png,
     "gray.jpg": grayscale_jpeg,

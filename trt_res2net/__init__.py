@@ -33,6 +33,7 @@ _API = {
     # data
     "SPEC": "data.preprocess",
     "preprocess": "data.preprocess",
+    "ImageLimits": "data.preprocess",
     "load_labels": "data.postprocess",
     # precision
     "convert_precision": "precision.convert",

@@ -16,9 +16,19 @@ import sys
 from pathlib import Path
 
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
+from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from .benchmark import add_benchmark_arguments, run_benchmark
 from .common import positive_int, run_main, warn
 from .streams import add_stream_arguments, run_streams, wants_streams
+
+
+def image_limits(args: argparse.Namespace):
+    """``--max-image-pixels`` / ``--max-image-bytes`` → ``ImageLimits`` whose refusals name these flags."""
+    from ..data.preprocess import ImageLimits
+
+    return ImageLimits(max_pixels=args.max_image_pixels, max_bytes=args.max_image_bytes,
+                       pixels_option="--max-image-pixels", bytes_option="--max-image-bytes")
+
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
 DEFAULT_BATCH = 8
@@ -65,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "with --benchmark a list B[,B...] (default 1,8,32)")
     run.add_argument("--threads", type=positive_int, default=2, metavar="N",
                      help="threads decoding and preprocessing images ahead of inference (2)")
+    run.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                     help="skip images whose header declares more pixels, before decoding them "
+                     f"({DEFAULT_MAX_IMAGE_PIXELS})")
+    run.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES, metavar="N",
+                     help=f"skip larger image files, before reading them ({DEFAULT_MAX_IMAGE_BYTES})")
     run.add_argument("--cpu-preprocess", action="store_true",
                      help="preprocess on the CPU even where a TensorRT engine can do it on the GPU (its "
                      "default: images are only decoded on the CPU; resize, crop, normalisation and top-k run "
@@ -130,6 +145,7 @@ def run_classify(args: argparse.Namespace) -> int:
         where = ", ".join(args.inputs)
         raise UserError(f"no images found in {where} (looked for .jpg .jpeg .png .bmp .webp)")
     clf = Classifier(args.model, labels=args.labels, topk=args.topk, batch=args.batch, threads=args.threads,
+                     limits=image_limits(args),
                      gpu_preprocess=not args.cpu_preprocess)
     describe = getattr(clf.backend, "describe", None)
     if describe and not args.quiet:

@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
-from .preprocess import SPEC, ImageDecodeError, PreprocessSpec, decode_for_preprocessing, preprocess
+from .preprocess import (
+    DEFAULT_LIMITS,
+    SPEC,
+    ImageDecodeError,
+    ImageLimits,
+    PreprocessSpec,
+    decode_for_preprocessing,
+    preprocess,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -86,7 +94,8 @@ class ImageBatcher:
     after the last image. Up to ``prefetch`` images (default: two batches) are decoded ahead.
 
     ``decode_only``: batches of decoded BGR uint8 images (``Batch.images``) for preprocessing elsewhere
-    (the GPU); the same images are refused as when preprocessing here.
+    (the GPU); the same images are refused as when preprocessing here. ``limits``: images over them are skipped
+    (refused from their size and header, before they are read or decoded).
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class ImageBatcher:
         exact_batches: bool = False,
         prefetch: int | None = None,
         decode_only: bool = False,
+        limits: ImageLimits = DEFAULT_LIMITS,
     ):
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -107,6 +117,7 @@ class ImageBatcher:
         self.threads = max(1, threads)
         self.exact_batches = exact_batches
         self.decode_only = decode_only
+        self.limits = limits
         self.prefetch = max(prefetch or 2 * batch_size, self.threads)
         self.failures: list[tuple[str, str]] = []
         self.dropped = 0
@@ -122,8 +133,8 @@ class ImageBatcher:
 
     def _load(self, item) -> np.ndarray:
         if self.decode_only:
-            return decode_for_preprocessing(item, self.spec)
-        return preprocess(item, self.spec)
+            return decode_for_preprocessing(item, self.spec, self.limits)
+        return preprocess(item, self.spec, limits=self.limits)
 
     def __iter__(self) -> Iterator[Batch]:
         from concurrent.futures import ThreadPoolExecutor

@@ -8,6 +8,10 @@ awkward cases behave as they do there — grayscale is replicated to three chann
 composited), 16-bit samples keep their high byte, CMYK JPEGs are converted by libjpeg, EXIF orientation is
 applied. docs/preprocessing.md lists each case with what was measured.
 
+Decoding is bounded (``ImageLimits``): an input over ``max_bytes`` is refused before it is read, and an image whose
+header (``data.image_header``) declares more than ``max_pixels`` before it is decoded — one line naming the limit
+and the option that raises it, in microseconds, without the memory the decode would take.
+
 The implementation is faster than the straight recipe but gives the same float32 values bit for bit:
 ``cv2.resize`` works per channel, so resizing BGR and reversing afterwards equals reversing first; only the
 224×224 crop is converted; and the normalisation ``(x * scale - mean) / std`` of an 8-bit value x has only
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
+from .image_header import image_size
 
 
 class ImageDecodeError(UserError):
@@ -92,6 +97,66 @@ class PreprocessSpec:
 
 
 SPEC = PreprocessSpec()
+
+# What real photographs need (61 MP full-frame sensors; a 50 MP JPEG is 10–30 MB); a 20000×20000 PNG bomb (400 MP,
+# ~1 MB) is refused. Stated once here: infer.py's --max-image-* flags and the Triton preprocessing default to them.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+DEFAULT_MAX_IMAGE_BYTES = 50_000_000
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest image decoded: ``max_pixels`` (width × height, as the header declares it) and ``max_bytes`` (the
+    encoded file or bytes). ``pixels_option`` / ``bytes_option`` name what raises each limit in the refusal."""
+
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    pixels_option: str = "ImageLimits(max_pixels=...)"
+    bytes_option: str = "ImageLimits(max_bytes=...)"
+
+    def __post_init__(self):
+        if self.max_pixels < 1 or self.max_bytes < 1:
+            raise UserError(f"image limits must be ≥ 1 (max_pixels {self.max_pixels}, max_bytes {self.max_bytes})")
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+class ImageTooLarge(ImageDecodeError):
+    """An input over an ``ImageLimits`` limit: refused before it is read or decoded."""
+
+
+def _megabytes(n: int) -> str:
+    if n < 1_000_000:
+        return f"{n} bytes"
+    return f"{n / 1e6:.1f} MB" if n % 1_000_000 else f"{n // 1_000_000} MB"
+
+
+def check_encoded(data, limits: ImageLimits = DEFAULT_LIMITS, where=None) -> tuple[int, int] | None:
+    """Refuse (ImageTooLarge) encoded bytes over ``limits.max_bytes``, or whose header declares more than
+    ``limits.max_pixels``; else the declared (width, height), None when the header is not one ``image_header`` reads.
+    Reads only the header: a refusal costs microseconds and no memory."""
+    _check_bytes(len(data), limits, where)
+    declared = image_size(data)
+    if declared is None:
+        return None
+    fmt, w, h = declared
+    _check_pixels(w, h, limits, where, fmt)
+    return w, h
+
+
+def _check_bytes(n: int, limits: ImageLimits, where) -> None:
+    if n > limits.max_bytes:
+        raise ImageTooLarge(f"{_megabytes(n)} is over the limit of {_megabytes(limits.max_bytes)} on encoded images "
+                            f"({limits.bytes_option} raises it)", where)
+
+
+def _check_pixels(w: int, h: int, limits: ImageLimits, where, fmt: str = "image") -> None:
+    if w * h > limits.max_pixels:
+        mp = f"{limits.max_pixels / 1e6:g} MP"
+        raise ImageTooLarge(f"{fmt} of {w}×{h} pixels ({w * h / 1e6:.1f} MP) is over the {mp} limit "
+                            f"({limits.pixels_option} raises it)", where)
+
 
 # A resized image larger than this many pixels (only an absurd aspect ratio, over ~2000:1, gets there) is
 # refused rather than allocated: PaddleClas would try and exhaust memory.
@@ -200,10 +265,11 @@ def _opencv_major() -> int:
         return 0
 
 
-def decode_image(src) -> np.ndarray:
+def decode_image(src, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """A file path, encoded bytes or a decoded array → BGR uint8 H×W×3, decoded exactly as PaddleClas does.
 
-    Raises ImageDecodeError with a one-line reason (no such file, empty, truncated, not an image).
+    Raises ImageDecodeError with a one-line reason (no such file, empty, truncated, not an image), ImageTooLarge
+    for an input over ``limits`` (checked on the file size and the header, before reading and decoding).
     """
     import cv2
 
@@ -218,6 +284,7 @@ def decode_image(src) -> np.ndarray:
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         try:
+            _check_bytes(path.stat().st_size, limits, path)  # refused before it is read
             data = path.read_bytes()  # bytes + imdecode also handles non-ASCII paths, unlike cv2.imread
         except FileNotFoundError:
             raise ImageDecodeError("no such file", path) from None
@@ -232,7 +299,9 @@ def decode_image(src) -> np.ndarray:
         raise ImageDecodeError(f"cannot read an image from a {type(src).__name__}")
     if len(data) == 0:
         raise ImageDecodeError("empty file", where)
+    _check_bytes(len(data), limits, where)
     data = bytes(data)
+    check_encoded(data, limits, where)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and _png_is_truncated(data):
         raise ImageDecodeError("truncated PNG (ends before its IEND chunk)", where)
     try:
@@ -245,6 +314,7 @@ def decode_image(src) -> np.ndarray:
     # could decode (grey below), so there the file is checked to report it rather than classify half of it.
     if _OPENCV_MAJOR < 5 and data[:3] == b"\xff\xd8\xff" and _jpeg_is_truncated(data):
         raise ImageDecodeError("truncated JPEG (ends before its end-of-image marker)", where)
+    _check_pixels(img.shape[1], img.shape[0], limits, where)  # a format whose header is not read here
     return img
 
 
@@ -306,30 +376,32 @@ def _one_line_errors(image):
         yield
     except ImageDecodeError as e:
         if e.source is None and _source(image) is not None:
-            raise ImageDecodeError(e.reason, _source(image)) from None
+            raise type(e)(e.reason, _source(image)) from None
         raise
     except Exception as e:
         raise ImageDecodeError(_first_line(e), _source(image)) from None
 
 
-def preprocess(image, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None) -> np.ndarray:
+def preprocess(image, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None,
+               limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """A path, encoded bytes or BGR uint8 array → float32 [3, 224, 224] (raises ImageDecodeError)."""
     with _one_line_errors(image):
-        return preprocess_bgr(decode_image(image), spec, out)
+        return preprocess_bgr(decode_image(image, limits), spec, out)
 
 
-def decode_for_preprocessing(image, spec: PreprocessSpec = SPEC) -> np.ndarray:
+def decode_for_preprocessing(image, spec: PreprocessSpec = SPEC, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """A path, encoded bytes or BGR uint8 array → decoded BGR uint8 [H, W, 3], refused (ImageDecodeError)
     exactly when :func:`preprocess` would refuse it: for preprocessing elsewhere (the GPU) that skips the
     same images as the CPU path."""
     with _one_line_errors(image):
-        image_bgr = decode_image(image)
+        image_bgr = decode_image(image, limits)
         _resized_size(image_bgr, spec)
         return image_bgr
 
 
 def preprocess_batch(
-    images: Sequence, out: np.ndarray | None = None, threads: int = 2, spec: PreprocessSpec = SPEC
+    images: Sequence, out: np.ndarray | None = None, threads: int = 2, spec: PreprocessSpec = SPEC,
+    limits: ImageLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
     """N images (paths, bytes or arrays) → float32 [N, 3, 224, 224], decoded in ``threads`` threads.
 
@@ -345,7 +417,7 @@ def preprocess_batch(
     out = out[:n]
 
     def one(i: int) -> None:
-        preprocess(images[i], spec, out[i])
+        preprocess(images[i], spec, out[i], limits)
 
     if threads <= 1 or n <= 1:
         for i in range(n):

@@ -12,6 +12,7 @@ import numpy as np
 from ..core.errors import UserError
 from ..data.images import Batch, ImageBatcher
 from ..data.postprocess import is_probability, load_labels, softmax, topk, topk_entries
+from ..data.preprocess import DEFAULT_LIMITS, ImageLimits
 from .backend import Backend, backend_preprocesses_on_gpu, open_backend
 
 
@@ -34,6 +35,9 @@ class Classifier:
     On the GPU path whether the outputs already are probabilities is the backend's own
     ``outputs_probabilities`` (from the engine's manifest or output name), without the row heuristic.
     ``infer``/``batches`` (what evaluation uses) always preprocess on the CPU: they need the full outputs.
+
+    ``limits`` (``ImageLimits``): an image over them (its file size, or the pixels its header declares) is skipped
+    with one line, before it is read or decoded.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class Classifier:
         threads: int = 2,
         backend: Backend | None = None,
         gpu_preprocess: bool = True,
+        limits: ImageLimits = DEFAULT_LIMITS,
     ):
         if batch < 1 or topk < 1:
             raise UserError("--batch and --topk must be at least 1")
@@ -60,6 +65,7 @@ class Classifier:
         self.topk = topk
         self.batch = batch
         self.threads = threads
+        self.limits = limits
         self._probabilities: bool | None = True if self.backend.outputs_probabilities else None
         self.preprocessing = "gpu" if gpu_preprocess and backend_preprocesses_on_gpu(self.backend) else "cpu"
 
@@ -114,7 +120,7 @@ class Classifier:
         return outputs.astype(np.float32, copy=False) if self._probabilities else softmax(outputs)
 
     def batches(self, items: Sequence, exact_batches: bool = False) -> ImageBatcher:
-        return ImageBatcher(items, self.batch, threads=self.threads, exact_batches=exact_batches)
+        return ImageBatcher(items, self.batch, threads=self.threads, exact_batches=exact_batches, limits=self.limits)
 
     def _topk(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) [n, k] of a batch: on the GPU from decoded images, else from preprocessed ones."""
@@ -138,7 +144,7 @@ class Classifier:
         or ``{"image", "error"}`` for an input that could not be read. Decoding (and on the CPU path
         preprocessing) of the next images runs in a thread pool while the model runs on the current batch."""
         batcher = ImageBatcher(list(items), self.batch, threads=self.threads,
-                               decode_only=self.preprocessing == "gpu")
+                               decode_only=self.preprocessing == "gpu", limits=self.limits)
         for batch in batcher:
             results: list[tuple[int, dict]] = [
                 (i, {"image": path, "error": reason})
