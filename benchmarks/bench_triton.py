@@ -3,7 +3,7 @@
 
     .venv-serve/bin/python benchmarks/bench_triton.py [--model res2net50_vd_26w_4s] [--concurrency 1 4 16]
         [--requests 48] [--runs 3] [--images 24] [--protocol grpc] [--client auto|perf_analyzer|loop]
-        [--onnx PATH] [--json out.json]
+        [--onnx PATH] [--json out.json] [--triton-instances N] [--triton-queue-delay-us US] ...
 
 Runs in the serving environment (``pip install -e '.[serve]'``: tritonclient, nvidia-pytriton's tritonserver,
 perf_analyzer) — both paths in the same run, on the same images, taking turns in each of --runs rounds; medians
@@ -14,9 +14,9 @@ The images are --images JPEGs at typical ImageNet validation sizes made from tes
 
 Per concurrency C (C requests in flight, one image each):
 - served: perf_analyzer (``--concurrency-range C:C``, count windows of --requests requests, client-side p50/p99)
-  where it runs — the binary in tritonclient 2.50's wheel, given the two libraries it lacks (libb64.so.0d and
-  libcudart.so.12) from nvidia-pytriton's own copies through symlinks in a temporary folder — else a bounded loop
-  of C client threads sending --requests requests (``--client loop``);
+  where it runs — the binary in tritonclient 2.50's wheel, run as ``python -m trt_res2net.cli.perf_analyzer`` runs
+  it (``trt_res2net.serving.perf_analyzer`` gives it the two libraries the wheel lacks) — else a bounded loop of C
+  client threads sending --requests requests (``--client loop``);
 - in process: C threads each doing what infer.py does for one image — read, decode and preprocess
   (``trt_res2net.data.preprocess``), ONNX Runtime (``OnnxRuntimeBackend``, one session shared), softmax and top-5 —
   --requests images in all;
@@ -25,23 +25,22 @@ Each point also gets CPU milliseconds per image — served: the CPU time of trit
 Python backend stubs) plus the client's, over the requests the server counted; in process: this process's — which
 other jobs on a shared machine disturb far less than wall time.
 The server and the client share this machine: on a 2-core machine every figure includes that contention.
+The ``--triton-*`` options are build.py's (the repository's serving settings; default: build.py's defaults), to
+measure their trade-offs in the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import glob
 import json
 import os
 import platform
 import queue
-import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -125,11 +124,14 @@ class Served:
                 total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
-    def inference_count(self, model: str) -> int:
+    def stats(self, model: str) -> dict:
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/models/{model}/stats", timeout=30) as r:
-            return int(json.loads(r.read())["model_stats"][0]["inference_count"])
+            return json.loads(r.read())["model_stats"][0]
+
+    def inference_count(self, model: str) -> int:
+        return int(self.stats(model)["inference_count"])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -140,40 +142,18 @@ class Served:
 # ------------------------------------------------------------------------------------------ perf_analyzer
 
 
-def perf_analyzer_command(tmp: Path) -> tuple[list[str], dict] | None:
+def perf_analyzer_command() -> tuple[list[str], dict] | None:
     """perf_analyzer and an environment where its two missing libraries resolve, or None where it cannot run."""
-    binary = shutil.which("perf_analyzer") or str(Path(sys.prefix) / "bin" / "perf_analyzer")
-    if not Path(binary).is_file():
+    from trt_res2net.core.errors import UserError
+    from trt_res2net.serving.perf_analyzer import check_runs, perf_analyzer_command
+
+    try:
+        cmd, env = perf_analyzer_command()
+        check_runs(cmd, env)
+    except UserError as e:
+        print(f"{e}; using the client loop", file=sys.stderr)
         return None
-    env = dict(os.environ)
-    import importlib.util
-
-    spec = importlib.util.find_spec("pytriton")
-    if spec is not None and spec.submodule_search_locations:
-        libs = Path(next(iter(spec.submodule_search_locations))).parent / "nvidia_pytriton.libs"
-        shim = tmp / "perf_analyzer_libs"
-        shim.mkdir(exist_ok=True)
-        for want, pattern in (("libb64.so.0d", "libb64-*.so.0d"), ("libcudart.so.12", "libcudart-*.so.12*")):
-            found = sorted(glob.glob(str(libs / pattern)))
-            if found and not (shim / want).exists():
-                (shim / want).symlink_to(found[0])
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(shim), env.get("LD_LIBRARY_PATH")]))
-    probe = subprocess.run([binary, "--version"], capture_output=True, text=True, env=env)
-    if probe.returncode != 0:
-        print(f"perf_analyzer does not run here ({(probe.stderr or probe.stdout).strip()[:200]}); "
-              "using the client loop", file=sys.stderr)
-        return None
-    return [binary], env
-
-
-def perf_analyzer_input(paths: list[Path], out: Path) -> Path:
-    """perf_analyzer's JSON input data: a BYTES element as base64 of its serialized form (4-byte length + bytes)."""
-    data = []
-    for p in paths:
-        raw = p.read_bytes()
-        data.append({"IMAGE": {"b64": base64.b64encode(struct.pack("<I", len(raw)) + raw).decode()}})
-    out.write_text(json.dumps({"data": data}))
-    return out
+    return cmd, env
 
 
 def served_perf_analyzer(cmd, env, server: Served, model: str, input_json: Path, c: int, requests: int,
@@ -192,20 +172,24 @@ def served_perf_analyzer(cmd, env, server: Served, model: str, input_json: Path,
             "p99_ms": float(row["p99 latency"]) / 1e3, "client": "perf_analyzer"}
 
 
-def with_cpu(server: Served, model: str, measure) -> dict:
+def with_cpu(server: Served, model: str, measure, classifier: str) -> dict:
     """``measure()``'s figures plus CPU milliseconds per image: the server's process group and this process and
-    its children (the client), over every request the server counted."""
+    its children (the client), over every request the server counted; and the mean batch the classifier ran."""
     import resource
 
     def client_cpu():
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
+    k0 = server.stats(classifier)
     n0, s0, c0 = server.inference_count(model), server.cpu_seconds(), client_cpu()
     figures = measure()
     n = server.inference_count(model) - n0
     cpu = server.cpu_seconds() - s0 + client_cpu() - c0
-    return {**figures, "cpu_ms_per_image": 1e3 * cpu / max(n, 1)}
+    k1 = server.stats(classifier)
+    runs = int(k1["execution_count"]) - int(k0["execution_count"])
+    mean_batch = (int(k1["inference_count"]) - int(k0["inference_count"])) / max(runs, 1)
+    return {**figures, "cpu_ms_per_image": 1e3 * cpu / max(n, 1), "mean_batch": round(mean_batch, 2)}
 
 
 def served_loop(server: Served, model: str, blobs: list[bytes], c: int, requests: int, protocol: str) -> dict:
@@ -289,10 +273,19 @@ def main() -> int:
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     p.add_argument("--client", choices=("auto", "perf_analyzer", "loop"), default="auto")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--triton-instances", type=int, help="instances of each classifier")
+    p.add_argument("--triton-preprocess-instances", type=int, help="instances of the preprocessing model")
+    p.add_argument("--triton-queue-delay-us", type=int, help="the classifiers' max_queue_delay_microseconds")
+    p.add_argument("--triton-intra-op-threads", type=int, help="ONNX Runtime threads per classifier instance")
+    p.add_argument("--triton-max-batch", type=int, help="max_batch_size of the models")
     args = p.parse_args()
+    chosen = {field: getattr(args, f"triton_{field}") for field in
+              ("instances", "preprocess_instances", "queue_delay_us", "intra_op_threads", "max_batch")}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
 
     from trt_res2net.runtime.onnx_runtime import OnnxRuntimeBackend
-    from trt_res2net.serving.repository import write_triton_repository
+    from trt_res2net.serving.perf_analyzer import write_input_data
+    from trt_res2net.serving.repository import TritonOptions, write_triton_repository
 
     with tempfile.TemporaryDirectory(prefix="bench_triton_") as tmp_name:
         tmp = Path(tmp_name)
@@ -305,13 +298,14 @@ def main() -> int:
 
             spec = zoo.get_model(args.model)
             onnx = write_onnx(spec, weights.random_weights(spec, seed=0), tmp / f"{args.model}.onnx")
-        write_triton_repository(tmp / "repo", onnx, model_name=args.model)
-        ensemble = f"{args.model}_python"
-        pa = None if args.client == "loop" else perf_analyzer_command(tmp)
+        options = TritonOptions(**chosen)
+        write_triton_repository(tmp / "repo", onnx, model_name=args.model, options=options)
+        ensemble, classifier = f"{args.model}_python", f"{args.model}_classifier_python"
+        pa = None if args.client == "loop" else perf_analyzer_command()
         if args.client == "perf_analyzer" and pa is None:
             raise SystemExit("perf_analyzer cannot run here")
         client = "perf_analyzer" if pa else "loop"
-        input_json = perf_analyzer_input(paths, tmp / "pa_input.json")
+        input_json = write_input_data(paths, tmp / "pa_input.json")
         blobs = [q.read_bytes() for q in paths]
         (tmp / "srv").mkdir()
         server = Served(tmp / "repo", tmp / "srv")
@@ -327,15 +321,16 @@ def main() -> int:
                     if pa:
                         try:
                             rnd["served"][c] = with_cpu(server, ensemble, lambda c=c: served_perf_analyzer(
-                                *pa, server, ensemble, input_json, c, args.requests, args.protocol, tmp))
+                                *pa, server, ensemble, input_json, c, args.requests, args.protocol, tmp), classifier)
                         except RuntimeError:  # no stable measurement on a busy machine: the loop instead
                             print(f"C={c}: perf_analyzer found no stable measurement; the client loop measures "
                                   "this point", file=sys.stderr)
-                            rnd["served"][c] = with_cpu(server, ensemble, loop)
+                            rnd["served"][c] = with_cpu(server, ensemble, loop, classifier)
                     else:
-                        rnd["served"][c] = with_cpu(server, ensemble, loop)
+                        rnd["served"][c] = with_cpu(server, ensemble, loop, classifier)
                     rnd["in_process"][c] = in_process(backend, paths, c, args.requests)
-                    print(f"round {r + 1}: C={c:>2}  served {rnd['served'][c]['images_per_s']:6.2f} img/s  "
+                    print(f"round {r + 1}: C={c:>2}  served {rnd['served'][c]['images_per_s']:6.2f} img/s "
+                          f"(batches of {rnd['served'][c]['mean_batch']:.1f})  "
                           f"in-process {rnd['in_process'][c]['images_per_s']:6.2f} img/s", file=sys.stderr)
                 rnd["infer_py_batch8"] = infer_py_batch8(onnx, paths)
                 rounds.append(rnd)
@@ -355,7 +350,9 @@ def main() -> int:
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "client": client,
            "protocol": args.protocol, "model": args.model, "requests": args.requests, "runs": args.runs,
-           "images": args.images, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+           "images": args.images, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+           "triton_options": {k: v for k, v in vars(options).items() if k != "labels"},
+           "queue_timeout_ms": options.queue_timeout_ms}
     print(f"{args.model}, {client} over {args.protocol}, median of {args.runs} runs, {args.requests} requests "
           f"of one image per measurement, {os.cpu_count()} CPUs shared by server and client")
     print(f"{'path':12s} {'C':>3s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms/img':>10s}  measured by")

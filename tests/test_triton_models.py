@@ -37,7 +37,13 @@ class Response:
 
 
 class TritonError(Exception):
-    pass
+    """Triton's Python-backend error with its code (INVALID_ARG is HTTP 400 / gRPC INVALID_ARGUMENT)."""
+
+    INTERNAL, INVALID_ARG, UNAVAILABLE = "INTERNAL", "INVALID_ARG", "UNAVAILABLE"
+
+    def __init__(self, message, code="INTERNAL"):
+        super().__init__(message)
+        self.code = code
 
 
 class Request:
@@ -94,6 +100,45 @@ def test_preprocess_model_batches_requests_and_fails_a_corrupt_one_alone(repo, p
     assert np.array_equal(first.outputs["PIXELS"], np.stack([preprocess(photos[0]), preprocess(photos[1])]))
     assert np.array_equal(last.outputs["PIXELS"][0], preprocess(photos[2]))
     assert "image 0 of the request: truncated JPEG" in str(bad.error) and not bad.outputs
+    assert bad.error.code == "INVALID_ARG"  # the client's fault: 400, not 500
+    model.finalize()
+
+
+def test_preprocess_model_refuses_oversized_images_before_decoding(repo, pb_utils, monkeypatch):
+    model = load(repo, "tiny_preprocess", monkeypatch)
+    submitted = []
+    real_submit = model.pool.submit
+    monkeypatch.setattr(model.pool, "submit", lambda *a, **k: submitted.append(a) or real_submit(*a, **k))
+    photo = imf.PHOTOS[0].read_bytes()
+    bomb, big = imf.png_bomb(), imf.oversized_jpeg(60_000_000)
+    good, refused, too_big, server_fault = model.execute([
+        Request(IMAGE=images(photo)), Request(IMAGE=images(photo, bomb)), Request(IMAGE=images(big)),
+        Request(IMAGE=images(photo))])
+    assert good.error is None and len(submitted) == 2  # only the two accepted requests reach the decoding threads
+    assert refused.error.code == too_big.error.code == "INVALID_ARG"
+    assert str(refused.error) == ("image 1 of the request: PNG of 20000×20000 pixels (400.0 MP) is over the 64 MP "
+                                  "limit (parameter max_image_pixels of tiny_preprocess; build.py "
+                                  "--triton-max-image-pixels raises it)")
+    assert str(too_big.error).startswith("image 0 of the request: 60 MB is over the limit of 50 MB on encoded images")
+    assert server_fault.error is None
+    model.finalize()
+
+
+def test_an_unexpected_failure_is_a_server_error_for_its_request_only(repo, pb_utils, monkeypatch):
+    model = load(repo, "tiny_preprocess", monkeypatch)
+    namespace = type(model).execute.__globals__  # the model.py module's
+    photo = imf.PHOTOS[0].read_bytes()
+    real = namespace["preprocess"]
+
+    def preprocess(data, *args):
+        if data == photo:
+            raise MemoryError("cannot allocate")
+        return real(data, *args)
+
+    monkeypatch.setitem(namespace, "preprocess", preprocess)
+    failed, fine = model.execute([Request(IMAGE=images(photo)), Request(IMAGE=images(imf.PHOTOS[1].read_bytes()))])
+    assert failed.error.code == "INTERNAL" and "MemoryError" in str(failed.error)
+    assert fine.error is None
     model.finalize()
 
 

@@ -349,3 +349,119 @@ def test_serve_loads_what_the_server_can_run(tiny_onnx, tmp_path):
     assert chosen == sorted([f"{NAME}_onnx", f"{NAME}_preprocess", f"{NAME}_classifier_onnx", f"{NAME}_postprocess"])
     with pytest.raises(UserError, match="no tensorrt backend"):
         choose_models(models, {"python"}, [NAME])
+
+
+# ------------------------------------------------------------------------------------------ hostile input and load
+
+
+def test_configs_bound_input_queues_and_warm_up(tiny_onnx, tmp_path):
+    export(tmp_path, tiny_onnx, engine_path=fake_engine(tmp_path, tiny_onnx, max_batch=16))
+    repo = tmp_path / "repo"
+    cfg = configs(repo)
+    pb2 = T.model_config_pb2()
+    for name, c in cfg.items():
+        if c.platform == "ensemble":
+            continue
+        policy = c.dynamic_batching.default_queue_policy  # a bounded queue; waiting too long is a rejection
+        assert policy.max_queue_size == T.QUEUE_SIZE_PER_BATCH * c.max_batch_size, name
+        assert policy.default_timeout_microseconds == T.DEFAULT_QUEUE_TIMEOUT_MS * 1000
+        assert policy.allow_timeout_override
+        assert pb2.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action) == "REJECT"
+        assert c.dynamic_batching.max_queue_delay_microseconds == T.DEFAULT_QUEUE_DELAY_US == 0
+        assert c.model_warmup, f"{name} reports ready before its first run"  # ready only when warm
+    plan = cfg[f"{NAME}_classifier_plan"]
+    assert list(plan.dynamic_batching.preferred_batch_size) == [8]  # the engine's opt batch
+    assert [w.batch_size for w in plan.model_warmup] == [1, 8]
+    pre = cfg[f"{NAME}_preprocess"]
+    (warm,) = pre.model_warmup
+    sample = (repo / f"{NAME}_preprocess" / "warmup" / warm.inputs["IMAGE"].input_data_file).read_bytes()
+    assert int.from_bytes(sample[:4], "little") == len(sample) - 4  # Triton's serialized BYTES element
+    from trt_res2net.data.preprocess import preprocess
+
+    assert preprocess(sample[4:]).shape == (3, 224, 224)  # a real image: OpenCV's first decode happens at load
+    assert pre.parameters["max_image_pixels"].string_value == "64000000"
+    assert pre.parameters["max_image_bytes"].string_value == "50000000"
+    assert cfg[f"{NAME}_classifier_python"].parameters["intra_op_threads"].string_value == "0"  # cores ÷ instances
+    assert "intra_op_thread_count" not in cfg[f"{NAME}_classifier_onnx"].parameters  # one instance: ORT's default
+
+
+def test_build_maps_the_serving_flags(tiny_onnx, tmp_path):
+    proc = run_build("--onnx", tiny_onnx, "--onnx-only", "--triton-repo", tmp_path / "repo", "--triton-instances", 2,
+                     "--triton-preprocess-instances", 3, "--triton-intra-op-threads", 1, "--triton-max-queue-size", 7,
+                     "--triton-queue-timeout-ms", 250, "--triton-max-image-pixels", 1000000,
+                     "--triton-max-image-bytes", 123456, "--triton-queue-delay-us", 100, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    cfg = configs(tmp_path / "repo")
+    stem = Path(tiny_onnx).stem
+    pre, py, ort = cfg[f"{stem}_preprocess"], cfg[f"{stem}_classifier_python"], cfg[f"{stem}_classifier_onnx"]
+    assert pre.instance_group[0].count == 3 and py.instance_group[0].count == 2
+    assert py.parameters["intra_op_threads"].string_value == "1"
+    assert ort.parameters["intra_op_thread_count"].string_value == "1"
+    for c in (pre, py, ort):
+        assert c.dynamic_batching.default_queue_policy.max_queue_size == 7
+        assert c.dynamic_batching.default_queue_policy.default_timeout_microseconds == 250_000
+    assert py.dynamic_batching.max_queue_delay_microseconds == 100
+    assert pre.parameters["max_image_pixels"].string_value == "1000000"
+    assert pre.parameters["max_image_bytes"].string_value == "123456"
+    proc = run_build("--onnx", tiny_onnx, "--onnx-only", "--triton-repo", tmp_path / "r2", "--triton-max-queue-size",
+                     0, cwd=tmp_path)
+    assert proc.returncode == 2 and "--triton-max-queue-size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unbounded_queue_is_refused(tiny_onnx, tmp_path):
+    export(tmp_path, tiny_onnx)
+    good = configs(tmp_path / "repo")
+    good[f"{NAME}_preprocess"].dynamic_batching.ClearField("default_queue_policy")
+    with pytest.raises(UserError, match="unbounded queue"):
+        T.validate_configs(good)
+
+
+def test_serve_reads_configs_with_the_proto_and_sizes_shared_memory(tiny_onnx, tmp_path):
+    from trt_res2net.serving.server import python_shm_bytes, read_repository
+
+    export(tmp_path, tiny_onnx)
+    models = read_repository(tmp_path / "repo")
+    assert models[f"{NAME}_python"]["steps"] == [f"{NAME}_preprocess", f"{NAME}_classifier_python",
+                                                 f"{NAME}_postprocess"]
+    assert models[f"{NAME}_classifier_onnx"]["backend"] == "onnxruntime"
+    # The largest batch a Python model holds: 32 × (3×224×224 + 1000) float32 in and out, plus a MiB.
+    per_batch = 32 * (3 * 224 * 224 + 1000) * 4
+    assert python_shm_bytes(info["config"] for info in models.values()) == (-(-per_batch // (1 << 20)) + 1) << 20
+    bad = tmp_path / "repo" / f"{NAME}_postprocess" / "config.pbtxt"
+    bad.write_text(bad.read_text().replace("max_batch_size", "max_batch"))
+    with pytest.raises(UserError, match=r"postprocess/config.pbtxt: not a valid Triton ModelConfig .*max_batch"):
+        read_repository(tmp_path / "repo")
+
+
+def test_the_next_start_removes_what_a_killed_run_left(tmp_path, monkeypatch):
+    """A run folder whose serve.py is gone, its shared-memory regions and a process still running from it."""
+    from trt_res2net.serving import server
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(server.tempfile, "tempdir", None)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(server, "SHM_DIR", shm)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{server.TMP_PREFIX}stale"
+    stale.mkdir()
+    (stale / "serve.pid").write_text(str(dead.pid))
+    # a process naming the folder in its command line, as a Python stub does
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(stale)])
+    live = tmp_path / f"{server.TMP_PREFIX}live"
+    live.mkdir()
+    (live / "serve.pid").write_text(str(os.getpid()))
+    for name in (f"{server.SHM_PREFIX}{dead.pid}_a", f"{server.SHM_PREFIX}{dead.pid}_b",
+                 f"{server.SHM_PREFIX}{os.getpid()}_c", "triton_python_backend_shm_region_x"):
+        (shm / name).write_bytes(b"")
+    try:
+        server.remove_stale_runs()
+        assert orphan.wait(10) == -9
+        assert not stale.exists() and live.exists()  # a running serve.py's folder stays
+        assert sorted(p.name for p in shm.iterdir()) == sorted([f"{server.SHM_PREFIX}{os.getpid()}_c",
+                                                                "triton_python_backend_shm_region_x"])
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()

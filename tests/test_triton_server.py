@@ -2,6 +2,11 @@
 ``build.py --model res2net50_vd_26w_4s --random-weights --onnx-only --triton-repo DIR`` writes, started by
 ``serve.py`` on loopback with free ports, from the serving environment (numpy < 2, the ``serve`` extra).
 
+What a public endpoint meets is checked against that server: an image bomb and a 60 MB request refused in
+milliseconds with 400 / INVALID_ARGUMENT while a good request keeps its latency, corrupt images as client errors,
+the first request as fast as the next (warm-up), a full queue rejected with a clear message; and stopping at any
+moment leaving nothing — SIGTERM while the models load, SIGHUP under load, SIGKILL then a restart.
+
 The serving environment's Python is ``$TRT_RES2NET_SERVE_PYTHON`` (.ci/run sets it), else ``.venv-serve/bin/python``
 in the checkout; without one the tests skip with that reason. Clients run in that environment too (tritonclient's
 gRPC needs protobuf < 7); the answers are compared here with ``infer.py``'s in-process ones.
@@ -15,6 +20,7 @@ import os
 import queue
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -79,10 +85,74 @@ class Server:
     def __init__(self, proc, http, grpc, metrics, tmp, lines):
         self.proc, self.http, self.grpc, self.metrics, self.tmp, self.lines = proc, http, grpc, metrics, tmp, lines
         self.pid = None  # tritonserver's pid (the group id of its process group)
+        self.out: list[str] = []
 
     def get(self, path: str) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=30) as r:
             return json.loads(r.read())
+
+    def wait_for(self, prefix: str, timeout: float = READY_TIMEOUT) -> str:
+        """The first line of serve.py's output starting with ``prefix`` (failing the test if it exits first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                line = None
+            if line is not None:
+                self.out.append(line)
+                if line.startswith("starting tritonserver (pid "):
+                    self.pid = int(line.split()[3].rstrip("):"))
+                if line.startswith(prefix):
+                    return line
+            elif self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read() if self.proc.poll() is not None else ""
+                pytest.fail(f"serve.py printed no {prefix!r}: {''.join(self.out)} {err}")
+
+    def stop(self, sig=signal.SIGTERM) -> tuple[int, float, str]:
+        """Signal serve.py; (exit status, seconds to exit, stderr)."""
+        t = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(STOP_TIMEOUT)
+        return code, time.monotonic() - t, self.proc.stderr.read()
+
+
+def start_serve(repo_dir: Path, tmp: Path, *extra, ready: bool = True) -> Server:
+    """serve.py on ``repo_dir`` with free ports and TMPDIR=``tmp``; returns once it is ready (or once tritonserver has
+    started, with ``ready=False``)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    http, grpc, metrics = free_ports(3)
+    proc = subprocess.Popen([SERVE_PYTHON, str(ROOT / "serve.py"), str(repo_dir), "--http-port", str(http),
+                             "--grpc-port", str(grpc), "--metrics-port", str(metrics), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp, env=serve_env(tmp))
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    srv = Server(proc, http, grpc, metrics, tmp, lines)
+    srv.wait_for("ready;" if ready else "starting tritonserver")
+    return srv
+
+
+def running_from(folder: Path) -> list[str]:
+    """Processes (not zombies) whose command line names ``folder``: a run's tritonserver and Python stubs."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(folder) in text and state != "Z":
+            found.append(f"{cmdline.parent.name}: {text[:120]}")
+    return found
+
+
+def leftovers(serve_pid: int, tmp: Path) -> dict:
+    """What a stopped serve.py run left: its /dev/shm regions, processes running from its TMPDIR, files there.
+    (ONNX Runtime 1.32 keeps a small $TMPDIR/.ses file of its own, shared by every session of the user: not
+    serve.py's.)"""
+    left = {"shm": sorted(p.name for p in Path("/dev/shm").glob(f"trt_res2net_{serve_pid}_*")),
+            "processes": running_from(tmp), "files": sorted(p.name for p in tmp.iterdir() if p.name != ".ses")}
+    return {k: v for k, v in left.items() if v}
 
 
 @pytest.fixture(scope="module")
@@ -98,41 +168,22 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    tmp = repo / "tmp"
-    tmp.mkdir()
-    http, grpc, metrics = free_ports(3)
-    proc = subprocess.Popen([SERVE_PYTHON, str(ROOT / "serve.py"), str(repo / "repo"), "--http-port", str(http),
-                             "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo,
-                            env=serve_env(tmp))
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
-    srv = Server(proc, http, grpc, metrics, tmp, lines)
+    srv = start_serve(repo / "repo", repo / "tmp")
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        out = []
-        while True:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                line = None
-            if line is not None:
-                out.append(line)
-                if line.startswith("tritonserver (pid "):
-                    srv.pid = int(line.split()[2].rstrip(","))
-                if line.startswith("ready;"):
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve.py did not get ready: {''.join(out)} {proc.stderr.read() if proc.poll() else ''}")
         yield srv
     finally:
-        if proc.poll() is None:  # the last test stops it and checks; this is the safety net
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        safety_net(srv)
+
+
+def safety_net(srv: Server) -> None:
+    """Tests stop their servers and check; this stops one a failed test left running."""
+    if srv.proc.poll() is None:
+        srv.proc.send_signal(signal.SIGTERM)
+        try:
+            srv.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            srv.proc.kill()
+            srv.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +210,79 @@ def test_the_served_models_are_the_python_variant(server):
     assert ready == sorted([ENSEMBLE, f"{MODEL}_classifier_python", f"{MODEL}_preprocess", f"{MODEL}_postprocess"])
     meta = server.get(f"/v2/models/{ENSEMBLE}")
     assert meta["inputs"] == [{"name": "IMAGE", "datatype": "BYTES", "shape": [-1, 1]}]
+
+
+def probe(*argv) -> object:
+    """tests/triton_hostile_probe.py in the serving environment; its JSON."""
+    out = Path(argv[-1])
+    proc = run_serving_python(ROOT / "tests" / "triton_hostile_probe.py", *argv)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text())
+
+
+def test_warm_up_makes_the_first_request_as_fast_as_the_next(server, tmp_path):
+    """The first request this server answers (no test before this one sends any): the models warmed up before the
+    server said it was ready (model_warmup), so it pays no first-run cost (ONNX Runtime's, OpenCV's)."""
+    times = [r["ms"] for r in probe("warmup", f"127.0.0.1:{server.http}", ENSEMBLE, imf.PHOTOS[0], tmp_path / "w.json")]
+    first, rest = times[0], statistics.median(times[1:])
+    assert first <= 1.5 * rest, f"first request {first:.0f} ms, then {[round(t) for t in times[1:]]}"
+
+
+def test_hostile_requests_are_client_errors_refused_fast_and_delay_no_one(server, tmp_path):
+    """A 20000×20000 PNG bomb (1.2 MB, 1.2 GB decoded) and a 60 MB request: 400 / INVALID_ARGUMENT in milliseconds,
+    naming the limit and the flag that raises it; a corrupt image too. A good request sent at the same time keeps
+    its latency (decoding the bomb would hold the one preprocessing instance, and it, for 6 to 20 s)."""
+    files = {"bomb.png": imf.png_bomb(), "big.jpg": imf.oversized_jpeg(60_000_000), "corrupt.jpg": imf.text()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    result = probe("hostile", f"127.0.0.1:{server.http}", f"127.0.0.1:{server.grpc}", ENSEMBLE, imf.PHOTOS[0],
+                   *(tmp_path / name for name in files), tmp_path / "h.json")
+    refusals = result["refusals"]
+    assert result["attacker_exit"] == 0 and len(refusals) == 2 * (10 + 10 + 1)
+    for r in refusals:
+        assert r["status"] == ("400" if r["protocol"] == "http" else "INVALID_ARGUMENT"), r
+        assert "image 0 of the request" in r["message"], r
+    by_what = {what: [r for r in refusals if r["what"] == what] for what in ("bomb", "big", "corrupt")}
+    assert all("PNG of 20000×20000 pixels (400.0 MP) is over the 64 MP limit" in r["message"]
+               and "--triton-max-image-pixels" in r["message"] for r in by_what["bomb"])
+    assert all("60 MB is over the limit of 50 MB" in r["message"] and "--triton-max-image-bytes" in r["message"]
+               for r in by_what["big"])
+    assert all("not a decodable image" in r["message"] for r in by_what["corrupt"])
+    # Refused in milliseconds: the bomb and the corrupt image at once; 60 MB once it has arrived (its transfer
+    # and copies over loopback, on two cores shared with the client and the good requests).
+    assert statistics.median(r["ms"] for r in by_what["bomb"] + by_what["corrupt"]) < 50, refusals
+    assert max(r["ms"] for r in by_what["bomb"] + by_what["corrupt"]) < 500, refusals
+    assert max(r["ms"] for r in by_what["big"]) < 3000, by_what["big"]
+    # The good request, one at a time throughout: its usual latency (the client sending the hostile requests as
+    # fast as it can shares the two cores); never the seconds a decode of the bomb would hold it.
+    baseline, during = statistics.median(result["baseline_ms"]), result["during_ms"]
+    assert len(during) >= 3
+    assert statistics.median(during) < 2.5 * baseline, (baseline, during)
+    assert max(during) < baseline + 2000, (baseline, during)
+
+
+def test_the_client_says_in_one_line_when_there_is_no_server_or_no_such_model(server, repo):
+    (port,) = free_ports(1)
+    for proto in ("http", "grpc"):
+        proc = run_serving_python("-m", "trt_res2net.cli.client", *imf.PHOTOS[:1], "--model", ENSEMBLE, "--protocol",
+                                  proto, "--url", f"127.0.0.1:{port}")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
+            f"error: no Triton server answers at 127.0.0.1:{port} over {proto}"), proc.stderr
+    # The default ensemble runs the ONNX Runtime backend, which nvidia-pytriton's server does not have.
+    proc = run_serving_python("-m", "trt_res2net.cli.client", *imf.PHOTOS[:1], "--model", MODEL, "--url",
+                              f"127.0.0.1:{server.http}")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{MODEL} is not loaded on the Triton server" in proc.stderr
+    assert f"{MODEL}_classifier_onnx, which needs the ONNX Runtime backend" in proc.stderr
+    assert f"pass --model {ENSEMBLE}" in proc.stderr
+    # From the main environment (tritonclient without its grpc part): one line, not a traceback.
+    main_env = subprocess.run([sys.executable, "-m", "trt_res2net.cli.client", str(imf.PHOTOS[0]), "--model",
+                               ENSEMBLE, "--protocol", "grpc"], capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    if importlib.util.find_spec("grpc") is None:
+        assert main_env.returncode == 3 and main_env.stderr.count("\n") == 1, main_env.stderr
+        assert "run the client from the serving environment" in main_env.stderr
 
 
 def test_photos_as_bytes_over_http_and_grpc_answer_like_infer_py(server, repo, expected, tmp_path):
@@ -229,15 +353,97 @@ def test_concurrent_requests_are_batched_and_a_corrupt_image_fails_alone(server,
 
 def test_zz_the_server_stops_cleanly(server):
     assert server.pid is not None
-    server.proc.send_signal(signal.SIGTERM)
-    code = server.proc.wait(STOP_TIMEOUT)
-    err = server.proc.stderr.read()
+    assert list(Path("/dev/shm").glob(f"trt_res2net_{server.proc.pid}_*"))  # the Python backend's regions, named
+    code, seconds, err = server.stop()
     assert code == 0, err
     assert "tritonserver stopped (exit status 0)" in err and "Traceback" not in err
     with pytest.raises(ProcessLookupError):
         os.kill(server.pid, 0)  # tritonserver is gone
     with pytest.raises(ProcessLookupError):
         os.killpg(server.pid, 0)  # and so is everything it started (the Python backend stubs)
-    # serve.py's temporary folder (Python backend + stub) is removed. (ONNX Runtime 1.32 keeps a small $TMPDIR/.ses
-    # file of its own, shared by every session of the user: not serve.py's.)
-    assert [p.name for p in server.tmp.iterdir() if p.name != ".ses"] == []
+    # serve.py's run folder (Python backend + stub) and the shared-memory regions are removed.
+    assert leftovers(server.proc.pid, server.tmp) == {}
+    assert seconds < 15
+
+
+# ------------------------------------------------------------------------------------------ queues and stopping
+
+
+@pytest.fixture(scope="module")
+def small_queue_repo(repo):
+    """The same model with one-request batches and queues of one: a few requests at once fill them."""
+    from trt_res2net.serving.repository import TritonOptions, write_triton_repository
+
+    out = repo / "small_queue_repo"
+    write_triton_repository(out, repo / "engines" / f"{MODEL}.onnx", model_name=MODEL,
+                            options=TritonOptions(max_batch=1, max_queue_size=1))
+    return out
+
+
+def test_sigterm_while_loading_stops_at_once_and_leaves_nothing(small_queue_repo, tmp_path):
+    srv = start_serve(small_queue_repo, tmp_path / "srv", ready=False)
+    try:
+        time.sleep(0.5)  # tritonserver is loading the models (and warming them up): no "ready" line yet
+        assert not any(line.startswith("ready;") for line in srv.out)
+        code, seconds, err = srv.stop(signal.SIGTERM)
+        assert code == 0 and "Traceback" not in err, err
+        assert seconds < 8, f"stopping while loading took {seconds:.1f} s"
+        assert leftovers(srv.proc.pid, srv.tmp) == {}
+    finally:
+        safety_net(srv)
+
+
+def test_a_full_queue_rejects_clearly_and_sighup_under_load_leaves_nothing(small_queue_repo, tmp_path):
+    srv = start_serve(small_queue_repo, tmp_path / "srv")
+    try:
+        results = probe("flood", f"127.0.0.1:{srv.http}", f"127.0.0.1:{srv.grpc}", ENSEMBLE, imf.PHOTOS[0], 12,
+                        tmp_path / "flood.json")
+        for proto, busy in (("http", "503"), ("grpc", "UNAVAILABLE")):
+            mine = [r for r in results if r["protocol"] == proto]
+            rejected = [r for r in mine if r["status"] != "ok"]
+            assert len(rejected) < len(mine) and rejected, mine  # some served, the rest rejected at once
+            for r in rejected:
+                assert r["status"] == busy and "Exceeds maximum queue size" in r["message"], r
+        # The package's client says what it means.
+        proc = run_serving_python("-m", "trt_res2net.cli.client", *imf.PHOTOS * 3, "--model", ENSEMBLE, "--url",
+                                  f"127.0.0.1:{srv.http}", "--concurrency", 12, "-q")
+        assert "the server is busy (its queue is full; retry later): " in proc.stderr and "Traceback" not in proc.stderr
+        # SIGHUP (the terminal closing) while requests are in flight stops it like SIGTERM: nothing left.
+        load = subprocess.Popen([SERVE_PYTHON, "-m", "trt_res2net.cli.client", *map(str, imf.PHOTOS * 10), "--model",
+                                 ENSEMBLE, "--url", f"127.0.0.1:{srv.http}", "--concurrency", "4", "-q"],
+                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        code, seconds, err = srv.stop(signal.SIGHUP)
+        assert code == 0 and "tritonserver stopped (exit status 0)" in err and "Traceback" not in err, err
+        assert seconds < 20, f"stopping under load took {seconds:.1f} s"
+        assert leftovers(srv.proc.pid, srv.tmp) == {}
+        load.wait(120)
+        assert "Traceback" not in load.stderr.read()  # the client reports the refused requests, one line each
+    finally:
+        safety_net(srv)
+
+
+def test_sigkill_leftovers_are_removed_by_the_next_start(small_queue_repo, tmp_path):
+    tmp = tmp_path / "srv"
+    first = start_serve(small_queue_repo, tmp)
+    try:
+        (run,) = list(tmp.glob("trt_res2net-triton-*"))
+        # Everything killed at once (the OOM killer, kill -9 on both): nothing had a chance to clean up.
+        first.proc.kill()
+        os.kill(first.pid, signal.SIGKILL)  # before its parent-death SIGTERM lets it unload anything
+        first.proc.wait()
+        time.sleep(0.5)
+        left = leftovers(first.proc.pid, tmp)
+        assert left["files"] == [run.name] and left["shm"], left
+    finally:
+        safety_net(first)
+    second = start_serve(small_queue_repo, tmp)
+    try:
+        assert not run.exists() and running_from(run) == []
+        assert leftovers(first.proc.pid, tmp).get("shm") is None
+        code, seconds, err = second.stop()
+        assert code == 0, err
+        assert leftovers(second.proc.pid, tmp) == {}
+    finally:
+        safety_net(second)

@@ -36,7 +36,7 @@ from ..precision.options import (
     check_precision_request,
 )
 from ..serving.repository import DEFAULT_MAX_BATCH as TRITON_DEFAULT_MAX_BATCH
-from ..serving.repository import DEFAULT_QUEUE_DELAY_US, DEFAULT_TOPK, TritonOptions
+from ..serving.repository import DEFAULT_QUEUE_DELAY_US, DEFAULT_TOPK, QUEUE_SIZE_PER_BATCH, TritonOptions
 from .common import bounded_int, positive_int, run_main, usage_error
 
 
@@ -176,6 +176,23 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_QUEUE_DELAY_US} µs)")
     g.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
                    help="instances of each classifier (per GPU for the plan; default 1)")
+    defaults = TritonOptions()
+    g.add_argument("--triton-preprocess-instances", type=positive_int, default=defaults.preprocess_instances,
+                   metavar="N", help=f"instances of the image-decoding model (default {defaults.preprocess_instances})")
+    g.add_argument("--triton-intra-op-threads", type=bounded_int(0), default=defaults.intra_op_threads, metavar="N",
+                   help="ONNX Runtime threads per classifier instance (default 0: the serving machine's cores ÷ "
+                        "--triton-instances)")
+    g.add_argument("--triton-max-queue-size", type=positive_int, metavar="N",
+                   help=f"requests each model queues; more are rejected with HTTP 503 / UNAVAILABLE (default "
+                        f"{QUEUE_SIZE_PER_BATCH} × its max batch)")
+    g.add_argument("--triton-queue-timeout-ms", type=bounded_int(0), default=defaults.queue_timeout_ms, metavar="MS",
+                   help=f"a request queued longer is rejected (HTTP 503; default {defaults.queue_timeout_ms} ms, 0: "
+                        "never)")
+    g.add_argument("--triton-max-image-pixels", type=positive_int, default=defaults.max_image_pixels, metavar="N",
+                   help=f"larger images (by their header) are refused with HTTP 400 before decoding (default "
+                        f"{defaults.max_image_pixels})")
+    g.add_argument("--triton-max-image-bytes", type=positive_int, default=defaults.max_image_bytes, metavar="N",
+                   help=f"larger encoded images are refused with HTTP 400 (default {defaults.max_image_bytes})")
     g.add_argument("--triton-topk", type=positive_int, default=DEFAULT_TOPK, metavar="K",
                    help=f"top-k classes the ensembles return (default {DEFAULT_TOPK})")
     g.add_argument("--triton-labels", metavar="FILE",
@@ -212,7 +229,11 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 def triton_options(args: argparse.Namespace) -> TritonOptions:
     return TritonOptions(max_batch=args.triton_max_batch, queue_delay_us=args.triton_queue_delay_us,
-                         instances=args.triton_instances, topk=args.triton_topk, labels=args.triton_labels)
+                         instances=args.triton_instances, topk=args.triton_topk, labels=args.triton_labels,
+                         preprocess_instances=args.triton_preprocess_instances,
+                         intra_op_threads=args.triton_intra_op_threads, max_queue_size=args.triton_max_queue_size,
+                         queue_timeout_ms=args.triton_queue_timeout_ms, max_image_pixels=args.triton_max_image_pixels,
+                         max_image_bytes=args.triton_max_image_bytes)
 
 
 # --------------------------------------------------------------------------------------------------------

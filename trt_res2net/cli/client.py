@@ -1,7 +1,8 @@
 """``python -m trt_res2net.cli.client IMAGE_OR_DIR... --model NAME``: classify images with a model served by Triton
 (serve.py), printing what infer.py prints. The requests are ``trt_res2net.serving.client.TritonClassifier``'s.
 
-Exit status: 0 all classified, 1 some failed, 2 usage error, 3 tritonclient missing.
+Exit status: 0 all classified, 1 some failed (or no server answers, or it does not serve the model), 2 usage error,
+3 tritonclient missing.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
         if not paths:
             raise UserError(f"no images found in {', '.join(args.inputs)}")
         with TritonClassifier(args.model, args.url, args.protocol) as client:
+            client.check_ready()  # one line when no server answers or it does not serve --model
             results = client.classify(paths, args.concurrency)
         failed = 0
         for r in results:

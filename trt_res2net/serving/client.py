@@ -4,8 +4,11 @@
         [--url 127.0.0.1:8000] [--protocol http|grpc] [--concurrency N] [--json out.json]
 
 Each image is one request (the server batches concurrent requests); an image the server cannot decode fails
-its own request and is reported, the rest are classified. Needs ``tritonclient[grpc,http]`` (the ``serve`` extra).
-Exit status: 0 all classified, 1 some failed, 2 usage error, 3 tritonclient missing.
+its own request and is reported, the rest are classified. Before the first image, ``check_ready`` asks the server
+whether it is there and serves the model: one line says when it is not, and why (a model left unloaded because
+the server lacks its backend), naming the ensembles it does serve. Needs ``tritonclient[grpc,http]`` (the
+``serve`` extra). Exit status: 0 all classified, 1 some failed (or no server, or the model not served), 2 usage
+error, 3 tritonclient missing.
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ class RemoteError(UserError):
     exit_code = EXIT_SOME_FAILED
 
 
+class NotServed(UserError):
+    """No server answers, or it does not serve the model asked for."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
+# How a classifier variant's model is named in build.py's repositories, and the backend it needs.
+VARIANT_BACKENDS = {"onnx": "the ONNX Runtime backend (onnxruntime)", "plan": "the TensorRT backend (tensorrt)",
+                    "python": "the Python backend"}
+
+
 def _modules(protocol: str):
     try:
         if protocol == "grpc":
@@ -35,10 +49,17 @@ def _modules(protocol: str):
         else:
             import tritonclient.http as client
         from tritonclient.utils import InferenceServerException
-    except ImportError as e:
-        raise MissingDependency(f"talking to Triton needs tritonclient[{protocol}] ({e}): pip install "
-                                "'trt-res2net[serve]' in the serving environment (README)") from None
+    except Exception as e:  # ImportError, or tritonclient.grpc's RuntimeError when grpcio is missing
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MissingDependency(f"talking to Triton needs tritonclient[{protocol}] ({first}): run the client from the "
+                                "serving environment (.venv-serve/bin/python -m trt_res2net.cli.client ...; README), "
+                                "or pip install 'tritonclient[grpc,http]'") from None
     return client, InferenceServerException
+
+
+def _message(e: BaseException) -> str:
+    text = e.message() if callable(getattr(e, "message", None)) else str(e)
+    return (str(text).strip().splitlines() or [type(e).__name__])[0]
 
 
 class TritonClassifier:
@@ -103,8 +124,77 @@ class TritonClassifier:
         try:
             result = self._client().infer(model or self.model, [inp], outputs=requested, **call)
         except self._error as e:
-            raise RemoteError(e.message() if callable(getattr(e, "message", None)) else str(e)) from None
+            if str(e.status()) in ("503", "StatusCode.UNAVAILABLE"):  # rejected by a full or timed-out queue
+                why = "waited past its queue timeout" if "timeout" in _message(e).lower() else "its queue is full"
+                raise RemoteError(f"the server is busy ({why}; retry later): {_message(e)}") from None
+            raise RemoteError(_message(e)) from None
+        except (OSError, ConnectionError) as e:  # the server went away mid-run: this request's error, one line
+            raise RemoteError(f"no answer from {self.url} ({_message(e)})") from None
         return {o: result.as_numpy(o) for o in outputs}
+
+    # ---------------------------------------------------------------------------------------------- readiness
+
+    def _index(self) -> list[dict]:
+        client = self._client()
+        if self.protocol == "grpc":
+            return client.get_model_repository_index(as_json=True).get("models", [])
+        return client.get_model_repository_index()
+
+    def _platform(self, name: str) -> str:
+        client = self._client()
+        config = (client.get_model_config(name, as_json=True).get("config", {}) if self.protocol == "grpc"
+                  else client.get_model_config(name))
+        return config.get("platform") or config.get("backend", "")
+
+    def served_ensembles(self) -> list[str]:
+        """The ensembles the server has loaded."""
+        ready = [m["name"] for m in self._index() if m.get("state") == "READY"]
+        return [name for name in ready if self._platform(name) == "ensemble"]
+
+    def check_ready(self) -> None:
+        """NotServed (one line) when no server answers at the URL, or when it does not serve the model: why (a
+        load error the server reports, or a classifier left unloaded because this server lacks its backend) and
+        which ensembles it serves."""
+        try:
+            live = self._client().is_server_live()
+        except Exception as e:  # connection refused, no such host, timeout
+            raise NotServed(f"no Triton server answers at {self.url} over {self.protocol} ({_message(e)}): start one "
+                            "with serve.py REPO_DIR (README, \"Serving with Triton\"), or pass --url") from None
+        if not live:
+            raise NotServed(f"the Triton server at {self.url} is not live (it is starting or stopping)")
+        try:
+            if self._client().is_model_ready(self.model):
+                return
+            index = {m["name"]: m for m in self._index()}
+            served = self.served_ensembles()
+        except self._error as e:
+            raise NotServed(f"the Triton server at {self.url}: {_message(e)}") from None
+        hint = (f"it serves {', '.join(served)}: pass --model {served[0]}" if served
+                else "it serves no ensemble")
+        entry = index.get(self.model)
+        if entry is None:
+            raise NotServed(f"{self.model} is not in the repository of the Triton server at {self.url}; {hint}")
+        reason = entry.get("reason", "")
+        if entry.get("state") not in (None, "", "UNAVAILABLE") or (reason and reason != "unloaded"):
+            raise NotServed(f"{self.model} is not loaded on the Triton server at {self.url} ({entry.get('state')}: "
+                            f"{reason}); {hint}")
+        raise NotServed(f"{self.model} is not loaded on the Triton server at {self.url}: "
+                        f"{self._why_not_loaded(index)}; {hint}")
+
+    def _why_not_loaded(self, index: dict) -> str:
+        """What build.py's repository layout says about a model serve.py left out: its classifier needs a backend
+        this server does not have."""
+        variant = self.model.rsplit("_", 1)[-1]
+        base = self.model.rsplit("_", 1)[0]
+        candidates = ([f"{base}_classifier_{variant}"] if variant in VARIANT_BACKENDS
+                      else [f"{self.model}_classifier_plan", f"{self.model}_classifier_onnx"])
+        for classifier in candidates:
+            entry = index.get(classifier)
+            if entry is not None and entry.get("state") != "READY":
+                backend = VARIANT_BACKENDS[classifier.rsplit("_", 1)[-1]]
+                return (f"it runs {classifier}, which needs {backend}, and serve.py loads only what this server can "
+                        "run (nvidia-pytriton's tritonserver has only the Python backend)")
+        return "it is in the server's repository but was not loaded (serve.py loads only what the server can run)"
 
     def classify_one(self, image: bytes) -> list[dict]:
         """One image → its top-k entries ``[{"class_id", "label", "score"}]`` as infer.py writes them."""

@@ -17,6 +17,14 @@ image bytes, any format OpenCV decodes, one per batch row) and gives what ``infe
 the pre/postprocessing are dynamically batched. ``M_python`` needs nothing but Triton's Python backend (and numpy,
 OpenCV, ONNX Runtime in its Python): the ``tritonserver`` of the ``serve`` extra serves it, and CI does.
 
+What a public endpoint meets is bounded in the configs (docs/triton.md, "Hostile input and load"): the
+preprocessing refuses an image over ``max_image_bytes`` or whose header declares more than ``max_image_pixels``
+before decoding it (``INVALID_ARG``: HTTP 400 / gRPC ``INVALID_ARGUMENT``, as every undecodable image); every
+model's queue is bounded (``max_queue_size``) and a request waiting longer than the queue timeout is rejected
+(HTTP 503 / ``UNAVAILABLE``); every model that initialises lazily is warmed up before it reports ready
+(``model_warmup``: ONNX Runtime's first run, OpenCV's first decode); the Python classifier's instances split the
+serving machine's cores between them (``intra_op_threads``).
+
 Every ``config.pbtxt`` is parsed by Triton's own ModelConfig proto (``tritonclient``'s ``model_config_pb2``) and
 cross-checked against the ONNX and the engine manifest (names, dims, data types, batch), and every ensemble
 against its steps, before anything is put under DIR; the repository is built in a temporary folder beside DIR and
@@ -37,17 +45,23 @@ from pathlib import Path
 
 from ..core.errors import MissingDependency, UserError
 from ..core.version import __version__
+from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
 REPOSITORY_FILE = "trt_res2net_repository.json"
 REPOSITORY_FORMAT = "trt_res2net.triton-repository"
 DEFAULT_MAX_BATCH = 32
-DEFAULT_QUEUE_DELAY_US = 2000
+# Measured (docs/triton.md, "Batching and the queue delay"): with no delay a busy instance still gets batches (the
+# requests that queued while it ran), and an idle one starts at once; a delay only adds latency at low load.
+DEFAULT_QUEUE_DELAY_US = 0
+DEFAULT_QUEUE_TIMEOUT_MS = 5000
+QUEUE_SIZE_PER_BATCH = 4  # default max_queue_size: this many full batches per model
 DEFAULT_TOPK = 5
+WARMUP_IMAGE = "warmup/image.bin"  # the preprocessing's warm-up sample (Triton's serialized BYTES: length + data)
 IMAGE, PIXELS, SCORES = "IMAGE", "PIXELS", "SCORES"
 ENSEMBLE_OUTPUTS = ("PROBABILITIES", "TOPK_IDS", "TOPK_SCORES", "TOPK_LABELS")
 VENDORED_PACKAGE = "trt_res2net_vendored"
 # The modules copied byte for byte, in their subpackages (their relative imports keep working there).
-VENDORED_MODULES = ("core/errors.py", "data/preprocess.py", "data/postprocess.py")
+VENDORED_MODULES = ("core/errors.py", "data/image_header.py", "data/preprocess.py", "data/postprocess.py")
 TEMPLATES = {"preprocess": "preprocess_model.py", "postprocess": "postprocess_model.py",
              "classifier_python": "onnx_classifier_model.py"}
 INSTALL_HINT = "pip install 'trt-res2net[triton]' (tritonclient, whose model_config_pb2 is Triton's ModelConfig proto)"
@@ -122,13 +136,24 @@ class TritonOptions:
     ``max_batch``: max_batch_size of the ONNX/Python models and steps (None: the engine's max batch, else
     32); ``queue_delay_us``: how long a classifier waits to fill a batch; ``instances``: instances of each
     classifier (per GPU for the plan); ``topk``: classes the ensembles return; ``labels``: a labels file
-    (infer.py's formats; None: ImageNet's for 1000 classes, else the ids)."""
+    (infer.py's formats; None: ImageNet's for 1000 classes, else the ids); ``preprocess_instances``: instances of
+    the preprocessing (decoding) model; ``intra_op_threads``: ONNX Runtime threads per classifier instance (0: the
+    serving machine's cores ÷ ``instances``, so that instances × threads ≤ cores); ``max_queue_size``: requests each
+    model queues before rejecting more (None: ``QUEUE_SIZE_PER_BATCH`` × its max_batch_size); ``queue_timeout_ms``:
+    a request queued longer is rejected (0: never); ``max_image_pixels`` / ``max_image_bytes``: the largest image
+    the preprocessing decodes (data/preprocess.py's defaults)."""
 
     max_batch: int | None = None
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     instances: int = 1
     topk: int = DEFAULT_TOPK
     labels: Path | None = None
+    preprocess_instances: int = 1
+    intra_op_threads: int = 0
+    max_queue_size: int | None = None
+    queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     def __post_init__(self):
         if self.labels is not None:
@@ -137,6 +162,17 @@ class TritonOptions:
             raise UserError("--triton-queue-delay-us must be 0..10000000 µs, --triton-instances and --triton-topk ≥ 1")
         if self.max_batch is not None and self.max_batch < 1:
             raise UserError(f"--triton-max-batch must be ≥ 1, not {self.max_batch}")
+        for flag, value, low in (("--triton-preprocess-instances", self.preprocess_instances, 1),
+                                 ("--triton-intra-op-threads", self.intra_op_threads, 0),
+                                 ("--triton-max-queue-size", self.max_queue_size, 1),
+                                 ("--triton-queue-timeout-ms", self.queue_timeout_ms, 0),
+                                 ("--triton-max-image-pixels", self.max_image_pixels, 1),
+                                 ("--triton-max-image-bytes", self.max_image_bytes, 1)):
+            if value is not None and value < low:
+                raise UserError(f"{flag} must be ≥ {low}, not {value}")
+
+    def queue_size(self, max_batch: int) -> int:
+        return self.max_queue_size or QUEUE_SIZE_PER_BATCH * max_batch
 
 
 def check_repository_target(path: str | os.PathLike) -> Path:
@@ -162,6 +198,7 @@ class PlanInfo:
     output_dims: list[int]
     dtype: str
     manifest: dict
+    opt_batch: int = 1
 
 
 @dataclass
@@ -246,8 +283,10 @@ def plan_from_manifest(engine_path, io, onnx_sha256: str | None = None) -> tuple
         if lo != hi:
             return None, (f"{engine_path.name}'s profile varies dimension {i + 1} ({lo}..{hi}); the ensemble sends "
                           f"{in_dims}: the repository serves the ONNX model instead")
+    popt = profile.get("opt") or pmax
     return PlanInfo(engine_path=engine_path, max_batch=int(pmax[0]), input_dims=[int(d) for d in pmax[1:]],
-                    output_dims=_dims(mout.get("shape"))[1:], dtype="TYPE_FP32", manifest=manifest), None
+                    output_dims=_dims(mout.get("shape"))[1:], dtype="TYPE_FP32", manifest=manifest,
+                    opt_batch=min(max(1, int(popt[0])), int(pmax[0]))), None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -277,8 +316,25 @@ def _header(name: str, kind: str, max_batch: int, comment: str) -> str:
             f"name: {_q(name)}\n{kind}\nmax_batch_size: {max_batch}\n")
 
 
-def _batching(delay_us: int) -> str:
-    return f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
+def _batching(delay_us: int, queue_size: int, timeout_ms: int, preferred: list[int] | None = None) -> str:
+    """Dynamic batching with a bounded queue: more than ``queue_size`` waiting requests, or one waiting longer than
+    ``timeout_ms``, are rejected (UNAVAILABLE: HTTP 503); a client may ask for a shorter timeout."""
+    pref = f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
+    return ("dynamic_batching {\n"
+            f"  max_queue_delay_microseconds: {delay_us}\n{pref}"
+            f"  default_queue_policy {{ timeout_action: REJECT default_timeout_microseconds: {timeout_ms * 1000} "
+            f"allow_timeout_override: true max_queue_size: {queue_size} }}\n}}\n")
+
+
+def _warmup(samples: list[tuple[str, int, str, str, list[int], str | None]]) -> str:
+    """``model_warmup``: Triton runs these before the model reports ready. Each sample is (name, batch size, input,
+    data type, dims, input_data_file or None for zeros)."""
+    items = []
+    for name, batch, tensor, dtype, dims, data_file in samples:
+        data = f"input_data_file: {_q(data_file)}" if data_file else "zero_data: true"
+        items.append(f"  {{ name: {_q(name)} batch_size: {batch} inputs {{ key: {_q(tensor)} value: {{ data_type: "
+                     f"{dtype} dims: [ {', '.join(map(str, dims))} ] {data} }} }} }}")
+    return "model_warmup [\n" + ",\n".join(items) + "\n]\n"
 
 
 def _instances(count: int, kind: str) -> str:
@@ -352,7 +408,7 @@ class _Repository:
 
     names: _Names
     configs: dict[str, str] = field(default_factory=dict)
-    files: dict[str, list] = field(default_factory=dict)  # model → [(relative path, source Path | str)]
+    files: dict[str, list] = field(default_factory=dict)  # model → [(relative path, source Path | str | bytes)]
     classifiers: dict[str, tuple[str, int]] = field(default_factory=dict)  # variant → (model name, max batch)
     ensembles: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # name → (classifier, batch, variant)
 
@@ -367,37 +423,69 @@ def _result_tensors(src: _Source) -> list[str]:
             _tensor("TOPK_LABELS", "TYPE_STRING", [k])]
 
 
-def _add_pre_and_postprocessing(repo: _Repository, src: _Source, labels_text: str) -> None:
+def _warmup_image() -> bytes:
+    """A JPEG of a synthetic scene at ImageNet validation sizes, serialized as Triton reads a BYTES warm-up input:
+    a 4-byte little-endian length, then the bytes."""
+    import struct
+
+    import cv2
+    import numpy as np
+
+    from ..data.synthetic import make_image
+
+    _, jpeg = cv2.imencode(".jpg", make_image(np.random.default_rng(0), size_range=(375, 500)),
+                           [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return struct.pack("<I", len(jpeg)) + jpeg.tobytes()
+
+
+def _add_pre_and_postprocessing(repo: _Repository, src: _Source, labels_text: str, options: TritonOptions) -> None:
     from ..data.preprocess import SPEC
 
     n, batch, vendored = repo.names, src.max_batch, _vendored_files()
     c = SPEC.crop_size
+    queue = (options.queue_size(batch), options.queue_timeout_ms)
     repo.add(n.preprocess,
              _header(n.preprocess, 'backend: "python"', batch, "Encoded image bytes → float32 [3,224,224]: "
                      "trt_res2net.data.preprocess, vendored in 1/" + VENDORED_PACKAGE)
              + _tensors("input", [_tensor(IMAGE, "TYPE_STRING", [1])])
              + _tensors("output", [_tensor(PIXELS, "TYPE_FP32", [3, c, c])])
-             + _batching(0) + _instances(1, "KIND_CPU")
-             + _parameters({"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(), "threads": "2"}),
-             [("1/model.py", _template("preprocess"))] + vendored)
+             + _batching(0, *queue) + _instances(options.preprocess_instances, "KIND_CPU")
+             + _warmup([("a JPEG (OpenCV's first decode)", 1, IMAGE, "TYPE_STRING", [1], "image.bin")])
+             + _parameters({"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(), "threads": "0",
+                            "max_image_pixels": options.max_image_pixels,
+                            "max_image_bytes": options.max_image_bytes}),
+             [("1/model.py", _template("preprocess")), (WARMUP_IMAGE, _warmup_image())] + vendored)
     probs_mode = "true" if src.outputs_probabilities else "false"
     repo.add(n.postprocess,
              _header(n.postprocess, 'backend: "python"', batch, "Classifier outputs → probabilities and the top-k "
                      "with labels: trt_res2net.data.postprocess, vendored in 1/" + VENDORED_PACKAGE)
              + _tensors("input", [_tensor(SCORES, "TYPE_FP32", src.classifier_dims[1])])
              + _tensors("output", _result_tensors(src))
-             + _batching(0) + _instances(1, "KIND_CPU")
+             # one instance: a softmax and top-k over [C] take microseconds per request, whatever the instances
+             + _batching(0, *queue) + _instances(1, "KIND_CPU")
+             + _warmup([("zeros", 1, SCORES, "TYPE_FP32", src.classifier_dims[1], None)])
              + _parameters({"outputs_probabilities": probs_mode}),
              [("1/model.py", _template("postprocess")), ("labels.txt", labels_text)] + vendored)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _add_classifiers(repo: _Repository, src: _Source, options: TritonOptions) -> None:
     n, batch, io, plan = repo.names, src.max_batch, src.io, src.plan
     in_dims, out_dims = src.classifier_dims
-    batching = _batching(options.queue_delay_us)
     classifier_io = (_tensors("input", [_tensor(io.input_name, "TYPE_FP32", in_dims)])
                      + _tensors("output", [_tensor(io.output_name, "TYPE_FP32", out_dims)]))
+    warm_1 = ("zeros, batch 1 (the first run's allocations)", 1, io.input_name, "TYPE_FP32", in_dims, None)
     if plan is not None:
+        opt = plan.opt_batch
+        preferred = [opt] if 1 < opt < plan.max_batch else None  # release at the size the engine was tuned for
+        warm = [warm_1] + ([(f"zeros, batch {opt}", opt, io.input_name, plan.dtype, plan.input_dims, None)]
+                           if opt > 1 else [])
         repo.add(n.classifier_plan,
                  _header(n.classifier_plan, 'platform: "tensorrt_plan"', plan.max_batch,
                          f"The TensorRT engine {plan.engine_path.name} (TensorRT "
@@ -406,21 +494,28 @@ def _add_classifiers(repo: _Repository, src: _Source, options: TritonOptions) ->
                          "that GPU model with that TensorRT release")
                  + _tensors("input", [_tensor(io.input_name, plan.dtype, plan.input_dims)])
                  + _tensors("output", [_tensor(io.output_name, plan.dtype, plan.output_dims)])
-                 + batching + _instances(options.instances, "KIND_GPU"),
+                 + _batching(options.queue_delay_us, options.queue_size(plan.max_batch), options.queue_timeout_ms,
+                             preferred)
+                 + _instances(options.instances, "KIND_GPU") + _warmup(warm),
                  [("1/model.plan", plan.engine_path)])
         repo.classifiers["plan"] = (n.classifier_plan, plan.max_batch)
+    batching = _batching(options.queue_delay_us, options.queue_size(batch), options.queue_timeout_ms)
     onnx_name = src.onnx_path.name
+    # Triton's ONNX Runtime backend runs its instances as threads of one process, each session with its own pool:
+    # with several, each gets the cores ÷ instances (of this machine, where nothing says otherwise).
+    threads = options.intra_op_threads or (max(1, _cores() // options.instances) if options.instances > 1 else 0)
     repo.add(n.classifier_onnx,
              _header(n.classifier_onnx, 'platform: "onnxruntime_onnx"', batch,
                      f"{onnx_name} on Triton's ONNX Runtime backend (GPU when there is one, else CPU)")
-             + classifier_io + batching + _instances(options.instances, "KIND_AUTO"),
+             + classifier_io + batching + _instances(options.instances, "KIND_AUTO") + _warmup([warm_1])
+             + (_parameters({"intra_op_thread_count": threads}) if threads else ""),
              [("1/model.onnx", src.onnx_path)])
     repo.classifiers["onnx"] = (n.classifier_onnx, batch)
     repo.add(n.classifier_python,
              _header(n.classifier_python, 'backend: "python"', batch,
                      f"{onnx_name} run by ONNX Runtime inside the Python backend (any Triton with the Python backend)")
-             + classifier_io + batching + _instances(options.instances, "KIND_CPU")
-             + _parameters({"intra_op_threads": "0"}),
+             + classifier_io + batching + _instances(options.instances, "KIND_CPU") + _warmup([warm_1])
+             + _parameters({"intra_op_threads": options.intra_op_threads}),
              [("1/model.py", _template("classifier_python")), ("1/model.onnx", src.onnx_path)])
     repo.classifiers["python"] = (n.classifier_python, batch)
 
@@ -452,6 +547,9 @@ def _record(repo: _Repository, src: _Source, model_name: str, options: TritonOpt
             "gpu": plan.manifest.get("gpu"), "max_batch": plan.max_batch},
         "engine_skipped": src.plan_skipped,
         "max_batch_size": src.max_batch, "queue_delay_us": options.queue_delay_us, "instances": options.instances,
+        "preprocess_instances": options.preprocess_instances, "intra_op_threads": options.intra_op_threads,
+        "max_queue_size": options.queue_size(src.max_batch), "queue_timeout_ms": options.queue_timeout_ms,
+        "max_image_pixels": options.max_image_pixels, "max_image_bytes": options.max_image_bytes,
         "topk": src.topk, "num_classes": src.num_classes, "preprocess": SPEC.to_dict(),
         "preprocess_sha256": SPEC.sha256(), "trt_res2net_version": __version__,
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -476,7 +574,7 @@ def write_triton_repository(out_dir: str | os.PathLike, onnx_path: str | os.Path
     src = _read_source(onnx_path, engine_path, options)
     labels_text = "".join(f"{label}\n" for label in src.labels)
     repo = _Repository(_Names(model_name))
-    _add_pre_and_postprocessing(repo, src, labels_text)
+    _add_pre_and_postprocessing(repo, src, labels_text, options)
     _add_classifiers(repo, src, options)
     _add_ensembles(repo, src, model_name, labels_text)
 
@@ -557,6 +655,9 @@ def validate_configs(configs: dict, *, onnx_io=None, num_classes: int | None = N
         is_ensemble = cfg.platform == "ensemble"
         if not is_ensemble and not cfg.HasField("dynamic_batching"):
             raise UserError(f"{name}/config.pbtxt: no dynamic_batching")
+        if not is_ensemble and cfg.dynamic_batching.default_queue_policy.max_queue_size < 1:
+            raise UserError(f"{name}/config.pbtxt: an unbounded queue (dynamic_batching.default_queue_policy."
+                            "max_queue_size); requests past it must be rejected, not queued without end")
         if cfg.platform in ("tensorrt_plan", "onnxruntime_onnx") or name.endswith("_classifier_python"):
             _check_classifier(name, cfg, onnx_io, num_classes, plan, dtype_name)
     for name, cfg in configs.items():
@@ -686,6 +787,8 @@ def _write_atomically(out_dir: Path, configs: dict[str, str], files: dict, recor
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(source, Path):
                     _link_or_copy(source, dst)
+                elif isinstance(source, bytes):
+                    dst.write_bytes(source)
                 else:
                     dst.write_text(source, encoding="utf-8")
         write_json(tmp / REPOSITORY_FILE, record)

@@ -6,16 +6,33 @@ The ``tritonserver`` is the one on PATH (NVIDIA's Triton container, JetPack's Tr
 sets up what it needs in a temporary folder (its Python backend with the stub for this interpreter, the shared
 libraries on LD_LIBRARY_PATH, this interpreter's environment for the models) and removes it when the server stops.
 
-Models whose backend the server lacks are not loaded (one line says which); the rest are loaded explicitly.
-The server listens on loopback unless ``--host`` says otherwise. SIGTERM or Ctrl-C stops it: SIGTERM to the
-server, a bounded wait (then SIGKILL), the temporary folder removed; the server also gets SIGTERM if this
-process dies (Linux's parent-death signal), so no server outlives it.
+Models whose backend the server lacks are not loaded (one line says which); the rest are loaded explicitly. The
+configs are read with Triton's ModelConfig proto (``model_config_pb2``). The server listens on loopback unless
+``--host`` says otherwise.
 
+Stopping leaves nothing, at any moment. Each run has a folder (``$TMPDIR/trt_res2net-triton-*``, with this
+process's pid) and names the Python backend's shared-memory regions after this process
+(``--backend-config=python,shm-region-prefix-name=trt_res2net_<pid>_``). SIGTERM, SIGHUP or Ctrl-C stops the server:
+SIGTERM to it (models unload, their Python stubs stop), a bounded wait (``--stop-timeout``; a server still loading
+gets ``LOADING_STOP_GRACE`` s: it has nothing in flight), then SIGKILL; then whatever is left of its process group is
+stopped and reaped, its ``/dev/shm`` regions removed, and the folder removed. The server gets SIGTERM if this process
+dies (Linux's parent-death signal), and ``serve`` makes this process the reaper of the server's orphans; after a
+SIGKILL, which leaves no chance to clean up, the next start removes what a run whose process is gone left: its
+folder, its regions, any process still running from its folder.
+
+Why not pytriton's own start-up (``pytriton.server.triton_server.TritonServer``): it stops the server with SIGINT
+and kills only the server's pid after 30 s (the Python stubs and the ``/dev/shm`` regions of a killed server stay),
+starts it in the caller's process group, needs ``sh`` and pyzmq for its proxy, and copies its whole 29 MB
+distribution per start; importing ``pytriton`` alone takes about a second. What is taken from it is what it sets
+up for its server (``pytriton.triton``): the Python backend with the stub built for this interpreter beside it,
+its libraries on LD_LIBRARY_PATH, this interpreter's ``bin/`` first on PATH, the parent-death signal, and a
+shared-memory prefix unique to the server.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 import re
 import shutil
@@ -39,7 +56,11 @@ PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxrunti
                      "tensorflow_savedmodel": "tensorflow", "tensorflow_graphdef": "tensorflow"}
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_READY_TIMEOUT = 300.0
+LOADING_STOP_GRACE = 3.0  # seconds a server that is still loading gets to stop before SIGKILL
+GROUP_STOP_GRACE = 1.0  # seconds the server's leftover processes (orphaned stubs) get, once it is gone
 DEFAULT_HOST = "127.0.0.1"  # loopback: serving to other machines is asked for with --host
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "trt_res2net_"  # + this process's pid + "_": the Python backend's regions of one run
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -47,14 +68,17 @@ DEFAULT_HOST = "127.0.0.1"  # loopback: serving to other machines is asked for w
 
 
 class ServerSetup:
-    """The command line, environment and temporary folder of one tritonserver run."""
+    """The command line, environment and run folder of one tritonserver run."""
 
-    def __init__(self, binary: Path, backend_dir: Path | None, env: dict, tmp: Path | None, backends: set[str],
+    def __init__(self, binary: Path, backend_dir: Path | None, env: dict, tmp: Path, backends: set[str],
                  origin: str):
         self.binary, self.backend_dir, self.env, self.tmp = binary, backend_dir, env, tmp
         self.backends, self.origin = backends, origin
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_"
 
     def cleanup(self) -> None:
+        """The run folder and this run's shared-memory regions (call once the server's processes are gone)."""
+        remove_shm_regions(self.shm_prefix)
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
@@ -82,7 +106,8 @@ def _prepend(env: dict, key: str, *paths) -> None:
 
 
 def find_server(binary: str | None, backend_directory: str | None) -> ServerSetup:
-    """The tritonserver to run: ``--tritonserver``, PATH, /opt/tritonserver, else nvidia-pytriton's."""
+    """The tritonserver to run: ``--tritonserver``, PATH, /opt/tritonserver, else nvidia-pytriton's. Removes first
+    what runs killed before left (:func:`remove_stale_runs`)."""
     env = os.environ.copy()
     if binary is None:
         found = shutil.which("tritonserver") or (
@@ -100,23 +125,88 @@ def find_server(binary: str | None, backend_directory: str | None) -> ServerSetu
     if dist is not None and path.resolve() == (dist / "bin" / "tritonserver").resolve():
         return _pytriton_setup(dist, env, backend_directory)
     backend_dir = Path(backend_directory) if backend_directory else path.resolve().parent.parent / "backends"
-    return ServerSetup(path, Path(backend_directory) if backend_directory else None, env, None,
+    return ServerSetup(path, Path(backend_directory) if backend_directory else None, env, _run_folder(),
                        _backends_in(backend_dir), f"{path}")
 
 
 TMP_PREFIX = "trt_res2net-triton-"
 
 
-def _remove_stale_folders() -> None:
-    """Temporary folders of serve.py runs that were killed (SIGKILL leaves no chance to clean up)."""
+def _run_folder() -> Path:
+    """This run's folder, after removing what killed runs left; it records this process's pid."""
+    remove_stale_runs()
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+    (tmp / "serve.pid").write_text(str(os.getpid()))
+    return tmp
+
+
+def _alive(pid: int) -> bool | None:
+    """True / False; None when it cannot be told (another user's process)."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return None
+
+
+def _proc_state(pid: str) -> tuple[int, str] | None:
+    """(process group, state letter) of /proc/PID, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[2]), fields[0]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _processes_using(folder: Path) -> list[int]:
+    """Live processes whose command line names ``folder`` (a killed run's server and Python stubs)."""
+    needle = str(folder).encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes() and (_proc_state(cmdline.parent.name) or (0, "Z"))[1] != "Z":
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def remove_shm_regions(prefix: str) -> list[str]:
+    """Remove the ``/dev/shm`` regions whose names start with ``prefix``; their names."""
+    removed = []
+    for region in SHM_DIR.glob(prefix + "*") if SHM_DIR.is_dir() else []:
+        try:
+            region.unlink()
+            removed.append(region.name)
+        except OSError:
+            pass
+    return removed
+
+
+def remove_stale_runs() -> None:
+    """What serve.py runs that were killed (SIGKILL leaves no chance to clean up) left behind: for each run folder
+    whose process is gone, the processes still running from it (killed), its shared-memory regions, the folder;
+    and regions named after a process that is gone."""
     for folder in Path(tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
         try:
             pid = int((folder / "serve.pid").read_text())
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
         except (OSError, ValueError):
-            continue  # not ours to judge (unreadable, or its process runs as another user)
+            continue  # not ours to judge (unreadable, or being written)
+        if _alive(pid) is not False:
+            continue
+        for orphan in _processes_using(folder):
+            try:
+                os.kill(orphan, signal.SIGKILL)
+            except OSError:
+                pass
+        remove_shm_regions(f"{SHM_PREFIX}{pid}_")
+        shutil.rmtree(folder, ignore_errors=True)
+    for region in SHM_DIR.glob(SHM_PREFIX + "*") if SHM_DIR.is_dir() else []:
+        m = re.match(re.escape(SHM_PREFIX) + r"(\d+)_", region.name)
+        if m and _alive(int(m.group(1))) is False:
+            remove_shm_regions(m.group(0))
 
 
 def _pytriton_setup(dist: Path, env: dict, backend_directory: str | None) -> ServerSetup:
@@ -137,10 +227,8 @@ def _pytriton_setup(dist: Path, env: dict, backend_directory: str | None) -> Ser
         raise UserError(f"this Python has numpy {numpy.__version__}; the Python backend of nvidia-pytriton's "
                         "tritonserver returns empty outputs with numpy 2: run serve.py from the serving environment "
                         "(pip install -e '.[serve]' pins numpy < 2; README)")
-    _remove_stale_folders()
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
+    tmp = _run_folder()
     try:
-        (tmp / "serve.pid").write_text(str(os.getpid()))
         python_backend = tmp / "backends" / "python"
         python_backend.mkdir(parents=True)
         for item in (dist / "backends" / "python").iterdir():
@@ -163,27 +251,51 @@ def _pytriton_setup(dist: Path, env: dict, backend_directory: str | None) -> Ser
 # The repository: which models this server can load
 
 
-_TOP_KEY = re.compile(r'^\s*(backend|platform)\s*:\s*"([^"]*)"', re.M)
-_STEP_MODEL = re.compile(r'model_name\s*:\s*"([^"]*)"')
-
-
 def read_repository(repo: Path) -> dict[str, dict]:
-    """name → {"backend": ..., "steps": [...]} for every model folder with a config.pbtxt."""
+    """name → {"backend": ..., "steps": [...], "config": ModelConfig} for every model folder with a config.pbtxt,
+    parsed by Triton's ModelConfig proto (a config it cannot parse is a UserError with the parser's line)."""
+    from .repository import parse_config
+
     if not repo.exists():
         raise UserError(f"{repo}: no such model repository")
     if not repo.is_dir():
         raise UserError(f"{repo}: not a folder (a model repository is one: build.py ... --triton-repo DIR)")
     models = {}
-    for config in sorted(repo.glob("*/config.pbtxt")):
-        text = config.read_text(encoding="utf-8", errors="replace")
-        keys = dict(_TOP_KEY.findall(text))
-        platform = keys.get("platform", "")
-        backend = keys.get("backend") or PLATFORM_BACKENDS.get(platform, platform)
-        steps = _STEP_MODEL.findall(text) if platform == "ensemble" else []
-        models[config.parent.name] = {"backend": "ensemble" if platform == "ensemble" else backend, "steps": steps}
+    for path in sorted(repo.glob("*/config.pbtxt")):
+        config = parse_config(path.read_text(encoding="utf-8", errors="replace"), str(path))
+        ensemble = config.platform == "ensemble"
+        backend = config.backend or PLATFORM_BACKENDS.get(config.platform, config.platform)
+        steps = [step.model_name for step in config.ensemble_scheduling.step] if ensemble else []
+        models[path.parent.name] = {"backend": "ensemble" if ensemble else backend, "steps": steps, "config": config}
     if not models:
         raise UserError(f"{repo}: no models in it (no */config.pbtxt); write one with build.py ... --triton-repo DIR")
     return models
+
+
+_DTYPE_BYTES = {"TYPE_BOOL": 1, "TYPE_UINT8": 1, "TYPE_INT8": 1, "TYPE_UINT16": 2, "TYPE_INT16": 2, "TYPE_FP16": 2,
+                "TYPE_BF16": 2, "TYPE_UINT32": 4, "TYPE_INT32": 4, "TYPE_FP32": 4, "TYPE_UINT64": 8, "TYPE_INT64": 8,
+                "TYPE_FP64": 8}
+MIB = 1 << 20
+
+
+def python_shm_bytes(configs) -> int:
+    """Shared memory for one Python-backend instance to hold its largest batch: max_batch_size × the bytes of its
+    fixed-size inputs and outputs (TYPE_STRING tensors, of unknown size, grow the region when they come), plus one
+    MiB for the backend's own messages; rounded up to MiB. 1 MiB (the backend's default) without Python models."""
+    from .repository import model_config_pb2
+
+    name_of = model_config_pb2().DataType.Name
+    largest = 0
+    for config in configs:
+        if config.backend != "python":
+            continue
+        per_item = 0
+        for tensor in [*config.input, *config.output]:
+            size = _DTYPE_BYTES.get(name_of(tensor.data_type))
+            if size is not None and all(d > 0 for d in tensor.dims):
+                per_item += size * math.prod(tensor.dims)
+        largest = max(largest, max(1, config.max_batch_size) * per_item)
+    return (math.ceil(largest / MIB) + 1) * MIB if largest else MIB
 
 
 def choose_models(models: dict[str, dict], backends: set[str], wanted: list[str] | None) -> tuple[list, dict]:
@@ -331,12 +443,13 @@ def _warn(message: str) -> None:
 class TritonServer:
     """One tritonserver process on a repository: checked and set up here, then ``start()`` (returns once the
     models are ready), ``wait()`` (returns only by an exception: a signal, or the server stopping by itself),
-    ``stop()``; ``close()`` (or ``with``) stops it and removes its temporary folder."""
+    ``stop()``; ``close()`` (or ``with``) stops it and removes its run folder and shared-memory regions."""
 
     def __init__(self, repo: str | os.PathLike, options: ServerOptions | None = None):
         self.repo = Path(repo)
         self.options = options = options or ServerOptions()
         models = read_repository(self.repo)
+        self.configs = {name: info["config"] for name, info in models.items()}
         for what, port in options.ports():
             _check_port_free(options.host, port, what)
         ports = [port for _, port in options.ports()]
@@ -353,6 +466,17 @@ class TritonServer:
             raise
         self.proc: subprocess.Popen | None = None
         self.pump: LogPump | None = None
+        self.ready = False
+
+    def python_backend_config(self) -> list[str]:
+        """The Python backend's shared memory: this run's region prefix, and each instance's region sized to hold
+        the largest batch of the models loaded (growing by as much when a request needs more)."""
+        if self.setup.backends and "python" not in self.setup.backends:
+            return []
+        size = python_shm_bytes(self.configs[m] for m in self.models)
+        return [f"--backend-config=python,shm-region-prefix-name={self.setup.shm_prefix}",
+                f"--backend-config=python,shm-default-byte-size={size}",
+                f"--backend-config=python,shm-growth-byte-size={size}"]
 
     def command(self) -> list[str]:
         o, setup = self.options, self.setup
@@ -367,6 +491,7 @@ class TritonServer:
             cmd += [f"--metrics-address={o.host}", f"--metrics-port={o.metrics_port}", "--allow-gpu-metrics=false"]
         if setup.backend_dir is not None:
             cmd.append(f"--backend-directory={setup.backend_dir}")
+        cmd += self.python_backend_config()
         if not o.verbose:
             cmd.append("--log-info=false")
         return cmd + list(o.extra_args)
@@ -382,6 +507,9 @@ class TritonServer:
         self.proc = subprocess.Popen(self.command(), env=self.setup.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=_parent_death_signal)
+        if self.setup.tmp is not None:
+            (self.setup.tmp / "tritonserver.pid").write_text(str(self.proc.pid))
+        print(f"starting tritonserver (pid {self.proc.pid}): loading {len(self.models)} models", flush=True)
         self.pump = LogPump(self.proc.stdout, o.verbose)
         self.pump.start()
         deadline = time.monotonic() + o.ready_timeout
@@ -395,6 +523,7 @@ class TritonServer:
                                 + (": " + " | ".join(self.pump.errors()) if self.pump.errors() else ""),
                                 EXIT_SOME_FAILED)
             time.sleep(0.1)
+        self.ready = True
 
     def endpoints(self) -> list[str]:
         """Where it listens, for people."""
@@ -417,10 +546,15 @@ class TritonServer:
                         + (": " + " | ".join(reasons) if reasons else ""), EXIT_SOME_FAILED)
 
     def stop(self) -> int | None:
-        """SIGTERM, a bounded wait, then SIGKILL; the exit status (None when it never started)."""
+        """SIGTERM, a bounded wait (``stop_timeout``, or ``LOADING_STOP_GRACE`` while the models still load: nothing
+        is in flight then), then SIGKILL; then the rest of its process group and its shared-memory regions. The exit
+        status (None when it never started)."""
         if self.proc is None:
             return None
-        return stop_server(self.proc, self.options.stop_timeout)
+        timeout = self.options.stop_timeout if self.ready else min(self.options.stop_timeout, LOADING_STOP_GRACE)
+        code = stop_server(self.proc, timeout)
+        remove_shm_regions(self.setup.shm_prefix)
+        return code
 
     def close(self) -> None:
         try:
@@ -435,9 +569,24 @@ class TritonServer:
         self.close()
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal went away; stop the same way
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned descendants (the server's Python stubs, if the server exits before them) become this
+    process's children, so :func:`stop_server` reaps them instead of leaving zombies to init."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        pass
+
+
 def serve(repo: str | os.PathLike, options: ServerOptions | None = None) -> int:
-    """Serve ``repo`` until SIGTERM or Ctrl-C (exit status 0), printing where the server listens once it is ready.
-    A second signal during the shutdown does not cut it short; the server's temporary folder is always removed."""
+    """Serve ``repo`` until SIGTERM, SIGHUP or Ctrl-C (exit status 0), printing where the server listens once it is
+    ready. A second signal during the shutdown does not cut it short; the server's run folder and shared-memory
+    regions are always removed."""
     server = TritonServer(repo, options)
     stop_requested: list[int] = []
 
@@ -445,8 +594,9 @@ def serve(repo: str | os.PathLike, options: ServerOptions | None = None) -> int:
         stop_requested.append(signum)
         raise _Stop(signum)
 
+    _become_subreaper()  # the server's Python stubs, orphaned when it exits first, are then reaped here
     try:
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
         try:
             server.start()
             print("\n".join([*server.endpoints(), "ready; SIGTERM or Ctrl-C stops it"]), flush=True)
@@ -477,22 +627,49 @@ def stop_server(proc: subprocess.Popen, timeout: float) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    _stop_group(proc.pid, timeout)
+    _stop_group(proc.pid, GROUP_STOP_GRACE)
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode
 
 
+def _group_members(pgid: int) -> tuple[list[int], list[int]]:
+    """(running, exited but not reaped) processes of process group ``pgid``."""
+    running, zombies = [], []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        state = _proc_state(stat.parent.name)
+        if state is not None and state[0] == pgid:
+            (zombies if state[1] in "ZX" else running).append(int(stat.parent.name))
+    return running, zombies
+
+
+def _reap(pids) -> None:
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # ours when this process is their reaper (serve); else not ours to reap
+        except ChildProcessError:
+            pass
+
+
 def _stop_group(pgid: int, timeout: float) -> None:
-    """What is left of the server's own process group (its Python backend stubs): SIGTERM, then SIGKILL."""
-    deadline = time.monotonic() + min(timeout, 10.0)
+    """What is left of the server's own process group once the server is gone (Python backend stubs it could not
+    stop, having been killed): SIGTERM, a wait of at most ``timeout``, then SIGKILL; exited members that this
+    process reaps are reaped."""
+    deadline = time.monotonic() + timeout
     sig = signal.SIGTERM
     while True:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
+        running, zombies = _group_members(pgid)
+        _reap(zombies)
+        if not running:
             return
+        for pid in running:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
         if sig == signal.SIGKILL:
+            time.sleep(0.05)
+            _reap(_group_members(pgid)[1])
             return
         time.sleep(0.1)
         if time.monotonic() > deadline:

@@ -4,14 +4,23 @@ For a Triton without the ONNX Runtime backend (the ``tritonserver`` of the ``ser
 backend). Same inputs and outputs as the ``onnxruntime_onnx`` model beside it. The requests that the dynamic
 batcher queued together run as one ONNX Runtime batch; the outputs are split back per request. The session is
 set up as ``infer.py``'s (``trt_res2net.runtime.classifier.OnnxRuntimeBackend``): CUDA when the instance is on a GPU and
-ONNX Runtime has it, else the CPU; idle threads do not spin.
+ONNX Runtime has it, else the CPU; idle threads do not spin. Each instance is its own process with its own session:
+``intra_op_threads`` 0 gives each the machine's cores ÷ the instance count, so instances × threads ≤ cores.
 """
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class TritonPythonModel:
@@ -26,9 +35,14 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        threads = int(params.get("intra_op_threads", "0") or 0)
-        if threads:
-            options.intra_op_num_threads = threads
+        instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+        threads = int(params.get("intra_op_threads", "0") or 0) or max(1, _cores() // instances)
+        options.intra_op_num_threads = threads
+        # A batch of several rows runs as up to ``threads`` concurrent runs of the one session (ONNX Runtime's
+        # run is thread-safe and releases the GIL), as infer.py's concurrent callers do: the intra-op threads then
+        # have other work to take up between one run's operators instead of waiting at each one's end.
+        self.runs = max(1, int(params.get("concurrent_runs", "0") or 0) or threads)
+        self.pool = ThreadPoolExecutor(self.runs, thread_name_prefix="run") if self.runs > 1 else None
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             device = int(args.get("model_instance_device_id", 0))
@@ -39,7 +53,7 @@ class TritonPythonModel:
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         try:
-            (y,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})
+            y = self._run(np.ascontiguousarray(batch, np.float32))
         except Exception as e:
             lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
             error = pb_utils.TritonError(
@@ -52,3 +66,16 @@ class TritonPythonModel:
             start += a.shape[0]
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)]))
         return responses
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        def one(part):
+            return self.session.run([self.output_name], {self.input_name: part})[0]
+
+        k = min(self.runs, len(batch))
+        if k <= 1:
+            return one(batch)
+        return np.concatenate(list(self.pool.map(one, np.array_split(batch, k))))
+
+    def finalize(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
