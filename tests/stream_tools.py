@@ -99,6 +99,22 @@ def require_rtsp_server() -> None:
         _missing("GStreamer's RTSP server for the system python3 (with x264enc)")
 
 
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Wait until a TCP socket listens on ``port`` (Linux's /proc/net/tcp, state 0A), or the process exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":
+                    return
+        time.sleep(0.05)
+
+
 class RtspServer:
     """tests/rtsp_server.py as a process: ``start()``, ``stop()`` (kill it: clients see the server gone)."""
 
@@ -149,7 +165,10 @@ class FfmpegStream:
             [require_ffmpeg(), "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.video),
              "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "10", "-pix_fmt", "yuv420p",
              *out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.3)  # the HTTP listener binds; UDP packets flow
+        if self.protocol == "http":
+            _wait_listening(self.port, self.proc)  # without connecting: ffmpeg serves one client only
+        else:
+            time.sleep(0.3)  # packets flow; the receiver waits for a key frame anyway
         if self.proc.poll() is not None:
             raise RuntimeError(f"ffmpeg exited: {self.proc.stderr.read().decode()[-500:]}")
         return self
