@@ -314,6 +314,14 @@ def test_truncated_video_and_bad_images_are_reported_and_the_rest_classified(tin
     assert [r["frame"] for r in records if r["source"] == str(folder)] == [0, 2]
 
 
+def test_image_limits_apply_to_image_sources(tiny, tmp_path, capsys):
+    write_pngs(tmp_path / "frames", st.frames(2))  # 320×240 = 76,800 pixels each
+    code, out, err = run_cli(capsys, tiny, tmp_path / "frames", "--jsonl", tmp_path / "o.jsonl",
+                             "--max-image-pixels", "50000")
+    assert code == 1 and (tmp_path / "o.jsonl").read_text() == ""
+    assert err.count("(--max-image-pixels raises it)") == 2 and "skipped frame 0" in err
+
+
 def test_a_looped_folder_of_unreadable_images_ends(tiny, tmp_path):
     for i in range(2):
         (tmp_path / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")

@@ -89,6 +89,7 @@ def wants_streams(args: argparse.Namespace) -> bool:
 def stream_options(args: argparse.Namespace):
     """The flags → ``StreamOptions`` (a flag not given keeps the option's default)."""
     from ..runtime.stream import StreamOptions
+    from .infer import image_limits
 
     given = {
         "batch": args.batch, "topk": args.topk, "threshold": args.threshold, "smooth": args.smooth,
@@ -96,7 +97,7 @@ def stream_options(args: argparse.Namespace):
         "decoder": args.decoder, "codec": args.codec, "max_frames": args.max_frames,
     }
     return StreamOptions(keep_frames=bool(args.save_video or args.display), gpu_preprocess=not args.cpu_preprocess,
-                         **{k: v for k, v in given.items() if v is not None})
+                         image_limits=image_limits(args), **{k: v for k, v in given.items() if v is not None})
 
 
 class _Rate:

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from .images import IMAGE_EXTENSIONS, find_images
-from .preprocess import ImageDecodeError, decode_image
+from .preprocess import DEFAULT_LIMITS, ImageDecodeError, ImageLimits, decode_image
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
                     ".mpg", ".mpeg", ".3gp", ".ogv", ".y4m", ".gif", ".h264", ".264", ".h265", ".265", ".hevc",
@@ -354,10 +354,12 @@ class Capture:
 
 
 class ImageSequenceCapture(Capture):
-    """The sorted images of a folder or glob, decoded as infer.py decodes images."""
+    """The sorted images of a folder or glob, decoded as infer.py decodes images (``limits``: images over them are
+    refused before they are decoded, as bad frames)."""
 
-    def __init__(self, paths: Sequence[Path]):
+    def __init__(self, paths: Sequence[Path], limits: ImageLimits = DEFAULT_LIMITS):
         self.paths = list(paths)
+        self.limits = limits
         self.frame_count = len(self.paths)
         self._next = 0
 
@@ -368,7 +370,7 @@ class ImageSequenceCapture(Capture):
         self._next += 1
         self.image = str(path)
         try:
-            return decode_image(path)
+            return decode_image(path, self.limits)
         except ImageDecodeError as e:
             raise FrameError(str(e)) from None
 
@@ -416,13 +418,15 @@ class VideoCaptureSource(Capture):
         self.cap.release()
 
 
-def open_capture(source: Source, open_timeout: float = 10.0, read_timeout: float = 5.0) -> Capture:
+def open_capture(source: Source, open_timeout: float = 10.0, read_timeout: float = 5.0,
+                 image_limits: ImageLimits = DEFAULT_LIMITS) -> Capture:
     """Open ``source``; UserError (one line naming it and the backend tried) when it cannot be opened.
 
     ``open_timeout`` / ``read_timeout`` (seconds) bound how long FFmpeg waits for a network stream to answer
-    and for the next packet (a server that went away is then noticed, and the stream reopened)."""
+    and for the next packet (a server that went away is then noticed, and the stream reopened); ``image_limits``
+    bound the images of an image source."""
     if source.backend == "images":
-        return ImageSequenceCapture(source.paths)
+        return ImageSequenceCapture(source.paths, image_limits)
     import cv2
 
     _quiet_opencv()

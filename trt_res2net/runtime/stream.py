@@ -38,6 +38,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..data.postprocess import topk, topk_entries
+from ..data.preprocess import DEFAULT_LIMITS, ImageLimits
 from ..data.sources import FrameError, Source, open_capture, parse_source
 from .classifier import Classifier
 
@@ -61,7 +62,8 @@ class StreamOptions:
     ``2 × batch`` for files); ``decoder`` ``cpu`` or ``nvv4l2`` (Jetson hardware decoding of RTSP and files through
     GStreamer) with ``codec`` h264/h265; ``keep_frames``: results carry their frame (``frame_bgr``, for drawing);
     ``gpu_preprocess``: use the backend's GPU preprocessing when it has one; ``max_frames``: stop each source after
-    that many frames (0: no limit).
+    that many frames (0: no limit); ``image_limits``: the largest images an image folder's frames may be (refused
+    before decoding, as unreadable frames).
     """
 
     batch: int = 8
@@ -80,6 +82,7 @@ class StreamOptions:
     keep_frames: bool = False
     gpu_preprocess: bool = True
     max_frames: int = 0
+    image_limits: ImageLimits = DEFAULT_LIMITS
 
     def __post_init__(self):
         if self.batch < 1 or self.topk < 1 or self.smooth < 1:
@@ -307,7 +310,7 @@ class StreamRunner:
         try:
             source = given if isinstance(given, Source) else parse_source(given, o.decoder, o.codec)
             st.stats.kind, st.stats.backend = source.kind, source.backend
-            st.cap = open_capture(source, o.open_timeout, o.read_timeout)
+            st.cap = open_capture(source, o.open_timeout, o.read_timeout, o.image_limits)
         except UserError as e:
             reason = str(e).removeprefix(f"{st.uri}: ")
             st.stats.status, st.stats.failed = f"could not be opened: {reason}", True
@@ -457,7 +460,7 @@ class StreamRunner:
         delay = _BACKOFF_FIRST
         while not self._stop.is_set():
             try:
-                cap = open_capture(st.source, o.open_timeout, o.read_timeout)
+                cap = open_capture(st.source, o.open_timeout, o.read_timeout, o.image_limits)
             except UserError:
                 cap = None
             if cap is not None:
