@@ -172,24 +172,38 @@ def served_perf_analyzer(cmd, env, server: Served, model: str, input_json: Path,
             "p99_ms": float(row["p99 latency"]) / 1e3, "client": "perf_analyzer"}
 
 
-def with_cpu(server: Served, model: str, measure, classifier: str) -> dict:
+def with_cpu(server: Served, model: str, measure, steps: dict[str, str]) -> dict:
     """``measure()``'s figures plus CPU milliseconds per image: the server's process group and this process and
-    its children (the client), over every request the server counted; and the mean batch the classifier ran."""
+    its children (the client), over every request the server counted; the mean batch the classifier ran; and per
+    step of the ensemble (``steps``: role → model), the mean milliseconds a request queued and computed."""
     import resource
 
     def client_cpu():
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    k0 = server.stats(classifier)
+    before = {role: server.stats(m) for role, m in steps.items()}
     n0, s0, c0 = server.inference_count(model), server.cpu_seconds(), client_cpu()
     figures = measure()
     n = server.inference_count(model) - n0
     cpu = server.cpu_seconds() - s0 + client_cpu() - c0
-    k1 = server.stats(classifier)
-    runs = int(k1["execution_count"]) - int(k0["execution_count"])
-    mean_batch = (int(k1["inference_count"]) - int(k0["inference_count"])) / max(runs, 1)
-    return {**figures, "cpu_ms_per_image": 1e3 * cpu / max(n, 1), "mean_batch": round(mean_batch, 2)}
+    after = {role: server.stats(m) for role, m in steps.items()}
+
+    def delta(role, *keys):
+        a, b = after[role], before[role]
+        for k in keys:
+            a, b = a[k], b[k]
+        return int(a) - int(b)
+
+    k = "classifier"
+    mean_batch = delta(k, "inference_count") / max(delta(k, "execution_count"), 1)
+    per_step = {}
+    for role in steps:
+        count = max(delta(role, "inference_stats", "success", "count"), 1)
+        per_step[role] = {"queue_ms": round(delta(role, "inference_stats", "queue", "ns") / 1e6 / count, 2),
+                          "compute_ms": round(delta(role, "inference_stats", "compute_infer", "ns") / 1e6 / count, 2)}
+    return {**figures, "cpu_ms_per_image": 1e3 * cpu / max(n, 1), "mean_batch": round(mean_batch, 2),
+            "steps": per_step}
 
 
 def served_loop(server: Served, model: str, blobs: list[bytes], c: int, requests: int, protocol: str) -> dict:
@@ -300,7 +314,9 @@ def main() -> int:
             onnx = write_onnx(spec, weights.random_weights(spec, seed=0), tmp / f"{args.model}.onnx")
         options = TritonOptions(**chosen)
         write_triton_repository(tmp / "repo", onnx, model_name=args.model, options=options)
-        ensemble, classifier = f"{args.model}_python", f"{args.model}_classifier_python"
+        ensemble = f"{args.model}_python"
+        steps = {"preprocess": f"{args.model}_preprocess", "classifier": f"{args.model}_classifier_python",
+                 "postprocess": f"{args.model}_postprocess"}
         pa = None if args.client == "loop" else perf_analyzer_command()
         if args.client == "perf_analyzer" and pa is None:
             raise SystemExit("perf_analyzer cannot run here")
@@ -321,16 +337,19 @@ def main() -> int:
                     if pa:
                         try:
                             rnd["served"][c] = with_cpu(server, ensemble, lambda c=c: served_perf_analyzer(
-                                *pa, server, ensemble, input_json, c, args.requests, args.protocol, tmp), classifier)
+                                *pa, server, ensemble, input_json, c, args.requests, args.protocol, tmp), steps)
                         except RuntimeError:  # no stable measurement on a busy machine: the loop instead
                             print(f"C={c}: perf_analyzer found no stable measurement; the client loop measures "
                                   "this point", file=sys.stderr)
-                            rnd["served"][c] = with_cpu(server, ensemble, loop, classifier)
+                            rnd["served"][c] = with_cpu(server, ensemble, loop, steps)
                     else:
-                        rnd["served"][c] = with_cpu(server, ensemble, loop, classifier)
+                        rnd["served"][c] = with_cpu(server, ensemble, loop, steps)
                     rnd["in_process"][c] = in_process(backend, paths, c, args.requests)
                     print(f"round {r + 1}: C={c:>2}  served {rnd['served'][c]['images_per_s']:6.2f} img/s "
-                          f"(batches of {rnd['served'][c]['mean_batch']:.1f})  "
+                          f"(batches of {rnd['served'][c]['mean_batch']:.1f}; per request: "
+                          + ", ".join(f"{role} {v['queue_ms']:.0f}+{v['compute_ms']:.0f} ms" for role, v in
+                                      rnd["served"][c]["steps"].items())
+                          + ")  "
                           f"in-process {rnd['in_process'][c]['images_per_s']:6.2f} img/s", file=sys.stderr)
                 rnd["infer_py_batch8"] = infer_py_batch8(onnx, paths)
                 rounds.append(rnd)
@@ -360,6 +379,8 @@ def main() -> int:
         print(f"{row['path']:12s} {row['concurrency']:>3d} {row['images_per_s']:>8.2f} {row['p50_ms']:>8.1f} "
               f"{row['p99_ms']:>8.1f} {row['cpu_ms_per_image']:>10.1f}  {row['measured_by']}")
     print(f"infer.py's own loop (Classifier.classify, batch 8, 2 decode threads): {batch8:.2f} img/s")
+    print(f"queue settings: each model rejects a request queued over {options.queue_timeout_ms} ms, or past "
+          f"{options.queue_size(options.max_batch or 32)} waiting requests")
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "rows": rows, "infer_py_batch8_images_per_s": batch8,
                                                "rounds": rounds}, indent=2, default=str) + "\n")

@@ -10,15 +10,15 @@ Models whose backend the server lacks are not loaded (one line says which); the 
 configs are read with Triton's ModelConfig proto (``model_config_pb2``). The server listens on loopback unless
 ``--host`` says otherwise.
 
-Stopping leaves nothing, at any moment. Each run has a folder (``$TMPDIR/trt_res2net-triton-*``, with this
-process's pid) and names the Python backend's shared-memory regions after this process
-(``--backend-config=python,shm-region-prefix-name=trt_res2net_<pid>_``). SIGTERM, SIGHUP or Ctrl-C stops the server:
-SIGTERM to it (models unload, their Python stubs stop), a bounded wait (``--stop-timeout``; a server still loading
-gets ``LOADING_STOP_GRACE`` s: it has nothing in flight), then SIGKILL; then whatever is left of its process group is
-stopped and reaped, its ``/dev/shm`` regions removed, and the folder removed. The server gets SIGTERM if this process
-dies (Linux's parent-death signal), and ``serve`` makes this process the reaper of the server's orphans; after a
-SIGKILL, which leaves no chance to clean up, the next start removes what a run whose process is gone left: its
-folder, its regions, any process still running from its folder.
+Stopping leaves nothing, at any moment. Each run has a folder (``$TMPDIR/trt_res2net-triton-*``, with this process's
+pid) and names the Python backend's shared-memory regions after this process
+(``--backend-config=python,shm-region-prefix-name=trt_res2net_<pid>_<token>_``). SIGTERM, SIGHUP or Ctrl-C stops the
+server: SIGTERM to it (models unload, their Python stubs stop), a bounded wait (``--stop-timeout``; a server still
+loading gets ``LOADING_STOP_GRACE`` s: it has nothing in flight), then SIGKILL; then whatever is left of its process
+group is stopped and reaped, its ``/dev/shm`` regions removed, and the folder removed. The server gets SIGTERM if
+this process dies (Linux's parent-death signal), and ``serve`` makes this process the reaper of the server's
+orphans; after a SIGKILL, which leaves no chance to clean up, the next start removes what a run whose process is
+gone left: its folder, its regions, any process still running from its folder.
 
 Why not pytriton's own start-up (``pytriton.server.triton_server.TritonServer``): it stops the server with SIGINT
 and kills only the server's pid after 30 s (the Python stubs and the ``/dev/shm`` regions of a killed server stay),
@@ -35,6 +35,7 @@ import collections
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -60,7 +61,7 @@ LOADING_STOP_GRACE = 3.0  # seconds a server that is still loading gets to stop 
 GROUP_STOP_GRACE = 1.0  # seconds the server's leftover processes (orphaned stubs) get, once it is gone
 DEFAULT_HOST = "127.0.0.1"  # loopback: serving to other machines is asked for with --host
 SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "trt_res2net_"  # + this process's pid + "_": the Python backend's regions of one run
+SHM_PREFIX = "trt_res2net_"  # + this process's pid + "_" + a server's token + "_": the Python backend's regions
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ class ServerSetup:
                  origin: str):
         self.binary, self.backend_dir, self.env, self.tmp = binary, backend_dir, env, tmp
         self.backends, self.origin = backends, origin
-        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_"
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(3)}_"  # this process's, this server's
 
     def cleanup(self) -> None:
         """The run folder and this run's shared-memory regions (call once the server's processes are gone)."""
