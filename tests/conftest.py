@@ -91,3 +91,13 @@ def fitted_onnx(tmp_path_factory, tiny_spec, tiny_weights, gpu_images):
 
     fitted = fit_bn_statistics(tiny_spec, tiny_weights, gpu_images["calib"])
     return write_onnx(tiny_spec, fitted, tmp_path_factory.mktemp("gpu_onnx") / "tiny_fitted.onnx")
+
+
+@pytest.fixture(autouse=True)
+def _normal_log_level():
+    """build.py --quiet/--verbose set the project's log level for the process: each test starts at the default."""
+    from trt_res2net.core import log
+
+    log.configure("normal")
+    yield
+    log.configure("normal")

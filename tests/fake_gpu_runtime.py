@@ -64,8 +64,10 @@ GPU_CLOCK = _GpuClock()
 
 
 def write_engine(path, *, inputs=None, outputs=None, batch=(1, 4, 8), classes=10, in_dtype="FLOAT",
-                 out_dtype="FLOAT", out_name="logits", fixed=None, rtx=False):
-    """A fake engine file. ``fixed=N`` makes a static-batch engine; ``rtx=True`` a TensorRT-RTX-like one."""
+                 out_dtype="FLOAT", out_name="logits", fixed=None, rtx=False, manifest=True):
+    """A fake engine file. ``fixed=N`` makes a static-batch engine; ``rtx=True`` a TensorRT-RTX-like one.
+    ``manifest``: with the manifest build.py would write beside it for the fake library and GPU of :func:`install`
+    (the runtime refuses an engine without one)."""
     n = fixed if fixed else -1
     spec = {
         "inputs": inputs or {"input": {"shape": [n, 3, 224, 224], "dtype": in_dtype,
@@ -78,7 +80,27 @@ def write_engine(path, *, inputs=None, outputs=None, batch=(1, 4, 8), classes=10
         header[:4], header[24:27], header[32] = b"vtrt", bytes([1, 7, 1]), 0x7E
         data = bytes(header) + data
     path.write_bytes(data)
+    if manifest:
+        write_fake_manifest(path, rtx=rtx)
     return path
+
+
+def write_fake_manifest(path, *, rtx=False, **fields):
+    """A manifest for a fake engine as :func:`install` sets things up by default: TensorRT 10.3.0 on an H200, or
+    TensorRT-RTX 1.7.1 for the library's default targets."""
+    import hashlib
+
+    from trt_res2net.engine import manifest as mf
+
+    doc = {"format": mf.MANIFEST_FORMAT, "format_version": mf.MANIFEST_VERSION, "engine": path.name,
+           "engine_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+           "engine_family": "tensorrt-rtx" if rtx else "tensorrt",
+           "library_version": "1.7.1.116" if rtx else "10.3.0",
+           "gpu": None if rtx else {"name": "NVIDIA H200", "compute_capability": "9.0"},
+           "compute_capabilities": ["8.0", "8.6", "8.9", "12.0", "12.1"] if rtx else ["9.0"],
+           "compute_capabilities_and_later": rtx, **fields}
+    mf.manifest_path_for(path).write_text(json.dumps(doc))
+    return mf.manifest_path_for(path)
 
 
 # -- fake tensorrt ------------------------------------------------------------------------------------
@@ -212,6 +234,7 @@ class FakeRuntimeConfig:
     def __init__(self):
         self.cache = None
         self.cuda_graph_strategy = _Enum("DISABLED")
+        self.dynamic_shapes_kernel_specialization_strategy = _Enum("LAZY")
 
     def create_runtime_cache(self):
         return FakeRuntimeCache()
@@ -231,10 +254,16 @@ def make_tensorrt(version="10.3.0", rtx=False):
     trt.validity = ("VALID", 0)  # what get_engine_validity answers (TensorRT-RTX)
 
     class Logger:
-        WARNING = "WARNING"
+        VERBOSE, INFO, WARNING, ERROR, INTERNAL_ERROR = 4, 3, 2, 1, 0
 
         def __init__(self, level):
             self.level = level
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    trt.ILogger = ILogger
 
     class Runtime:
         def __init__(self, logger):
@@ -262,6 +291,8 @@ def make_tensorrt(version="10.3.0", rtx=False):
         trt.EngineInvalidityDiagnostics = types.SimpleNamespace(__members__=diagnostics)
         trt.CudaGraphStrategy = types.SimpleNamespace(DISABLED=_Enum("DISABLED"),
                                                       WHOLE_GRAPH_CAPTURE=_Enum("WHOLE_GRAPH_CAPTURE"))
+        trt.DynamicShapesKernelSpecializationStrategy = types.SimpleNamespace(
+            LAZY=_Enum("LAZY"), EAGER=_Enum("EAGER"), NONE=_Enum("NONE"))
         Runtime.engine_header_size = RTX_HEADER_SIZE
 
         def get_engine_validity(self, header):

@@ -61,4 +61,4 @@ def run_precision(ns: argparse.Namespace, fp32_onnx: Path, model: str) -> Path:
     from trt_res2net.cli.build import precision_options
     from trt_res2net.precision.convert import convert_precision
 
-    return convert_precision(fp32_onnx, ns.precision, precision_options(ns), model_name=model)
+    return convert_precision(fp32_onnx, ns.precision or "fp32", precision_options(ns), model_name=model)

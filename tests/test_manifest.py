@@ -107,15 +107,18 @@ def test_check_rtx_engine_by_compute_capability(tmp_path):
     rtx = parse_version("1.7.1.116", "tensorrt-rtx")
     for name, cc in (("NVIDIA GeForce RTX 3090", "8.6"), ("NVIDIA L4", "8.9"), ("NVIDIA RTX PRO 6000", "12.0")):
         mf.check_engine_compatible(doc, rtx, name, cc)
-    mf.check_engine_compatible(doc, parse_version("1.8.0", "tensorrt-rtx"), "NVIDIA L4", "8.9")  # newer runtime
+    for other in ("1.8.0", "1.7.2", "1.6.0"):  # NVIDIA: not compatible between releases, newer or older
+        with pytest.raises(UserError, match=rf"built with TensorRT-RTX 1.7.1.116, but this machine has TensorRT-RTX "
+                                             rf"{other}, and TensorRT-RTX engines run only on the release that built "
+                                             "them: rebuild it"):
+            mf.check_engine_compatible(doc, parse_version(other, "tensorrt-rtx"), "NVIDIA L4", "8.9")
+    mf.check_engine_compatible(doc, parse_version("1.7.1.200", "tensorrt-rtx"), "NVIDIA L4", "8.9")  # same release
     with pytest.raises(UserError, match=r"8.6 \(A10.*12.0 \(RTX 50.*this GPU \(NVIDIA A100\) is 8.0; rebuild "
                                          r"it with --compute-capability 8.0"):
         mf.check_engine_compatible(doc, rtx, "NVIDIA A100", "8.0")
     with pytest.raises(UserError, match=r"H200\) is 9.0; this GPU is not a TensorRT-RTX target: build with "
                                          r"TensorRT \(--engine-family tensorrt\)"):
         mf.check_engine_compatible(doc, rtx, "NVIDIA H200", "9.0")
-    with pytest.raises(UserError, match="newer than this machine's TensorRT-RTX 1.6.0"):
-        mf.check_engine_compatible(doc, parse_version("1.6.0", "tensorrt-rtx"), "NVIDIA L4", "8.9")
     with pytest.raises(UserError, match="is a TensorRT-RTX engine; TensorRT 10.3.0 cannot run it"):
         mf.check_engine_compatible(doc, parse_version("10.3.0"), "NVIDIA L4", "8.9")
     doc["compute_capabilities_and_later"] = True

@@ -128,7 +128,7 @@ def test_rebuild_with_the_same_key_reuses_the_cache_without_images(int8_build, w
     first = int8_build["out"].read_bytes()
     a = args(precision="int8", calib_cache=int8_build["cache"], high_precision="fp32")  # no --calib-dir
     out = run_precision(a, ws["onnx"], "tiny16")
-    assert "reusing calibration cache" in capsys.readouterr().out
+    assert "reusing calibration cache" in capsys.readouterr().err  # a note (stderr); stdout carries results
     assert out.read_bytes() == first
 
 
@@ -289,7 +289,7 @@ def test_a_tensorrt_calibration_cache_makes_the_qdq_model(int8_build, ws, tmp_pa
     fp32_copy = tmp_path / "tiny16.onnx"
     shutil.copy(ws["onnx"], fp32_copy)
     out = run_precision(args(precision="int8", calib_cache=cache, high_precision="fp32"), fp32_copy, "tiny16")
-    assert "using TensorRT 10.3.0's calibration cache" in capsys.readouterr().out
+    assert "using TensorRT 10.3.0's calibration cache" in capsys.readouterr().err
     scales = mb.activation_scales(onnx.load(str(out)))
     assert scales.keys() == ours.scales.keys()
     assert all(np.float32(scales[k]) == np.float32(ours.scales[k]) for k in scales)

@@ -56,7 +56,8 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _build(capsys, *argv) -> tuple[int, str, str]:
-    code = build_main(["--quiet", "--engine-family", "tensorrt-rtx", *argv])
+    """build.py in this process at the normal log level (notes and warnings on stderr; --quiet would drop them)."""
+    code = build_main(["--engine-family", "tensorrt-rtx", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -151,10 +152,21 @@ def test_int8_qdq_engine_carries_the_weight_only_caveat(workdir, capsys, tiny_on
     code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--precision", "int8", "--calib-dir",
                           str(workdir / "calib"), "--calib-method", "max", "--max-batch", "8")
     assert code == 0, err
-    m = _check_manifest_against_file(workdir / "engines" / f"{tiny_onnx.stem}_int8_b8.rtx.engine")
+    # named for what it is built from (INT8 Q/DQ), not for what TensorRT-RTX will compute in on the user's GPU
+    m = _check_manifest_against_file(workdir / "engines" / f"{tiny_onnx.stem}_int8qdq_b8.rtx.engine")
     assert m["precision"] == "int8" and m["int8_mode"] == "qdq" and m["onnx"].endswith("_int8.onnx")
     assert len(m["caveats"]) == 1 and "weight-only quantization of GEMMs" in m["caveats"][0]
-    assert "warning: TensorRT-RTX documents INT8 only as weight-only quantization" in err
+    assert err.count("warning: TensorRT-RTX documents INT8 only as weight-only quantization") == 1  # said once,
+    assert err.index("warning: TensorRT-RTX documents INT8") < err.index("calibrat")  # before the long work
+    assert m["quantization"]["source"] == "calibrated" and m["quantization"]["calibration_method"] == "max"
+    compute = m["compute_precision"]
+    assert compute["known"] is False and compute["label"] == "int8qdq" and "not known ahead of time" in compute[
+        "summary"]
+    assert compute["requested"].endswith("convolutions and matrix multiplies with INT8 Q/DQ on their data and weights")
+    # what the build did see: TensorRT-RTX's own warnings, counted (also collapsed on stderr, one line each)
+    assert any("Converting conv" in w for w in compute["build_log"]["warnings"])
+    assert any(line.startswith("warning: TensorRT-RTX (") and "×): (foreignNode) Converting conv" in line
+               for line in err.splitlines())
 
 
 def test_full_res2net50_vd_fp32(workdir, capsys):
@@ -374,7 +386,8 @@ def test_all_precisions_build_without_the_removed_names(tmp_path):
     options = EngineOptions(family="tensorrt-rtx", engine_dir=tmp_path / "engines", max_batch=4, progress=False)
     for precision, onnx in converted.items():
         built = build_engine(onnx, precision, options, fp32_onnx_path=fp32)
-        assert built.path == tmp_path / "engines" / f"tiny_{precision}_b4.rtx.engine"
+        label = "int8qdq" if precision == "int8" else precision
+        assert built.path == tmp_path / "engines" / f"tiny_{label}_b4.rtx.engine"
         m = _check_manifest_against_file(built.path)
         assert m["precision"] == precision and m["onnx"] == str(onnx) and m["calibration"] is None
         assert m["build_options"]["flags"] == [] and m["build_options"]["network_flags"] == 0
@@ -416,7 +429,7 @@ def res2net50_onnx(tmp_path_factory):
 def _build_py(onnx: Path, engine_dir: Path, interrupt_after: float | None = None) -> tuple[int, list[str]]:
     """``python build.py`` from the repository root; with ``interrupt_after``, SIGINT that many seconds after its
     stderr shows the `build: ... →` line (printed just before TensorRT starts building)."""
-    command = [sys.executable, "build.py", "--quiet", "--engine-family", "tensorrt-rtx", "--onnx", str(onnx),
+    command = [sys.executable, "build.py", "--engine-family", "tensorrt-rtx", "--onnx", str(onnx),
                "--builder-opt-level", "5", "--engine-dir", str(engine_dir)]
     lines, timer = [], None
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:

@@ -294,6 +294,21 @@ def test_rtx_plan_header_and_family(tmp_path):
     h = trt_compat.read_rtx_plan_header(bytes(head))
     assert h.compute_capabilities == ("8.6", "12.0") and not h.and_later
     assert trt_compat.read_rtx_plan_header(b"ftrt" + bytes(60)) is None
+    # versioned and checked: a size that disagrees, an unknown release, unknown or no target bits → None, and why
+    head[16:24] = (4096).to_bytes(8, "little")
+    assert trt_compat.read_rtx_plan_header(bytes(head), size=4096).compute_capabilities == ("8.6", "12.0")
+    assert trt_compat.read_rtx_plan_header(bytes(head), size=4000) is None
+    assert "plan size of 4096 bytes, the plan has 4000" in trt_compat.rtx_plan_header_problem(bytes(head), 4000)
+    for index, value, why in ((25, 8, "TensorRT-RTX 1.8.1, whose header layout is unknown here (1.7)"),
+                              (32, 0x80, "unknown target bits in 0x80"), (32, 0x40, "no target bit set")):
+        changed = bytearray(head)
+        changed[index] = value
+        assert trt_compat.read_rtx_plan_header(bytes(changed)) is None
+        assert trt_compat.rtx_plan_header_problem(bytes(changed)) == (f"written by {why}" if index == 25 else why)
+    # the sentence never lists nothing: no targets recorded → the library's documented default set
+    assert trt_compat.rtx_targets_sentence([], False) == (
+        "compute capability 8.0 (A100, A30), 8.6 (A10, A40, RTX 30, RTX A6000), 8.9 (L4, L40S, RTX 40), 12.0 (RTX 50, "
+        "RTX PRO Blackwell) and later (the library's documented default)")
     (tmp_path / "a.engine").write_bytes(bytes(head))
     (tmp_path / "b.engine").write_bytes(b"ftrt" + bytes(60))
     assert trt_compat.engine_family_of(tmp_path / "a.engine") == "tensorrt-rtx"

@@ -185,9 +185,47 @@ def test_manifest_can_say_the_output_is_probabilities(tmp_path, fake_trt):
     assert TensorRTBackend(_with_manifest(tmp_path, outputs_probabilities=True)).outputs_probabilities
 
 
-def test_missing_manifest_is_a_warning(tmp_path, fake_trt, capsys):
-    TensorRTBackend(write_engine(tmp_path / "m.engine"))
-    assert "no manifest next to" in capsys.readouterr().err
+def test_missing_manifest_is_refused_unless_the_user_says_so(tmp_path, fake_trt, capsys):
+    engine = write_engine(tmp_path / "m.engine", manifest=False)
+    with pytest.raises(UserError, match=r"^no manifest next to .*m.engine \(m.engine.json\): build.py writes the "
+                                         r"engine and its manifest together.*--no-manifest-check$") as err:
+        TensorRTBackend(engine)
+    assert "\n" not in str(err.value) and fake_trt.loaded == []
+    TensorRTBackend(engine, check_manifest=False)  # the user said so: loaded, with one warning
+    assert "manifest not checked (--no-manifest-check)" in capsys.readouterr().err
+
+
+def test_a_pair_a_killed_build_left_is_completed_before_loading(tmp_path, fake_trt):
+    """A journal beside the engine (the build was killed between its renames): the runtime completes the new pair
+    first (core.commit.ensure_complete), then checks it as usual."""
+    import os
+
+    from trt_res2net.core import commit
+
+    old = _with_manifest(tmp_path)
+    new_engine = write_engine(tmp_path / "new.engine", batch=(1, 2, 2))
+    manifest = json.loads(mf.manifest_path_for(old).read_text())
+    manifest["engine_sha256"] = mf.sha256_file(new_engine)
+    real = commit._rename
+    renames = []
+
+    def killed_after_first(src, dst):  # stands for SIGKILL: nothing after the first rename runs
+        renames.append(dst)
+        if len(renames) == 2:
+            raise SystemExit("killed")
+        real(src, dst)
+
+    commit._rename = killed_after_first
+    try:
+        with pytest.raises(SystemExit):
+            commit.commit_files({old: new_engine.read_bytes(),
+                                 mf.manifest_path_for(old): json.dumps(manifest).encode()}, lock=False)
+    finally:
+        commit._rename = real
+    assert commit.journal_path_for(old).exists()  # half-replaced: the new engine, the old manifest
+    backend = TensorRTBackend(old)  # completed, then checked: the new pair
+    assert backend.max_batch == 2 and not commit.journal_path_for(old).exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
 
 
 @pytest.mark.parametrize(
@@ -245,14 +283,14 @@ def fake_rtx(monkeypatch):
 def test_each_runtime_takes_only_its_own_family(tmp_path, monkeypatch, fake_trt):
     """An RTX engine needs tensorrt_rtx even where TensorRT is installed (and the other way round)."""
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
-    rtx_engine = write_engine(tmp_path / "m.rtx.engine", rtx=True)  # no manifest: its first bytes tell
+    rtx_engine = write_engine(tmp_path / "m.rtx.engine", rtx=True, manifest=False)  # its first bytes tell
     with pytest.raises(MissingDependency, match=r"a TensorRT-RTX engine: TensorRT-RTX is not importable .*"
                                                 r"trt-res2net\[rtx\]"):
         TensorRTBackend(rtx_engine)
     install(monkeypatch, rtx=True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependency, match="a TensorRT engine: TensorRT is not importable"):
-        TensorRTBackend(write_engine(tmp_path / "m.engine"))
+        TensorRTBackend(write_engine(tmp_path / "m.engine", manifest=False))
     backend = TensorRTBackend(rtx_engine, check_manifest=False)
     assert backend.describe().startswith("TensorRT-RTX 1.7.1 on NVIDIA GeForce RTX 4090 (compute 8.9)")
 

@@ -83,6 +83,12 @@ def make_fake_tensorrt(
 
     m.Logger = Logger
 
+    class ILogger:  # every release has it: a Python logger TensorRT calls for each message
+        def __init__(self):
+            pass
+
+    m.ILogger = ILogger
+
     def init_libnvinfer_plugins(logger, namespace):
         m.log.append(("init_plugins", namespace))
         return True

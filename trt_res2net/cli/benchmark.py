@@ -36,6 +36,10 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cuda-graph", action="store_true",
                        help="capture the engine's enqueue as a CUDA graph per batch size "
                             "(like trtexec --useCudaGraph)")
+    group.add_argument("--kernel-specialization", choices=("eager", "lazy", "none"), default="eager",
+                       help="TensorRT-RTX engines: when kernels specialised for each batch size are compiled — eager "
+                            "(default: in its first run, reported apart, so timed runs use them only), lazy (the "
+                            "library's default: in the background, fallback kernels meanwhile), none (never)")
     group.add_argument("--plot", type=Path, metavar="PNG",
                        help="write latency and throughput against batch size (default: next to --json)")
     group.add_argument("--polygraphy", action="store_true",
@@ -46,7 +50,8 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
 def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
     return BenchmarkOptions(batches=tuple(args.batch or DEFAULT_BATCHES), iterations=args.iterations,
                             warmup=args.warmup, topk=args.topk, cuda_graph=args.cuda_graph,
-                            progress=args.progress)
+                            progress=args.progress, kernel_specialization=args.kernel_specialization,
+                            check_manifest=not args.no_manifest_check)
 
 
 def load_images(paths) -> list[np.ndarray]:

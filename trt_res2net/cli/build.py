@@ -7,12 +7,14 @@ The flags are declared here and mapped onto the library's options in one functio
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from ..core import log
 from ..core.errors import EXIT_OK, MissingDependency, UserError
 from ..core.version import __version__
-from ..data.calibration_set import DEFAULT_CALIB_IMAGES, CalibrationImages
+from ..data.calibration_set import DEFAULT_CALIB_IMAGES, CalibrationImages, synthetic_calibration_images
 from ..engine import trt_compat
 from ..engine.build import build_engine
 from ..engine.options import (
@@ -55,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="build.py",
         description="Build an exact ONNX graph and a TensorRT or TensorRT-RTX engine for a PaddleClas Res2Net "
                     "classifier.",
-        epilog="Exit status: 0 done; 1 the FP16/INT8 model missed --max-top1-drop; 2 usage or input error; "
-               "3 ONNX written but neither TensorRT nor TensorRT-RTX (or, for TensorRT, no GPU; or ModelOpt, for "
-               "fp16/int8) here.",
+        epilog="Exit status: 0 done; 1 the FP16/INT8 model missed --max-top1-drop; 2 usage or input error (a path "
+               "the operating system refuses included: permission denied, not a folder, a FIFO, a symbolic link "
+               "loop, disk full); 3 ONNX written but neither TensorRT nor TensorRT-RTX (or, for TensorRT, no GPU; "
+               "or ModelOpt, for fp16/int8) here; 130 interrupted (Ctrl-C): the outputs of the step it stopped are "
+               "as they were.",
     )
     src = p.add_argument_group("model")
     src.add_argument("--model", metavar="NAME", help="zoo model name (see --list-models)")
@@ -71,18 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")
     onnx = p.add_argument_group("ONNX export")
     onnx.add_argument("--onnx-only", action="store_true", help="stop after writing the ONNX model(s)")
-    onnx.add_argument("--onnx-out", metavar="PATH", help="where to write the FP32 ONNX (default engines/NAME.onnx)")
+    onnx.add_argument("--onnx-out", metavar="PATH",
+                      help="where to write the FP32 ONNX (default engines/NAME.onnx); with --onnx, the FP16/INT8 ONNX "
+                           "made from it (default <engine-dir>/<stem>_<precision>.onnx: never beside your file)")
     onnx.add_argument("--opset", type=int, default=None,
                       help=f"ONNX opset (default {DEFAULT_OPSET}, which TensorRT 8.6 parses; INT8 Q/DQ needs 19)")
     onnx.add_argument("--softmax", action="store_true",
                       help="end the graph with Softmax (output 'probabilities') like PaddleClas's exported models")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="engine precision (default fp32); fp16/int8 also write the converted ONNX")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="engine precision (default fp32, or what an --onnx already is: int8 for a Q/DQ ONNX, fp16 for "
+                        "an FP16 one, built as it is); fp16/int8 of an FP32 model also write the converted ONNX")
     _add_precision_arguments(p)
     _add_engine_arguments(p)
     _add_triton_arguments(p)
     p.add_argument("--json", action="store_true", help="with --list-models: print JSON instead of a table")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the results (stdout) and errors: no progress bars, notes or warnings")
+    p.add_argument("--verbose", action="store_true",
+                   help="print everything on stderr: every TensorRT and ModelOpt message (warnings uncollapsed)")
     p.add_argument("--version", action="version", version=f"trt_res2net {__version__}")
     return p
 
@@ -90,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("precision (FP16 / INT8 ONNX made with NVIDIA ModelOpt; needs the quant extra)")
     g.add_argument("--calib-dir", metavar="DIR",
-                   help="INT8 calibration images (searched recursively: jpg, jpeg, png, bmp, webp)")
+                   help="INT8 calibration images: a few hundred real photographs like those the engine will see, "
+                        "e.g. from the ImageNet train set (searched recursively: jpg, jpeg, png, bmp, webp)")
+    g.add_argument("--calib-synthetic", type=positive_int, metavar="N",
+                   help="no images at hand: calibrate on N generated images (written once to calib/synthetic_N_seedS)"
+                        " — only to try the pipeline: their scales are not for an engine to deploy")
     g.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES, metavar="N",
                    help="use at most N calibration images: all, sorted, or a seeded sample of N "
                         f"(default {DEFAULT_CALIB_IMAGES})")
@@ -205,6 +219,13 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def calibration_images(args: argparse.Namespace) -> CalibrationImages:
+    synthetic = args.calib_synthetic
+    if synthetic:
+        from ..precision.convert import CALIB_DIR
+
+        if args.calib_dir:
+            raise usage_error("--calib-dir and --calib-synthetic exclude each other: real images, or generated ones")
+        return synthetic_calibration_images(synthetic, CALIB_DIR, args.calib_seed)
     return CalibrationImages(args.calib_dir, args.calib_images, args.calib_seed)
 
 
@@ -274,43 +295,132 @@ def _write_triton_repository(args, fp32_path: Path, model_name: str, engine: Pat
           f"(ensembles on image bytes: {', '.join(result.ensembles)})", flush=True)
 
 
+def _resolve_precision(asked: str | None, onnx_io, onnx_path: str | None) -> str:
+    """``--precision``, or what an ``--onnx`` already is; a Q/DQ or FP16 ONNX is never converted or relabelled."""
+    from ..precision.convert import onnx_precision
+
+    already = onnx_precision(onnx_io) if onnx_io is not None else "fp32"
+    if asked is None:
+        if already != "fp32":
+            log.note(f"{onnx_path} is already {already.upper()} ({'Q/DQ nodes' if already == 'int8' else 'FP16'}): "
+                     f"building it as --precision {already}")
+        return already
+    if already != "fp32" and asked != already:
+        kind = "Q/DQ nodes: quantized elsewhere" if already == "int8" else "FP16: converted elsewhere"
+        raise usage_error(f"--onnx {onnx_path} is already {already.upper()} ({kind}), so --precision {asked} cannot "
+                          f"be made from it: build it as --precision {already} (the default for it), or pass its "
+                          "FP32 original")
+    return asked
+
+
+def _precision_out(args, precision: str, fp32_path: Path | None, eng_opts) -> Path | None:
+    """Where the FP16/INT8 ONNX goes: beside the exported FP32 ONNX (None: the library's default), or for a user's
+    ``--onnx``, ``--onnx-out`` or the engine folder — never beside the user's file."""
+    if not args.onnx:
+        return None
+    if args.onnx_out:
+        return Path(args.onnx_out)
+    return Path(eng_opts.engine_dir) / f"{Path(args.onnx).stem}_{precision}.onnx"
+
+
 def _main(argv) -> int:
+    from ..core.files import check_input_file, check_writable_folder
+    from ..model.export import default_onnx_path
+
     args = build_parser().parse_args(argv)
+    if args.quiet and args.verbose:
+        raise usage_error("--quiet and --verbose exclude each other")
+    log.configure("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     if args.list_models:
         return list_models(args.json)
     if bool(args.model) == bool(args.onnx):
         raise usage_error("pass --model NAME or --onnx PATH (--list-models shows the names)")
     check_weight_options(args.weights, args.random_weights)
+
+    # ---- every check that can be made before any long work -------------------------------------------
+    onnx_io = None
     if args.onnx:  # the contract both runtimes check, in their words, before any work
         from ..model.contract import inspect_onnx
 
-        if not Path(args.onnx).exists():
-            raise usage_error(f"--onnx {args.onnx}: no such file")
-        inspect_onnx(args.onnx)
-    precision = args.precision
+        check_input_file(args.onnx, "--onnx", "an ONNX file")
+        onnx_io = inspect_onnx(args.onnx)
+    else:
+        from ..model.zoo import get_model
+
+        get_model(args.model)
+    if args.weights:
+        check_input_file(args.weights, "--weights")
+    precision = _resolve_precision(args.precision, onnx_io, args.onnx)
     eng_opts, prec_opts = engine_options(args), precision_options(args)
     check_engine_request(eng_opts, precision)
     version = trt_compat.installed_version(eng_opts.family)  # None: the ONNX is all this machine can make
-    if version is not None and not args.onnx_only:  # refuse options that mean nothing here before any work
+    building = version is not None and not args.onnx_only
+    if building:  # refuse options that mean nothing here before any work
+        from ..engine.plan import check_targets_early
+
         refuse_inapplicable_options(eng_opts, version, precision)
-    needs_precision_onnx = precision_onnx_needed(precision, eng_opts.int8_mode, version)
+        check_targets_early(eng_opts, version, precision, onnx_path=args.onnx, zoo_model=not args.onnx)
+    already = onnx_io is not None and (onnx_io.has_qdq or onnx_io.has_fp16)
+    needs_precision_onnx = precision_onnx_needed(precision, eng_opts.int8_mode, version) and not already
     if needs_precision_onnx:
         check_precision_request(precision, prec_opts, opset=args.opset)
+    model_name = args.model or Path(args.onnx).stem
+    fp32_out = None if args.onnx else Path(args.onnx_out) if args.onnx_out else default_onnx_path(args.model)
+    if fp32_out is not None:
+        check_writable_folder(fp32_out.parent, "--onnx-out" if args.onnx_out else "the ONNX folder")
+    precision_out = _precision_out(args, precision, fp32_out, eng_opts)
+    if needs_precision_onnx and precision_out is not None:
+        check_writable_folder(precision_out.parent, "--onnx-out" if args.onnx_out else "--engine-dir")
+    calibrating = needs_precision_onnx and precision == "int8"
+    if calibrating or (precision == "int8" and building and eng_opts.int8_mode == "calibrator"):
+        from ..precision.convert import check_calibration_source, default_cache_path
 
+        cache = Path(prec_opts.calib_cache) if prec_opts.calib_cache else default_cache_path(model_name, prec_opts)
+        if prec_opts.calib_cache and os.path.lexists(cache):
+            check_input_file(prec_opts.calib_cache, "--calib-cache")
+        check_writable_folder(cache.parent, "the calibration cache folder")
+        if calibrating:
+            check_calibration_source(prec_opts, model_name)
+        elif prec_opts.calibration.directory is not None:
+            prec_opts.calibration.check()
+    if prec_opts.eval_list:
+        check_input_file(prec_opts.eval_list, "--eval")
+    lock = None
+    if building:
+        from ..core.commit import PathLock
+        from ..engine.build import planned_engine_path
+        from ..engine.plan import RTX_INT8_CAVEAT
+
+        engine_path = planned_engine_path(model_name, precision, eng_opts, version,
+                                          onnx_io.batch if onnx_io is not None else None)
+        check_writable_folder(engine_path.parent, "--save-engine" if args.save_engine else "--engine-dir")
+        if eng_opts.timing_cache is not None and Path(eng_opts.timing_cache).exists():
+            check_input_file(eng_opts.timing_cache, "--timing-cache")
+        lock = PathLock(engine_path, "build").acquire()  # a second build of this engine is refused now, not later
+        if precision == "int8" and trt_compat.is_rtx(version):
+            log.warn_once(RTX_INT8_CAVEAT)  # said before the long work, recorded in the manifest after it
+    try:
+        return _run(args, precision, model_name, onnx_io, eng_opts, prec_opts, needs_precision_onnx, precision_out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(args, precision, model_name, onnx_io, eng_opts, prec_opts, needs_precision_onnx, precision_out) -> int:
+    """The work, after the checks: export → precision → engine → Triton repository."""
     if args.onnx:
         fp32_path = Path(args.onnx)
-        model_name = fp32_path.stem
     else:
         exported = export_onnx(args.model, args.onnx_out, weights=args.weights, random_weights=args.random_weights,
                                 seed=args.seed, opset=args.opset or DEFAULT_OPSET, softmax=args.softmax,
                                 progress=not args.quiet)
         fp32_path, model_name = exported.path, exported.model
-        print(f"wrote {fp32_path} (fp32 ONNX, {exported.bytes / 1e6:.1f} MB, checked)")
+        print(f"wrote {fp32_path} (fp32 ONNX, {exported.bytes / 1e6:.1f} MB, checked)", flush=True)
     onnx_path = fp32_path
     if needs_precision_onnx:
         from ..precision.convert import convert_precision
 
-        onnx_path = convert_precision(fp32_path, precision, prec_opts, model_name=model_name)
+        onnx_path = convert_precision(fp32_path, precision, prec_opts, model_name=model_name, out_path=precision_out)
     if args.onnx_only:
         _write_triton_repository(args, fp32_path, model_name)
         return EXIT_OK
@@ -319,7 +429,7 @@ def _main(argv) -> int:
     except MissingDependency:
         _write_triton_repository(args, fp32_path, model_name)  # the ONNX-only repository, then exit 3 as before
         raise
-    print(f"engine ready: {built.path}")
+    print(f"engine ready: {built.path}", flush=True)
     _write_triton_repository(args, fp32_path, model_name, built.path)
     return EXIT_OK
 

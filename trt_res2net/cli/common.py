@@ -6,11 +6,15 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ..core.errors import EXIT_USAGE, UserError
+from ..core.errors import EXIT_INTERRUPTED, EXIT_OS_ERROR, EXIT_USAGE, UserError, describe_os_error
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """Run a CLI body; a UserError becomes ``error: <message>`` and its exit status; Ctrl-C exits 130."""
+    """Run a CLI body; the one place that maps errors to exit statuses, each as one line on stderr:
+
+    a UserError → ``error: <message>`` and its exit status (2 usage or input, 3 missing library, 1 accuracy budget);
+    an OSError the user can cause (permission denied, not a folder, a FIFO, a symbolic link loop, disk full) →
+    ``error: cannot ...: <reason>``, exit status 2, no traceback; Ctrl-C → ``interrupted``, exit status 130."""
     try:
         return body()
     except UserError as e:
@@ -18,7 +22,10 @@ def run_main(body: Callable[[], int]) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return EXIT_OS_ERROR
 
 
 def warn(message: str) -> None:

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                      f"({DEFAULT_MAX_IMAGE_PIXELS})")
     run.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES, metavar="N",
                      help=f"skip larger image files, before reading them ({DEFAULT_MAX_IMAGE_BYTES})")
+    run.add_argument("--no-manifest-check", action="store_true",
+                     help="run an engine without its manifest (e.g. made by trtexec), or one that differs from it, "
+                     "unchecked (default: refused, since nothing then says which library and GPUs it was built for)")
     run.add_argument("--cpu-preprocess", action="store_true",
                      help="preprocess on the CPU even where a TensorRT engine can do it on the GPU (its "
                      "default: images are only decoded on the CPU; resize, crop, normalisation and top-k run "
@@ -144,7 +147,13 @@ def run_classify(args: argparse.Namespace) -> int:
     if not paths:
         where = ", ".join(args.inputs)
         raise UserError(f"no images found in {where} (looked for .jpg .jpeg .png .bmp .webp)")
+    backend = None
+    if args.no_manifest_check and Path(args.model).suffix.lower() in (".engine", ".plan"):
+        from ..runtime.backend import open_backend
+
+        backend = open_backend(args.model, check_manifest=False)
     clf = Classifier(args.model, labels=args.labels, topk=args.topk, batch=args.batch, threads=args.threads,
+                     backend=backend,
                      limits=image_limits(args),
                      gpu_preprocess=not args.cpu_preprocess)
     describe = getattr(clf.backend, "describe", None)

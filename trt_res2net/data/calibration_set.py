@@ -29,14 +29,24 @@ from .preprocess import SPEC, PreprocessSpec
 DEFAULT_CALIB_IMAGES = 500
 
 
+SYNTHETIC_WARNING = (
+    "calibrating on {n} generated images (painted scenes, not photographs, data/synthetic.py): the INT8 scales they "
+    "give are only for trying the pipeline; for an engine to deploy calibrate on real images like those it will "
+    "see (--calib-dir DIR, a few hundred)"
+)
+
+
 @dataclass(frozen=True)
 class CalibrationImages:
     """The INT8 calibration set asked for: up to ``count`` images under ``directory`` (a seeded sample of them
-    when there are more). Both INT8 paths read it: ModelOpt's Q/DQ calibration and TensorRT's own calibrator."""
+    when there are more). Both INT8 paths read it: ModelOpt's Q/DQ calibration and TensorRT's own calibrator.
+    ``synthetic``: the folder holds images made by :func:`synthetic_calibration_images` (recorded as such: their
+    scales are only for trying the pipeline)."""
 
     directory: Path | None = None
     count: int = DEFAULT_CALIB_IMAGES
     seed: int = 0
+    synthetic: bool = False
 
     def __post_init__(self):
         if self.directory is not None:
@@ -49,6 +59,66 @@ class CalibrationImages:
         if self.directory is None:
             raise UserError("no calibration images: pass --calib-dir DIR")
         return select_calibration_images(self.directory, self.count, self.seed)
+
+    def materialize(self) -> CalibrationImages:
+        """Synthetic images are written (once) when first needed; a folder of real images is what it is."""
+        if self.synthetic and self.directory is not None:
+            write_synthetic_images(self.directory, self.count, self.seed)
+        return self
+
+    def check(self) -> list[Path]:
+        """Before any long work: the folder and its selected images exist and can be opened (UserError naming the
+        first problem when none can); returns the selection. Images that open but do not decode are found,
+        named and skipped when calibration reads them."""
+        self.materialize()
+        images = self.select()
+        unreadable = []
+        for path in images:
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                unreadable.append((path, e.strerror or str(e)))
+        if len(unreadable) == len(images):
+            path, why = unreadable[0]
+            raise UserError(f"none of the {len(images)} calibration images in {self.directory} can be read "
+                            f"(e.g. {path}: {why})")
+        if unreadable:
+            from ..core import log
+
+            path, why = unreadable[0]
+            log.warn(f"{len(unreadable)} of the {len(images)} calibration images cannot be read and will be skipped "
+                     f"(e.g. {path}: {why})")
+        return images
+
+
+def synthetic_calibration_images(n: int, root: str | os.PathLike, seed: int = 0) -> CalibrationImages:
+    """``--calib-synthetic N``: N generated images (``data/synthetic.py``, seeded) in ``root/synthetic_<N>_seed<S>``,
+    marked synthetic; written when first needed (``materialize``/``check``) and reused."""
+    if n < 1:
+        raise UserError(f"--calib-synthetic must be at least 1, got {n}")
+    return CalibrationImages(Path(root) / f"synthetic_{n}_seed{seed}", n, seed, synthetic=True)
+
+
+def write_synthetic_images(folder: str | os.PathLike, n: int, seed: int = 0) -> Path:
+    """N generated images in ``folder`` (into a temporary folder renamed into place, so a complete set or none);
+    nothing to do when they are there."""
+    from ..core.files import make_temp_dir, remove_path
+    from .synthetic import write_images
+
+    folder = Path(folder)
+    if folder.is_dir() and len(list(folder.glob("img_*.jpg"))) == n:
+        return folder
+    tmp = make_temp_dir(folder)
+    try:
+        write_images(tmp, n, seed=1000 + seed)
+        if folder.exists():
+            remove_path(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return folder
 MANIFEST_FORMAT = "trt_res2net.calibration-manifest"
 MANIFEST_VERSION = 1
 

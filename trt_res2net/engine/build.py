@@ -1,18 +1,20 @@
 """The engine stage: an ONNX → a TensorRT or TensorRT-RTX engine and its manifest (``trt_res2net.build_engine``).
 
 Checks come first (the options the library refuses, the batch profile, the GPU or the RTX targets, the precision
-path), then the build (``builder``), then the engine and its manifest are written.
+path), then the build (``builder``), then the engine and its manifest are written as one unit (``core.commit``:
+the manifest hashes the serialized bytes; Ctrl-C leaves the previous pair, SIGKILL the previous or the new one),
+under a lock against a second build of the same engine.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..core.errors import MissingDependency, UserError
-from ..core.files import write_bytes
+from ..core import log
+from ..core.commit import PathLock, commit_files, recover
+from ..core.errors import MissingDependency, UserError, user_error_from_os_error
 from ..core.hashing import sha256_file
 from ..model.contract import inspect_onnx
 from . import manifest as manifest_mod
@@ -22,6 +24,7 @@ from .options import EngineOptions, MiB, engine_path_for
 from .plan import (
     check_engine_request,
     default_workspace_bytes,
+    engine_label,
     fp32_gemm_nodes,
     plan_build,
     refuse_inapplicable_options,
@@ -41,6 +44,17 @@ class BuiltEngine:
     @property
     def family(self) -> str:
         return self.manifest["engine_family"]
+
+
+def planned_engine_path(model_name: str, precision: str, options: EngineOptions, version,
+                        onnx_batch: int | None = None) -> Path:
+    """Where :func:`build_engine` will write the engine (``options.engine_path``, else ``<engine_dir>/<model>_
+    <label>_b<max>[.rtx].engine``), known before any work: build.py locks it first."""
+    if options.engine_path is not None:
+        return options.engine_path
+    profile = options.batch_profile(onnx_batch=onnx_batch)
+    return engine_path_for(model_name, engine_label(precision, version), profile.max, options.engine_dir,
+                           family=version.family)
 
 
 def gpu_for_build(version, device: int, written: str):
@@ -108,42 +122,148 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
             cache_path=options.calib_cache,
         )
 
-    engine_path = options.engine_path or engine_path_for(model_name, precision, profile.max, options.engine_dir,
-                                                         family=version.family)
-    for note in plan.notes:
-        print(f"build: {note}", file=sys.stderr)
-    for caveat in plan.caveats:
-        print(f"warning: {caveat}", file=sys.stderr)
-    result = build(library, plan, io, profile, options, engine_path=engine_path, gpu=gpu, targets=targets,
-                   calibration=calibration)
-
-    # A manifest left from an earlier build must not describe the new engine (the runtime would refuse a
-    # mismatch anyway, by engine_sha256).
-    manifest_mod.manifest_path_for(engine_path).unlink(missing_ok=True)
-    write_bytes(engine_path, result.serialized)
-    manifest = manifest_mod.build_manifest(
-        engine_path=engine_path, model=model_name, precision=precision, int8_mode=plan.int8_mode,
-        engine_family=version.family, library_version=version.full, gpu=gpu,
-        compute_capabilities=result.compute_capabilities, compute_capabilities_and_later=result.and_later,
-        onnx_path=plan.onnx_path, onnx_sha256=onnx_sha,
-        fp32_onnx_sha256=onnx_sha if same_file(plan.onnx_path, fp32_onnx_path) else sha256_file(fp32_onnx_path),
-        io=result.io, outputs_probabilities=io.outputs_probabilities, profiles=result.profiles,
-        build_options=result.build_options, caveats=plan.caveats,
-        build_time_s=result.build_time_s, calibration=calibration.manifest() if calibration else None,
-    )
-    mpath = manifest_mod.write_manifest(engine_path, manifest)
-    _report(engine_path, mpath, result, version)
+    engine_path = planned_engine_path(model_name, precision, options, version, io.batch)
+    mpath = manifest_mod.manifest_path_for(engine_path)
+    try:
+        lock = PathLock(engine_path, "build").acquire()
+    except OSError as e:
+        raise user_error_from_os_error(e, "write the engine to") from None
+    try:
+        recovered = recover(engine_path)  # a pair a killed build left half-replaced is completed first
+        if recovered:
+            log.note(f"{engine_path}: the pair an interrupted build left was {recovered}")
+        for note in plan.notes:
+            log.note(f"build: {note}")
+        for caveat in plan.caveats:
+            log.warn_once(caveat)
+        result = build(library, plan, io, profile, options, engine_path=engine_path, gpu=gpu, targets=targets,
+                       calibration=calibration)
+        quantization = describe_quantization(precision, plan, onnx_sha, calibration)
+        manifest = manifest_mod.build_manifest(
+            engine_path=engine_path, model=model_name, precision=precision, int8_mode=plan.int8_mode,
+            engine_family=version.family, library_version=version.full, gpu=gpu,
+            compute_capabilities=result.compute_capabilities, compute_capabilities_and_later=result.and_later,
+            compute_capabilities_source=result.compute_capabilities_source,
+            onnx_path=plan.onnx_path, onnx_sha256=onnx_sha,
+            fp32_onnx_sha256=onnx_sha if same_file(plan.onnx_path, fp32_onnx_path) else sha256_file(fp32_onnx_path),
+            io=result.io, outputs_probabilities=io.outputs_probabilities, profiles=result.profiles,
+            build_options=result.build_options, caveats=plan.caveats,
+            build_time_s=result.build_time_s, calibration=calibration.manifest() if calibration else None,
+            engine_data=result.serialized, quantization=quantization,
+            compute_precision=describe_compute_precision(precision, plan, version, result),
+        )
+        try:
+            commit_files({engine_path: result.serialized, mpath: manifest_mod.manifest_bytes(manifest)})
+        except OSError as e:
+            raise user_error_from_os_error(e, "write the engine") from None
+    finally:
+        lock.release()
+    _report(engine_path, mpath, result, version, manifest)
     return BuiltEngine(engine_path, mpath, manifest)
 
 
-def _report(engine_path: Path, manifest_path: Path, result, version) -> None:
-    print(f"wrote {engine_path} ({engine_path.stat().st_size / MiB:.1f} MiB, built in {result.build_time_s:.1f}s) "
-          f"and {manifest_path}", file=sys.stderr)
+# --------------------------------------------------------------------------------------------------------
+# What the engine is: where its precision came from, and what it computes in
+
+
+QUANTIZATION_SOURCES = {
+    "none": "FP32: nothing quantized",
+    "fp16-builder-flag": "FP16 by TensorRT's builder flag on the FP32 ONNX",
+    "autocast-fp16": "FP16 by ModelOpt AutoCast here",
+    "external-fp16": "FP16 as the given ONNX has it (converted elsewhere)",
+    "calibrated": "INT8 Q/DQ calibrated here (ModelOpt PTQ)",
+    "external-qdq": "INT8 Q/DQ as the given ONNX has it (quantized elsewhere; not calibrated here)",
+    "tensorrt-calibrator": "INT8 calibrated here by TensorRT's entropy calibrator",
+}
+
+
+def describe_quantization(precision: str, plan, onnx_sha: str, calibration=None) -> dict:
+    """Where the engine's precision came from (``QUANTIZATION_SOURCES``): the ONNX it was built from, and the
+    precision step's sidecar beside it when that sidecar describes these very bytes."""
+    from ..precision.convert import read_precision_sidecar
+
+    if precision == "fp32":
+        source = "none"
+    elif plan.calibrator:
+        source = "tensorrt-calibrator"
+    elif "FP16" in plan.flags and precision == "fp16":
+        source = "fp16-builder-flag"
+    else:
+        side = read_precision_sidecar(plan.onnx_path, onnx_sha)
+        if side is not None:
+            doc = {"source": side.get("quantization_source") or ("calibrated" if precision == "int8"
+                                                                  else "autocast-fp16")}
+            for key in ("calibration_method", "calibration_cache", "calibration_images", "calibration_synthetic",
+                        "high_precision", "excluded_layers"):
+                if side.get(key) is not None:
+                    doc[key] = side[key]
+            doc["label"] = QUANTIZATION_SOURCES.get(doc["source"], doc["source"])
+            if doc.get("calibration_synthetic"):
+                doc["label"] += " on synthetic images: its scales are only for trying the pipeline"
+            return doc
+        source = "external-qdq" if precision == "int8" else "external-fp16"
+    doc = {"source": source, "label": QUANTIZATION_SOURCES[source]}
+    if calibration is not None:
+        doc["calibration_cache"] = str(calibration.cache_path)
+    return doc
+
+
+def describe_compute_precision(precision: str, plan, version, result) -> dict:
+    """What the engine computes in, as far as the library lets a build find out. A standard TensorRT build follows
+    documented rules; a TensorRT-RTX build compiles its kernels on the user's GPU, and its INT8 is documented as
+    weight-only quantization: for an INT8 Q/DQ graph that is recorded as not known, with what the build did see."""
+    net = result.network or {}
+    requested = None
+    if net.get("weighted_layers"):
+        requested = (f"{net['weighted_layers_qdq']} of {net['weighted_layers']} convolutions and matrix multiplies "
+                     "with INT8 Q/DQ on their data and weights") if precision == "int8" else None
+    rtx = trt_compat.is_rtx(version)
+    if precision == "fp32":
+        return {"known": True, "summary": "FP32, TF32 allowed in convolutions and matrix multiplies (the "
+                                          "library's default)"}
+    if precision == "fp16":
+        if "FP16" in plan.flags:
+            return {"known": True, "summary": "FP16 where TensorRT finds it faster (builder flag), FP32 elsewhere"}
+        return {"known": True, "summary": "the types the FP16 ONNX declares (strongly typed): FP16, with the nodes "
+                                          "kept in FP32 and the float32 input and output"}
+    if plan.calibrator:
+        return {"known": True, "summary": "INT8 where TensorRT has an INT8 kernel for the calibrated ranges (implicit "
+                                          "quantization), " + ("FP16 or FP32" if "FP16" in plan.flags else "FP32")
+                                          + " elsewhere"}
+    if not rtx:
+        return {"known": True, "requested": requested,
+                "summary": "INT8 where the Q/DQ nodes ask and TensorRT has an INT8 kernel (explicit quantization), "
+                           "the types the ONNX declares elsewhere"}
+    warnings = {}
+    if result.log is not None:
+        for message in result.log.messages("warning"):
+            warnings[message] = warnings.get(message, 0) + 1
+    return {
+        "known": False,
+        "label": "int8qdq",
+        "requested": requested,
+        "summary": "not known ahead of time: the engine was built from an INT8 Q/DQ graph; TensorRT-RTX documents "
+                   "INT8 as weight-only quantization (of GEMMs; its 1.7 release notes add INT8 weight-only-quantized "
+                   "convolutions) and does not say what the activations of a Q/DQ convolution compute in",
+        "build_log": {"warnings": warnings, "note": "the builder compiles the network as one fused node and "
+                                                    "reports no per-layer precision"},
+        "engine_inspector": "needs the engine deserialized on a GPU it targets (IEngineInspector): not available "
+                            "to an ahead-of-time build; measure on the target GPU",
+    }
+
+
+def _report(engine_path: Path, manifest_path: Path, result, version, manifest: dict) -> None:
+    size = memoryview(result.serialized).nbytes
+    log.note(f"wrote {engine_path} ({size / MiB:.1f} MiB, built in {result.build_time_s:.1f}s) and {manifest_path}")
     for tool, command in result.build_options["equivalent_commands"].items():  # to cross-check with NVIDIA's
-        print(f"{tool} equivalent: {command}", file=sys.stderr)
+        log.note(f"{tool} equivalent: {command}")
+    quant = manifest.get("quantization") or {}
+    compute = manifest.get("compute_precision") or {}
+    if quant.get("source") not in (None, "none"):
+        log.note(f"{engine_path}: {quant.get('label')}; computes in: {compute.get('summary')}")
     if trt_compat.is_rtx(version):
-        print(f"{engine_path} is a TensorRT-RTX engine: it runs on GPUs of "
-              f"{trt_compat.rtx_targets_sentence(result.compute_capabilities, result.and_later)}, with TensorRT-RTX "
-              f"{version} and a driver for CUDA 13; its kernels are compiled on the first run there (kept in a "
-              "runtime cache beside the engine). Data-center Hopper GPUs (H100, H200) and Jetson need standard "
-              "TensorRT: install it there and rerun with --engine-family tensorrt", file=sys.stderr)
+        log.note(f"{engine_path} is a TensorRT-RTX engine: it runs on GPUs of "
+                 f"{trt_compat.rtx_targets_sentence(result.compute_capabilities, result.and_later)}, with TensorRT-RTX "
+                 f"{version} (the release that built it) and a driver for CUDA 13; its kernels are compiled on the "
+                 "first run there (kept in a runtime cache beside the engine). Data-center Hopper GPUs (H100, H200) "
+                 "and Jetson need standard TensorRT: install it there and rerun with --engine-family tensorrt")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core import log
 from ..core.errors import UserError
 from ..core.files import write_bytes, write_json
 from ..model.contract import OnnxIO
@@ -45,6 +45,9 @@ class BuildResult:
     build_options: dict
     compute_capabilities: list[str]  # what the engine runs on: the build GPU's, or TensorRT-RTX's targets
     and_later: bool = False  # TensorRT-RTX default targets: also GPUs newer than the newest listed
+    compute_capabilities_source: str | None = None  # where compute_capabilities were read
+    log: log.Collapsed | None = None  # TensorRT's messages during the build
+    network: dict = field(default_factory=dict)  # network_summary(): what the parsed network declares
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -58,6 +61,55 @@ def _severity(trt, level: str):
         "info": trt.Logger.INFO,
         "verbose": trt.Logger.VERBOSE,
     }[level]
+
+
+# TensorRT's severities, most severe first (ILogger.Severity: INTERNAL_ERROR 0 … VERBOSE 4), as core.log's levels.
+_SEVERITY_KINDS = ("error", "error", "warning", "info", "verbose")
+
+
+_LOGGERS: dict[int, object] = {}  # one ILogger per library module, kept alive for the process's life
+
+
+def make_logger(trt, level: str, collapsed: log.Collapsed | None):
+    """The ``trt.ILogger`` that sends TensorRT's messages at ``level`` and above (``--trt-log``) to the project's log
+    through ``collapsed``: errors at once, warnings counted and printed once each with their count when the step
+    ends, info and verbose at the debug level (``--verbose``). Never on stdout, never raising inside TensorRT.
+
+    TensorRT keeps the first logger a process gives it ("the current new logger is ignored" afterwards), so there is
+    one per library, created once and kept alive; each call points it at this step's ``collapsed`` (None: straight
+    to the project's log) and level."""
+    logger = _LOGGERS.get(id(trt))
+    if logger is None:
+
+        class _Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.threshold = 2
+                self.target: log.Collapsed | None = None
+
+            def log(self, severity, msg):
+                try:
+                    rank = int(severity)
+                    if rank > self.threshold:
+                        return
+                    kind = _SEVERITY_KINDS[min(max(rank, 0), 4)]
+                    target = self.target
+                    if target is not None:
+                        target.emit(kind, msg)
+                    elif kind == "error":
+                        log.error(f"TensorRT: {msg}")
+                    elif kind == "warning":
+                        log.warn(f"TensorRT: {msg}")
+                    else:
+                        log.debug(f"TensorRT: {msg}")
+                except BaseException:  # noqa: BLE001 — an exception cannot unwind through TensorRT
+                    pass
+
+        logger = _LOGGERS[id(trt)] = _Logger()
+        logger._module = trt  # the id stays this module's while the logger lives
+    logger.threshold = int(_severity(trt, level))
+    logger.target = collapsed
+    return logger
 
 
 def _builder_flag(trt, name: str, version):
@@ -174,7 +226,8 @@ class TimingCacheFile:
 
 @dataclass
 class ParsedNetwork:
-    """The network TensorRT parsed from the ONNX, with the objects that must outlive it."""
+    """The network TensorRT parsed from the ONNX, with the objects that must outlive it; ``log`` gathers
+    TensorRT's messages (core.log.Collapsed)."""
 
     logger: object
     builder: object
@@ -182,6 +235,7 @@ class ParsedNetwork:
     parser: object
     input: object  # ITensor
     output: object  # ITensor
+    log: log.Collapsed | None = None
 
     @property
     def input_shape(self) -> list[int]:
@@ -192,10 +246,13 @@ class ParsedNetwork:
         return any(d < 0 for d in self.input_shape)
 
 
-def parse_network(library: trt_compat.Library, plan: BuildPlan, log_level: str) -> ParsedNetwork:
-    """Parse ``plan.onnx_path`` (the ONNX contract was checked before: one input, one output)."""
+def parse_network(library: trt_compat.Library, plan: BuildPlan, log_level: str,
+                  collapsed: log.Collapsed | None = None) -> ParsedNetwork:
+    """Parse ``plan.onnx_path`` (the ONNX contract was checked before: one input, one output). TensorRT's log goes
+    to ``collapsed`` (a new one when None; the caller flushes it when the build ends)."""
     trt = library.module
-    logger = trt.Logger(_severity(trt, log_level))
+    collapsed = collapsed if collapsed is not None else log.Collapsed(library.family.label)
+    logger = make_logger(trt, log_level, collapsed)
     trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     network = builder.create_network(network_creation_flags(trt, plan, library.version))
@@ -203,7 +260,7 @@ def parse_network(library: trt_compat.Library, plan: BuildPlan, log_level: str) 
     if not parser.parse_from_file(str(plan.onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no detail"
         raise UserError(f"{library.family.label}'s ONNX parser rejected {plan.onnx_path}: {errors}")
-    return ParsedNetwork(logger, builder, network, parser, network.get_input(0), network.get_output(0))
+    return ParsedNetwork(logger, builder, network, parser, network.get_input(0), network.get_output(0), collapsed)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -268,9 +325,9 @@ def _configure_calibrator(trt, parsed: ParsedNetwork, config, setup: BuildSetup,
 
 def configure(library: trt_compat.Library, parsed: ParsedNetwork, plan: BuildPlan, profile: BatchProfile,
               options: EngineOptions, *, chw: tuple[int, int, int], gpu=None, targets: list[str] | None = None,
-              calibration=None, device_buffer=None) -> BuildSetup:
+              calibration=None, device_buffer=None, progress: BuildProgress | None = None) -> BuildSetup:
     """The builder config: workspace, targets, precision flags, the optimization profile, builder level, DLA,
-    timing cache, INT8 calibrator and progress monitor."""
+    timing cache, INT8 calibrator and progress monitor (``progress``: the build's BuildProgress, else a new one)."""
     trt, version = library.module, library.version
     config = parsed.builder.create_builder_config()
     if options.workspace_bytes is not None:
@@ -293,7 +350,8 @@ def configure(library: trt_compat.Library, parsed: ParsedNetwork, plan: BuildPla
     if options.dla_core is not None:
         _configure_dla(trt, parsed.builder, config, options.dla_core, version)
 
-    setup = BuildSetup(config, workspace, profiles, build_progress.BuildProgress(enabled=options.progress),
+    setup = BuildSetup(config, workspace, profiles,
+                       progress if progress is not None else build_progress.BuildProgress(enabled=options.progress),
                        use_monitor=trt_compat.has_progress_monitor(version))
     if options.timing_cache is not None:
         setup.timing = TimingCacheFile(options.timing_cache, str(version), gpu.name, gpu.cc)
@@ -328,6 +386,8 @@ def build_serialized(parsed: ParsedNetwork, setup: BuildSetup, library: trt_comp
 
     def interrupted() -> None:  # the SIGINT handler: record, never raise (it may run inside a TensorRT callback)
         setup.progress.interrupt()
+        if parsed.log is not None:
+            parsed.log.muted = True  # TensorRT's messages about stopping are not news: Ctrl-C says one line
         if setup.feed is not None and setup.feed.error is None:
             setup.feed.error = KeyboardInterrupt()  # next_batch ends calibration, write_cache keeps nothing
 
@@ -367,12 +427,25 @@ def describe_build(library: trt_compat.Library, parsed: ParsedNetwork, setup: Bu
                    engine_path: Path, chw, gpu, targets: list[str] | None, calibration) -> BuildResult:
     """What the manifest records of this build; the timing cache is saved now that the build succeeded."""
     trt, version = library.module, library.version
+    ccs_source = None
     if trt_compat.is_rtx(version):
-        header = trt_compat.read_rtx_plan_header(bytes(serialized[:64]))
-        ccs, and_later = ((list(header.compute_capabilities), header.and_later) if header is not None
-                          else (list(targets or []), not targets))
+        head, size = bytes(serialized[:64]), memoryview(serialized).nbytes
+        header = trt_compat.read_rtx_plan_header(head, size)
+        if header is not None:
+            ccs, and_later = list(header.compute_capabilities), header.and_later
+            ccs_source = f"plan header (layout {header.layout})"
+        else:
+            why = trt_compat.rtx_plan_header_problem(head, size)
+            if targets:
+                ccs, and_later = list(targets), False
+                ccs_source = f"requested (the plan header was not read: {why})"
+            else:
+                ccs, and_later = list(trt_compat.RTX_DOCUMENTED_DEFAULT_TARGETS), True
+                ccs_source = f"the library's documented default (the plan header was not read: {why})"
+            log.warn(f"{engine_path}: targets not read back from the plan ({why}); recording the {ccs_source}")
     else:
         ccs, and_later = [gpu.cc], False
+        ccs_source = "the build GPU"
     if setup.timing is not None:
         setup.timing.save(bytes(memoryview(setup.config.get_timing_cache().serialize())))
     io_doc = {
@@ -399,7 +472,35 @@ def describe_build(library: trt_compat.Library, parsed: ParsedNetwork, setup: Bu
             dla_core=options.dla_core, version=version, compute_capabilities=targets),
     }
     return BuildResult(serialized=serialized, build_time_s=seconds, io=io_doc, profiles=setup.profiles,
-                       build_options=build_options, compute_capabilities=ccs, and_later=and_later)
+                       build_options=build_options, compute_capabilities=ccs, and_later=and_later,
+                       compute_capabilities_source=ccs_source, log=parsed.log, network=network_summary(trt, parsed))
+
+
+def network_summary(trt, parsed: ParsedNetwork) -> dict:
+    """What the parsed network declares about precision: its layer types and, for explicit quantization, the
+    convolutions and matrix multiplies whose data input and weights both come through DequantizeLayers (what a
+    Q/DQ graph asks to run in INT8). The library decides what it really runs; this is the request."""
+    network = parsed.network
+    layers = [network.get_layer(i) for i in range(int(getattr(network, "num_layers", 0) or 0))]
+    dq_outputs = set()
+    counts: dict[str, int] = {}
+    for layer in layers:
+        kind = str(getattr(layer.type, "name", layer.type)).split(".")[-1]
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "DEQUANTIZE":
+            for j in range(layer.num_outputs):
+                dq_outputs.add(layer.get_output(j).name)
+    weighted = [layer for layer in layers
+                if str(getattr(layer.type, "name", layer.type)).split(".")[-1] in ("CONVOLUTION", "MATRIX_MULTIPLY")]
+
+    def through_dq(layer, index) -> bool:
+        tensor = layer.get_input(index) if index < layer.num_inputs else None
+        return tensor is not None and tensor.name in dq_outputs
+
+    both = [layer.name for layer in weighted if through_dq(layer, 0) and through_dq(layer, 1)]
+    return {"layers": len(layers), "quantize_layers": counts.get("QUANTIZE", 0),
+            "dequantize_layers": counts.get("DEQUANTIZE", 0), "weighted_layers": len(weighted),
+            "weighted_layers_qdq": len(both)}
 
 
 def build(library: trt_compat.Library, plan: BuildPlan, io: OnnxIO, profile: BatchProfile, options: EngineOptions,
@@ -410,17 +511,35 @@ def build(library: trt_compat.Library, plan: BuildPlan, io: OnnxIO, profile: Bat
     capabilities (None = the library's default). ``device_buffer`` replaces the CUDA allocation of calibration
     batches (tests)."""
     chw = io.chw()
-    parsed = parse_network(library, plan, options.log_level)
-    setup = configure(library, parsed, plan, profile, options, chw=chw, gpu=gpu, targets=targets,
-                      calibration=calibration, device_buffer=device_buffer)
-    mode = f", {plan.int8_mode}" if plan.int8_mode else ""
-    if trt_compat.is_rtx(library.version):
-        where = ("for " + ", ".join(targets) if targets else "for the library's default targets") + (
-            f", on {gpu.name}" if gpu is not None else ", ahead of time (no GPU needed)")
-    else:
-        where = gpu.name
-    print(f"build: {plan.onnx_path} → {engine_path} ({library.label}, {where}, {plan.precision}{mode}, "
-          f"batch {profile.min}/{profile.opt}/{profile.max})", file=sys.stderr)
-    serialized, seconds = build_serialized(parsed, setup, library, plan, f"building {engine_path.name}")
-    return describe_build(library, parsed, setup, plan, profile, options, serialized, seconds,
-                          engine_path=engine_path, chw=chw, gpu=gpu, targets=targets, calibration=calibration)
+    collapsed = log.Collapsed(library.family.label)
+    progress = build_progress.BuildProgress(enabled=options.progress)
+
+    def interrupted() -> None:  # Ctrl-C while parsing or configuring: recorded, raised between TensorRT calls
+        progress.interrupt()
+        collapsed.muted = True
+
+    try:
+        with build_progress.sigint_recorded(interrupted):
+            parsed = parse_network(library, plan, options.log_level, collapsed)
+            if progress.cancelled:
+                raise KeyboardInterrupt
+            setup = configure(library, parsed, plan, profile, options, chw=chw, gpu=gpu, targets=targets,
+                              calibration=calibration, device_buffer=device_buffer, progress=progress)
+            if progress.cancelled:
+                raise KeyboardInterrupt
+        mode = f", {plan.int8_mode}" if plan.int8_mode else ""
+        if trt_compat.is_rtx(library.version):
+            where = ("for " + ", ".join(targets) if targets else "for the library's default targets") + (
+                f", on {gpu.name}" if gpu is not None else ", ahead of time (no GPU needed)")
+        else:
+            where = gpu.name
+        log.note(f"build: {plan.onnx_path} → {engine_path} ({library.label}, {where}, {plan.precision}{mode}, "
+                 f"batch {profile.min}/{profile.opt}/{profile.max})")
+        serialized, seconds = build_serialized(parsed, setup, library, plan, f"building {engine_path.name}")
+        return describe_build(library, parsed, setup, plan, profile, options, serialized, seconds,
+                              engine_path=engine_path, chw=chw, gpu=gpu, targets=targets, calibration=calibration)
+    except KeyboardInterrupt:
+        collapsed.muted = True
+        raise
+    finally:
+        collapsed.flush()

@@ -27,8 +27,12 @@ def equivalent_commands(plan: BuildPlan, profile: BatchProfile, input_name: str,
     modern = version is not None and trt_compat.always_strongly_typed(version)
 
     t = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine}"]
-    p = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine, "--tf32"]
-    # polygraphy turns TF32 off unless asked; TensorRT's default (and TensorRT-RTX's) is on
+    p = ["polygraphy", "convert", onnx_path, "--convert-to", "trt", "-o", engine]
+    if not rtx:
+        # polygraphy's CreateConfig clears TF32 unless --tf32 is given; TensorRT (and trtexec) leave it on. Switched
+        # to TensorRT-RTX (0.53.6), polygraphy configures through CreateConfigRTX, which never touches TF32: the
+        # library's default (on) stands and --tf32 is ignored there (the plan is byte-for-byte the same).
+        p.append("--tf32")
     if workspace_bytes:
         mib = max(1, int(workspace_bytes) // MiB)
         t.append(f"--memPoolSize=workspace:{mib}M")

@@ -1,16 +1,20 @@
 """The JSON manifest beside every engine, and the compatibility check that reads it.
 
 A TensorRT engine only runs under the TensorRT release and on the GPU (compute capability) it was built for; a
-TensorRT-RTX engine runs on the list of compute capabilities it was built for, under the same or a newer
-TensorRT-RTX. The libraries notice some mismatches themselves, late and cryptically. The manifest
-``<engine>.json`` records the engine family, the library version and the compute capabilities, and
-:func:`check_engine_compatible` refuses another family, release or GPU before anything is deserialized, naming
-the field that differs.
+TensorRT-RTX engine runs on the list of compute capabilities it was built for, under the same TensorRT-RTX release
+(NVIDIA: "TensorRT-RTX engines are not compatible between different releases of TensorRT-RTX"). The libraries
+notice some mismatches themselves, late and cryptically. The manifest ``<engine>.json`` records the engine family,
+the library version and the compute capabilities, what the engine was quantized from (``quantization``) and, as
+far as the library tells, what it computes in (``compute_precision``); :func:`check_engine_compatible` refuses
+another family, release or GPU before anything is deserialized, naming the field that differs.
+
+The engine and its manifest are written as one unit (``core.commit``), the manifest hashing the serialized bytes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import re
@@ -42,8 +46,13 @@ def manifest_path_for(engine_path: str | os.PathLike) -> Path:
 
 
 def write_manifest(engine_path: str | os.PathLike, manifest: dict) -> Path:
-    """Write ``<engine>.json`` atomically; returns its path."""
+    """Write ``<engine>.json`` atomically; returns its path (the build writes it with its engine, as one unit)."""
     return write_json(manifest_path_for(engine_path), manifest)
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    """The manifest as written (``write_json``'s form)."""
+    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -93,29 +102,46 @@ def build_manifest(
     outputs_probabilities: bool = False,
     compute_capabilities_and_later: bool = False,
     caveats: list[str] | None = None,
+    engine_data: bytes | memoryview | None = None,
+    quantization: dict | None = None,
+    compute_precision: dict | None = None,
+    compute_capabilities_source: str | None = None,
 ) -> dict:
     """The manifest as a dict (keys in a readable order). ``preprocess`` defaults to the one SPEC.
 
-    ``gpu`` is the GPU the engine was built on (None for a TensorRT-RTX build without one);
-    ``compute_capabilities`` are those it runs on (TensorRT: the build GPU's; TensorRT-RTX: its targets, and
-    with ``compute_capabilities_and_later`` newer GPUs too)."""
+    ``engine_data``: the serialized engine, hashed here (the file on disk is not read: the two are written as one
+    unit afterwards); without it the file at ``engine_path`` is hashed, when it exists. ``gpu`` is the GPU the
+    engine was built on (None for a TensorRT-RTX build without one); ``compute_capabilities`` are those it runs on
+    (TensorRT: the build GPU's; TensorRT-RTX: its targets, and with ``compute_capabilities_and_later`` newer GPUs
+    too), ``compute_capabilities_source`` where they were read. ``quantization``: what the engine's precision came
+    from (:data:`QUANTIZATION_SOURCES`); ``compute_precision``: what it computes in, as far as the library says."""
+    from ..core.hashing import sha256_bytes
     from ..data.preprocess import SPEC
 
     spec = preprocess or SPEC
     engine_path = Path(engine_path)
+    if engine_data is not None:
+        engine_sha, engine_size = sha256_bytes(engine_data), memoryview(engine_data).nbytes
+    elif engine_path.exists():
+        engine_sha, engine_size = sha256_file(engine_path), engine_path.stat().st_size
+    else:
+        engine_sha = engine_size = None
     return {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "engine": engine_path.name,
-        "engine_sha256": sha256_file(engine_path) if engine_path.exists() else None,
-        "engine_bytes": engine_path.stat().st_size if engine_path.exists() else None,
+        "engine_sha256": engine_sha,
+        "engine_bytes": engine_size,
         "model": model,
         "precision": precision,
         "int8_mode": int8_mode,
+        "quantization": quantization,
+        "compute_precision": compute_precision,
         "engine_family": engine_family,
         "library_version": library_version,
         "compute_capabilities": [normalize_cc(cc) for cc in compute_capabilities],
         "compute_capabilities_and_later": bool(compute_capabilities_and_later),
+        "compute_capabilities_source": compute_capabilities_source,
         "gpu": gpu.to_manifest() if hasattr(gpu, "to_manifest") else (dict(gpu) if gpu else None),
         "caveats": list(caveats or []),
         "onnx": str(onnx_path),
@@ -161,8 +187,9 @@ def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engin
 
     TensorRT: the release must be the same major.minor.patch (plans are not portable across releases), the
     compute capability the build GPU's (kernels are compiled for it), and the GPU name the same (tactics are
-    tuned per device). TensorRT-RTX: the running library must not be older than the builder, and this GPU's
-    compute capability one of the engine's targets (a portable engine is not tied to one GPU).
+    tuned per device). TensorRT-RTX: the same release (major.minor.patch: NVIDIA documents that TensorRT-RTX
+    engines are not compatible between releases), and this GPU's compute capability one of the engine's targets (a
+    portable engine is not tied to one GPU).
     """
     from . import trt_compat as tc
 
@@ -180,9 +207,10 @@ def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engin
     except ValueError:
         built_v = None
     if built_family == tc.TENSORRT_RTX.key:
-        if built_v is not None and tuple(built_v[:3]) > tuple(version[:3]):
-            raise UserError(f"{what} was built with TensorRT-RTX {built}, newer than this machine's "
-                            f"TensorRT-RTX {version}; upgrade it: {tc.TENSORRT_RTX.install}")
+        if built_v is None or tuple(built_v[:3]) != tuple(version[:3]):
+            raise UserError(f"{what} was built with TensorRT-RTX {built}, but this machine has TensorRT-RTX "
+                            f"{version}, and TensorRT-RTX engines run only on the release that built them: rebuild "
+                            f"it with build.py --engine-family tensorrt-rtx here (or install TensorRT-RTX {built})")
         targets = [normalize_cc(c) for c in manifest.get("compute_capabilities") or []]
         later = bool(manifest.get("compute_capabilities_and_later"))
         if targets and not tc.rtx_runs_on(cc, targets, later):

@@ -47,6 +47,15 @@ RTX_INT8_CAVEAT = (
 )
 
 
+def engine_label(precision: str, version=None) -> str:
+    """The precision as an engine's file name says it: ``int8qdq`` for a TensorRT-RTX engine built from an INT8 Q/DQ
+    ONNX — built from INT8 Q/DQ, computing in what the library decides on the user's GPU (its manifest's
+    ``compute_precision``) — else the precision itself."""
+    if precision == "int8" and version is not None and trt_compat.is_rtx(version):
+        return "int8qdq"
+    return precision
+
+
 def same_file(a: Path, b: Path) -> bool:
     try:
         return Path(a).resolve() == Path(b).resolve()
@@ -81,18 +90,28 @@ def plan_build(
         return BuildPlan("fp32", fp32_onnx_path, explicit_batch=explicit, strongly_typed=typed)
 
     if precision == "fp16":
+        io = onnx_io or inspect_onnx(onnx_path)
+        if io.has_fp16 and not converted:  # the given ONNX is FP16 already (converted elsewhere): its types rule
+            if trt_compat.has_strongly_typed_flag(v):
+                return BuildPlan("fp16", onnx_path, strongly_typed=True, explicit_batch=explicit,
+                                 notes=[f"{rel}: the FP16 ONNX as given, strongly typed"])
+            return BuildPlan("fp16", onnx_path, flags=("FP16",), explicit_batch=explicit,
+                             notes=[f"{rel}: the FP16 ONNX as given, FP16 builder flag"])
         if trt_compat.fp16_source(v) == "flag":
             return BuildPlan("fp16", fp32_onnx_path, flags=("FP16",), explicit_batch=explicit,
                              notes=[f"{rel}: FP16 builder flag on the FP32 ONNX"])
-        io = (onnx_io or inspect_onnx(onnx_path)) if converted else None
-        if io is None or not io.has_fp16:
+        if not converted or not io.has_fp16:
             raise UserError(f"{rel} builds FP16 only from an FP16 ONNX ({fp16_hint}): "
                             "let build.py make it with ModelOpt AutoCast (pip install -e .[quant])")
         return BuildPlan("fp16", onnx_path, strongly_typed=True, explicit_batch=explicit,
                          notes=[f"{rel}: AutoCast FP16 ONNX, strongly typed"])
 
     io = onnx_io if onnx_io is not None else inspect_onnx(onnx_path)
-    have_qdq = converted and io.has_qdq
+    have_qdq = io.has_qdq  # made by the precision step, or the given ONNX is Q/DQ already
+    if have_qdq and not converted and trt_compat.resolve_int8_mode(int8_mode, v, have_qdq_onnx=True) != "qdq":
+        raise UserError(f"{onnx_path} is already INT8 (Q/DQ nodes), which {rel} builds only as explicit "
+                        "quantization: use --int8-mode qdq (TensorRT 10 or later, TensorRT-RTX); its calibrator "
+                        "quantizes an FP32 ONNX")
     mode = trt_compat.resolve_int8_mode(int8_mode, v, have_qdq_onnx=have_qdq)
     if mode == "qdq":
         if not have_qdq:
@@ -155,20 +174,46 @@ def refuse_inapplicable_options(options: EngineOptions, version, precision: str)
                         f"{label} {v.major}.{v.minor} does not have")
 
 
-def rtx_targets(options: EngineOptions, gpu, written: str) -> list[str] | None:
+def rtx_targets(options: EngineOptions, gpu, written: str | None = None) -> list[str] | None:
     """The compute capabilities to build for (None = the library's default), checked against this machine's GPU
-    where ``current`` is asked for."""
+    where ``current`` is asked for (``written``: what the run wrote before, for the message)."""
     ccs = list(options.compute_capabilities) if options.compute_capabilities else None
     if ccs != ["current"]:
         return ccs
     if gpu is None:
-        raise MissingDependency(f"wrote {written}; --compute-capability current needs an NVIDIA GPU on this "
+        head = f"wrote {written}; " if written else ""
+        raise MissingDependency(f"{head}--compute-capability current needs an NVIDIA GPU on this "
                                 "machine; name the targets instead (e.g. --compute-capability 8.9)")
     cc = gpu.cc
     if cc not in trt_compat.RTX_TARGETS and trt_compat.cc_key(cc) < trt_compat.cc_key("12.1"):
         raise UserError(f"this GPU ({gpu.name}, compute capability {cc}) is not a TensorRT-RTX target; build "
                         "with TensorRT (--engine-family tensorrt)")
     return ccs
+
+
+def check_targets_early(options: EngineOptions, version, precision: str, *, onnx_path=None,
+                        zoo_model: bool = False) -> None:
+    """TensorRT-RTX targets that cannot work, refused before any long work: ``current`` without a GPU here, and
+    Turing (7.5) for an FP32 classifier head (its FP32 GEMM does not compile there) — a zoo model's always is."""
+    if not trt_compat.is_rtx(version) or not options.compute_capabilities:
+        return
+    targets = list(options.compute_capabilities)
+    if targets == ["current"]:
+        from ..cuda.device import detect_gpu
+
+        try:
+            gpu = detect_gpu(options.device)
+        except MissingDependency:
+            gpu = None
+        rtx_targets(options, gpu)
+        return
+    if "7.5" in targets and precision == "fp32":
+        gemm = fp32_gemm_nodes(onnx_path) if onnx_path else []
+        detail = ("the zoo model computes its classifier head (Gemm) in FP32" if zoo_model
+                  else f"{onnx_path} computes {gemm[0]!r} in FP32" if gemm else None)
+        if detail:
+            raise UserError(f"TensorRT-RTX cannot compile FP32 GEMM for Turing (compute capability 7.5), and "
+                            f"{detail}: build --precision fp16 for 7.5, or leave 7.5 out of --compute-capability")
 
 
 def default_workspace_bytes(free_bytes: int | None, total_bytes: int, integrated: bool) -> int:

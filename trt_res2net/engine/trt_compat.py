@@ -245,6 +245,8 @@ GATED_NAMES = {
     "SUBOPTIMAL": has_runtime_cache,
     "EngineInvalidityDiagnostics": has_runtime_cache,
     "is_stream_capturable": has_runtime_cache,
+    "dynamic_shapes_kernel_specialization_strategy": has_runtime_cache,
+    "DynamicShapesKernelSpecializationStrategy": has_runtime_cache,
 }
 
 
@@ -361,10 +363,16 @@ def resolve_int8_mode(requested: str, v, *, have_qdq_onnx: bool | None = None) -
 RTX_TARGETS = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
 
 # The plan header, as observed on TensorRT-RTX 1.7.1 (undocumented; docs/tensorrt_rtx.md): magic at offset
-# 0, the library version as three bytes at 24, and a bitmask of target compute capabilities at 32 whose
-# bits follow RTX_TARGETS's order; bit 6 is set only by the default targets, which "run on 12.0 and later".
+# 0, the plan's size as a little-endian u64 at 16, the library version as three bytes at 24, and a bitmask of
+# target compute capabilities at 32 whose bits follow RTX_TARGETS's order; bit 6 is set only by the default
+# targets, which "run on 12.0 and later". The layout is read only for the releases it was observed on
+# (RTX_HEADER_LAYOUTS); any other is "unknown" and the build falls back to what it asked for.
 RTX_PLAN_MAGIC = b"vtrt"
-_RTX_VERSION_OFFSET, _RTX_MASK_OFFSET, _RTX_LATER_BIT = 24, 32, 6
+_RTX_SIZE_OFFSET, _RTX_VERSION_OFFSET, _RTX_MASK_OFFSET, _RTX_LATER_BIT = 16, 24, 32, 6
+RTX_HEADER_LAYOUTS = {(1, 7): "1.7"}  # (major, minor) of the library that wrote the plan → layout name
+# What NVIDIA documents as the default targets of an ahead-of-time build ("8.0, 8.6, 8.9, 12.0, and later"): the
+# fallback when the plan header cannot be read and no targets were asked for.
+RTX_DOCUMENTED_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
 
 
 def parse_compute_capabilities(text: str) -> list[str]:
@@ -395,19 +403,42 @@ class RtxPlanHeader:
     version: tuple[int, int, int]
     compute_capabilities: tuple[str, ...]
     and_later: bool  # also runs on GPUs newer than the newest listed (the library's default targets)
+    layout: str = "1.7"  # the header layout it was read with (RTX_HEADER_LAYOUTS)
 
 
-def read_rtx_plan_header(data: bytes) -> RtxPlanHeader | None:
-    """The targets and version written in a TensorRT-RTX plan's first bytes; None when ``data`` does not start
-    like one (a standard TensorRT plan, or a header layout this code does not know)."""
-    if len(data) <= _RTX_MASK_OFFSET or not data.startswith(RTX_PLAN_MAGIC):
+def rtx_plan_header_problem(data: bytes, size: int | None = None) -> str | None:
+    """Why :func:`read_rtx_plan_header` cannot read ``data`` (a plan's first bytes; ``size`` the whole plan's, when
+    known), or None when it can."""
+    if len(data) <= _RTX_MASK_OFFSET:
+        return f"only {len(data)} bytes"
+    if not data.startswith(RTX_PLAN_MAGIC):
+        return "no TensorRT-RTX plan magic"
+    version = tuple(data[_RTX_VERSION_OFFSET:_RTX_VERSION_OFFSET + 3])
+    if tuple(version[:2]) not in RTX_HEADER_LAYOUTS:
+        known = ", ".join(f"{a}.{b}" for a, b in RTX_HEADER_LAYOUTS)
+        return f"written by TensorRT-RTX {'.'.join(map(str, version))}, whose header layout is unknown here ({known})"
+    recorded = int.from_bytes(data[_RTX_SIZE_OFFSET:_RTX_SIZE_OFFSET + 8], "little")
+    if size is not None and recorded != size:
+        return f"the header gives a plan size of {recorded} bytes, the plan has {size}"
+    mask = data[_RTX_MASK_OFFSET]
+    if mask >> (len(RTX_TARGETS) + 1):
+        return f"unknown target bits in 0x{mask:02x}"
+    if not mask & ((1 << len(RTX_TARGETS)) - 1):
+        return "no target bit set"
+    return None
+
+
+def read_rtx_plan_header(data: bytes, size: int | None = None) -> RtxPlanHeader | None:
+    """The targets and version written in a TensorRT-RTX plan's first bytes (``size``: the whole plan's, checked
+    against the header when given); None when ``data`` does not start like one, or was written in a header layout
+    this code does not know (:func:`rtx_plan_header_problem` says why)."""
+    if rtx_plan_header_problem(data, size) is not None:
         return None
     mask = data[_RTX_MASK_OFFSET]
     targets = tuple(cc for bit, cc in enumerate(RTX_TARGETS) if mask >> bit & 1)
-    if not targets:
-        return None
     version = tuple(data[_RTX_VERSION_OFFSET:_RTX_VERSION_OFFSET + 3])
-    return RtxPlanHeader(version, targets, bool(mask >> _RTX_LATER_BIT & 1))  # type: ignore[arg-type]
+    return RtxPlanHeader(version, targets, bool(mask >> _RTX_LATER_BIT & 1),  # type: ignore[arg-type]
+                         RTX_HEADER_LAYOUTS[tuple(version[:2])])
 
 
 def engine_family_of(path: str | Path) -> str:
@@ -430,7 +461,11 @@ RTX_TARGET_EXAMPLES = {
 
 
 def rtx_targets_sentence(targets, and_later: bool) -> str:
-    """``compute capability 8.6 (A10, ...), 8.9 (...) and later`` for people."""
+    """``compute capability 8.6 (A10, ...), 8.9 (...) and later`` for people; never an empty list (no targets
+    recorded: the library's documented default set)."""
+    targets = list(targets)
+    if not targets:
+        return rtx_targets_sentence(RTX_DOCUMENTED_DEFAULT_TARGETS, True) + " (the library's documented default)"
     parts = [f"{cc} ({RTX_TARGET_EXAMPLES[cc]})" if cc in RTX_TARGET_EXAMPLES else cc for cc in targets]
     return "compute capability " + ", ".join(parts) + (" and later" if and_later else "")
 

@@ -185,13 +185,17 @@ def sidecar_path(cache_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def key_document(key: CacheKey | dict, info: dict | None = None) -> dict:
+    """The sidecar's content: ``{"format", "format_version", "key": {...}, "info": {...}}``."""
+    key_dict = key.to_dict() if isinstance(key, CacheKey) else dict(key)
+    return {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "key": key_dict, "info": info or {}}
+
+
 def write_cache_key(cache_path: str | os.PathLike, key: CacheKey | dict, info: dict | None = None) -> Path:
-    """Write ``<cache>.json`` atomically: ``{"format", "format_version", "key": {...}, "info": {...}}``.
+    """Write ``<cache>.json`` atomically (:func:`key_document`).
 
     ``info`` holds what does not decide validity (model name, image count, timings, accuracy ...)."""
-    key_dict = key.to_dict() if isinstance(key, CacheKey) else dict(key)
-    doc = {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "key": key_dict, "info": info or {}}
-    return write_json(sidecar_path(cache_path), doc)
+    return write_json(sidecar_path(cache_path), key_document(key, info))
 
 
 def read_cache_key(cache_path: str | os.PathLike) -> dict:

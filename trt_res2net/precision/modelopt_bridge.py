@@ -3,32 +3,45 @@
 ModelOpt (``nvidia-modelopt``, with torch) is optional and heavy: nothing here imports it at module level,
 and :func:`require_modelopt` turns its absence into one install command (exit status 3).
 
-INT8 is made in two steps so that a cache always reproduces the model:
+INT8, so that a cache always reproduces the model:
 
-1. :func:`calibrate` runs the images through the FP32 ONNX once and returns the activation scales as a
-   :class:`~trt_res2net.precision.calib_cache.CalibrationCache`. ``entropy`` and ``max`` are ModelOpt's own calibration
-   (ONNX Runtime's histogram/min-max calibrators, patched by ModelOpt to collect batch by batch), read back
-   from the Q/DQ model it produces; ``percentile`` is ONNX Runtime's percentile calibrator, which ModelOpt's
-   ``quantize`` does not offer, on the tensors ModelOpt quantizes.
-2. :func:`quantize_from_cache` asks ModelOpt for the Q/DQ model with ``calibration_cache_path`` — always,
-   also right after calibrating — and checks that every activation scale in it came from the cache.
+1. :func:`calibrate_and_quantize` runs the images through the FP32 ONNX once, in one ModelOpt call that returns
+   both the Q/DQ model and the activation scales as a :class:`~trt_res2net.precision.calib_cache.CalibrationCache`
+   (the FP32 scales, captured before ModelOpt converts the model to its high precision). ``entropy`` and ``max``
+   are ModelOpt's own calibration (ONNX Runtime's histogram/min-max calibrators, patched by ModelOpt to collect
+   batch by batch), entropy's data streamed through ``ort_calibration`` (the same statistics in a fraction of the
+   memory); ``percentile`` is ONNX Runtime's percentile calibrator, which ModelOpt's ``quantize`` does not offer,
+   on the tensors ModelOpt quantizes (:func:`calibrate`, then step 2).
+2. :func:`quantize_from_cache` asks ModelOpt for the Q/DQ model with ``calibration_cache_path`` when a cache is
+   reused, and checks that every activation scale in it came from the cache. ModelOpt still calibrates before it
+   replaces the scales with the cache's: it is given min-max on one image, the cheapest run that places the same
+   Q/DQ nodes (``tests/test_quantize_modelopt.py`` checks that calibrating directly and building from the cache
+   give the same model).
+
+ModelOpt runs on ONNX Runtime's CUDA provider where this ONNX Runtime has one (``ort_calibration.
+available_providers``), else on the CPU; its log goes to the project's log (warnings collapsed, everything with
+``--verbose``), the rest of its chatter to a buffer kept in ``<output>.modelopt.log`` when it fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
+import logging
 import os
 import re
 import shutil
-import tempfile
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import MissingDependency, UserError
-from .calib_cache import MODELOPT_VERSION_TAG, CalibrationCache, cache_scales_finite, write_cache
+from ..core.files import make_temp_dir
+from .calib_cache import MODELOPT_VERSION_TAG, CalibrationCache, write_cache
 
 CALIB_BATCH = 8  # images per ONNX Runtime calibration step (memory, not results: ranges merge per batch)
 # ModelOpt's GEMV rule keeps a MatMul/Gemm unquantized when a dimension is 1; a fixed shape makes the Q/DQ
@@ -62,31 +75,127 @@ def require_modelopt(what: str) -> None:
         ) from None
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions(providers: list[str] | None = None) -> dict[str, str]:
+    """What made a calibration: ModelOpt's and ONNX Runtime's versions, and ONNX Runtime's provider when it was not
+    the CPU (a GPU's arithmetic differs: its caches are keyed apart)."""
     import onnxruntime
 
-    return {"modelopt": modelopt_version() or "absent", "onnxruntime": onnxruntime.__version__}
+    tools = {"modelopt": modelopt_version() or "absent", "onnxruntime": onnxruntime.__version__}
+    if providers and providers[0] != "CPUExecutionProvider":
+        tools["onnxruntime_provider"] = providers[0]
+    return tools
+
+
+_LEVEL = re.compile(r" - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - (.*)$")
+# ModelOpt messages that say nothing about this run (logged at ERROR while the run goes on): to --verbose only.
+_HARMLESS = ("Failed to get GPU count",)
+
+
+class _ModelOptSink(io.TextIOBase):
+    """Where ModelOpt's and ONNX Runtime's Python output goes while they run: every line kept (the failure log); the
+    log lines ModelOpt's handlers format (``... - WARNING - message``) passed to the project's log through
+    ``collapsed`` (warnings once each with their count, errors at once); with ``--verbose`` everything to stderr."""
+
+    def __init__(self, collapsed: log.Collapsed):
+        self.buffer_ = io.StringIO()
+        self.collapsed = collapsed
+        self._partial = ""
+        self.stderr = sys.stderr  # the real one, before the redirection
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.buffer_.write(text)
+        if log.verbose():
+            self.stderr.write(text)
+            return len(text)
+        self._partial += text
+        *lines, self._partial = re.split(r"[\r\n]", self._partial)
+        for line in lines:
+            m = _LEVEL.search(line)
+            if m and m.group(1) in ("WARNING", "ERROR", "CRITICAL") and not m.group(2).startswith(_HARMLESS):
+                # ModelOpt's real failures raise; what it logs at ERROR while going on is a warning here
+                self.collapsed.emit("warning", m.group(2))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> str:
+        return self.buffer_.getvalue()
+
+
+class _LogStream(io.TextIOBase):
+    """Where ModelOpt's logging handlers point between our calls: its warnings and errors into the project's log
+    (stderr), the rest at the debug level. Never closed (a handler may outlive any stream we were given)."""
+
+    def __init__(self):
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = re.split(r"[\r\n]", self._partial)
+        for line in lines:
+            m = _LEVEL.search(line)
+            if m and m.group(1) in ("WARNING", "ERROR", "CRITICAL") and not m.group(2).startswith(_HARMLESS):
+                log.warn(f"ModelOpt: {m.group(2)}")
+            elif line.strip():
+                log.debug(f"ModelOpt: {line}")
+        return len(text)
+
+
+_BETWEEN_CALLS = _LogStream()
+
+
+def _point(handler: logging.StreamHandler, stream) -> None:
+    """``handler.setStream`` without flushing the old stream (which may be closed by now)."""
+    handler.acquire()
+    try:
+        handler.stream = stream
+    finally:
+        handler.release()
+
+
+def _modelopt_stream_handlers() -> list[logging.StreamHandler]:
+    handlers = []
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("modelopt") and isinstance(logger, logging.Logger):
+            handlers += [h for h in logger.handlers
+                         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    return handlers
 
 
 @contextlib.contextmanager
 def captured_output(log_path: Path | None = None):
-    """Silence ModelOpt's and ONNX Runtime's chatter (per-batch progress bars, INFO lines, C++ warnings);
-    on failure, keep it in ``log_path`` so the error can point to it."""
+    """ModelOpt's and ONNX Runtime's chatter (per-batch progress bars, INFO lines, C++ warnings) kept off stdout: its
+    warnings and errors through the project's log (collapsed), the rest in a buffer written to ``log_path`` on
+    failure so the error can point to it; with ``--verbose`` all of it on stderr."""
     import onnxruntime
 
-    buf = io.StringIO()
+    collapsed = log.Collapsed("ModelOpt")
+    sink = _ModelOptSink(collapsed)
     old = onnxruntime.get_default_logger_severity() if hasattr(onnxruntime, "get_default_logger_severity") else 2
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(0 if log.verbose() else 3)
+    for h in _modelopt_stream_handlers():  # bound to a stream at import or configure: ours while ModelOpt runs
+        _point(h, sink)
     try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            yield buf
-    except BaseException:
-        if log_path is not None:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield sink
+    except BaseException as e:
+        collapsed.muted = isinstance(e, KeyboardInterrupt)
+        if log_path is not None and not isinstance(e, KeyboardInterrupt):
             with contextlib.suppress(OSError):
-                log_path.write_text(buf.getvalue())
+                log_path.write_text(sink.getvalue())
         raise
     finally:
+        for h in _modelopt_stream_handlers():  # and the project's log between calls
+            _point(h, _BETWEEN_CALLS)
         onnxruntime.set_default_logger_severity(old)
+        collapsed.flush()
 
 
 def _modelopt_failed(what: str, e: Exception, log_path: Path | None) -> UserError:
@@ -188,16 +297,33 @@ def _exclusion_patterns(names: Iterable[str]) -> list[str]:
     return [re.escape(n) + "$" for n in names]
 
 
+def calibration_providers() -> list[str]:
+    """ONNX Runtime's providers for calibration: CUDA first where present (ort_calibration.available_providers)."""
+    from .ort_calibration import available_providers
+
+    return available_providers()
+
+
+def _calibration_eps(providers: list[str]) -> list[str]:
+    return ["cuda:0", "cpu"] if providers and providers[0] == "CUDAExecutionProvider" else ["cpu"]
+
+
 def _quantize(fp32_onnx: Path, out_path: Path, *, reader=None, method: str = "entropy",
               cache_path: Path | None = None, high_precision: str = "fp16",
-              nodes_to_exclude: Iterable[str] = (), log_path: Path | None = None) -> None:
+              nodes_to_exclude: Iterable[str] = (), log_path: Path | None = None,
+              providers: list[str] | None = None) -> dict:
+    """One ModelOpt ``quantize`` call (INT8, TensorRT's placement) writing ``out_path``; returns what was captured on
+    the way (``activation_scales``: the FP32 scales before ModelOpt converts the model to ``high_precision``)."""
     from modelopt.onnx.quantization import quantize
 
+    from .ort_calibration import streaming_calibration
+
+    providers = providers or calibration_providers()
     kwargs = dict(
         quantize_mode="int8",
         calibration_method=method,
         calibration_shapes=PLACEMENT_SHAPE,
-        calibration_eps=["cpu"],
+        calibration_eps=_calibration_eps(providers),
         output_path=str(out_path),
         high_precision_dtype=high_precision,
         nodes_to_exclude=_exclusion_patterns(nodes_to_exclude),
@@ -209,28 +335,92 @@ def _quantize(fp32_onnx: Path, out_path: Path, *, reader=None, method: str = "en
         kwargs["calibration_cache_path"] = str(cache_path)
     source = _private_copy(fp32_onnx, out_path.parent)
     try:
-        with captured_output(log_path):
+        with captured_output(log_path), streaming_calibration(providers) as captured:
             quantize(str(source), **kwargs)
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as e:
         raise _modelopt_failed("quantize the model", e, log_path) from e
+    finally:
+        gc.collect()  # ModelOpt's model copies (hundreds of MB each for res2net200) go before the next step
+    return captured
+
+
+QDQ_OPSET = 19  # what ModelOpt writes INT8 Q/DQ in (and converts its input to first)
 
 
 def _private_copy(fp32_onnx: Path, work: Path) -> Path:
     """ModelOpt rewrites the model it is given in place (``onnx.shape_inference.infer_shapes_path`` with no
-    output path), which would change the FP32 ONNX's bytes and hash under the caller: give it a copy."""
+    output path), which would change the FP32 ONNX's bytes and hash under the caller: give it a copy — at opset 19
+    already when ONNX's version converter would change nothing but the opset number (:func:`opset_relabel_exact`),
+    which spares ModelOpt converting and saving the whole model once more."""
     copy = work / "source.onnx"
-    if not copy.exists():
+    if copy.exists():
+        return copy
+    import onnx
+
+    model = onnx.load(str(fp32_onnx), load_external_data=False)
+    if _default_opset(model) < QDQ_OPSET and opset_relabel_exact(model, QDQ_OPSET) and not _has_external_data(model):
+        for o in model.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = QDQ_OPSET
+        onnx.save(model, str(copy))
+    else:
         shutil.copyfile(fp32_onnx, copy)
+    del model
     return copy
+
+
+def _default_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _has_external_data(model) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def opset_relabel_exact(model, target: int) -> bool:
+    """Whether ``onnx.version_converter.convert_version(model, target)`` changes nothing but the opset number: run
+    on the model's structure alone (weights left out: the adapters of the operators here do not read them) and
+    compared node by node. False on any doubt (then the converter runs as before)."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    for t in model.graph.initializer:
+        stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+        g.initializer.append(stub)
+    try:
+        converted = onnx.version_converter.convert_version(light, target)
+    except Exception:
+        return False
+    if len(converted.graph.node) != len(light.graph.node):
+        return False
+    for a, b in zip(light.graph.node, converted.graph.node, strict=True):
+        a2 = onnx.NodeProto()
+        a2.CopyFrom(a)
+        if a2.SerializeToString(deterministic=True) != b.SerializeToString(deterministic=True):
+            return False
+    return ([i.SerializeToString(deterministic=True) for i in converted.graph.input]
+            == [i.SerializeToString(deterministic=True) for i in light.graph.input]
+            and [o.SerializeToString(deterministic=True) for o in converted.graph.output]
+            == [o.SerializeToString(deterministic=True) for o in light.graph.output]
+            and _default_opset(converted) == target)
 
 
 @contextlib.contextmanager
 def _workdir(near: Path):
-    """A scratch folder beside ``near`` (same filesystem: the result is moved, not copied)."""
-    near.parent.mkdir(parents=True, exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix=f".{near.name}.", dir=near.parent))
+    """A scratch folder beside ``near`` (same filesystem: the result is moved, not copied), named as ``near``'s
+    temporary (``core.files``: a later run removes it if this process is killed)."""
+    d = make_temp_dir(near)
     try:
         yield d
     finally:
@@ -238,22 +428,60 @@ def _workdir(near: Path):
 
 
 def calibrate(fp32_onnx: str | os.PathLike, reader, method: str = "entropy", percentile: float = 99.999,
-              log_path: Path | None = None) -> CalibrationCache:
-    """Activation scales of the FP32 model over the reader's images, as a ModelOpt-tagged cache."""
+              log_path: Path | None = None, work_near: Path | None = None) -> CalibrationCache:
+    """Activation scales of the FP32 model over the reader's images, as a ModelOpt-tagged cache (scratch files
+    beside ``work_near``, default the FP32 ONNX)."""
     fp32_onnx = Path(fp32_onnx)
     algorithm = f"percentile{percentile:g}" if method == "percentile" else method
-    with _workdir(fp32_onnx) as work:
+    with _workdir(Path(work_near) if work_near else fp32_onnx) as work:
         if method == "percentile":
             scales = _percentile_scales(fp32_onnx, reader, percentile, work, log_path)
         else:
             out = work / "calibrated.onnx"
-            _quantize(fp32_onnx, out, reader=reader, method=method, high_precision="fp32", log_path=log_path)
-            import onnx
-
-            scales = activation_scales(onnx.load(str(out), load_external_data=False))
+            scales = _quantize(fp32_onnx, out, reader=reader, method=method, high_precision="fp32",
+                               log_path=log_path)["activation_scales"]
     if not scales:
         raise UserError(f"calibration of {fp32_onnx} produced no activation ranges (nothing to quantize?)")
     return CalibrationCache(MODELOPT_VERSION_TAG, algorithm, scales)
+
+
+def calibrate_and_quantize(fp32_onnx: str | os.PathLike, reader, out_path: str | os.PathLike, *,
+                           method: str = "entropy", high_precision: str = "fp16",
+                           log_path: Path | None = None) -> tuple[CalibrationCache, object]:
+    """One ModelOpt call: calibrate on the reader's images (``entropy`` or ``max``) and make the Q/DQ model with
+    ``high_precision`` elsewhere, written to ``out_path``'s scratch folder and returned with the cache of its FP32
+    activation scales: (cache, ModelProto). The model is what :func:`quantize_from_cache` makes from that cache
+    (checked here: every activation scale of the model is the cache's, rounded to the model's precision)."""
+    import onnx
+
+    fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
+    if method not in ("entropy", "max"):
+        raise ValueError(f"calibrate_and_quantize: {method!r} is not ModelOpt's (use calibrate, then "
+                         "quantize_from_cache)")
+    with _workdir(out_path) as work:
+        tmp_out = work / out_path.name
+        captured = _quantize(fp32_onnx, tmp_out, reader=reader, method=method, high_precision=high_precision,
+                             log_path=log_path)
+        scales = captured.get("activation_scales") or {}
+        if not scales:
+            raise UserError(f"calibration of {fp32_onnx} produced no activation ranges (nothing to quantize?)")
+        cache = CalibrationCache(MODELOPT_VERSION_TAG, method, scales)
+        model = onnx.load(str(tmp_out), load_external_data=False)
+        _check_scales_from(model, scales, high_precision)
+        os.replace(tmp_out, out_path)
+    return cache, model
+
+
+def _check_scales_from(model, scales: dict[str, float], high_precision: str) -> None:
+    """Every activation scale of ``model`` is ``scales``' (rounded to FP16 where the model keeps them in FP16)."""
+    got = activation_scales(model)
+    stray = [n for n in got if n not in scales]
+    if stray:
+        raise UserError(f"the Q/DQ model quantizes {len(stray)} tensors without a calibrated scale (e.g. {stray[0]})")
+    cast = np.float16 if high_precision == "fp16" else np.float32
+    off = [n for n, v in got.items() if np.float32(v) != np.float32(cast(np.float32(usable_scale(scales[n]))))]
+    if off:
+        raise UserError(f"the Q/DQ model's scale of {off[0]} is not its calibrated one (ModelOpt changed?)")
 
 
 def _percentile_scales(fp32_onnx: Path, reader, percentile: float, work: Path,
@@ -346,15 +574,16 @@ def quantize_from_cache(fp32_onnx: str | os.PathLike, cache: CalibrationCache, o
     import onnx
 
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
-    scales = dict(cache.scales)
-    for name in cache_scales_finite(cache):
-        scales[name] = float(np.finfo(np.float32).tiny)
+    scales = {name: usable_scale(value) for name, value in cache.scales.items()}
     clean = CalibrationCache(cache.version_tag, cache.algorithm, scales)
+    # ModelOpt calibrates even with a cache (its random data by default: a full entropy calibration thrown away);
+    # min-max over one image places the same Q/DQ nodes at the cost of one forward pass.
+    probe = make_reader(lambda: iter([_probe_image()]))
     with _workdir(out_path) as work:
         cache_file = write_cache(work / "import.cache", clean)
         tmp_out = work / out_path.name
-        _quantize(fp32_onnx, tmp_out, cache_path=cache_file, high_precision=high_precision,
-                  nodes_to_exclude=nodes_to_exclude, log_path=log_path)
+        _quantize(fp32_onnx, tmp_out, reader=probe, method="max", cache_path=cache_file,
+                  high_precision=high_precision, nodes_to_exclude=nodes_to_exclude, log_path=log_path)
         model = onnx.load(str(tmp_out), load_external_data=False)
         got = activation_scales(model)
         stray = [n for n in got if n not in scales]
@@ -365,6 +594,18 @@ def quantize_from_cache(fp32_onnx: str | os.PathLike, cache: CalibrationCache, o
             )
         os.replace(tmp_out, out_path)
     return model
+
+
+def usable_scale(value: float) -> float:
+    """A scale a QuantizeLinear can divide by: zero or non-finite ones (TensorRT writes ``0`` for an all-zero
+    tensor) raised to the smallest normal float32."""
+    value = float(np.float32(value))
+    return value if np.isfinite(value) and value > 0 else float(np.finfo(np.float32).tiny)
+
+
+def _probe_image() -> np.ndarray:
+    """A fixed, preprocessed-looking input (1×3×224×224) for runs whose ranges are replaced afterwards."""
+    return np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -8,8 +8,12 @@ Two figures per batch size, each as mean / p50 / p90 / p99 over ``--iterations``
   excluded.
 Throughput is images per second from the end-to-end mean. The first run of each batch size is reported apart
 (host time, synchronous): the library initialises lazily then, and TensorRT-RTX compiles its kernels for the GPU
-(a runtime cache beside the engine keeps them for the next process). A coefficient of variation above 2.5 % makes a
-warning: the figures are then not stable enough to compare (clocks, other GPU work, too few iterations).
+(a runtime cache beside the engine keeps them for the next process). A TensorRT-RTX engine is benchmarked with
+eager kernel specialisation (``dynamic_shapes_kernel_specialization_strategy = EAGER``): the kernels specialised
+for each batch size are compiled in its first run, so the timed runs never mix the library's fallback kernels
+with specialised ones (its lazy default compiles them in the background and swaps them in later). A coefficient of
+variation above 2.5 % makes a warning: the figures are then not stable enough to compare (clocks, other GPU work,
+too few iterations).
 
 The statistics, table, JSON, plot and the equivalent polygraphy/trtexec commands are plain Python and run
 without a GPU; only :func:`run_benchmark` needs a target that can time things (``TensorRTBackend``).
@@ -351,9 +355,13 @@ class BenchmarkOptions:
     topk: int = 5
     cuda_graph: bool = False
     progress: bool = True
+    kernel_specialization: str = "eager"  # TensorRT-RTX engines: lazy, eager or none (see the module docstring)
+    check_manifest: bool = True  # False: run an engine without (or unlike) its manifest unchecked
 
     def __post_init__(self):
         object.__setattr__(self, "batches", tuple(parse_batch_list(self.batches)))
+        if self.kernel_specialization not in ("lazy", "eager", "none"):
+            raise UserError(f"kernel specialisation must be lazy, eager or none, not {self.kernel_specialization!r}")
         if self.iterations < 1:
             raise UserError("--iterations must be at least 1")
         if self.warmup < 0:
@@ -396,7 +404,8 @@ def benchmark_engine(engine, images=None, options: BenchmarkOptions | None = Non
         raise UserError(f"--benchmark runs TensorRT engines (.engine, .plan), not {engine}")
     if not engine.is_file():
         raise UserError(f"engine not found: {engine}")
-    with TensorRTBackend(engine, cuda_graph=options.cuda_graph) as backend:
+    with TensorRTBackend(engine, cuda_graph=options.cuda_graph, check_manifest=options.check_manifest,
+                         kernel_specialization=options.kernel_specialization) as backend:
         usable = [b for b in options.batches if backend.min_batch <= b <= backend.max_batch]
         skipped = sorted(set(options.batches) - set(usable))
         if not usable:
@@ -413,5 +422,7 @@ def benchmark_engine(engine, images=None, options: BenchmarkOptions | None = Non
                                 progress=options.progress)
         info = backend.info()
     settings = {"batches": usable, "iterations": options.iterations, "warmup": options.warmup, "topk": k,
-                "images": source, "cuda_graph": info.get("cuda_graph", False)}
+                "images": source, "cuda_graph": info.get("cuda_graph", False),
+                "kernel_specialization": (options.kernel_specialization
+                                          if info.get("engine_family") == "tensorrt-rtx" else None)}
     return BenchmarkReport(engine, results, info, settings, skipped)

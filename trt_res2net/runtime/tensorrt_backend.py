@@ -91,13 +91,17 @@ class TensorRTBackend:
 
     ``cuda_graph=True`` replays each batch size's enqueue as a CUDA graph: captured here for TensorRT (with a
     warning and no graphs when the engine cannot be captured), TensorRT-RTX's own whole-graph strategy for its
-    engines. ``check_manifest=False`` skips the manifest comparison (the library still refuses a plan it cannot
-    load). ``runtime_cache=False`` neither reads nor writes a TensorRT-RTX runtime cache. ``first_run_ms`` holds
-    the host time of the first run of each batch size (for TensorRT-RTX, the kernel compilation).
+    engines. ``check_manifest=False`` runs an engine without (or unlike) its manifest unchecked (the library still
+    refuses a plan it cannot load); otherwise an engine without its manifest is refused. ``runtime_cache=False``
+    neither reads nor writes a TensorRT-RTX runtime cache. ``kernel_specialization`` (TensorRT-RTX: ``lazy``,
+    ``eager``, ``none``; None = the library's default) is its dynamic-shape kernel specialisation strategy.
+    ``first_run_ms`` holds the host time of the first run of each batch size (for TensorRT-RTX, the kernel
+    compilation).
     """
 
     def __init__(self, engine_path, *, device: int = 0, cuda_graph: bool = False, check_manifest: bool = True,
-                 outputs_probabilities: bool | None = None, runtime_cache: bool = True):
+                 outputs_probabilities: bool | None = None, runtime_cache: bool = True,
+                 kernel_specialization: str | None = None):
         from ..cuda import device as cu
 
         self.device = device
@@ -106,7 +110,8 @@ class TensorRTBackend:
         self.cuda_graph = cuda_graph
         self._graph_failed = False
         self.stream = cu.Stream()
-        self.context = self.loaded.create_context(cuda_graph=cuda_graph, use_runtime_cache=runtime_cache)
+        self.context = self.loaded.create_context(cuda_graph=cuda_graph, use_runtime_cache=runtime_cache,
+                                                  kernel_specialization=kernel_specialization)
         if self.rtx and cuda_graph and not self.context.is_stream_capturable(self.stream.handle):
             self._graph_failed = True
             _warn(f"{self.engine_path}: TensorRT-RTX cannot capture this engine's enqueue; running without graphs")

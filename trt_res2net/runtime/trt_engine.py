@@ -3,10 +3,14 @@ library accept it on this GPU, what its I/O is (the ONNX contract again, read fr
 context — through an ``IRuntimeConfig`` with a runtime cache for TensorRT-RTX.
 
 The engine's family (its manifest, else its first bytes) chooses the library, through
-``trt_compat.import_library``; the manifest is checked before anything is deserialized. A TensorRT-RTX engine is
-first asked ``Runtime.get_engine_validity``; it runs through an ``IRuntimeConfig`` whose runtime cache (a file
-beside the engine, keyed by library version and GPU) keeps the kernels it compiles just in time on this GPU, and
-whose CUDA-graph strategy replaces our own capture.
+``trt_compat.import_library``; the manifest is checked before anything is deserialized, and an engine without one
+is refused unless the caller says so (``check_manifest=False``, infer.py's ``--no-manifest-check``): build.py writes
+the two as one unit, and a pair a killed build left half-replaced is completed first (``core.commit``). A
+TensorRT-RTX engine is first asked ``Runtime.get_engine_validity`` (a refusal names the library's diagnostics and
+what each asks for); it runs through an ``IRuntimeConfig`` whose runtime cache (a file beside the engine, keyed by
+library version and GPU) keeps the kernels it compiles just in time on this GPU, whose CUDA-graph strategy replaces
+our own capture, and whose kernel specialisation for dynamic shapes can be made eager (the benchmark: every timed
+run then uses the kernels specialised for its shape, the compilation paid in the first run).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import MissingDependency, UserError
 from ..core.files import write_bytes
 from ..data.preprocess import SPEC
@@ -86,21 +91,39 @@ def _outputs_probabilities(manifest: dict | None, output_name: str) -> bool:
 # TensorRT-RTX: engine validity and the runtime cache
 
 
+# What each EngineInvalidityDiagnostics flag asks for (NVIDIA's "Engine Compatibility" page, TensorRT-RTX 1.7).
+RTX_DIAGNOSTIC_REMEDIES = {
+    "VERSION_MISMATCH": "rebuild it with this TensorRT-RTX (engines run only on the release that built them)",
+    "UNSUPPORTED_CC": "rebuild it for this GPU's compute capability (build.py --compute-capability)",
+    "OLD_CUDA_DRIVER": "update the NVIDIA driver",
+    "OLD_CUDA_RUNTIME": "update the CUDA runtime (or build with a TensorRT-RTX for this CUDA)",
+    "INSUFFICIENT_GPU_MEMORY": "free GPU memory or use a GPU with more",
+    "MALFORMED_ENGINE": "the file is damaged or not a TensorRT-RTX engine: rebuild it",
+    "CUDA_ERROR": "check the GPU and driver (nvidia-smi)",
+}
+
+
+def rtx_validity_diagnostics(trt, diagnostics) -> list[str]:
+    """The names of the EngineInvalidityDiagnostics flags set in ``diagnostics``."""
+    bits = int(diagnostics)
+    return [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if bits & int(member)]
+
+
 def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path) -> None:
     """``Runtime.get_engine_validity`` on the plan's header before deserializing: INVALID → one line naming the
-    library's diagnostics; SUBOPTIMAL → a warning."""
+    library's diagnostics and what each asks for; SUBOPTIMAL → a warning naming them."""
     size = int(runtime.engine_header_size)
     validity, diagnostics = runtime.get_engine_validity(memoryview(data)[:size])
     if validity == trt.EngineValidity.VALID:
         return
-    bits = int(diagnostics)
-    names = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if bits & int(member)]
+    names = rtx_validity_diagnostics(trt, diagnostics)
     why = ", ".join(names) or "no diagnostic given"
     if validity == trt.EngineValidity.SUBOPTIMAL:
         _warn(f"TensorRT-RTX says {engine_path} runs suboptimally on this GPU ({why})")
         return
-    raise UserError(f"TensorRT-RTX says {engine_path} cannot run here ({why}); rebuild it with build.py "
-                    "--engine-family tensorrt-rtx for this GPU's compute capability")
+    fixes = "; ".join(f"{name}: {RTX_DIAGNOSTIC_REMEDIES[name]}" for name in names if name in RTX_DIAGNOSTIC_REMEDIES)
+    raise UserError(f"TensorRT-RTX says {engine_path} cannot run here ({why})"
+                    + (f" — {fixes}" if fixes else "; rebuild it with build.py --engine-family tensorrt-rtx here"))
 
 
 def _slug(text: str) -> str:
@@ -193,34 +216,59 @@ def read_engine_io(trt, engine, where: str) -> EngineIO:
 # Loading
 
 
+KERNEL_SPECIALIZATIONS = ("lazy", "eager", "none")  # TensorRT-RTX DynamicShapesKernelSpecializationStrategy
+
+
+def require_manifest(engine_path: Path, manifest: dict | None) -> None:
+    """Refuse an engine without its manifest (one line): nothing then says which library, release and GPUs it was
+    built for, nor that it is the file the build wrote."""
+    if manifest is None:
+        raise UserError(f"no manifest next to {engine_path} ({manifest_mod.manifest_path_for(engine_path).name}): "
+                        "build.py writes the engine and its manifest together, so it was made elsewhere or its "
+                        "manifest was removed; rebuild it, or run it unchecked with --no-manifest-check")
+
+
 class LoadedEngine:
     """A deserialized engine whose manifest, library and (for TensorRT-RTX) validity on this GPU were checked.
 
-    ``check_manifest=False`` skips the manifest comparison (the library still refuses a plan it cannot load)."""
+    ``check_manifest=False`` runs an engine without a manifest, or whose manifest differs, unchecked (the library
+    still refuses a plan it cannot load); otherwise an engine without its manifest is refused."""
 
     def __init__(self, engine_path, device: int = 0, *, check_manifest: bool = True):
         from ..cuda.device import init_device
+        from ..engine.builder import make_logger
 
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise UserError(f"engine not found: {self.path}")
+        from ..core.commit import ensure_complete
+
+        repaired = ensure_complete(self.path)  # a pair that a killed build left half-replaced
+        if repaired:
+            log.note(f"{self.path}: the engine and manifest an interrupted build left were {repaired}")
         self.manifest = manifest_mod.find_manifest(self.path)
         self.manifest_path = manifest_mod.manifest_path_for(self.path) if self.manifest else None
         self.library = import_engine_library(self.path, engine_family(self.path, self.manifest))
+        if check_manifest:
+            require_manifest(self.path, self.manifest)
         self.rtx = trt_compat.has_runtime_cache(self.library.version)
         self.device_info = device_info = init_device(device)
         if self.manifest is not None and check_manifest:
             check_engine_manifest(self.manifest, self.library.version, device_info.name, device_info.cc, self.path)
-        elif self.manifest is None and check_manifest:
-            _warn(f"no manifest next to {self.path}: cannot confirm it was built for {self.library.label} "
-                  f"on {device_info.name}")
+        elif not check_manifest:
+            _warn(f"{self.path}: manifest not checked (--no-manifest-check): nothing confirms it was built for "
+                  f"{self.library.label} on {device_info.name}")
         trt = self.library.module
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self.log = log.Collapsed(self.library.family.label)
+        self._logger = make_logger(trt, "warning", self.log)
         self.runtime = trt.Runtime(self._logger)  # must outlive the engine
         data = self.path.read_bytes()
-        if self.rtx:
-            check_rtx_validity(trt, self.runtime, data, self.path)
-        self.engine = self.runtime.deserialize_cuda_engine(data)
+        try:
+            if self.rtx:
+                check_rtx_validity(trt, self.runtime, data, self.path)
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+        finally:
+            self.log.flush()
         del data
         if self.engine is None:
             raise UserError(f"{self.library.label} could not load {self.path} (see its message above): "
@@ -232,9 +280,14 @@ class LoadedEngine:
     def outputs_probabilities(self) -> bool:
         return _outputs_probabilities(self.manifest, self.io.output_name)
 
-    def create_context(self, *, cuda_graph: bool, use_runtime_cache: bool):
+    def create_context(self, *, cuda_graph: bool, use_runtime_cache: bool, kernel_specialization: str | None = None):
         """An execution context; for TensorRT-RTX through an IRuntimeConfig with the runtime cache beside the
-        engine and the library's whole-graph CUDA-graph strategy when graphs are asked for."""
+        engine, the library's whole-graph CUDA-graph strategy when graphs are asked for, and
+        ``kernel_specialization`` (``lazy``, ``eager`` or ``none``; None: the library's default, lazy) as its
+        dynamic-shape kernel specialisation strategy."""
+        if kernel_specialization is not None and kernel_specialization not in KERNEL_SPECIALIZATIONS:
+            raise UserError(f"kernel specialisation must be one of {', '.join(KERNEL_SPECIALIZATIONS)}, not "
+                            f"{kernel_specialization!r}")
         if not self.rtx:
             context = self.engine.create_execution_context()
         else:
@@ -253,6 +306,10 @@ class LoadedEngine:
                 self._runtime_cache_object = cache  # the config holds a pointer only: keep the object alive
             if cuda_graph:
                 config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            if kernel_specialization is not None:
+                strategies = trt.DynamicShapesKernelSpecializationStrategy
+                config.dynamic_shapes_kernel_specialization_strategy = getattr(strategies,
+                                                                               kernel_specialization.upper())
             self._runtime_config = config  # keeps the cache alive with the context
             context = self.engine.create_execution_context(config)
         if context is None:
