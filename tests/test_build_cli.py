@@ -46,7 +46,7 @@ WITHOUT_LIBRARIES = ("import sys; sys.modules['tensorrt'] = sys.modules['tensorr
 def test_without_either_library_the_onnx_is_written_and_exit_status_is_3(tmp_path):
     out = tmp_path / "engines" / "m.onnx"
     proc = subprocess.run([sys.executable, "-c", WITHOUT_LIBRARIES, "--model", "res2net50_26w_4s", "--random-weights",
-                           "--onnx-out", str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+                           "--onnx-out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "wrote" in proc.stdout and out.exists()

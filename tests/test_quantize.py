@@ -403,3 +403,63 @@ def test_onnx_sidecar_json_is_written_atomically(tmp_path):
     doc = json.loads((tmp_path / "m_fp16.onnx.json").read_text())
     assert doc["format"] == "trt_res2net.precision-onnx" and doc["precision"] == "fp16"
     assert len(doc["onnx_sha256"]) == 64 and not list(tmp_path.glob(".*"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ort_calibration: numpy's histograms, faster; the calibration provider
+
+
+def test_exact_histogram_is_numpys_bin_for_bin():
+    """The same counts and edges as numpy.histogram for the ranges ModelOpt's collector asks (a Python float range,
+    as the first batch; a float32 one, as merges), values exactly on the edges, zeros, NaN, an empty range."""
+    from trt_res2net.precision.ort_calibration import HISTOGRAM_CHUNK, exact_histogram
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.choice([1, 17, 5000, HISTOGRAM_CHUNK + 123]))
+        bins = int(rng.choice([3, 128, 130, 2048]))
+        x = (rng.standard_normal(n) * rng.uniform(1e-3, 50)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.maximum(x, 0)  # ReLU-like: most values zero
+        t = max(abs(x.min()), abs(x.max()))
+        ranges = [(-float(t), float(t)), (np.float32(-t), np.float32(t)), (np.float32(-1.5 * t), np.float32(1.5 * t))]
+        for lo, hi in ranges:
+            edges = np.histogram(x[:0], bins, range=(lo, hi))[1]
+            data = np.concatenate([x, edges.astype(np.float32)[(edges >= lo) & (edges <= hi)]])  # exactly on edges
+            want = np.histogram(data, bins, range=(lo, hi))
+            got = exact_histogram(data, bins, range=(lo, hi))
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[0].dtype == want[0].dtype
+    with_nan = np.array([0.5, np.nan, -0.25, 2.0], np.float32)  # outside the range and NaN: numpy's own path
+    for data, r in ((with_nan, (-1.0, 1.0)), (np.zeros(5, np.float32), (0.0, 0.0))):
+        assert all(np.array_equal(a, b) for a, b in zip(exact_histogram(data, 8, range=r),
+                                                        np.histogram(data, 8, range=r), strict=True))
+
+
+def test_calibration_runs_on_cuda_where_onnx_runtime_has_it(monkeypatch):
+    import onnxruntime as ort
+
+    from trt_res2net.precision import modelopt_bridge as mb
+    from trt_res2net.precision.ort_calibration import available_providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert available_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert mb._calibration_eps(available_providers()) == ["cuda:0", "cpu"]
+    assert mb.tool_versions(available_providers())["onnxruntime_provider"] == "CUDAExecutionProvider"
+    monkeypatch.setenv("TRT_RES2NET_CALIB_PROVIDER", "cpu")
+    assert available_providers() == ["CPUExecutionProvider"] and mb._calibration_eps(["CPUExecutionProvider"]) == [
+        "cpu"]
+    assert "onnxruntime_provider" not in mb.tool_versions(["CPUExecutionProvider"])  # CPU caches keep their key
+
+
+def test_opset_relabel_only_where_the_converter_changes_nothing_else(tiny_onnx):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trt_res2net.precision.modelopt_bridge import opset_relabel_exact
+
+    assert opset_relabel_exact(onnx.load(str(tiny_onnx)), 19)  # Res2Net's operators: the same at 17 and 19
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])
+    reduce = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1])], "g", [x], [y])
+    model = helper.make_model(reduce, opset_imports=[helper.make_opsetid("", 17)])
+    assert not opset_relabel_exact(model, 19)  # ReduceMean's axes become an input at 18: converted, not relabelled

@@ -224,12 +224,22 @@ def _write_temp(final: Path, source) -> Path:
     return tmp
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _roll_back(entries: list[_Entry]) -> None:
     for e in entries:
         if e.temp.exists():
             remove_path(e.temp)
         if e.backup is not None and e.backup.exists():
-            _rename(e.backup, e.final)
+            if _same_file(e.backup, e.final):  # not replaced yet: the backup is a second link to it
+                os.unlink(e.backup)  # (rename() between two links of one file does nothing)
+            else:
+                _rename(e.backup, e.final)
         elif not e.existed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(e.final)

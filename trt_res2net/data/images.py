@@ -42,19 +42,39 @@ def find_images(paths: Iterable[str | os.PathLike], recursive: bool = True) -> l
     """Files named as they are; directories walked for IMAGE_EXTENSIONS (any case), sorted per directory,
     hidden files and folders skipped.
 
-    A file named explicitly is kept whatever its extension (the decoder decides). A path that does not
-    exist raises UserError. The result keeps the order of ``paths``; each directory's images are sorted.
+    A file named explicitly is kept whatever its extension (the decoder decides), also when the operating system
+    will not let it be read (permission denied on it or on a folder above it): reading it then fails, and it is
+    named and skipped like any unreadable image. A path that does not exist, a symbolic link loop and a folder that
+    cannot be listed raise UserError (one line). The result keeps the order of ``paths``; each directory's images
+    are sorted.
     """
+    import errno
+    import stat
+
     found: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            raise UserError(f"{p}: no such file or directory") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UserError(f"{p}: a symbolic link loop") from None
+            found.append(p)  # e.g. inside a folder it may not enter: reading it says why, and it is skipped
+            continue
+        if stat.S_ISDIR(mode):
+            try:
+                os.listdir(p)
+            except OSError as e:
+                raise UserError(f"{p}: cannot list the folder ({e.strerror or e})") from None
             walker = p.rglob("*") if recursive else p.glob("*")
             found.extend(sorted(f for f in walker if is_image_name(f) and f.is_file() and _visible(f, p)))
-        elif p.exists():
-            found.append(p)
+        elif not stat.S_ISREG(mode):  # reading a FIFO or a device would wait forever, or never end
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise UserError(f"{p}: is {kind}, not an image file")
         else:
-            raise UserError(f"{p}: no such file or directory")
+            found.append(p)
     return found
 
 

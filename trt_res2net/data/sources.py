@@ -104,7 +104,11 @@ def is_stream_uri(text: str) -> bool:
     if _has_scheme(text) is not None or is_pipeline(text) or _DEVICE.match(text):
         return True
     p = Path(text)
-    if p.exists():
+    try:
+        exists = p.exists()
+    except OSError:  # e.g. a file in a folder this user may not enter: a path, not a stream (reading it says why)
+        return p.suffix.lower() in VIDEO_EXTENSIONS
+    if exists:
         return p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS
     return text.isdigit() or p.suffix.lower() in VIDEO_EXTENSIONS or bool(_GLOB_CHARS.search(text))
 

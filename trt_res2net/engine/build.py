@@ -9,13 +9,15 @@ under a lock against a second build of the same engine.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core import log
 from ..core.commit import PathLock, commit_files, recover
 from ..core.errors import MissingDependency, UserError, user_error_from_os_error
-from ..core.hashing import sha256_file
+from ..core.files import temp_name
+from ..core.hashing import sha256_bytes, sha256_file
 from ..model.contract import inspect_onnx
 from . import manifest as manifest_mod
 from . import trt_compat
@@ -57,9 +59,20 @@ def planned_engine_path(model_name: str, precision: str, options: EngineOptions,
                            family=version.family)
 
 
+def nvidia_driver_present() -> bool:
+    """Whether this Linux machine has an NVIDIA kernel driver loaded (its /proc entry or device nodes); without
+    one no GPU can answer, and an ahead-of-time TensorRT-RTX build need not load CUDA to find that out."""
+    import glob
+
+    return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*")) or \
+        os.path.exists("/dev/dxg")  # WSL 2
+
+
 def gpu_for_build(version, device: int, written: str):
     """The GPU TensorRT builds for (MissingDependency, exit 3, without one); for TensorRT-RTX, which needs no
-    GPU, this machine's GPU when there is one, else None."""
+    GPU, this machine's GPU when there is one, else None (without loading CUDA where no NVIDIA driver is)."""
+    if trt_compat.builds_without_gpu(version) and not nvidia_driver_present():
+        return None
     from ..cuda.device import detect_gpu
 
     try:
@@ -109,13 +122,18 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
         workspace = default_workspace_bytes(gpu.free_memory, gpu.total_memory, gpu.integrated)
         options = replace(options, workspace_mib=max(1, workspace // MiB))
 
-    onnx_sha = sha256_file(plan.onnx_path)
+    # The ONNX files are hashed while TensorRT builds (hashlib and TensorRT both release the GIL): the manifest
+    # needs the hashes, the build does not wait for them — except TensorRT's calibrator, whose cache they key.
+    pool = ThreadPoolExecutor(2, thread_name_prefix="engine-io")
+    onnx_sha_later = pool.submit(sha256_file, plan.onnx_path)
+    fp32_sha_later = (onnx_sha_later if same_file(plan.onnx_path, fp32_onnx_path)
+                      else pool.submit(sha256_file, fp32_onnx_path))
     calibration = None
     if plan.calibrator:
         from .calibrator import prepare_calibration
 
         calibration = prepare_calibration(
-            model=model_name, trt_version=version, onnx_sha256=onnx_sha,
+            model=model_name, trt_version=version, onnx_sha256=onnx_sha_later.result(),
             batch=options.calibrator_batch if io.batch is None else io.batch,
             calib_dir=options.calibration.directory, calib_images=options.calibration.count,
             seed=options.calibration.seed,
@@ -127,7 +145,9 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
     try:
         lock = PathLock(engine_path, "build").acquire()
     except OSError as e:
+        pool.shutdown(wait=False, cancel_futures=True)
         raise user_error_from_os_error(e, "write the engine to") from None
+    staged = None
     try:
         recovered = recover(engine_path)  # a pair a killed build left half-replaced is completed first
         if recovered:
@@ -138,28 +158,50 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
             log.warn_once(caveat)
         result = build(library, plan, io, profile, options, engine_path=engine_path, gpu=gpu, targets=targets,
                        calibration=calibration)
+        # the engine's bytes go to a temporary file while they are hashed for the manifest (two cores, one pass
+        # each); the two files then become visible together (commit_files)
+        staged = temp_name(engine_path)
+        written = pool.submit(_write_staged, staged, result.serialized)
+        engine_sha = sha256_bytes(result.serialized)
+        onnx_sha = onnx_sha_later.result()
         quantization = describe_quantization(precision, plan, onnx_sha, calibration)
         manifest = manifest_mod.build_manifest(
             engine_path=engine_path, model=model_name, precision=precision, int8_mode=plan.int8_mode,
             engine_family=version.family, library_version=version.full, gpu=gpu,
             compute_capabilities=result.compute_capabilities, compute_capabilities_and_later=result.and_later,
             compute_capabilities_source=result.compute_capabilities_source,
-            onnx_path=plan.onnx_path, onnx_sha256=onnx_sha,
-            fp32_onnx_sha256=onnx_sha if same_file(plan.onnx_path, fp32_onnx_path) else sha256_file(fp32_onnx_path),
+            onnx_path=plan.onnx_path, onnx_sha256=onnx_sha, fp32_onnx_sha256=fp32_sha_later.result(),
             io=result.io, outputs_probabilities=io.outputs_probabilities, profiles=result.profiles,
             build_options=result.build_options, caveats=plan.caveats,
             build_time_s=result.build_time_s, calibration=calibration.manifest() if calibration else None,
-            engine_data=result.serialized, quantization=quantization,
+            engine_sha256=engine_sha, engine_size=memoryview(result.serialized).nbytes, quantization=quantization,
             compute_precision=describe_compute_precision(precision, plan, version, result),
         )
         try:
-            commit_files({engine_path: result.serialized, mpath: manifest_mod.manifest_bytes(manifest)})
+            written.result()
+            commit_files({engine_path: staged, mpath: manifest_mod.manifest_bytes(manifest)})
         except OSError as e:
             raise user_error_from_os_error(e, "write the engine") from None
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # moved by the commit; left only when the build stopped on the way
         lock.release()
     _report(engine_path, mpath, result, version, manifest)
     return BuiltEngine(engine_path, mpath, manifest)
+
+
+def _write_staged(path: Path, data) -> None:
+    """The serialized engine to ``path`` (a temporary of the engine's name), flushed to the disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------------------

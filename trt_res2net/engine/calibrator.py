@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import UserError
 from ..core.files import write_bytes
 from ..cuda import device as cuda_util
@@ -146,7 +147,7 @@ def prepare_calibration(
         if calib_dir is None:
             raise UserError(f"{reason}; delete it or pass --calib-dir to recalibrate")
         setup.replaced_reason = reason
-        print(f"note: {reason}; recalibrating from {calib_dir} and replacing it", file=sys.stderr)
+        log.note(f"note: {reason}; recalibrating from {calib_dir} and replacing it")
         return setup
     if calib_dir is None:
         raise UserError(
@@ -197,12 +198,7 @@ def image_batches(images: list[Path], batch: int, *, threads: int = 2) -> Iterat
 
 
 def _warn(message: str) -> None:
-    try:
-        from tqdm import tqdm
-
-        tqdm.write(message, file=sys.stderr)
-    except ImportError:  # tqdm is a core dependency; this only keeps a warning from ever failing
-        print(message, file=sys.stderr)
+    log.warn(message)
 
 
 class CudaDeviceBuffer(cuda_util.DeviceBuffer):

@@ -103,6 +103,8 @@ def build_manifest(
     compute_capabilities_and_later: bool = False,
     caveats: list[str] | None = None,
     engine_data: bytes | memoryview | None = None,
+    engine_sha256: str | None = None,
+    engine_size: int | None = None,
     quantization: dict | None = None,
     compute_precision: dict | None = None,
     compute_capabilities_source: str | None = None,
@@ -110,7 +112,8 @@ def build_manifest(
     """The manifest as a dict (keys in a readable order). ``preprocess`` defaults to the one SPEC.
 
     ``engine_data``: the serialized engine, hashed here (the file on disk is not read: the two are written as one
-    unit afterwards); without it the file at ``engine_path`` is hashed, when it exists. ``gpu`` is the GPU the
+    unit afterwards) — or its hash and size given as ``engine_sha256`` and ``engine_size``; without either the file
+    at ``engine_path`` is hashed, when it exists. ``gpu`` is the GPU the
     engine was built on (None for a TensorRT-RTX build without one); ``compute_capabilities`` are those it runs on
     (TensorRT: the build GPU's; TensorRT-RTX: its targets, and with ``compute_capabilities_and_later`` newer GPUs
     too), ``compute_capabilities_source`` where they were read. ``quantization``: what the engine's precision came
@@ -120,7 +123,9 @@ def build_manifest(
 
     spec = preprocess or SPEC
     engine_path = Path(engine_path)
-    if engine_data is not None:
+    if engine_sha256 is not None:
+        engine_sha = engine_sha256
+    elif engine_data is not None:
         engine_sha, engine_size = sha256_bytes(engine_data), memoryview(engine_data).nbytes
     elif engine_path.exists():
         engine_sha, engine_size = sha256_file(engine_path), engine_path.stat().st_size

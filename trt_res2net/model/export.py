@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import log
 from ..core.errors import UserError
 from ..core.hashing import sha256_file
 from . import weights as W
@@ -36,8 +36,8 @@ def load_model_weights(spec: ModelSpec, weights: str | os.PathLike | None = None
     (downloaded once into the cache), or seeded random weights (predictions mean nothing)."""
     check_weight_options(weights, random_weights)
     if random_weights:
-        print(f"warning: --random-weights: {spec.name} gets seeded random weights (seed {seed}); its predictions "
-              "mean NOTHING — for smoke tests and benchmarks only", file=sys.stderr)
+        log.warn(f"--random-weights: {spec.name} gets seeded random weights (seed {seed}); its predictions mean "
+                 "NOTHING — for smoke tests and benchmarks only")
         state = W.random_weights(spec, seed=seed)
         return state, {"weights": f"random (seed {seed})", "weights_sha256": W.state_sha256(state)}
     path = Path(weights) if weights is not None else W.fetch_pretrained(spec, progress=progress)

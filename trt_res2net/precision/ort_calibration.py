@@ -34,7 +34,7 @@ import numpy as np
 # Activation elements (per image) that one segment outputs at most, before the next one starts: about 16 MB per
 # image in float32, 128 MB for a batch of 8.
 SEGMENT_BUDGET_ELEMENTS = 4_000_000
-HISTOGRAM_CHUNK = 1 << 20  # elements per histogram chunk (cache-sized); chunks run on up to HISTOGRAM_THREADS
+HISTOGRAM_CHUNK = 1 << 18  # elements per histogram chunk (cache-sized); chunks run on up to HISTOGRAM_THREADS
 HISTOGRAM_THREADS = 2
 
 
@@ -239,16 +239,42 @@ def segment_model(model, wanted: set[str], providers: list, budget: int = SEGMEN
     return segments
 
 
-def collect_streaming(calibrator, data_reader, providers: list, budget: int = SEGMENT_BUDGET_ELEMENTS) -> None:
+PLACEHOLDER_RANGE = (-1.0, 1.0)  # what a tensor left out (unused_outputs) gets in place of its range
+
+
+def unused_outputs(model, wanted: set[str], quantized_nodes: set[str], groups: dict, original_outputs: set[str]) \
+        -> set[str]:
+    """Tensors ModelOpt calibrates that no Q/DQ node will use: outputs of quantized nodes that no quantized node
+    reads, that are no model output, in no group sharing a scale, and not made by a Clip or Relu (ONNX Runtime may
+    give those ranges to their inputs). ModelOpt calibrates every input and output of the nodes it quantizes; a
+    convolution's output that only a ReLU reads gets no Q/DQ of its own, yet its histogram is as costly as any.
+    Whether they really are unused is checked on the result (:func:`streaming_calibration`'s ``"skipped"``)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    read_by_quantized = {i for n in model.graph.node if n.name in quantized_nodes for i in n.input}
+    grouped = set(groups) | {m for members in groups.values() for m in members}
+    return {t for t in wanted
+            if t in producer and producer[t].name in quantized_nodes and producer[t].op_type not in ("Clip", "Relu")
+            and t not in read_by_quantized and t not in grouped and t not in original_outputs}
+
+
+def collect_streaming(calibrator, data_reader, providers: list, budget: int = SEGMENT_BUDGET_ELEMENTS,
+                      skip_unused: bool = True) -> None:
     """``HistogramCalibrater.collect_data`` as ModelOpt patches it (batch by batch, tensors grouped for one scale
     folded together), with the forward pass in segments and each tensor folded in and freed as soon as it (and
-    its group) exists."""
+    its group) exists; with ``skip_unused``, :func:`unused_outputs` are neither output nor folded in (their ranges
+    are placeholders, ``calibrator.skipped_tensors``)."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     model = calibrator.model  # the augmented model: every tensor to calibrate is an output
     wanted = set(calibrator.tensors_to_calibrate or ())
     outputs = {o.name for o in model.graph.output}
     groups = getattr(calibrator, "group_qdq_tensors", None) or {}
+    skipped: set[str] = set()
+    if skip_unused:
+        skipped = unused_outputs(model, wanted, set(calibrator.op_types_to_calibrate or ()), groups,
+                                 set(getattr(calibrator, "model_original_outputs", ()) or ()))
+        wanted -= skipped
+    calibrator.skipped_tensors = skipped
     segments = segment_model(model, wanted, providers, budget)
     calibrator.model = None  # ModelOpt's copy is no longer needed: the segments hold the weights now
     if not calibrator.collector:
@@ -312,20 +338,23 @@ def collect_streaming(calibrator, data_reader, providers: list, budget: int = SE
 
 
 @contextlib.contextmanager
-def streaming_calibration(providers: list | None = None,
-                          budget: int = SEGMENT_BUDGET_ELEMENTS) -> Iterator[dict]:
+def streaming_calibration(providers: list | None = None, budget: int = SEGMENT_BUDGET_ELEMENTS,
+                          skip_unused: bool = True) -> Iterator[dict]:
     """While the body runs ModelOpt's ``quantize``: histogram (entropy) calibration streams (module docstring), on
     ``providers`` (ONNX Runtime's names; default CPU). The yielded dict gets ``"activation_scales"``: the scales of
     the Q/DQ model before ModelOpt converts it to its high precision (the FP32 scales, whatever
-    ``high_precision_dtype`` is) — what a calibration cache keeps."""
+    ``high_precision_dtype`` is) — what a calibration cache keeps — and ``"skipped"``: the tensors left out
+    (:func:`unused_outputs`); the caller checks that none of them has a scale in the result (else calibrates again
+    with ``skip_unused=False``)."""
     from modelopt.onnx.quantization import int8 as mo_int8
     from modelopt.onnx.quantization import ort_utils
-    from onnxruntime.quantization.calibrate import CalibraterBase, HistogramCalibrater
+    from onnxruntime.quantization.calibrate import CalibraterBase, HistogramCalibrater, TensorData, TensorsData
 
     providers = list(providers or ["CPUExecutionProvider"])
-    captured: dict = {}
+    captured: dict = {"skipped": set()}
     saved = {"patch": ort_utils.patch_ort_modules, "convert": mo_int8._convert_to_runtime_precision,
-             "collect": HistogramCalibrater.collect_data, "session": CalibraterBase.create_inference_session}
+             "collect": HistogramCalibrater.collect_data, "session": CalibraterBase.create_inference_session,
+             "compute": HistogramCalibrater.compute_data}
     original_patch, original_convert = saved["patch"], saved["convert"]
 
     def patch(*args, **kwargs):
@@ -341,9 +370,20 @@ def streaming_calibration(providers: list | None = None,
                 return None
             return modelopt_session(self, **extra)
 
+        def collect(self, reader):
+            collect_streaming(self, reader, getattr(self, "stream_providers", providers), budget, skip_unused)
+            captured["skipped"] |= self.skipped_tensors
+
+        def compute(self):
+            data = saved["compute"](self)
+            lo, hi = PLACEHOLDER_RANGE
+            placeholders = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                            for t in sorted(getattr(self, "skipped_tensors", ())) if t not in data}
+            return TensorsData(data.calibration_method, {**data.data, **placeholders}) if placeholders else data
+
         CalibraterBase.create_inference_session = create_session
-        HistogramCalibrater.collect_data = lambda self, reader: collect_streaming(
-            self, reader, getattr(self, "stream_providers", providers), budget)
+        HistogramCalibrater.collect_data = collect
+        HistogramCalibrater.compute_data = compute
 
     def convert(onnx_model, *args, **kwargs):
         from modelopt.onnx.quantization.qdq_utils import replace_scale_values
@@ -365,6 +405,7 @@ def streaming_calibration(providers: list | None = None,
         ort_utils.patch_ort_modules = saved["patch"]
         mo_int8._convert_to_runtime_precision = saved["convert"]
         HistogramCalibrater.collect_data = saved["collect"]
+        HistogramCalibrater.compute_data = saved["compute"]
         CalibraterBase.create_inference_session = saved["session"]
 
 

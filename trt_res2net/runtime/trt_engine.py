@@ -16,7 +16,6 @@ run then uses the kernels specialised for its shape, the compilation paid in the
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +38,7 @@ _NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16}
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    log.warn(message)
 
 
 # --------------------------------------------------------------------------------------------------
