@@ -169,3 +169,28 @@ def test_preprocess_model_refuses_another_spec(repo, pb_utils, monkeypatch, tmp_
     cfg.write_text(text.replace(SPEC.sha256(), "0" * 64))
     with pytest.raises(RuntimeError, match="not the one this repository was exported with"):
         load(copy, "tiny_preprocess", monkeypatch)
+
+
+@pytest.mark.parametrize("batch_runs", ["split", "whole"])
+def test_the_classifier_splits_a_batch_into_concurrent_runs(repo, tiny_onnx, pb_utils, monkeypatch, tmp_path,
+                                                            batch_runs):
+    """The same numbers as one ONNX Runtime run of the batch, whichever way the batch is run."""
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    cfg = copy / "tiny_classifier_python" / "config.pbtxt"
+    text = cfg.read_text().replace('key: "intra_op_threads" value: { string_value: "0" }',
+                                   'key: "intra_op_threads" value: { string_value: "2" }')
+    cfg.write_text(text + f'parameters {{ key: "batch_runs" value: {{ string_value: "{batch_runs}" }} }}\n')
+    clf = load(copy, "tiny_classifier_python", monkeypatch)
+    assert clf.parts == (2 if batch_runs == "split" else 1)
+    x = np.stack([preprocess(p) for p in imf.PHOTOS])
+    responses = clf.execute([Request(input=x[i : i + 1]) for i in range(len(x))] + [Request(input=x)])
+    got = np.concatenate([r.outputs["logits"] for r in responses])
+    want = OnnxRuntimeBackend(tiny_onnx).run(np.concatenate([x, x]))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert [r.outputs["logits"].shape[0] for r in responses] == [1] * len(x) + [len(x)]
+    (one,) = clf.execute([Request(input=x[:1])])  # one row: the multi-threaded session, in one run
+    np.testing.assert_allclose(one.outputs["logits"], want[:1], rtol=1e-5, atol=1e-5)
+    clf.finalize()

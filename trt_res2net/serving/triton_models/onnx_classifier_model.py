@@ -4,8 +4,9 @@ For a Triton without the ONNX Runtime backend (the ``tritonserver`` of the ``ser
 backend). Same inputs and outputs as the ``onnxruntime_onnx`` model beside it. The requests that the dynamic
 batcher queued together run as one ONNX Runtime batch; the outputs are split back per request. The session is
 set up as ``infer.py``'s (``trt_res2net.runtime.classifier.OnnxRuntimeBackend``): CUDA when the instance is on a GPU and
-ONNX Runtime has it, else the CPU; idle threads do not spin. Each instance is its own process with its own session:
+ONNX Runtime has it, else the CPU; idle threads do not spin. Each instance is its own process with its own sessions:
 ``intra_op_threads`` 0 gives each the machine's cores ÷ the instance count, so instances × threads ≤ cores.
+``batch_runs``: ``split`` (the default on the CPU; below) or ``whole`` (one run per batch).
 """
 
 import json
@@ -32,22 +33,30 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
         threads = int(params.get("intra_op_threads", "0") or 0) or max(1, _cores() // instances)
-        options.intra_op_num_threads = threads
-        # A batch of several rows runs as up to ``threads`` concurrent runs of the one session (ONNX Runtime's
-        # run is thread-safe and releases the GIL), as infer.py's concurrent callers do: the intra-op threads then
-        # have other work to take up between one run's operators instead of waiting at each one's end.
-        self.runs = max(1, int(params.get("concurrent_runs", "0") or 0) or threads)
-        self.pool = ThreadPoolExecutor(self.runs, thread_name_prefix="run") if self.runs > 1 else None
+        mode = params.get("batch_runs", "split") or "split"
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             device = int(args.get("model_instance_device_id", 0))
             providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(path, options, providers=providers)
+            mode = "whole"  # a GPU wants the whole batch in one run
+
+        def session(intra_op_threads: int):
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.intra_op_num_threads = intra_op_threads
+            return ort.InferenceSession(path, options, providers=providers)
+
+        # One request alone runs on all of the instance's threads (its latency as infer.py's). A batch of several
+        # is split into ``threads`` parts run at once, each on one thread of a single-threaded session: on the CPU
+        # that keeps every core busy without the waits at the end of each operator that one multi-threaded run has
+        # (measured: docs/triton.md), as infer.py's concurrent callers keep them busy.
+        self.session = session(threads)
+        self.parts = threads if mode == "split" and threads > 1 else 1
+        self.session_1 = session(1) if self.parts > 1 else None
+        self.pool = ThreadPoolExecutor(self.parts, thread_name_prefix="run") if self.parts > 1 else None
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
@@ -68,13 +77,14 @@ class TritonPythonModel:
         return responses
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        def one(part):
-            return self.session.run([self.output_name], {self.input_name: part})[0]
-
-        k = min(self.runs, len(batch))
+        k = min(self.parts, len(batch))
         if k <= 1:
-            return one(batch)
-        return np.concatenate(list(self.pool.map(one, np.array_split(batch, k))))
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+        def part(rows):
+            return self.session_1.run([self.output_name], {self.input_name: rows})[0]
+
+        return np.concatenate(list(self.pool.map(part, np.array_split(batch, k))))
 
     def finalize(self):
         if self.pool is not None:
