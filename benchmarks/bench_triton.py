@@ -214,6 +214,56 @@ def served_loop(server: Served, model: str, blobs: list[bytes], c: int, requests
         return {**run_concurrent(lambda i: client.classify_one(blobs[i % len(blobs)]), c, requests), "client": "loop"}
 
 
+# ------------------------------------------------------------------------------------------ a shared machine
+
+QUIET_CPU_PERCENT = 15
+
+
+def _cpu_ticks() -> dict[int, tuple[int, int]]:
+    """pid → (process group, utime + stime ticks) of every process."""
+    ticks = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            ticks[int(stat.split("/")[2])] = (int(fields[2]), int(fields[11]) + int(fields[12]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks
+
+
+def others_busy(own_groups: set[int], sample_s: float = 2.0) -> list[str]:
+    """Processes outside ``own_groups`` (and this process) that used more than QUIET_CPU_PERCENT of a core."""
+    before = _cpu_ticks()
+    time.sleep(sample_s)
+    after = _cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = []
+    for pid, (group, t) in after.items():
+        if pid == os.getpid() or group in own_groups or pid not in before:
+            continue
+        percent = 100 * (t - before[pid][1]) / hz / sample_s
+        if percent > QUIET_CPU_PERCENT:
+            try:
+                name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
+            except OSError:
+                name = "?"
+            busy.append(f"{pid} {percent:.0f}% {name}")
+    return busy
+
+
+def wait_quiet(max_wait: float, server_group: int | None) -> list[str]:
+    """Wait up to ``max_wait`` s for the other processes on this machine to go quiet; what was still busy."""
+    own = {os.getpgrp()} | ({server_group} if server_group else set())
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = others_busy(own)
+        if not busy or time.monotonic() > deadline:
+            if busy:
+                print(f"still busy after {max_wait:g} s: {'; '.join(busy)}", file=sys.stderr)
+            return busy
+        time.sleep(3)
+
+
 # ------------------------------------------------------------------------------------------ in process
 
 
@@ -287,6 +337,9 @@ def main() -> int:
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     p.add_argument("--client", choices=("auto", "perf_analyzer", "loop"), default="auto")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                   help="before each point, wait up to S seconds until no other process uses more than "
+                        f"{QUIET_CPU_PERCENT}%% of a core (a shared machine); the JSON records what was still busy")
     p.add_argument("--triton-instances", type=int, help="instances of each classifier")
     p.add_argument("--triton-preprocess-instances", type=int, help="instances of the preprocessing model")
     p.add_argument("--triton-queue-delay-us", type=int, help="the classifiers' max_queue_delay_microseconds")
@@ -331,6 +384,9 @@ def main() -> int:
             for r in range(args.runs):
                 rnd: dict = {"served": {}, "in_process": {}}
                 for c in args.concurrency:
+                    if args.wait_quiet:
+                        rnd.setdefault("busy", {})[c] = wait_quiet(args.wait_quiet, server.pgid)
+
                     def loop(c=c):
                         return served_loop(server, ensemble, blobs, c, args.requests, args.protocol)
 
