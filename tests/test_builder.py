@@ -330,6 +330,33 @@ def test_int8_qdq_build(fake_env, onnx_dir, release, strongly_bit):
     assert m["onnx_sha256"] != m["fp32_onnx_sha256"]
 
 
+@pytest.mark.parametrize("release", ["8.6.1", "10.3.0", "10.13.3"])
+def test_a_given_qdq_or_fp16_onnx_is_built_as_what_it_is(fake_env, onnx_dir, release):
+    """An ONNX that is already INT8 Q/DQ or FP16, given as it is (no FP32 original): built from its own types where
+    the release can, named and recorded as what it is; a Q/DQ ONNX on 8.6 (no explicit-quantization path here) is
+    refused in one line rather than calibrated again."""
+    fake_env(release)
+    qdq, fp16 = onnx_dir / "qdq.onnx", onnx_dir / "fp16.onnx"
+    if release == "8.6.1":
+        with pytest.raises(UserError, match=r"qdq.onnx is already INT8 \(Q/DQ nodes\), which TensorRT 8.6 builds only "
+                                             r"as explicit quantization: use --int8-mode qdq"):
+            _step(["--quiet"], qdq, "given", "int8", qdq)
+    else:
+        engine = _step(["--quiet"], qdq, "given", "int8", qdq)
+        m = read_manifest(engine)
+        assert engine.name == "given_int8_b32.engine" and m["int8_mode"] == "qdq" and plan_doc(engine)["qdq"]
+        assert m["quantization"]["source"] == "external-qdq" and m["calibration"] is None
+        assert m["compute_precision"]["known"] is True
+    engine = _step(["--quiet"], fp16, "given", "fp16", fp16)
+    m = read_manifest(engine)
+    doc = plan_doc(engine)
+    assert m["quantization"]["source"] == "external-fp16" and m["onnx"] == str(fp16)
+    if release == "8.6.1":  # no strongly typed networks: the FP16 flag over the FP16 ONNX
+        assert doc["flags"] == ["FP16"]
+    else:
+        assert doc["flags"] == [] and doc["network_flags"] & (1 << 1)
+
+
 @pytest.mark.parametrize("release", ["8.6.1", "10.3.0"])
 def test_int8_calibrator_build_then_reuse(fake_env, onnx_dir, tmp_path, release):
     trt = fake_env(release)

@@ -463,3 +463,20 @@ def test_opset_relabel_only_where_the_converter_changes_nothing_else(tiny_onnx):
     reduce = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1])], "g", [x], [y])
     model = helper.make_model(reduce, opset_imports=[helper.make_opsetid("", 17)])
     assert not opset_relabel_exact(model, 19)  # ReduceMean's axes become an input at 18: converted, not relabelled
+
+
+def test_light_shape_inference_returns_what_onnx_returns(tiny_onnx):
+    """modelopt_bridge.light_infer_shapes (what ModelOpt's shape inference goes through here): the same bytes as
+    onnx.shape_inference.infer_shapes for each of ModelOpt's argument sets, the model given left as it was."""
+    import onnx
+
+    from trt_res2net.precision.modelopt_bridge import LIGHT_SHAPE_INFERENCE_MIN_ELEMENTS, light_infer_shapes
+
+    original = onnx.shape_inference.infer_shapes
+    light = light_infer_shapes(original)
+    model = onnx.load(str(tiny_onnx))
+    assert any(np.prod(t.dims) >= LIGHT_SHAPE_INFERENCE_MIN_ELEMENTS for t in model.graph.initializer)
+    before = model.SerializeToString()
+    for kwargs in ({}, {"strict_mode": True}, {"data_prop": True}, {"check_type": True, "strict_mode": True}):
+        assert light(model, **kwargs).SerializeToString() == original(model, **kwargs).SerializeToString()
+    assert model.SerializeToString() == before

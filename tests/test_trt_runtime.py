@@ -330,8 +330,10 @@ def test_rtx_runtime_cache_from_elsewhere_is_replaced(tmp_path, fake_rtx, capsys
 
 @pytest.mark.parametrize(
     "validity, message",
-    [(("INVALID", 2), r"cannot run here \(UNSUPPORTED_CC\)"),
-     (("INVALID", 5), r"cannot run here \(VERSION_MISMATCH, OLD_CUDA_DRIVER\)")],
+    [(("INVALID", 2), r"cannot run here \(UNSUPPORTED_CC\) — UNSUPPORTED_CC: rebuild it for this GPU's compute "
+                      r"capability \(build.py --compute-capability\)$"),
+     (("INVALID", 5), r"cannot run here \(VERSION_MISMATCH, OLD_CUDA_DRIVER\) — VERSION_MISMATCH: rebuild it with "
+                      r"this TensorRT-RTX .*; OLD_CUDA_DRIVER: update the NVIDIA driver$")],
 )
 def test_rtx_engine_validity_is_asked_before_loading(tmp_path, fake_rtx, validity, message):
     fake_rtx.validity = validity
@@ -363,7 +365,29 @@ def test_rtx_cuda_graphs_are_the_library_s(tmp_path, fake_rtx, capsys, monkeypat
     assert FakeGraph.instances == [] and backend.info()["cuda_graph"]
     plain = TensorRTBackend(path, check_manifest=False)
     assert plain.loaded._runtime_config.cuda_graph_strategy == fake_rtx.CudaGraphStrategy.DISABLED
+    assert plain.loaded._runtime_config.dynamic_shapes_kernel_specialization_strategy.name == "LAZY"  # untouched
+    eager = TensorRTBackend(path, check_manifest=False, kernel_specialization="eager")  # what --benchmark asks
+    assert eager.loaded._runtime_config.dynamic_shapes_kernel_specialization_strategy.name == "EAGER"
+    with pytest.raises(UserError, match="kernel specialisation must be one of lazy, eager, none"):
+        TensorRTBackend(path, check_manifest=False, kernel_specialization="sometimes")
     monkeypatch.setattr(fake_gpu_runtime.FakeEngine, "capturable", False)
     backend = TensorRTBackend(path, check_manifest=False, cuda_graph=True)
     assert "cannot capture" in capsys.readouterr().err and not backend.info()["cuda_graph"]
 
+
+
+def test_infer_py_refuses_an_engine_without_manifest_unless_told(tmp_path, fake_trt, capsys):
+    """infer.py: one line and exit status 2 for an engine without its manifest; --no-manifest-check runs it."""
+    import cv2
+
+    from trt_res2net.cli.infer import main
+
+    engine = write_engine(tmp_path / "m.engine", classes=1000, manifest=False)
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((60, 80, 3), 90, np.uint8))
+    assert main([str(engine), str(image), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no manifest next to {engine}") and err.count("\n") == 1
+    assert main([str(engine), str(image), "-q", "--no-manifest-check"]) == 0
+    err = capsys.readouterr().err
+    assert "manifest not checked (--no-manifest-check)" in err and "classified 1 of 1 images" in err

@@ -6,7 +6,8 @@
     python infer.py MODEL_FILE SOURCE... [--jsonl PATH] [--save-video DIR] [--smooth N] ...  (cli/streams.py)
 
 Exit status: 0 every image classified, 1 some images could not be read (the others are still reported),
-2 usage or input error, 3 a TensorRT engine was given but TensorRT / a GPU is missing.
+2 usage or input error (a path the operating system refuses included), 3 a TensorRT engine was given but TensorRT /
+a GPU is missing, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="infer.py",
         description="Classify images with an ONNX model (ONNX Runtime, CUDA if present, else CPU) or a "
         "TensorRT engine (.engine/.plan). Preprocessing is PaddleClas's evaluation recipe.",
-        epilog="Exit status: 0 all classified, 1 some images unreadable, 2 usage error, 3 TensorRT missing.",
+        epilog="Exit status: 0 all classified, 1 some images unreadable, 2 usage or input error (a path the OS "
+        "refuses included), 3 TensorRT missing, 130 interrupted.",
     )
     p.add_argument("model", metavar="MODEL_FILE", help="a classifier .onnx, or a TensorRT .engine/.plan")
     p.add_argument(
@@ -205,8 +207,20 @@ def run_eval(args: argparse.Namespace) -> int:
     for m in models:
         if Path(m).suffix.lower() not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
             raise UserError(f"{m}: with --eval, positional arguments are model files (.onnx, .engine, .plan)")
-    result = evaluate(models, args.eval, args.data_root, batch=args.batch, threads=args.threads,
-                      limit=args.limit, progress=None if args.progress else False)
+    backends = None
+    if args.no_manifest_check:  # engines run unchecked, as the user said; the backends are closed here
+        from ..runtime.backend import open_backend
+
+        backends = [open_backend(m, check_manifest=False) if Path(m).suffix.lower() in ENGINE_SUFFIXES
+                    else open_backend(m) for m in models]
+    try:
+        result = evaluate(models, args.eval, args.data_root, batch=args.batch, threads=args.threads,
+                          limit=args.limit, progress=None if args.progress else False, backends=backends)
+    finally:
+        for b in backends or []:
+            close = getattr(b, "close", None)
+            if callable(close):
+                close()
     for f in result.failures:
         print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
     print(result.format())

@@ -164,7 +164,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
         written = pool.submit(_write_staged, staged, result.serialized)
         engine_sha = sha256_bytes(result.serialized)
         onnx_sha = onnx_sha_later.result()
-        quantization = describe_quantization(precision, plan, onnx_sha, calibration)
+        quantization = describe_quantization(precision, plan, onnx_sha, calibration, io)
         manifest = manifest_mod.build_manifest(
             engine_path=engine_path, model=model_name, precision=precision, int8_mode=plan.int8_mode,
             engine_family=version.family, library_version=version.full, gpu=gpu,
@@ -219,16 +219,17 @@ QUANTIZATION_SOURCES = {
 }
 
 
-def describe_quantization(precision: str, plan, onnx_sha: str, calibration=None) -> dict:
-    """Where the engine's precision came from (``QUANTIZATION_SOURCES``): the ONNX it was built from, and the
-    precision step's sidecar beside it when that sidecar describes these very bytes."""
+def describe_quantization(precision: str, plan, onnx_sha: str, calibration=None, onnx_io=None) -> dict:
+    """Where the engine's precision came from (``QUANTIZATION_SOURCES``): the ONNX it was built from (``onnx_io``,
+    what it declares), and the precision step's sidecar beside it when that sidecar describes these very bytes."""
     from ..precision.convert import read_precision_sidecar
 
+    built_from_fp16 = onnx_io is not None and onnx_io.has_fp16 and not onnx_io.has_qdq
     if precision == "fp32":
         source = "none"
     elif plan.calibrator:
         source = "tensorrt-calibrator"
-    elif "FP16" in plan.flags and precision == "fp16":
+    elif "FP16" in plan.flags and precision == "fp16" and not built_from_fp16:
         source = "fp16-builder-flag"
     else:
         side = read_precision_sidecar(plan.onnx_path, onnx_sha)

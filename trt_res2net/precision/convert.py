@@ -274,7 +274,7 @@ def _first_images(opts: PrecisionOptions, n: int):
 
     from ..data.calibration_set import iter_batches
 
-    paths = opts.calibration.select()[:n]
+    paths = opts.calibration.materialize().select()[:n]
     arrays = [a for a, _, _ in iter_batches(paths, n) if len(a)]
     return np.concatenate(arrays) if arrays else None
 
@@ -325,7 +325,7 @@ def _calibration(opts: PrecisionOptions, fp32_onnx_path: Path, model_name: str, 
     mb.require_modelopt("--precision int8")  # before the key: it names ModelOpt's version
     images = manifest = None
     if calib.directory:
-        images = calib.select()
+        images = calib.materialize().select()  # synthetic images are written when first needed
         manifest = cal.build_manifest(images, calib.directory, seed=calib.seed, requested=calib.count)
     key = _expected_key(opts, fp32_sha, manifest)
     if cache_path.exists() and read_cache(cache_path).made_by_tensorrt:

@@ -182,17 +182,95 @@ def _cleanup_no_consumer_nodes(self) -> None:
         self.model.graph.node.remove(node)
 
 
+LIGHT_SHAPE_INFERENCE_MIN_ELEMENTS = 4096  # initializers at least this large are shapes only to shape inference
+
+
+def _light_copy(model, min_elements: int):
+    """A copy of ``model`` whose large float initializers have their names, types and shapes but no data (their data
+    is never read or copied)."""
+    import onnx
+
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                   onnx.TensorProto.BFLOAT16)
+
+    def copy_fields(src, dst, skip: str) -> None:
+        for desc, value in src.ListFields():
+            if desc.name == skip:
+                continue
+            if desc.is_repeated:
+                getattr(dst, desc.name).extend(value)
+            elif desc.type == desc.TYPE_MESSAGE:
+                getattr(dst, desc.name).CopyFrom(value)
+            else:
+                setattr(dst, desc.name, value)
+
+    light = onnx.ModelProto()
+    copy_fields(model, light, "graph")
+    copy_fields(model.graph, light.graph, "initializer")
+    stubs = 0
+    for t in model.graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if t.data_type in float_types and n >= min_elements:
+            stub = light.graph.initializer.add()
+            for desc, value in t.ListFields():
+                if desc.number not in (4, 5, 6, 7, 9, 10, 11):  # the data fields (model/contract.py)
+                    if desc.is_repeated:
+                        getattr(stub, desc.name).extend(value)
+                    elif desc.type == desc.TYPE_MESSAGE:
+                        getattr(stub, desc.name).CopyFrom(value)
+                    else:
+                        setattr(stub, desc.name, value)
+            stubs += 1
+        else:
+            light.graph.initializer.append(t)
+    return light, stubs
+
+
+def light_infer_shapes(original):
+    """``onnx.shape_inference.infer_shapes`` for a ModelProto, without sending the weights through it: ONNX's shape
+    inference runs on a copy whose large float initializers carry no data (it needs only their types and shapes;
+    small tensors, which data propagation may read, keep theirs), and the result is the model with the inferred
+    ``value_info``, inputs and outputs — the same bytes ONNX returns (tests/test_quantize.py). ModelOpt runs shape
+    inference about ten times on a quantization; on res2net200 each pass otherwise serializes and parses 300 MB."""
+    import onnx
+
+    def infer(model, check_type=False, strict_mode=False, data_prop=False):
+        if not isinstance(model, onnx.ModelProto):
+            return original(model, check_type, strict_mode, data_prop)
+        light, stubs = _light_copy(model, LIGHT_SHAPE_INFERENCE_MIN_ELEMENTS)
+        if not stubs:
+            return original(model, check_type, strict_mode, data_prop)
+        inferred = original(light, check_type, strict_mode, data_prop)
+        del light
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
+        g, ig = result.graph, inferred.graph
+        for field in ("value_info", "input", "output"):
+            getattr(g, field).clear()
+            getattr(g, field).extend(getattr(ig, field))
+        return result
+
+    return infer
+
+
 @contextlib.contextmanager
 def _modelopt_fast_paths():
-    """ModelOpt with :func:`_cleanup_no_consumer_nodes` in place of its quadratic one, for one call."""
+    """ModelOpt with :func:`_cleanup_no_consumer_nodes` in place of its quadratic one and shape inference through
+    :func:`light_infer_shapes`, for one call (both give ModelOpt what its own would)."""
+    import onnx.shape_inference
     from modelopt.onnx.autocast.precisionconverter import PrecisionConverter
 
     original = PrecisionConverter._cleanup_no_consumer_nodes
+    original_infer = onnx.shape_inference.infer_shapes
     PrecisionConverter._cleanup_no_consumer_nodes = _cleanup_no_consumer_nodes
+    onnx.shape_inference.infer_shapes = light_infer_shapes(original_infer)
     try:
         yield
     finally:
         PrecisionConverter._cleanup_no_consumer_nodes = original
+        onnx.shape_inference.infer_shapes = original_infer
 
 
 @contextlib.contextmanager
