@@ -18,7 +18,8 @@ records (``POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy convert X --convert-to trt .
 for res2net50 fp32, and the FP16 and INT8 ONNX of ``--model``: wall time and peak RSS, medians and ratios.
 
 Needs the rtx and quant extras (and git for --before). Takes about 4 × (old + new build) + part 2: ~15-20 minutes
-for res2net200 on 2 cores.
+for res2net200 on 2 cores. ``--wait-quiet S`` waits before each run for the machine to be idle (other work on two
+cores distorts the wall times; the CPU time of each run is reported too).
 """
 
 from __future__ import annotations
@@ -92,8 +93,17 @@ def measured(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"failed ({code}): {shlex.join(cmd)}\n{''.join(err)[-3000:]}")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "lines": lines, "samples": samples,
-            "stderr_bytes": len("".join(err))}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "lines": lines, "samples": samples, "stderr_bytes": len("".join(err))}
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.6) -> float:
+    """Wait (at most ``limit_s``) until the 1-minute load average is below ``threshold``: other work on a 2-core
+    machine distorts wall times. Returns the load average when it stopped waiting."""
+    deadline = time.monotonic() + limit_s
+    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
 
 
 def steps(run: dict, model: str) -> list[dict]:
@@ -138,13 +148,14 @@ def int8_builds(args, work: Path, images: Path) -> dict:
                        "--random-weights", "--calib-dir", str(images), "--calib-images", str(args.calib_images),
                        "--engine-family", "tensorrt-rtx", "--quiet"]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
-                load = os.getloadavg()[0]
+                load = wait_quiet(args.wait_quiet) if args.wait_quiet else os.getloadavg()[0]
                 r = measured(cmd, cwd, env)
                 r["steps"] = steps(r, args.model)
                 r["load_before"] = round(load, 2)
                 del r["samples"]
                 results[name].append(r)
-                print(f"{name} run {run}: {r['wall_s']:.1f} s, peak {r['peak_rss_mib']:.0f} MiB, "
+                print(f"{name} run {run}: {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s, load before {load:.2f}), "
+                      f"peak {r['peak_rss_mib']:.0f} MiB, "
                       f"steps {[(s['step'], s['seconds'], s['peak_rss_mib']) for s in r['steps']]}", flush=True)
                 shutil.rmtree(cwd / "engines", ignore_errors=True)
     finally:
@@ -193,6 +204,8 @@ def polygraphy_ratios(args, work: Path, images: Path) -> list[dict]:
         poly_env = {**os.environ, parts[0].split("=")[0]: parts[0].split("=")[1]}
         theirs = parts[1:]
         ours_runs, their_runs = [], []
+        if args.wait_quiet:
+            wait_quiet(args.wait_quiet)
         for _ in range(args.runs + 1):
             shutil.rmtree(ours_dir, ignore_errors=True)
             ours_runs.append(measured(ours, work, env))
@@ -218,13 +231,13 @@ def polygraphy_ratios(args, work: Path, images: Path) -> list[dict]:
 
 def table(results: dict) -> str:
     lines = ["| version | run | export s / MiB | calibration s / MiB | Q/DQ model s / MiB | engine build s / MiB "
-             "| total s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+             "| total s | CPU s | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         for i, r in enumerate(runs):
             cells = {s["step"]: f"{s['seconds']} / {s['peak_rss_mib']}" for s in r["steps"]}
             lines.append(f"| {name} | {i} | {cells.get('export', '')} | {cells.get('calibration', '')} | "
                          f"{cells.get('Q/DQ model', '')} | {cells.get('engine build', '')} | {r['wall_s']:.1f} | "
-                         f"{r['peak_rss_mib']:.0f} |")
+                         f"{r['cpu_s']:.1f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
 
 
@@ -238,6 +251,8 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--skip-polygraphy", action="store_true")
     p.add_argument("--skip-int8", action="store_true")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                   help="before each measured run wait up to S seconds for a 1-minute load average below 0.6")
     args = p.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_int8_"))
     work.mkdir(parents=True, exist_ok=True)

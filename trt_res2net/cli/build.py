@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true",
                    help="print only the results (stdout) and errors: no progress bars, notes or warnings")
     p.add_argument("--verbose", action="store_true",
-                   help="print everything on stderr: every TensorRT and ModelOpt message (warnings uncollapsed)")
+                   help="print everything on stderr: TensorRT's messages down to info (--trt-log verbose for its "
+                        "verbose log) and ModelOpt's, warnings uncollapsed")
     p.add_argument("--version", action="version", version=f"trt_res2net {__version__}")
     return p
 
@@ -245,7 +246,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         timing_cache=args.timing_cache, dla_core=args.dla_core, builder_opt_level=args.builder_opt_level,
         calibration=calibration_images(args), calib_batch=args.calib_batch,
         calib_cache=args.trt_calib_cache, engine_dir=args.engine_dir, engine_path=args.save_engine,
-        log_level=args.trt_log, progress=not args.quiet)
+        log_level="info" if args.verbose and args.trt_log == "warning" else args.trt_log, progress=not args.quiet)
 
 
 def triton_options(args: argparse.Namespace) -> TritonOptions:
