@@ -184,7 +184,7 @@ def test_the_classifier_splits_a_batch_into_concurrent_runs(repo, tiny_onnx, pb_
                                    'key: "intra_op_threads" value: { string_value: "2" }')
     cfg.write_text(text + f'parameters {{ key: "batch_runs" value: {{ string_value: "{batch_runs}" }} }}\n')
     clf = load(copy, "tiny_classifier_python", monkeypatch)
-    assert clf.parts == (2 if batch_runs == "split" else 1)
+    assert clf.parts == (8 if batch_runs == "split" else 1)
     x = np.stack([preprocess(p) for p in imf.PHOTOS])
     responses = clf.execute([Request(input=x[i : i + 1]) for i in range(len(x))] + [Request(input=x)])
     got = np.concatenate([r.outputs["logits"] for r in responses])

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+PARTS_PER_THREAD = 4
+
 
 def _cores() -> int:
     try:
@@ -46,15 +48,16 @@ class TritonPythonModel:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.intra_op_num_threads = intra_op_threads
+            # 0 (all the cores) is ONNX Runtime's default, which also pins its threads, as infer.py's session
+            options.intra_op_num_threads = 0 if intra_op_threads == _cores() else intra_op_threads
             return ort.InferenceSession(path, options, providers=providers)
 
         # One request alone runs on all of the instance's threads (its latency as infer.py's). A batch of several
-        # is split into ``threads`` parts run at once, each on one thread of a single-threaded session: on the CPU
-        # that keeps every core busy without the waits at the end of each operator that one multi-threaded run has
-        # (measured: docs/triton.md), as infer.py's concurrent callers keep them busy.
+        # runs as concurrent runs of its rows (up to PARTS_PER_THREAD per thread) on a single-threaded session: on
+        # the CPU that keeps every core busy to the batch's end, without the waits at the end of each operator that
+        # one multi-threaded run has (measured: docs/triton.md) — as infer.py's concurrent callers keep them busy.
         self.session = session(threads)
-        self.parts = threads if mode == "split" and threads > 1 else 1
+        self.parts = PARTS_PER_THREAD * threads if mode == "split" and threads > 1 else 1
         self.session_1 = session(1) if self.parts > 1 else None
         self.pool = ThreadPoolExecutor(self.parts, thread_name_prefix="run") if self.parts > 1 else None
 
@@ -78,7 +81,7 @@ class TritonPythonModel:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         k = min(self.parts, len(batch))
-        if k <= 1:
+        if k <= 1 or len(batch) == 1:
             return self.session.run([self.output_name], {self.input_name: batch})[0]
 
         def part(rows):
