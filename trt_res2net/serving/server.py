@@ -6,9 +6,9 @@ The ``tritonserver`` is the one on PATH (NVIDIA's Triton container, JetPack's Tr
 sets up what it needs in a temporary folder (its Python backend with the stub for this interpreter, the shared
 libraries on LD_LIBRARY_PATH, this interpreter's environment for the models) and removes it when the server stops.
 
-Models whose backend the server lacks are not loaded (one line says which); the rest are loaded explicitly. The
-configs are read with Triton's ModelConfig proto (``model_config_pb2``). The server listens on loopback unless
-``--host`` says otherwise.
+Models whose backend the server lacks are not loaded (one line says which); the rest are loaded explicitly, and
+each ensemble answers its warm-up image before the server is called ready. The configs are read with Triton's
+ModelConfig proto (``model_config_pb2``). The server listens on loopback unless ``--host`` says otherwise.
 
 Stopping leaves nothing, at any moment. Each run has a folder (``$TMPDIR/trt_res2net-triton-*``, with this process's
 pid) and names the Python backend's shared-memory regions after this process
@@ -57,6 +57,7 @@ PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxrunti
                      "tensorflow_savedmodel": "tensorflow", "tensorflow_graphdef": "tensorflow"}
 DEFAULT_STOP_TIMEOUT = 30.0
 DEFAULT_READY_TIMEOUT = 300.0
+WARMUP_ROUNDS = 2  # of requests through each ensemble before it is called ready
 LOADING_STOP_GRACE = 3.0  # seconds a server that is still loading gets to stop before SIGKILL
 GROUP_STOP_GRACE = 1.0  # seconds the server's leftover processes (orphaned stubs) get, once it is gone
 DEFAULT_HOST = "127.0.0.1"  # loopback: serving to other machines is asked for with --host
@@ -397,6 +398,37 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _warmup_sample(model_dir: Path, config) -> bytes | None:
+    """The serialized BYTES (4-byte length + data) of a model's first warm-up input read from a file, if any."""
+    for sample in config.model_warmup:
+        for tensor in sample.inputs.values():
+            if tensor.input_data_file:
+                try:
+                    return (model_dir / "warmup" / tensor.input_data_file).read_bytes()
+                except OSError:
+                    return None
+    return None
+
+
+def _infer_bytes(options: ServerOptions, model: str, input_name: str, serialized: bytes, batched: bool) -> None:
+    """One HTTP request of one BYTES element (already serialized) by Triton's binary-data extension; errors are
+    ignored (see :meth:`TritonServer.warm_up_ensembles`)."""
+    import json
+    import urllib.request
+
+    header = json.dumps({"inputs": [{"name": input_name, "shape": [1, 1] if batched else [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(serialized)}}]}).encode()
+    request = urllib.request.Request(
+        f"http://{_url_host(options.host)}:{options.http_port}/v2/models/{model}/infer", data=header + serialized,
+        headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+        method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+    except Exception:
+        pass
+
+
 def _ready(host: str, port: int) -> bool:
     import urllib.error
     import urllib.request
@@ -524,7 +556,33 @@ class TritonServer:
                                 + (": " + " | ".join(self.pump.errors()) if self.pump.errors() else ""),
                                 EXIT_SOME_FAILED)
             time.sleep(0.1)
+        self.warm_up_ensembles()
         self.ready = True
+
+    def warm_up_ensembles(self) -> None:
+        """Send each loaded ensemble its first step's warm-up image, WARMUP_ROUNDS times as many at once as that
+        step has instances. Triton cannot warm an ensemble (``model_warmup`` is per model), and a fresh ensemble's
+        first request paid about 40 ms more than the next (measured: 74 ms, then 33-36; after one round, 32-36).
+        A failure here is the server's first request failing: reported by the request that meets it, not here."""
+        for name in self.models:
+            config = self.configs[name]
+            if config.platform != "ensemble" or not config.ensemble_scheduling.step:
+                continue
+            first = self.configs.get(config.ensemble_scheduling.step[0].model_name)
+            sample = _warmup_sample(self.repo / first.name, first) if first is not None else None
+            if sample is None or len(config.input) != 1:
+                continue
+            at_once = max(sum(max(1, g.count) for g in self.configs[s.model_name].instance_group) or 1
+                          for s in config.ensemble_scheduling.step)
+            for _ in range(WARMUP_ROUNDS):
+                threads = [threading.Thread(target=_infer_bytes, daemon=True,
+                                            args=(self.options, name, config.input[0].name, sample,
+                                                  config.max_batch_size > 0))
+                           for _ in range(at_once)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
 
     def endpoints(self) -> list[str]:
         """Where it listens, for people."""
