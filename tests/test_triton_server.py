@@ -221,13 +221,20 @@ def probe(*argv) -> object:
 
 
 def test_warm_up_makes_the_first_request_as_fast_as_the_next(server, tmp_path):
-    """The first request this server answers (no test before this one sends any): the models warmed up before the
-    server said it was ready (model_warmup), so it pays no first-run cost (ONNX Runtime's, OpenCV's)."""
-    times = [r["ms"] for r in probe("warmup", f"127.0.0.1:{server.http}", ENSEMBLE, imf.PHOTOS[0], tmp_path / "w.json")]
+    """The first request a client sends this server (no test before this one sends any): the models warmed up
+    before the server said it was ready (model_warmup), and serve.py sent each ensemble its warm-up image, so it
+    pays no first-run cost (ONNX Runtime's, OpenCV's, the ensemble's)."""
+    results = probe("warmup", f"127.0.0.1:{server.http}", ENSEMBLE, imf.PHOTOS[0], tmp_path / "w.json")
+    assert [r["status"] for r in results] == ["ok"] * len(results)
+    # serve.py's warm-up: two rounds of two at once (the preprocessing's two instances).
+    assert results[0]["answered_before"] >= 4
+    # The server's time (its statistics), not the client's own first call. Within 1.5× of the next ones or no
+    # slower than the slowest of them, with 15 ms for a machine busy with other jobs: the first-run cost this
+    # catches was 40 ms (no ensemble warm-up: 74 ms, then 33) and 125 ms (no warm-up at all: 191, then 66).
+    times = [r["server_ms"] for r in results]
     first, rest = times[0], times[1:]
-    # Within 1.5× of the next ones (a cold server: 191 ms, then 66) — or no slower than the slowest of them, when
-    # other jobs on the machine slow some requests down.
-    assert first <= max(1.5 * statistics.median(rest), max(rest)), f"first {first:.0f} ms, then {rest}"
+    assert first <= max(1.5 * statistics.median(rest), max(rest)) + 15, (
+        f"first {first:.0f} ms, then {[round(t) for t in rest]} (at the client: {[round(r['ms']) for r in results]})")
 
 
 def test_hostile_requests_are_client_errors_refused_fast_and_delay_no_one(server, tmp_path):

@@ -4,7 +4,8 @@
     python tests/triton_hostile_probe.py hostile HTTP_URL GRPC_URL ENSEMBLE GOOD BOMB BIG CORRUPT OUT.json
     python tests/triton_hostile_probe.py flood HTTP_URL GRPC_URL ENSEMBLE IMAGE N OUT.json
 
-warmup: the first request a fresh server answers, then more, one at a time (milliseconds each).
+warmup: the first request a client sends a fresh server, then more, one at a time (milliseconds each, at the
+client and in the server).
 hostile: a good image's latency alone (its baseline), then again while another process (``attack``) sends the
 bomb and the corrupt image (REPEAT times each) and the big request, over HTTP and gRPC (each refusal's status,
 message and milliseconds).
@@ -38,11 +39,23 @@ def request(module, client, model, data: bytes) -> dict:
     return {"ms": 1e3 * (time.perf_counter() - t), "status": status, "message": message}
 
 
+def server_stats(client, model) -> tuple[int, int]:
+    """(successful requests, the server's nanoseconds in them) of a model, from Triton's statistics extension."""
+    success = client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]["success"]
+    return int(success.get("count", 0)), int(success.get("ns", 0))
+
+
 def warmup(http_url, model, image, out):
+    """Each request's milliseconds at the client and in the server (the difference of the server's statistics
+    around it: without the client's own first-call costs), and how many requests the server had answered before."""
     client = httpclient.InferenceServerClient(http_url, network_timeout=120)
     assert client.is_model_ready(model)  # the connection is open before the first request
     data = Path(image).read_bytes()
-    times = [request(httpclient, client, model, data) for _ in range(8)]
+    times = []
+    for _ in range(8):
+        count, ns = server_stats(client, model)
+        result = request(httpclient, client, model, data)
+        times.append({**result, "answered_before": count, "server_ms": (server_stats(client, model)[1] - ns) / 1e6})
     Path(out).write_text(json.dumps(times))
     client.close()
 
