@@ -387,6 +387,14 @@ def test_an_fp16_onnx_is_built_as_fp16_and_an_fp32_one_converted_into_the_engine
     assert m["quantization"]["source"] == "autocast-fp16"
 
 
+def test_a_precision_already_in_the_onnx_name_is_not_repeated_in_the_engine_name(tmp_path):
+    """``X_fp16.onnx`` (as build.py names its FP16 ONNX) builds ``X_fp16_b4``, not ``X_fp16_fp16_b4``."""
+    fp16 = tiny_classifier_onnx(tmp_path / "tiny_fp16.onnx", fp16=True)
+    proc = _run(["--onnx", str(fp16), "--max-batch", "4", *RTX], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "engines").glob("*.engine")) == ["tiny_fp16_b4.rtx.engine"]
+
+
 def test_quiet_prints_only_results_on_stdout_and_nothing_from_tensorrt(tmp_path, tiny_onnx):
     """An INT8 build whose TensorRT-RTX log has hundreds of warnings: --quiet's stdout is the result lines, its
     stderr empty; without --quiet the warnings are on stderr, once each with their count."""

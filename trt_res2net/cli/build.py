@@ -314,6 +314,16 @@ def _resolve_precision(asked: str | None, onnx_io, onnx_path: str | None) -> str
     return asked
 
 
+def _model_name_of(onnx: Path, onnx_io) -> str:
+    """The engine's name stem for a given ONNX: its file stem, less the ``_fp16`` / ``_int8`` that this tool (or
+    the user) put on an ONNX already of that precision, so that it does not appear twice in the engine's name."""
+    stem = onnx.stem
+    done = "int8" if onnx_io is not None and onnx_io.has_qdq else "fp16" if onnx_io is not None and onnx_io.has_fp16 \
+        else None
+    suffix = f"_{done}"
+    return stem[: -len(suffix)] if done and stem.endswith(suffix) and len(stem) > len(suffix) else stem
+
+
 def _precision_out(args, precision: str, fp32_path: Path | None, eng_opts) -> Path | None:
     """Where the FP16/INT8 ONNX goes: beside the exported FP32 ONNX (None: the library's default), or for a user's
     ``--onnx``, ``--onnx-out`` or the engine folder — never beside the user's file."""
@@ -365,7 +375,7 @@ def _main(argv) -> int:
     needs_precision_onnx = precision_onnx_needed(precision, eng_opts.int8_mode, version) and not already
     if needs_precision_onnx:
         check_precision_request(precision, prec_opts, opset=args.opset)
-    model_name = args.model or Path(args.onnx).stem
+    model_name = args.model or _model_name_of(Path(args.onnx), onnx_io)
     fp32_out = None if args.onnx else Path(args.onnx_out) if args.onnx_out else default_onnx_path(args.model)
     if fp32_out is not None:
         check_writable_folder(fp32_out.parent, "--onnx-out" if args.onnx_out else "the ONNX folder")
