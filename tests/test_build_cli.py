@@ -117,3 +117,12 @@ def test_onnx_naming_a_folder_or_nothing(tmp_path, capsys):
     assert "no such file" in _one_error_line(capsys.readouterr().err)
     assert main(["--onnx", str(tmp_path)]) == 2
     assert "is a folder, not an ONNX file" in _one_error_line(capsys.readouterr().err)
+
+
+def test_the_build_command_imports_no_numpy_nor_urllib_until_a_step_needs_them():
+    """``build.py --onnx`` is compared with ``polygraphy convert`` (docs/build_safety.md): numpy, ONNX's package and
+    urllib are imported by the steps that use them, not by the command line."""
+    code = ("import sys, trt_res2net.cli.build; "
+            "print(sorted(m for m in ('numpy', 'onnx', 'urllib.request', 'cv2', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

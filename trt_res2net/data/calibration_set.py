@@ -19,12 +19,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..core.errors import UserError
 from ..core.files import read_json, write_json
 from ..core.hashing import sha256_file
+from ..core.lazy import lazy_import
 from .preprocess import SPEC, PreprocessSpec
+
+np = lazy_import("numpy")
 
 DEFAULT_CALIB_IMAGES = 500
 

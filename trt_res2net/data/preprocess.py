@@ -29,10 +29,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..core.errors import UserError
+from ..core.lazy import lazy_import
 from .image_header import image_size
+
+np = lazy_import("numpy")
 
 
 class ImageDecodeError(UserError):

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from ..core import files as atomic
+from ..core.lazy import lazy_import
 from ..core.version import __version__
 from ..data.preprocess import SPEC
 from .zoo import BlockLayout, ConvUnit, ModelSpec, block_layouts, feature_channels, stem_units
+
+np = lazy_import("numpy")
 
 DEFAULT_OPSET = 17  # TensorRT 8.6's ONNX parser reads up to opset 17
 BN_EPSILON = 1e-5

@@ -11,17 +11,16 @@ import io
 import os
 import pickle
 import sys
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
-import numpy as np
-
 from ..core import files as atomic
 from ..core.errors import UserError
+from ..core.lazy import lazy_import
 from ..core.paths import cache_dir
 from .zoo import ModelSpec, block_layouts, feature_channels, stem_units
+
+np = lazy_import("numpy")
 
 BN_SUFFIXES = ("_batch_norm.weight", "_batch_norm.bias", "_batch_norm._mean", "_batch_norm._variance")
 NAME_TABLE_KEY = "StructuredToParameterName@@"
@@ -89,7 +88,9 @@ def param_attr_names(spec: ModelSpec) -> dict[str, str]:
 
 # --- reading ----------------------------------------------------------------------------------------------
 
-_NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+def _numpy2() -> bool:
+    return int(np.__version__.split(".")[0]) >= 2
+
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -110,7 +111,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: a weight file may only contain numpy arrays"
             )
         if module.startswith("numpy.core"):  # numpy 1 pickles; numpy 2 moved the module
-            module = "numpy._core" + module[len("numpy.core"):] if _NUMPY2 else module
+            module = "numpy._core" + module[len("numpy.core"):] if _numpy2() else module
         return super().find_class(module, name)
 
 
@@ -262,6 +263,9 @@ def write_pdparams(path: str | os.PathLike, state: dict[str, np.ndarray], protoc
 
 def download(url: str, dest: str | os.PathLike, progress: bool = True, timeout: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``; the final name appears only when complete."""
+    import urllib.error
+    import urllib.request
+
     from tqdm import tqdm
 
     dest = Path(dest)
