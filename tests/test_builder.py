@@ -73,6 +73,42 @@ def test_batch_profile_errors(kwargs, match):
         resolve_batch_profile(**kwargs)
 
 
+def test_the_structure_reader_reads_what_onnx_reads(onnx_dir, tmp_path):
+    """read_structure (protocol-buffer fields, without ONNX's package) against onnx.load on every kind of model the
+    builder meets: FP32, Q/DQ, FP16, a fixed batch with a Softmax; a symbolic dimension, a negative attribute, an
+    initializer listed among the inputs, a custom-domain opset before the default one."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trt_res2net.model.contract import read_structure
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 224, 224])
+    w = helper.make_tensor("w", TensorProto.FLOAT16, [2], [1.0, 2.0])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1000])
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=-1), helper.make_node("Cast", ["f"], ["y"], to=1)]
+    graph = helper.make_graph(nodes, "g", [x, helper.make_tensor_value_info("w", TensorProto.FLOAT16, [2])], [y], [w])
+    odd = helper.make_model(graph, opset_imports=[helper.make_opsetid("com.example", 3), helper.make_opsetid("", 17)])
+    onnx.save(odd, tmp_path / "odd.onnx")
+    for path in [*sorted(onnx_dir.glob("*.onnx")), tmp_path / "odd.onnx"]:
+        model, got = onnx.load(path), read_structure(path)
+        g = model.graph
+        inits = {t.name: t.data_type for t in g.initializer}
+
+        def spec(v):
+            dims = v.type.tensor_type.shape.dim
+            return v.name, tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+
+        assert [(i.name, i.shape) for i in got.inputs] == [spec(v) for v in g.input if v.name not in inits], path
+        assert [(o.name, o.shape) for o in got.outputs] == [spec(v) for v in g.output], path
+        assert got.initializer_types == inits, path
+        assert [(n.op_type, n.input, n.output) for n in got.node] == [
+            (n.op_type, tuple(n.input), tuple(n.output)) for n in g.node], path
+        assert [n.cast_to for n in got.node if n.op_type == "Cast"] == [
+            a.i for n in g.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"], path
+        assert got.opset == next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), path
+    assert read_structure(tmp_path / "odd.onnx").inputs[0].dtype == "float32"
+
+
 def test_inspect_onnx(onnx_dir, tmp_path):
     io = inspect_onnx(onnx_dir / "fp32.onnx")
     assert (io.input_name, io.output_name, io.batch) == ("input", "logits", None)

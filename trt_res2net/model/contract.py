@@ -139,26 +139,12 @@ class OnnxIO:
         return self.io.chw()
 
 
-def _onnx_dtype(elem_type: int) -> str:
-    import numpy as np
-    import onnx
-
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except (KeyError, TypeError, ValueError):
-        return onnx.helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
-
-
-def _tensor_spec(value_info) -> TensorSpec:
-    tensor = value_info.type.tensor_type
-    shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
-    return TensorSpec(value_info.name, shape, _onnx_dtype(tensor.elem_type))
-
-
-# Protocol-buffer field numbers (onnx.proto): ModelProto.graph, GraphProto.initializer / sparse_initializer, and the
-# TensorProto fields that hold data (float, int32, string, int64, raw, double, uint64).
-_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
-_TENSOR_DATA_FIELDS = frozenset({4, 5, 6, 7, 9, 10, 11})
+# ONNX's TensorProto.DataType numbers → numpy's dtype names (the names ONNX's own mapping gives), for the readers.
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "object",
+                9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 14: "complex64",
+                15: "complex128", 16: "bfloat16", 17: "float8e4m3fn", 18: "float8e4m3fnuz", 19: "float8e5m2",
+                20: "float8e5m2fnuz", 21: "uint4", 22: "int4", 23: "float4e2m1"}
+_FLOAT16 = 10
 
 
 def _varint(buf, pos: int) -> tuple[int, int]:
@@ -174,99 +160,183 @@ def _varint(buf, pos: int) -> tuple[int, int]:
             raise ValueError("malformed varint")
 
 
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _fields(buf, start: int, end: int):
-    """(field number, wire type, start of the field, start of its payload, end) per field of buf[start:end]."""
+    """(field number, wire type, payload start, payload end) per field of the protocol-buffer message buf[start:end]
+    (a varint's payload is its bytes; a fixed64/fixed32's its 8/4 bytes; a length-delimited field's its data)."""
     pos = start
     while pos < end:
-        field_start = pos
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        payload = pos
         if wire == 0:
             _, pos = _varint(buf, pos)
-            payload = pos
         elif wire == 1:
-            payload, pos = pos, pos + 8
+            pos += 8
         elif wire == 2:
             length, payload = _varint(buf, pos)
             pos = payload + length
         elif wire == 5:
-            payload, pos = pos, pos + 4
+            pos += 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
         if pos > end:
             raise ValueError("truncated field")
-        yield number, wire, field_start, payload, pos
+        yield number, wire, payload, pos
 
 
-def _without_data(buf, start: int, end: int, drop: frozenset) -> bytes:
-    return b"".join(bytes(buf[f:e]) for n, _w, f, _p, e in _fields(buf, start, end) if n not in drop)
+def _int(buf, payload: int) -> int:
+    value = _varint(buf, payload)[0]
+    return value - (1 << 64) if value >= 1 << 63 else value  # int64 fields: two's complement
 
 
-def _len_field(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+def _str(buf, payload: int, end: int) -> str:
+    return bytes(buf[payload:end]).decode("utf-8")
 
 
-def _structure_bytes(buf) -> bytes:
-    """An ONNX file's ModelProto bytes with the data of every initializer left out (names, types and shapes kept),
-    reading only what it keeps: a 300 MB model's structure in milliseconds, without its weights in memory."""
-    out = []
-    for number, wire, f, payload, e in _fields(buf, 0, len(buf)):
-        if number == _MODEL_GRAPH and wire == 2:
-            graph = []
-            for gnum, gwire, gf, gp, ge in _fields(buf, payload, e):
-                if gnum == _GRAPH_INITIALIZER and gwire == 2:
-                    graph.append(_len_field(gnum, _without_data(buf, gp, ge, _TENSOR_DATA_FIELDS)))
-                else:
-                    graph.append(bytes(buf[gf:ge]))
-            out.append(_len_field(number, b"".join(graph)))
-        else:
-            out.append(bytes(buf[f:e]))
-    return b"".join(out)
+def _messages(buf, start: int, end: int, number: int):
+    """(start, end) of each length-delimited field ``number`` of a message."""
+    for n, wire, p, e in _fields(buf, start, end):
+        if n == number:
+            if wire != 2:
+                raise ValueError(f"field {n} has wire type {wire}, expected a message")
+            yield p, e
 
 
-def load_graph(path: str | os.PathLike):
-    """The ONNX model's structure — graph, inputs, outputs, opsets, metadata, and its initializers' names, types and
-    shapes, without their data (read past, never loaded: checking a 300 MB model costs what checking a small one
-    does). UserError for a missing, unreadable or damaged file."""
+def _value_info(buf, start: int, end: int) -> TensorSpec:
+    """ValueInfoProto (name 1, type 2) → TypeProto.tensor_type (1) → elem_type (1), shape (2) → dim (1) →
+    dim_value (1) or dim_param (2)."""
+    name, elem_type, shape = "", 0, []
+    for n, wire, p, e in _fields(buf, start, end):
+        if n == 1 and wire == 2:
+            name = _str(buf, p, e)
+        elif n == 2 and wire == 2:
+            for tp, te in _messages(buf, p, e, 1):
+                for tn, twire, q, qe in _fields(buf, tp, te):
+                    if tn == 1 and twire == 0:
+                        elem_type = _int(buf, q)
+                    elif tn == 2 and twire == 2:
+                        for dp, de in _messages(buf, q, qe, 1):
+                            values = [_int(buf, v) for dn, dw, v, _ in _fields(buf, dp, de) if dn == 1 and dw == 0]
+                            shape.append(values[-1] if values and values[-1] > 0 else None)
+    return TensorSpec(name, tuple(shape), _ONNX_DTYPES.get(elem_type, f"onnx type {elem_type}"))
+
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """A graph node as the checks here read it (the names of ONNX's NodeProto fields)."""
+
+    op_type: str
+    input: tuple[str, ...]
+    output: tuple[str, ...]
+    cast_to: int | None = None  # a Cast's ``to``
+
+
+@dataclass(frozen=True)
+class OnnxStructure:
+    """An ONNX file's opset, graph inputs (initializers left out) and outputs, nodes, and its initializers'
+    data types: read from the protocol-buffer fields themselves, past the weights' bytes."""
+
+    opset: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    node: tuple[OnnxNode, ...]
+    initializer_types: dict
+
+
+def _node(buf, start: int, end: int) -> OnnxNode:
+    """NodeProto: input 1, output 2, op_type 4, attribute 5 (AttributeProto: name 1, i 3)."""
+    inputs, outputs, op_type, cast_to = [], [], "", None
+    for n, wire, p, e in _fields(buf, start, end):
+        if wire != 2:
+            continue
+        if n == 1:
+            inputs.append(_str(buf, p, e))
+        elif n == 2:
+            outputs.append(_str(buf, p, e))
+        elif n == 4:
+            op_type = _str(buf, p, e)
+        elif n == 5:
+            attr = {an: (_str(buf, ap, ae) if aw == 2 else _int(buf, ap) if aw == 0 else None)
+                    for an, aw, ap, ae in _fields(buf, p, e) if an in (1, 3)}
+            if attr.get(1) == "to" and isinstance(attr.get(3), int):
+                cast_to = attr[3]
+    return OnnxNode(op_type, tuple(inputs), tuple(outputs), cast_to if op_type == "Cast" else None)
+
+
+def _structure(buf) -> OnnxStructure:
+    """ModelProto: opset_import 8 (domain 1, version 2), graph 7. GraphProto: node 1, initializer 5 (TensorProto:
+    data_type 2, name 8), input 11, output 12."""
+    opset, graph = 0, None
+    for n, wire, p, e in _fields(buf, 0, len(buf)):
+        if n == 8 and wire == 2:
+            entry = {fn: (_str(buf, fp, fe) if fw == 2 else _int(buf, fp)) for fn, fw, fp, fe in _fields(buf, p, e)
+                     if (fn, fw) in ((1, 2), (2, 0))}
+            if entry.get(1, "") in ("", "ai.onnx"):
+                opset = entry.get(2, 0)
+        elif n == 7:
+            if wire != 2:
+                raise ValueError("the graph field is not a message")
+            graph = (p, e)
+    if graph is None:
+        raise ValueError("no graph")
+    nodes, inputs, outputs, init_types = [], [], [], {}
+    for n, wire, p, e in _fields(buf, *graph):
+        if wire != 2:
+            continue
+        if n == 1:
+            nodes.append(_node(buf, p, e))
+        elif n == 5:
+            name, dtype = "", 0
+            for tn, tw, q, qe in _fields(buf, p, e):  # reads past the data fields without copying them
+                if tn == 8 and tw == 2:
+                    name = _str(buf, q, qe)
+                elif tn == 2 and tw == 0:
+                    dtype = _int(buf, q)
+            init_types[name] = dtype
+        elif n == 11:
+            inputs.append(_value_info(buf, p, e))
+        elif n == 12:
+            outputs.append(_value_info(buf, p, e))
+    return OnnxStructure(int(opset), tuple(i for i in inputs if i.name not in init_types), tuple(outputs),
+                         tuple(nodes), init_types)
+
+
+def read_structure(path: str | os.PathLike) -> OnnxStructure:
+    """The ONNX model's structure — opset, inputs, outputs, nodes, initializers' data types — without its weights
+    (read past in a memory map, never loaded: a 300 MB model is checked as fast as a small one) and without
+    importing ONNX's package (numpy and protobuf: not needed to build an engine from it). UserError for a missing,
+    unreadable or damaged file."""
     import mmap
-
-    import onnx
 
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an ONNX file")
+    problem = "empty file"
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise ValueError("empty file")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                data = _structure_bytes(memoryview(buf))
-        model = onnx.ModelProto()
-        model.ParseFromString(data)
-        if not model.HasField("graph"):
-            raise ValueError("no graph")
-        return model
+            if os.fstat(f.fileno()).st_size:
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                    view = memoryview(buf)
+                    try:
+                        return _structure(view)
+                    except Exception as e:  # a damaged or foreign file: a truncated field, a bad wire type or UTF-8
+                        problem = f"{type(e).__name__}: {e}"  # (the traceback, and its views of the map, go here)
+                    finally:
+                        view.release()
     except FileNotFoundError:
         raise UserError(f"ONNX file {path} not found") from None
     except PermissionError:
         raise UserError(f"{path}: permission denied") from None
-    except Exception as e:  # a damaged or foreign file: a truncated field, an unknown wire type, DecodeError
+    except OSError as e:  # a FIFO, a symbolic-link loop, an I/O error
         raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+    raise UserError(f"{path} is not a readable ONNX model ({problem})")
 
 
 def output_is_softmax(graph, output_name: str) -> bool:
-    """Whether the graph output is produced by a Softmax (through shape-only ops such as Reshape or Cast)."""
+    """Whether the graph output is produced by a Softmax (through shape-only ops such as Reshape or Cast); ``graph``
+    has ``node`` (an :class:`OnnxStructure` or ONNX's GraphProto)."""
     producer = {out: node for node in graph.node for out in node.output}
     name, seen = output_name, set()
     while name in producer and name not in seen:
@@ -282,27 +352,18 @@ def output_is_softmax(graph, output_name: str) -> bool:
 
 def inspect_onnx(path: str | os.PathLike, dtypes: Sequence[str] = FLOAT_TYPES) -> OnnxIO:
     """An ONNX file's checked I/O (:func:`check_classifier_io`), opset, and whether it is Q/DQ, FP16 or ends in a
-    Softmax — read without its external weights."""
-    import onnx
-
-    model = load_graph(path)
-    g = model.graph
-    init_names = {t.name for t in g.initializer}
-    inputs = [_tensor_spec(i) for i in g.input if i.name not in init_names]
-    io = check_classifier_io(inputs, [_tensor_spec(o) for o in g.output], str(path), dtypes)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    ops = {n.op_type for n in g.node}
-    has_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
-        for n in g.node
-    )
-    return OnnxIO(io=io, opset=int(opset), has_qdq=bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
-                  has_fp16=has_fp16, outputs_probabilities=output_is_softmax(g, io.output.name))
+    Softmax — read without its weights (:func:`read_structure`)."""
+    model = read_structure(path)
+    io = check_classifier_io(model.inputs, model.outputs, str(path), dtypes)
+    ops = {n.op_type for n in model.node}
+    has_fp16 = _FLOAT16 in model.initializer_types.values() or any(n.cast_to == _FLOAT16 for n in model.node)
+    return OnnxIO(io=io, opset=model.opset, has_qdq=bool(ops & {"QuantizeLinear", "DequantizeLinear"}),
+                  has_fp16=has_fp16, outputs_probabilities=output_is_softmax(model, io.output.name))
 
 
 def onnx_output_is_softmax(path: str | os.PathLike, output_name: str) -> bool:
     """:func:`output_is_softmax` of an ONNX file; False when the file cannot be read here."""
     try:
-        return output_is_softmax(load_graph(path).graph, output_name)
+        return output_is_softmax(read_structure(path), output_name)
     except UserError:
         return False
