@@ -435,6 +435,25 @@ def test_exact_histogram_is_numpys_bin_for_bin():
                                                         np.histogram(data, 8, range=r), strict=True))
 
 
+def test_min_max_is_numpys_min_and_max():
+    """The two-thread min and max the collector reads each tensor with: numpy's values and types, NaN and ±inf
+    included, for arrays below and above the size it splits at."""
+    from trt_res2net.precision.ort_calibration import HISTOGRAM_CHUNK, min_max
+
+    rng = np.random.default_rng(1)
+    for n in (1, 1000, 2 * HISTOGRAM_CHUNK + 7):
+        x = rng.standard_normal(n).astype(np.float32)
+        cases = [x, np.maximum(x, 0)]
+        for special in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y[len(y) // 2] = special
+            cases.append(y)
+        for data in cases:
+            got, want = min_max(data), (np.min(data), np.max(data))
+            assert [type(v) for v in got] == [type(v) for v in want]
+            np.testing.assert_array_equal(np.array(got), np.array(want))
+
+
 def test_calibration_runs_on_cuda_where_onnx_runtime_has_it(monkeypatch):
     import onnxruntime as ort
 

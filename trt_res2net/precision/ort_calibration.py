@@ -75,15 +75,26 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def exact_histogram(data: np.ndarray, bins: int, range: tuple) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
+def min_max(data: np.ndarray) -> tuple:
+    """``(np.min(data), np.max(data))`` of a 1-D array, the same values (NaN included), in one part per histogram
+    thread."""
+    if data.size < 2 * HISTOGRAM_CHUNK:
+        return np.min(data), np.max(data)
+    parts = list(_pool().map(lambda part: (np.min(part), np.max(part)), np.array_split(data, HISTOGRAM_THREADS)))
+    return np.min(np.array([lo for lo, _ in parts])), np.max(np.array([hi for _, hi in parts]))
+
+
+def exact_histogram(data: np.ndarray, bins: int, range: tuple,  # noqa: A002
+                    data_min_max: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``numpy.histogram(data, bins, range=range)`` for a 1-D float array, bit for bit: the same edges and, for every
     element, the same bin. Faster when the data lie within the range (no masking; chunks on two threads); numpy
-    itself otherwise (values outside it, NaN, an empty range)."""
+    itself otherwise (values outside it, NaN, an empty range). ``data_min_max``: :func:`min_max` of ``data`` when
+    the caller has it already (not read again)."""
     lo, hi = range
     edges = _edges(data, bins, lo, hi)
     if data.size == 0 or not lo < hi:
         return np.histogram(data, bins, range=(lo, hi))
-    dmin, dmax = np.min(data), np.max(data)
+    dmin, dmax = data_min_max if data_min_max is not None else min_max(data)
     if not (np.isfinite(dmin) and np.isfinite(dmax) and dmin >= lo and dmax <= hi):
         return np.histogram(data, bins, range=(lo, hi))
     chunks = [data[i:i + HISTOGRAM_CHUNK] for i in builtins_range(0, data.size, HISTOGRAM_CHUNK)]
@@ -97,14 +108,17 @@ def exact_histogram(data: np.ndarray, bins: int, range: tuple) -> tuple[np.ndarr
 builtins_range = range  # the builtin, shadowed by exact_histogram's numpy-style keyword
 
 
-def merge_histogram(old_histogram, data_arr, new_min, new_max, new_threshold):
+def merge_histogram(old_histogram, data_arr, new_min, new_max, new_threshold, data_min_max=None):
     """ONNX Runtime's ``HistogramCollector.merge_histogram`` (1.24), with :func:`exact_histogram` for numpy's."""
     (old_hist, old_hist_edges, old_min, old_max, old_threshold) = old_histogram
+    known = data_min_max
     if new_threshold <= old_threshold:
-        new_hist, _ = exact_histogram(data_arr, len(old_hist), range=(-old_threshold, old_threshold))
+        new_hist, _ = exact_histogram(data_arr, len(old_hist), range=(-old_threshold, old_threshold),
+                                      data_min_max=known)
         return (new_hist + old_hist, old_hist_edges, min(old_min, new_min), max(old_max, new_max), old_threshold)
     if old_threshold == 0:
-        hist, hist_edges = exact_histogram(data_arr, len(old_hist), range=(-new_threshold, new_threshold))
+        hist, hist_edges = exact_histogram(data_arr, len(old_hist), range=(-new_threshold, new_threshold),
+                                           data_min_max=known)
         hist += old_hist
     else:
         old_num_bins = len(old_hist)
@@ -112,7 +126,8 @@ def merge_histogram(old_histogram, data_arr, new_min, new_max, new_threshold):
         half_increased_bins = int((new_threshold - old_threshold) // old_stride + 1)
         new_num_bins = old_num_bins + 2 * half_increased_bins
         new_threshold = half_increased_bins * old_stride + old_threshold
-        hist, hist_edges = exact_histogram(data_arr, new_num_bins, range=(-new_threshold, new_threshold))
+        hist, hist_edges = exact_histogram(data_arr, new_num_bins, range=(-new_threshold, new_threshold),
+                                           data_min_max=known)
         hist[half_increased_bins: new_num_bins - half_increased_bins] += old_hist
     return (hist, hist_edges, min(old_min, new_min), max(old_max, new_max), new_threshold)
 
@@ -127,8 +142,9 @@ def collect_value(collector, name_to_arr: dict) -> None:
             data = np.asarray(arrays[0]).ravel()
         else:
             data = np.concatenate([np.asarray(a).ravel() for a in arrays])
+        known = None
         if data.size > 0:
-            min_value, max_value = np.min(data), np.max(data)
+            min_value, max_value = known = min_max(data)  # read once, for the range and for the histogram
         else:
             min_value = np.array(0, dtype=data.dtype)
             max_value = np.array(0, dtype=data.dtype)
@@ -137,10 +153,11 @@ def collect_value(collector, name_to_arr: dict) -> None:
         threshold = max(abs(min_value), abs(max_value))
         if tensor in collector.histogram_dict:
             collector.histogram_dict[tensor] = merge_histogram(collector.histogram_dict[tensor], data, min_value,
-                                                               max_value, threshold)
+                                                               max_value, threshold, data_min_max=known)
         else:
             range_max = float(threshold)
-            hist, hist_edges = exact_histogram(data, collector.num_bins, range=(-range_max, range_max))
+            hist, hist_edges = exact_histogram(data, collector.num_bins, range=(-range_max, range_max),
+                                               data_min_max=known)
             collector.histogram_dict[tensor] = (hist, hist_edges, min_value, max_value, threshold)
 
 
