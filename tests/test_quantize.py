@@ -499,3 +499,37 @@ def test_light_shape_inference_returns_what_onnx_returns(tiny_onnx):
     for kwargs in ({}, {"strict_mode": True}, {"data_prop": True}, {"check_type": True, "strict_mode": True}):
         assert light(model, **kwargs).SerializeToString() == original(model, **kwargs).SerializeToString()
     assert model.SerializeToString() == before
+
+
+def test_the_size_check_without_serializing_bounds_the_size_and_defers_near_the_limit(tiny_onnx, monkeypatch):
+    """modelopt_bridge.serialized_size_bound is never below ByteSize (data as raw bytes, as repeated numbers, as
+    strings, as external references; doc strings and metadata), so the check it answers (False: far below the
+    limit) is ModelOpt's; near the limit ModelOpt's own measure answers."""
+    import modelopt.onnx.utils as modelopt_utils
+
+    from trt_res2net.precision.modelopt_bridge import _too_large_for_protobuf, serialized_size_bound
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    inits = [helper.make_tensor("a", TensorProto.FLOAT, [4], [1.0, -2.0, 3.5, 1e30]),  # float_data
+             numpy_helper.from_array(np.arange(4, dtype=np.int64), "b"),  # raw_data
+             helper.make_tensor("c", TensorProto.STRING, [2], [b"x" * 300, b""]),
+             helper.make_tensor("d", TensorProto.INT64, [3], [-1, 2**62, 0])]
+    ext = helper.make_tensor("e", TensorProto.FLOAT, [4], [0.0] * 4)
+    ext.ClearField("float_data")
+    ext.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "weights.bin"), ("offset", str(1 << 40)), ("length", "16")):
+        ext.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "a"], ["y"], doc_string="d" * 1000)], "g" * 200, [x],
+                              [y], [*inits, ext], doc_string="graph " * 500)
+    odd = helper.make_model(graph, doc_string="model " * 500, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(odd, {"k" * 50: "v" * 5000})
+    asked = []
+    check = _too_large_for_protobuf(lambda m: asked.append(m) or "modelopt's answer")
+    for model in (onnx.load(str(tiny_onnx)), odd):
+        assert serialized_size_bound(model) >= model.ByteSize()
+        assert check(model) is False and not asked
+        monkeypatch.setattr(onnx.checker, "MAXIMUM_PROTOBUF", 2 * serialized_size_bound(model))  # at the edge
+        assert _too_large_for_protobuf(lambda m: "modelopt's answer")(model) == "modelopt's answer"
+        monkeypatch.undo()
+    assert modelopt_utils.is_model_too_large_for_protobuf(odd) is False  # what ModelOpt's own says of it

@@ -255,22 +255,64 @@ def light_infer_shapes(original):
     return infer
 
 
+def serialized_size_bound(model) -> int:
+    """An upper bound of ``model.ByteSize()`` read from the fields' lengths, without serializing anything large: the
+    initializers' data, every node, input, output and value_info's own size, 16 bytes per field for its tag and
+    length, and a MiB for the small fields. (upb's ``ByteSize`` serializes the model to measure it.)"""
+    g = model.graph
+    size = 1 << 20
+    size += len(model.doc_string) + len(g.doc_string) + len(g.name)
+    size += sum(len(p.key) + len(p.value) + 16 for p in model.metadata_props)
+    for t in g.initializer:
+        size += (len(t.raw_data) + 8 * (len(t.float_data) + len(t.int32_data) + len(t.int64_data)
+                                        + len(t.double_data) + len(t.uint64_data))
+                 + sum(len(x) + 16 for x in t.string_data) + sum(e.ByteSize() + 16 for e in t.external_data)
+                 + len(t.name) + len(t.doc_string) + 11 * len(t.dims) + 64)
+    for field in (g.node, g.input, g.output, g.value_info, g.sparse_initializer, g.quantization_annotation,
+                  model.opset_import, model.functions, model.training_info):
+        size += sum(m.ByteSize() + 16 for m in field)
+    return size
+
+
+def _too_large_for_protobuf(original):
+    """ModelOpt's ``is_model_too_large_for_protobuf`` (0.47), which measures the model with ``ByteSize`` — a 300 MB
+    serialization for res2net200, about ten times per quantization —, answered without it when
+    :func:`serialized_size_bound` is below half the limit (the answer is then certainly False); ModelOpt's own
+    measure otherwise."""
+    import onnx
+
+    limit = onnx.checker.MAXIMUM_PROTOBUF
+
+    def check(model) -> bool:
+        if isinstance(model, onnx.ModelProto) and model.HasField("graph") and model.graph.node \
+                and serialized_size_bound(model) < limit // 2:
+            return False
+        return original(model)
+
+    return check
+
+
 @contextlib.contextmanager
 def _modelopt_fast_paths():
-    """ModelOpt with :func:`_cleanup_no_consumer_nodes` in place of its quadratic one and shape inference through
-    :func:`light_infer_shapes`, for one call (both give ModelOpt what its own would)."""
+    """ModelOpt with :func:`_cleanup_no_consumer_nodes` in place of its quadratic one, shape inference through
+    :func:`light_infer_shapes` and its model-size check through :func:`_too_large_for_protobuf`, for one call (each
+    gives ModelOpt what its own would)."""
+    import modelopt.onnx.utils as modelopt_utils
     import onnx.shape_inference
     from modelopt.onnx.autocast.precisionconverter import PrecisionConverter
 
     original = PrecisionConverter._cleanup_no_consumer_nodes
     original_infer = onnx.shape_inference.infer_shapes
+    original_size_check = modelopt_utils.is_model_too_large_for_protobuf
     PrecisionConverter._cleanup_no_consumer_nodes = _cleanup_no_consumer_nodes
     onnx.shape_inference.infer_shapes = light_infer_shapes(original_infer)
+    modelopt_utils.is_model_too_large_for_protobuf = _too_large_for_protobuf(original_size_check)
     try:
         yield
     finally:
         PrecisionConverter._cleanup_no_consumer_nodes = original
         onnx.shape_inference.infer_shapes = original_infer
+        modelopt_utils.is_model_too_large_for_protobuf = original_size_check
 
 
 @contextlib.contextmanager
