@@ -15,7 +15,8 @@ each version prints on stdout when a step ends, and the largest RSS of the proce
 
 Part 2 — ``build.py --onnx X --engine-family tensorrt-rtx --quiet`` against the polygraphy line its manifest
 records (``POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy convert X --convert-to trt ...``), alternating, ``--runs`` each,
-for res2net50 fp32, and the FP16 and INT8 ONNX of ``--model``: wall time and peak RSS, medians and ratios.
+for res2net50 fp32, and the FP16 and INT8 ONNX of ``--model``: wall time, CPU time and peak RSS, medians and
+ratios.
 
 Needs the rtx and quant extras (and git for --before). Takes about 4 × (old + new build) + part 2: ~15-20 minutes
 for res2net200 on 2 cores. ``--wait-quiet S`` waits before each run for the machine to be idle (other work on two
@@ -216,16 +217,20 @@ def polygraphy_ratios(args, work: Path, images: Path) -> list[dict]:
                "polygraphy_s": statistics.median(r["wall_s"] for r in their_runs),
                "build_py_peak_mib": statistics.median(r["peak_rss_mib"] for r in ours_runs),
                "polygraphy_peak_mib": statistics.median(r["peak_rss_mib"] for r in their_runs),
+               "build_py_cpu_s": statistics.median(r["cpu_s"] for r in ours_runs),
+               "polygraphy_cpu_s": statistics.median(r["cpu_s"] for r in their_runs),
                "build_py_runs_s": [round(r["wall_s"], 2) for r in ours_runs],
                "polygraphy_runs_s": [round(r["wall_s"], 2) for r in their_runs],
                "same_size": engine.stat().st_size == theirs_engine.stat().st_size,
                "polygraphy_command": line, "first_build_py_stdout": [x for _, x in first["lines"]]}
         row["time_ratio"] = round(row["build_py_s"] / row["polygraphy_s"], 3)
         row["memory_ratio"] = round(row["build_py_peak_mib"] / row["polygraphy_peak_mib"], 3)
+        row["cpu_ratio"] = round(row["build_py_cpu_s"] / row["polygraphy_cpu_s"], 3)
         rows.append(row)
         print(f"{label}: build.py {row['build_py_s']:.2f} s / {row['build_py_peak_mib']:.0f} MiB, polygraphy "
               f"{row['polygraphy_s']:.2f} s / {row['polygraphy_peak_mib']:.0f} MiB → {row['time_ratio']}×, "
-              f"{row['memory_ratio']}×", flush=True)
+              f"{row['memory_ratio']}×; CPU {row['build_py_cpu_s']:.2f} s against {row['polygraphy_cpu_s']:.2f} s → "
+              f"{row['cpu_ratio']}×", flush=True)
     return rows
 
 
