@@ -96,6 +96,12 @@ def test_onnx_only_repository(tiny_onnx, tmp_path):
         for module in T.VENDORED_MODULES:
             assert (vendored / module).read_bytes() == (ROOT / "trt_res2net" / module).read_bytes()
         assert (repo / f"{NAME}_{model}/1/model.py").is_file()
+        # what the models import of it imports with nothing but the vendored copy (each module's own imports too)
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
+                f"[importlib.import_module('{T.VENDORED_PACKAGE}.' + m[:-3].replace('/', '.')) for m in sys.argv[2:]]")
+        proc = subprocess.run([sys.executable, "-c", code, str(vendored.parent), *T.VENDORED_MODULES],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-1500:]
     pre = cfg[f"{NAME}_preprocess"]
     assert pre.parameters["preprocess_sha256"].string_value == SPEC.sha256()
     labels = (repo / f"{NAME}_postprocess/labels.txt").read_text(encoding="utf-8").splitlines()

@@ -64,7 +64,8 @@ IMAGE, PIXELS, SCORES = "IMAGE", "PIXELS", "SCORES"
 ENSEMBLE_OUTPUTS = ("PROBABILITIES", "TOPK_IDS", "TOPK_SCORES", "TOPK_LABELS")
 VENDORED_PACKAGE = "trt_res2net_vendored"
 # The modules copied byte for byte, in their subpackages (their relative imports keep working there).
-VENDORED_MODULES = ("core/errors.py", "data/image_header.py", "data/preprocess.py", "data/postprocess.py")
+VENDORED_MODULES = (
+    "core/errors.py", "core/lazy.py", "data/image_header.py", "data/preprocess.py", "data/postprocess.py")
 TEMPLATES = {"preprocess": "preprocess_model.py", "postprocess": "postprocess_model.py",
              "classifier_python": "onnx_classifier_model.py"}
 INSTALL_HINT = "pip install 'trt-res2net[triton]' (tritonclient, whose model_config_pb2 is Triton's ModelConfig proto)"
