@@ -317,11 +317,9 @@ def _resolve_precision(asked: str | None, onnx_io, onnx_path: str | None) -> str
 def _model_name_of(onnx: Path, onnx_io) -> str:
     """The engine's name stem for a given ONNX: its file stem, less the ``_fp16`` / ``_int8`` that this tool (or
     the user) put on an ONNX already of that precision, so that it does not appear twice in the engine's name."""
+    done = None if onnx_io is None else "int8" if onnx_io.has_qdq else "fp16" if onnx_io.has_fp16 else None
     stem = onnx.stem
-    done = "int8" if onnx_io is not None and onnx_io.has_qdq else "fp16" if onnx_io is not None and onnx_io.has_fp16 \
-        else None
-    suffix = f"_{done}"
-    return stem[: -len(suffix)] if done and stem.endswith(suffix) and len(stem) > len(suffix) else stem
+    return stem.removesuffix(f"_{done}") if done and stem != f"_{done}" else stem
 
 
 def _precision_out(args, precision: str, fp32_path: Path | None, eng_opts) -> Path | None:

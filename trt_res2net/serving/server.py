@@ -560,10 +560,10 @@ class TritonServer:
         self.ready = True
 
     def warm_up_ensembles(self) -> None:
-        """Send each loaded ensemble its first step's warm-up image, WARMUP_ROUNDS times as many at once as that
-        step has instances. Triton cannot warm an ensemble (``model_warmup`` is per model), and a fresh ensemble's
-        first request paid about 40 ms more than the next (measured: 74 ms, then 33-36; after one round, 32-36).
-        A failure here is the server's first request failing: reported by the request that meets it, not here."""
+        """Send each loaded ensemble its first step's warm-up image, WARMUP_ROUNDS times as many at once as its
+        busiest step has instances. Triton cannot warm an ensemble (``model_warmup`` is per model), and a fresh
+        ensemble's first request paid about 40 ms more than the next (measured: 74 ms, then 33-36; after one round,
+        32-36). A failure here is the server's first request failing: reported by the request that meets it."""
         for name in self.models:
             config = self.configs[name]
             if config.platform != "ensemble" or not config.ensemble_scheduling.step:
