@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""Throughput and p50/p99 latency against concurrency: the served ensemble vs infer.py's in-process path.
+"""Throughput and p50/p99 latency against concurrency: the served model vs infer.py's in-process path.
 
     .venv-serve/bin/python benchmarks/bench_triton.py [--model res2net50_vd_26w_4s] [--concurrency 1 4 16]
-        [--requests 48] [--runs 3] [--images 24] [--protocol grpc] [--client auto|perf_analyzer|loop]
+        [--requests 192] [--runs 3] [--images 24] [--protocol grpc] [--client auto|perf_analyzer|loop]
         [--onnx PATH] [--json out.json] [--triton-instances N] [--triton-queue-delay-us US] ...
 
 Runs in the serving environment (``pip install -e '.[serve]'``: tritonclient, nvidia-pytriton's tritonserver,
 perf_analyzer) — both paths in the same run, on the same images, taking turns in each of --runs rounds; medians
 reported. The model is exported with seeded random weights (speed does not depend on them) unless --onnx names
 an export; the repository is ``build.py --triton-repo``'s, served by ``serve.py`` on loopback (the
-``<model>_python`` ensemble: image bytes → preprocessing → ONNX Runtime in the Python backend → top-5).
+``<model>_python`` model: image bytes → preprocessing → ONNX Runtime → top-5 in one Python-backend process).
 The images are --images JPEGs at typical ImageNet validation sizes made from tests/data's photographs.
 
 Per concurrency C (C requests in flight, one image each):
@@ -19,7 +19,7 @@ Per concurrency C (C requests in flight, one image each):
   client threads sending --requests requests (``--client loop``);
 - in process: C threads each doing what infer.py does for one image — read, decode and preprocess
   (``trt_res2net.data.preprocess``), ONNX Runtime (``OnnxRuntimeBackend``, one session shared), softmax and top-5 —
-  --requests images in all;
+  --requests images in all, measured just before and just after the served point (their mean is the baseline);
 - and once per round, ``Classifier.classify`` over all images at infer.py's default batch 8 (images/s).
 Each point also gets CPU milliseconds per image — served: the CPU time of tritonserver's process group (server and
 Python backend stubs) plus the client's, over the requests the server counted; in process: this process's — which
@@ -195,7 +195,7 @@ def with_cpu(server: Served, model: str, measure, steps: dict[str, str]) -> dict
             a, b = a[k], b[k]
         return int(a) - int(b)
 
-    k = "classifier"
+    k = next(iter(steps))
     mean_batch = delta(k, "inference_count") / max(delta(k, "execution_count"), 1)
     per_step = {}
     for role in steps:
@@ -331,7 +331,8 @@ def main() -> int:
     p.add_argument("--model", default="res2net50_vd_26w_4s")
     p.add_argument("--onnx", metavar="PATH", help="an existing export of --model (default: export one)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=48, help="requests (images) per measurement (default 48)")
+    p.add_argument("--requests", type=int, default=192,
+                   help="requests (images) per measurement window (default 192: about 5 s on 2 cores)")
     p.add_argument("--runs", type=int, default=3, help="rounds; medians reported (default 3)")
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
@@ -367,9 +368,8 @@ def main() -> int:
             onnx = write_onnx(spec, weights.random_weights(spec, seed=0), tmp / f"{args.model}.onnx")
         options = TritonOptions(**chosen)
         write_triton_repository(tmp / "repo", onnx, model_name=args.model, options=options)
-        ensemble = f"{args.model}_python"
-        steps = {"preprocess": f"{args.model}_preprocess", "classifier": f"{args.model}_classifier_python",
-                 "postprocess": f"{args.model}_postprocess"}
+        served_model = f"{args.model}_python"
+        steps = {"pipeline": served_model}
         pa = None if args.client == "loop" else perf_analyzer_command()
         if args.client == "perf_analyzer" and pa is None:
             raise SystemExit("perf_analyzer cannot run here")
@@ -387,20 +387,26 @@ def main() -> int:
                     if args.wait_quiet:
                         rnd.setdefault("busy", {})[c] = wait_quiet(args.wait_quiet, server.pgid)
 
+                    before = in_process(backend, paths, c, args.requests)
+
                     def loop(c=c):
-                        return served_loop(server, ensemble, blobs, c, args.requests, args.protocol)
+                        return served_loop(server, served_model, blobs, c, args.requests, args.protocol)
 
                     if pa:
                         try:
-                            rnd["served"][c] = with_cpu(server, ensemble, lambda c=c: served_perf_analyzer(
-                                *pa, server, ensemble, input_json, c, args.requests, args.protocol, tmp), steps)
+                            rnd["served"][c] = with_cpu(server, served_model, lambda c=c: served_perf_analyzer(
+                                *pa, server, served_model, input_json, c, args.requests, args.protocol, tmp), steps)
                         except RuntimeError:  # no stable measurement on a busy machine: the loop instead
                             print(f"C={c}: perf_analyzer found no stable measurement; the client loop measures "
                                   "this point", file=sys.stderr)
-                            rnd["served"][c] = with_cpu(server, ensemble, loop, steps)
+                            rnd["served"][c] = with_cpu(server, served_model, loop, steps)
                     else:
-                        rnd["served"][c] = with_cpu(server, ensemble, loop, steps)
-                    rnd["in_process"][c] = in_process(backend, paths, c, args.requests)
+                        rnd["served"][c] = with_cpu(server, served_model, loop, steps)
+                    # In process just before and just after the served measurement: what the machine gave the
+                    # served path, bracketed; the mean of the two is the baseline of this round.
+                    around = [before, in_process(backend, paths, c, args.requests)]
+                    rnd["in_process"][c] = {k: statistics.mean(m[k] for m in around) for k in around[0]}
+                    rnd["in_process"][c]["bracket_images_per_s"] = [m["images_per_s"] for m in around]
                     print(f"round {r + 1}: C={c:>2}  served {rnd['served'][c]['images_per_s']:6.2f} img/s "
                           f"(batches of {rnd['served'][c]['mean_batch']:.1f}; per request: "
                           + ", ".join(f"{role} {v['queue_ms']:.0f}+{v['compute_ms']:.0f} ms" for role, v in
@@ -414,11 +420,16 @@ def main() -> int:
 
     rows = []
     for c in args.concurrency:
+        # served ÷ in process within each round (the two measured side by side), then the median over the rounds
+        ratios = [rnd["served"][c]["images_per_s"] / rnd["in_process"][c]["images_per_s"] for rnd in rounds]
         for what in ("served", "in_process"):
             figures = {k: round(statistics.median(rnd[what][c][k] for rnd in rounds), 2)
                        for k in ("images_per_s", "p50_ms", "p99_ms", "cpu_ms_per_image")}
             clients = sorted({rnd[what][c].get("client", "threads") for rnd in rounds})
-            rows.append({"path": what, "concurrency": c, **figures, "measured_by": "+".join(clients)})
+            rows.append({"path": what, "concurrency": c, **figures, "measured_by": "+".join(clients),
+                         **({"served_over_in_process": round(statistics.median(ratios), 3),
+                             "served_over_in_process_per_round": [round(r, 3) for r in ratios]}
+                            if what == "served" else {})})
     batch8 = round(statistics.median(rnd["infer_py_batch8"] for rnd in rounds), 2)
     import onnxruntime
 
@@ -430,10 +441,13 @@ def main() -> int:
            "queue_timeout_ms": options.queue_timeout_ms}
     print(f"{args.model}, {client} over {args.protocol}, median of {args.runs} runs, {args.requests} requests "
           f"of one image per measurement, {os.cpu_count()} CPUs shared by server and client")
-    print(f"{'path':12s} {'C':>3s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms/img':>10s}  measured by")
+    print(f"{'path':12s} {'C':>3s} {'img/s':>8s} {'ratio':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms/img':>10s}  "
+          "measured by")
     for row in rows:
-        print(f"{row['path']:12s} {row['concurrency']:>3d} {row['images_per_s']:>8.2f} {row['p50_ms']:>8.1f} "
-              f"{row['p99_ms']:>8.1f} {row['cpu_ms_per_image']:>10.1f}  {row['measured_by']}")
+        ratio = f"{row['served_over_in_process']:.3f}" if "served_over_in_process" in row else ""
+        print(f"{row['path']:12s} {row['concurrency']:>3d} {row['images_per_s']:>8.2f} {ratio:>6s} "
+              f"{row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['cpu_ms_per_image']:>10.1f}  {row['measured_by']}")
+    print("ratio: served ÷ in process, the median over the rounds of each round's ratio")
     print(f"infer.py's own loop (Classifier.classify, batch 8, 2 decode threads): {batch8:.2f} img/s")
     print(f"queue settings: each model rejects a request queued over {options.queue_timeout_ms} ms, or past "
           f"{options.queue_size(options.max_batch or 32)} waiting requests")

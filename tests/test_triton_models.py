@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -49,6 +50,28 @@ class TritonError(Exception):
 class Request:
     def __init__(self, **tensors):
         self.tensors = {k: Tensor(k, v) for k, v in tensors.items()}
+        self.sent = []
+        self.done = threading.Event()
+
+    def get_response_sender(self):
+        return Sender(self)
+
+
+class Sender:
+    """The response sender: one response with the final flag per request (the default mode's rule)."""
+
+    def __init__(self, request):
+        self.request = request
+
+    def send(self, response=None, flags=0):
+        assert not self.request.done.is_set(), "a response after the final one"
+        self.request.sent.append(response)
+        if flags == FINAL:
+            assert len(self.request.sent) == 1, "the default mode allows one response per request"
+            self.request.done.set()
+
+
+FINAL = 1
 
 
 @pytest.fixture
@@ -57,6 +80,7 @@ def pb_utils(monkeypatch):
     fake.Tensor, fake.InferenceResponse, fake.TritonError = Tensor, Response, TritonError
     fake.TritonModelException = RuntimeError
     fake.get_input_tensor_by_name = lambda request, name: request.tensors[name]
+    fake.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
     return fake
 
@@ -107,8 +131,8 @@ def test_preprocess_model_batches_requests_and_fails_a_corrupt_one_alone(repo, p
 def test_preprocess_model_refuses_oversized_images_before_decoding(repo, pb_utils, monkeypatch):
     model = load(repo, "tiny_preprocess", monkeypatch)
     submitted = []
-    real_submit = model.pool.submit
-    monkeypatch.setattr(model.pool, "submit", lambda *a, **k: submitted.append(a) or real_submit(*a, **k))
+    real_submit = model.step.pool.submit
+    monkeypatch.setattr(model.step.pool, "submit", lambda *a, **k: submitted.append(a) or real_submit(*a, **k))
     photo = imf.PHOTOS[0].read_bytes()
     bomb, big = imf.png_bomb(), imf.oversized_jpeg(60_000_000)
     good, refused, too_big, server_fault = model.execute([
@@ -126,7 +150,7 @@ def test_preprocess_model_refuses_oversized_images_before_decoding(repo, pb_util
 
 def test_an_unexpected_failure_is_a_server_error_for_its_request_only(repo, pb_utils, monkeypatch):
     model = load(repo, "tiny_preprocess", monkeypatch)
-    namespace = type(model).execute.__globals__  # the model.py module's
+    namespace = vars(sys.modules[type(model.step).__module__])  # the vendored steps module's
     photo = imf.PHOTOS[0].read_bytes()
     real = namespace["preprocess"]
 
@@ -142,13 +166,58 @@ def test_an_unexpected_failure_is_a_server_error_for_its_request_only(repo, pb_u
     model.finalize()
 
 
-def test_classifier_and_postprocess_models_give_infer_pys_numbers(repo, tiny_onnx, pb_utils, monkeypatch):
+def answers(requests, timeout=60) -> list:
+    """Each request's one response, sent from the pipeline's threads."""
+    for r in requests:
+        assert r.done.wait(timeout), "no final response"
+    return [r.sent[0] for r in requests]
+
+
+def test_the_pipeline_gives_infer_pys_numbers_and_fails_a_bad_image_alone(repo, tiny_onnx, pb_utils, monkeypatch):
+    photos = [p.read_bytes() for p in imf.PHOTOS]
+    x = np.stack([preprocess(p) for p in photos])
+    probs = softmax(OnnxRuntimeBackend(tiny_onnx).run(x))
+    ids, vals = topk(probs, 5)
+    labels = (repo / "tiny_python" / "labels.txt").read_text().splitlines()
+    model = load(repo, "tiny_python", monkeypatch)
+    requests = [Request(IMAGE=images(photos[0])), Request(IMAGE=images(imf.truncated_jpeg())),
+                Request(IMAGE=images(*photos[1:])), Request(IMAGE=images(photos[0], imf.png_bomb()))]
+    assert model.execute(requests) is None  # handed over: the responses come from the pipeline's threads
+    first, bad, rest, bomb = answers(requests)
+    assert "image 0 of the request: truncated JPEG" in str(bad.error) and bad.error.code == "INVALID_ARG"
+    assert "image 1 of the request: PNG of 20000×20000 pixels" in str(bomb.error)
+    assert bomb.error.code == "INVALID_ARG"
+    got = {k: np.concatenate([first.outputs[k], rest.outputs[k]]) for k in first.outputs}
+    np.testing.assert_allclose(got["PROBABILITIES"], probs, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(got["TOPK_IDS"], ids)
+    np.testing.assert_allclose(got["TOPK_SCORES"], vals, rtol=1e-5, atol=1e-6)
+    assert [[b.decode() for b in row] for row in got["TOPK_LABELS"]] == [[labels[i] for i in r] for r in ids]
+    # The batch as one ONNX Runtime run (a GPU's way): the same answers, returned from execute.
+    model.runs = None
+    first_b, bad_b, rest_b, _ = model.execute([Request(IMAGE=r.tensors["IMAGE"].array) for r in requests])
+    assert bad_b.error.code == "INVALID_ARG"
+    np.testing.assert_allclose(np.concatenate([first_b.outputs["PROBABILITIES"], rest_b.outputs["PROBABILITIES"]]),
+                               probs, rtol=1e-5, atol=1e-6)
+    model.finalize()
+
+
+def test_a_server_fault_in_the_pipeline_is_answered_as_one(repo, pb_utils, monkeypatch):
+    model = load(repo, "tiny_python", monkeypatch)
+
+    def broken(batch):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model.classifier.session, "run", lambda *a, **k: broken(a))
+    (r,) = requests = [Request(IMAGE=images(imf.PHOTOS[0].read_bytes()))]
+    model.execute(requests)
+    (response,) = answers(requests)
+    assert response.error.code == "INTERNAL" and "ONNX Runtime failed" in str(response.error)
+    model.finalize()
+
+
+def test_postprocess_model_gives_infer_pys_numbers(repo, tiny_onnx, pb_utils, monkeypatch):
     x = np.stack([preprocess(p) for p in imf.PHOTOS])
-    clf = load(repo, "tiny_classifier_python", monkeypatch)
-    responses = clf.execute([Request(input=x[:1]), Request(input=x[1:])])  # two requests, one ONNX Runtime batch
-    logits = np.concatenate([r.outputs["logits"] for r in responses])
     want = OnnxRuntimeBackend(tiny_onnx).run(x)
-    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
     post = load(repo, "tiny_postprocess", monkeypatch)
     (out,) = post.execute([Request(SCORES=want)])
     probs = softmax(want)
@@ -169,28 +238,3 @@ def test_preprocess_model_refuses_another_spec(repo, pb_utils, monkeypatch, tmp_
     cfg.write_text(text.replace(SPEC.sha256(), "0" * 64))
     with pytest.raises(RuntimeError, match="not the one this repository was exported with"):
         load(copy, "tiny_preprocess", monkeypatch)
-
-
-@pytest.mark.parametrize("batch_runs", ["split", "whole"])
-def test_the_classifier_splits_a_batch_into_concurrent_runs(repo, tiny_onnx, pb_utils, monkeypatch, tmp_path,
-                                                            batch_runs):
-    """The same numbers as one ONNX Runtime run of the batch, whichever way the batch is run."""
-    import shutil
-
-    copy = tmp_path / "repo"
-    shutil.copytree(repo, copy)
-    cfg = copy / "tiny_classifier_python" / "config.pbtxt"
-    text = cfg.read_text().replace('key: "intra_op_threads" value: { string_value: "0" }',
-                                   'key: "intra_op_threads" value: { string_value: "2" }')
-    cfg.write_text(text + f'parameters {{ key: "batch_runs" value: {{ string_value: "{batch_runs}" }} }}\n')
-    clf = load(copy, "tiny_classifier_python", monkeypatch)
-    assert clf.parts == (8 if batch_runs == "split" else 1)
-    x = np.stack([preprocess(p) for p in imf.PHOTOS])
-    responses = clf.execute([Request(input=x[i : i + 1]) for i in range(len(x))] + [Request(input=x)])
-    got = np.concatenate([r.outputs["logits"] for r in responses])
-    want = OnnxRuntimeBackend(tiny_onnx).run(np.concatenate([x, x]))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert [r.outputs["logits"].shape[0] for r in responses] == [1] * len(x) + [len(x)]
-    (one,) = clf.execute([Request(input=x[:1])])  # one row: the multi-threaded session, in one run
-    np.testing.assert_allclose(one.outputs["logits"], want[:1], rtol=1e-5, atol=1e-5)
-    clf.finalize()

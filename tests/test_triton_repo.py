@@ -68,30 +68,39 @@ def test_onnx_only_repository(tiny_onnx, tmp_path):
     assert result.default_ensemble == NAME and result.plan_skipped is None
     assert sorted(p.name for p in repo.iterdir()) == sorted(
         [NAME, f"{NAME}_onnx", f"{NAME}_python", f"{NAME}_preprocess", f"{NAME}_postprocess",
-         f"{NAME}_classifier_onnx", f"{NAME}_classifier_python", T.REPOSITORY_FILE])
+         f"{NAME}_classifier_onnx", T.REPOSITORY_FILE])
+    assert result.image_models == sorted([NAME, f"{NAME}_onnx", f"{NAME}_python"])
     cfg = configs(repo)  # every config.pbtxt parses against model_config_pb2 and passes the cross-checks
     pb2 = T.model_config_pb2()
     for name in (NAME, f"{NAME}_onnx", f"{NAME}_python"):
         e = cfg[name]
-        assert e.platform == "ensemble" and e.max_batch_size == 32
+        assert e.max_batch_size == 32
         (inp,) = e.input
         assert (inp.name, pb2.DataType.Name(inp.data_type), list(inp.dims)) == ("IMAGE", "TYPE_STRING", [1])
         assert {o.name for o in e.output} == set(T.ENSEMBLE_OUTPUTS)
-        assert [s.model_name for s in e.ensemble_scheduling.step] == [
-            f"{NAME}_preprocess", f"{NAME}_classifier_{'python' if name.endswith('python') else 'onnx'}",
-            f"{NAME}_postprocess"]
+        if name != f"{NAME}_python":
+            assert e.platform == "ensemble"
+            assert [s.model_name for s in e.ensemble_scheduling.step] == [
+                f"{NAME}_preprocess", f"{NAME}_classifier_onnx", f"{NAME}_postprocess"]
     onnx_cfg = cfg[f"{NAME}_classifier_onnx"]
     assert onnx_cfg.platform == "onnxruntime_onnx" and onnx_cfg.max_batch_size == 32
     assert onnx_cfg.dynamic_batching.max_queue_delay_microseconds == T.DEFAULT_QUEUE_DELAY_US
     assert [(t.name, list(t.dims)) for t in onnx_cfg.input] == [("input", [3, 224, 224])]
     assert [(t.name, list(t.dims)) for t in onnx_cfg.output] == [("logits", [1000])]
-    py_cfg = cfg[f"{NAME}_classifier_python"]
+    # The pipeline: one Python model, the three steps in one process, warmed up with a real image.
+    py_cfg = cfg[f"{NAME}_python"]
     assert py_cfg.backend == "python" and py_cfg.HasField("dynamic_batching")
     assert pb2.ModelInstanceGroup.Kind.Name(py_cfg.instance_group[0].kind) == "KIND_CPU"
+    assert [w.batch_size for w in py_cfg.model_warmup] == [1, 2]
+    assert py_cfg.parameters["preprocess_sha256"].string_value == SPEC.sha256()
+    assert py_cfg.parameters["outputs_probabilities"].string_value == "false"
+    assert (repo / f"{NAME}_python/warmup/image.bin").read_bytes() == (
+        repo / f"{NAME}_preprocess/warmup/image.bin").read_bytes()
+    assert (repo / f"{NAME}_python/labels.txt").read_text(encoding="utf-8").splitlines() == load_labels()
     # The files: the same ONNX bytes twice, the templates, the vendored modules byte for byte, the labels.
-    for model in ("classifier_onnx", "classifier_python"):
+    for model in ("classifier_onnx", "python"):
         assert (repo / f"{NAME}_{model}/1/model.onnx").read_bytes() == Path(tiny_onnx).read_bytes()
-    for model in ("preprocess", "postprocess"):
+    for model in ("preprocess", "postprocess", "python"):
         vendored = repo / f"{NAME}_{model}/1/{T.VENDORED_PACKAGE}"
         for module in T.VENDORED_MODULES:
             assert (vendored / module).read_bytes() == (ROOT / "trt_res2net" / module).read_bytes()
@@ -110,6 +119,7 @@ def test_onnx_only_repository(tiny_onnx, tmp_path):
     record = json.loads((repo / T.REPOSITORY_FILE).read_text())
     assert record["engine"] is None and record["onnx"]["sha256"] == M.sha256_file(tiny_onnx)
     assert record["ensembles"][NAME]["classifier"] == f"{NAME}_classifier_onnx"
+    assert record["pipeline"] == f"{NAME}_python" and f"{NAME}_python" not in record["ensembles"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".repo.")]  # no temporary folder left
 
 
@@ -133,7 +143,8 @@ def test_standard_engine_becomes_a_tensorrt_plan(tiny_onnx, tmp_path):
     assert [s.model_name for s in cfg[NAME].ensemble_scheduling.step][1] == f"{NAME}_classifier_plan"
     assert cfg[NAME].max_batch_size == cfg[f"{NAME}_plan"].max_batch_size == 16
     assert cfg[f"{NAME}_classifier_onnx"].max_batch_size == 16  # --triton-max-batch defaults to the engine's
-    assert set(result.ensembles) == {NAME, f"{NAME}_plan", f"{NAME}_onnx", f"{NAME}_python"}
+    assert set(result.ensembles) == {NAME, f"{NAME}_plan", f"{NAME}_onnx"}
+    assert set(result.image_models) == {NAME, f"{NAME}_plan", f"{NAME}_onnx", f"{NAME}_python"}
     record = json.loads((repo / T.REPOSITORY_FILE).read_text())
     assert record["engine"]["max_batch"] == 16 and record["engine"]["tensorrt_version"] == "10.3.0"
 
@@ -197,8 +208,10 @@ def test_configs_are_checked_by_the_proto_and_the_cross_checks(tiny_onnx, tmp_pa
         (lambda c: setattr(c[f"{NAME}_classifier_plan"], "max_batch_size", 32), "profile ends at batch 16"),
         (lambda c: c.pop(f"{NAME}_postprocess"), "not in the repository"),
         (lambda c: c[f"{NAME}_postprocess"].input[0].dims.__setitem__(0, 10), r"takes TYPE_FP32 \[10\]"),
-        (lambda c: setattr(c[f"{NAME}_python"], "max_batch_size", 64), "exceeds step"),
-        (lambda c: c[f"{NAME}_classifier_python"].ClearField("dynamic_batching"), "no dynamic_batching"),
+        (lambda c: setattr(c[f"{NAME}_onnx"], "max_batch_size", 64), "exceeds step"),
+        (lambda c: c[f"{NAME}_python"].ClearField("dynamic_batching"), "no dynamic_batching"),
+        (lambda c: c[f"{NAME}_python"].output[0].dims.__setitem__(0, 10), r"PROBABILITIES dims \[10\]"),
+        (lambda c: setattr(c[f"{NAME}_python"].output[1], "name", "IDS"), "outputs"),
     ]
     for edit, expect in cases:
         with pytest.raises(UserError, match=expect):
@@ -346,7 +359,9 @@ def test_serve_loads_what_the_server_can_run(tiny_onnx, tmp_path):
     export(tmp_path, tiny_onnx, engine_path=fake_engine(tmp_path, tiny_onnx))
     models = read_repository(tmp_path / "repo")
     chosen, skipped = choose_models(models, {"python"}, None)
-    assert chosen == [f"{NAME}_classifier_python", f"{NAME}_postprocess", f"{NAME}_preprocess", f"{NAME}_python"]
+    assert chosen == [f"{NAME}_python"]  # the steps serve only ensembles that cannot load here
+    assert skipped[f"{NAME}_preprocess"] == (f"a step of {NAME}, {NAME}_onnx, {NAME}_plan, which cannot load "
+                                             "here")
     assert skipped[f"{NAME}_classifier_plan"] == "this tritonserver has no tensorrt backend"
     assert skipped[NAME].startswith("needs ") and f"{NAME}_onnx" in skipped
     chosen, skipped = choose_models(models, {"python", "onnxruntime", "tensorrt"}, None)
@@ -387,7 +402,8 @@ def test_configs_bound_input_queues_and_warm_up(tiny_onnx, tmp_path):
     assert preprocess(sample[4:]).shape == (3, 224, 224)  # a real image: OpenCV's first decode happens at load
     assert pre.parameters["max_image_pixels"].string_value == "64000000"
     assert pre.parameters["max_image_bytes"].string_value == "50000000"
-    assert cfg[f"{NAME}_classifier_python"].parameters["intra_op_threads"].string_value == "0"  # cores ÷ instances
+    assert cfg[f"{NAME}_python"].parameters["intra_op_threads"].string_value == "0"  # cores ÷ instances
+    assert cfg[f"{NAME}_python"].parameters["max_image_pixels"].string_value == "64000000"
     assert "intra_op_thread_count" not in cfg[f"{NAME}_classifier_onnx"].parameters  # one instance: ORT's default
 
 
@@ -399,7 +415,7 @@ def test_build_maps_the_serving_flags(tiny_onnx, tmp_path):
     assert proc.returncode == 0, proc.stderr
     cfg = configs(tmp_path / "repo")
     stem = Path(tiny_onnx).stem
-    pre, py, ort = cfg[f"{stem}_preprocess"], cfg[f"{stem}_classifier_python"], cfg[f"{stem}_classifier_onnx"]
+    pre, py, ort = cfg[f"{stem}_preprocess"], cfg[f"{stem}_python"], cfg[f"{stem}_classifier_onnx"]
     assert pre.instance_group[0].count == 3 and py.instance_group[0].count == 2
     assert py.parameters["intra_op_threads"].string_value == "1"
     assert ort.parameters["intra_op_thread_count"].string_value == "1"
@@ -407,8 +423,9 @@ def test_build_maps_the_serving_flags(tiny_onnx, tmp_path):
         assert c.dynamic_batching.default_queue_policy.max_queue_size == 7
         assert c.dynamic_batching.default_queue_policy.default_timeout_microseconds == 250_000
     assert py.dynamic_batching.max_queue_delay_microseconds == 100
-    assert pre.parameters["max_image_pixels"].string_value == "1000000"
-    assert pre.parameters["max_image_bytes"].string_value == "123456"
+    for c in (pre, py):
+        assert c.parameters["max_image_pixels"].string_value == "1000000"
+        assert c.parameters["max_image_bytes"].string_value == "123456"
     proc = run_build("--onnx", tiny_onnx, "--onnx-only", "--triton-repo", tmp_path / "r2", "--triton-max-queue-size",
                      0, cwd=tmp_path)
     assert proc.returncode == 2 and "--triton-max-queue-size" in proc.stderr and "Traceback" not in proc.stderr
@@ -427,11 +444,12 @@ def test_serve_reads_configs_with_the_proto_and_sizes_shared_memory(tiny_onnx, t
 
     export(tmp_path, tiny_onnx)
     models = read_repository(tmp_path / "repo")
-    assert models[f"{NAME}_python"]["steps"] == [f"{NAME}_preprocess", f"{NAME}_classifier_python",
-                                                 f"{NAME}_postprocess"]
+    assert models[f"{NAME}_onnx"]["steps"] == [f"{NAME}_preprocess", f"{NAME}_classifier_onnx",
+                                               f"{NAME}_postprocess"]
+    assert models[f"{NAME}_python"] == {"backend": "python", "steps": [], "config": models[f"{NAME}_python"]["config"]}
     assert models[f"{NAME}_classifier_onnx"]["backend"] == "onnxruntime"
-    # The largest batch a Python model holds: 32 × (3×224×224 + 1000) float32 in and out, plus a MiB.
-    per_batch = 32 * (3 * 224 * 224 + 1000) * 4
+    # The largest batch a Python model holds: the preprocessing's 32 × 3×224×224 float32 out, plus a MiB.
+    per_batch = 32 * 3 * 224 * 224 * 4
     assert python_shm_bytes(info["config"] for info in models.values()) == (-(-per_batch // (1 << 20)) + 1) << 20
     bad = tmp_path / "repo" / f"{NAME}_postprocess" / "config.pbtxt"
     bad.write_text(bad.read_text().replace("max_batch_size", "max_batch"))

@@ -1,8 +1,8 @@
-"""Run by the serving environment's Python (tests/test_triton_server.py): timed requests against a served ensemble.
+"""Run by the serving environment's Python (tests/test_triton_server.py): timed requests against a served image model.
 
-    python tests/triton_hostile_probe.py warmup HTTP_URL ENSEMBLE IMAGE OUT.json
-    python tests/triton_hostile_probe.py hostile HTTP_URL GRPC_URL ENSEMBLE GOOD BOMB BIG CORRUPT OUT.json
-    python tests/triton_hostile_probe.py flood HTTP_URL GRPC_URL ENSEMBLE IMAGE N OUT.json
+    python tests/triton_hostile_probe.py warmup HTTP_URL MODEL IMAGE OUT.json
+    python tests/triton_hostile_probe.py hostile HTTP_URL GRPC_URL MODEL GOOD BOMB BIG CORRUPT OUT.json
+    python tests/triton_hostile_probe.py flood HTTP_URL GRPC_URL MODEL IMAGE N OUT.json
 
 warmup: the first request a client sends a fresh server, then more, one at a time (milliseconds each, at the
 client and in the server).

@@ -1,10 +1,11 @@
 """Run by the serving environment's Python (tests/test_triton_server.py): raw tensors from a served repository.
 
-    python tests/triton_probe.py HTTP_URL GRPC_URL MODEL ENSEMBLE OUT.npz IMAGE...
+    python tests/triton_probe.py HTTP_URL GRPC_URL MODEL MODEL_VERSION_DIR OUT.npz IMAGE...
 
-Saves: MODEL_preprocess's PIXELS for each image (one request each, HTTP); the ensemble's outputs for all
-images in ONE request, over HTTP and over gRPC; and Triton's classification extension (class_count 5) on the
-ensemble's PROBABILITIES over HTTP.
+Saves: the pixels of each image as the served model computes them — its vendored preprocessing
+(MODEL_VERSION_DIR/trt_res2net_vendored, the copy the server runs) in this, the server's, environment; the
+model's outputs for all images in ONE request, over HTTP and over gRPC; and Triton's classification extension
+(class_count 5) on the model's PROBABILITIES over HTTP.
 """
 
 import sys
@@ -24,25 +25,22 @@ def images_input(module, images, **kw):
     return inp
 
 
-def main(http_url, grpc_url, model, ensemble, out, *paths):
+def main(http_url, grpc_url, model, version_dir, out, *paths):
     images = [Path(p).read_bytes() for p in paths]
-    result = {}
+    sys.path.insert(0, version_dir)
+    from trt_res2net_vendored.data.preprocess import preprocess
+
+    result = {"pixels": np.stack([preprocess(data) for data in images])}
     http = httpclient.InferenceServerClient(http_url, network_timeout=120)
-    pixels = []
-    for data in images:
-        r = http.infer(f"{model}_preprocess", [images_input(httpclient, [data], binary_data=True)],
-                       outputs=[httpclient.InferRequestedOutput("PIXELS", binary_data=True)])
-        pixels.append(r.as_numpy("PIXELS")[0])
-    result["pixels"] = np.stack(pixels)
-    r = http.infer(ensemble, [images_input(httpclient, images, binary_data=True)],
+    r = http.infer(model, [images_input(httpclient, images, binary_data=True)],
                    outputs=[httpclient.InferRequestedOutput(o, binary_data=True) for o in OUTPUTS])
     for o in OUTPUTS:
         result[f"http_{o}"] = r.as_numpy(o)
-    r = http.infer(ensemble, [images_input(httpclient, images, binary_data=True)],
+    r = http.infer(model, [images_input(httpclient, images, binary_data=True)],
                    outputs=[httpclient.InferRequestedOutput("PROBABILITIES", binary_data=False, class_count=5)])
     result["classification"] = r.as_numpy("PROBABILITIES")
     grpc = grpcclient.InferenceServerClient(grpc_url)
-    r = grpc.infer(ensemble, [images_input(grpcclient, images)],
+    r = grpc.infer(model, [images_input(grpcclient, images)],
                    outputs=[grpcclient.InferRequestedOutput(o) for o in OUTPUTS], client_timeout=120)
     for o in OUTPUTS:
         result[f"grpc_{o}"] = r.as_numpy(o)

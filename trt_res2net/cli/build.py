@@ -181,8 +181,9 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Triton model repository (docs/triton.md)")
     g.add_argument("--triton-repo", type=_triton_repo_dir, metavar="DIR",
                    help="also write a Triton Inference Server model repository to DIR (replaced if it holds one "
-                        "written before): ensembles on image bytes over the engine (tensorrt_plan), the ONNX "
-                        "(onnxruntime_onnx) and ONNX Runtime in the Python backend; needs tritonclient")
+                        "written before): ensembles on image bytes over the engine (tensorrt_plan) and the ONNX "
+                        "(onnxruntime_onnx), and a one-process Python model (ONNX Runtime in the Python backend); "
+                        "needs tritonclient")
     g.add_argument("--triton-max-batch", type=positive_int, metavar="N",
                    help=f"max_batch_size of the ONNX/Python models and steps (default: the engine's max batch, "
                         f"else {TRITON_DEFAULT_MAX_BATCH})")
@@ -190,7 +191,8 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"dynamic batching: how long a classifier waits to fill a batch (default "
                         f"{DEFAULT_QUEUE_DELAY_US} µs)")
     g.add_argument("--triton-instances", type=positive_int, default=1, metavar="N",
-                   help="instances of each classifier (per GPU for the plan; default 1)")
+                   help="instances of each classifier and of the one-process Python model (per GPU for the plan; "
+                        "default 1)")
     defaults = TritonOptions()
     g.add_argument("--triton-preprocess-instances", type=positive_int, default=defaults.preprocess_instances,
                    metavar="N", help=f"instances of the image-decoding model (default {defaults.preprocess_instances})")
@@ -209,9 +211,9 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--triton-max-image-bytes", type=positive_int, default=defaults.max_image_bytes, metavar="N",
                    help=f"larger encoded images are refused with HTTP 400 (default {defaults.max_image_bytes})")
     g.add_argument("--triton-topk", type=positive_int, default=DEFAULT_TOPK, metavar="K",
-                   help=f"top-k classes the ensembles return (default {DEFAULT_TOPK})")
+                   help=f"top-k classes the image models return (default {DEFAULT_TOPK})")
     g.add_argument("--triton-labels", metavar="FILE",
-                   help="class names for the ensembles' labels (infer.py's --labels formats; default ImageNet's "
+                   help="class names for the image models' labels (infer.py's --labels formats; default ImageNet's "
                         "for 1000 classes, else the ids)")
 
 
@@ -293,7 +295,7 @@ def _write_triton_repository(args, fp32_path: Path, model_name: str, engine: Pat
     result = write_triton_repository(args.triton_repo, fp32_path, model_name=model_name, engine_path=engine,
                                options=triton_options(args))
     print(f"wrote Triton model repository {args.triton_repo}: {', '.join(result.models)} "
-          f"(ensembles on image bytes: {', '.join(result.ensembles)})", flush=True)
+          f"(on image bytes: {', '.join(result.image_models)})", flush=True)
 
 
 def _resolve_precision(asked: str | None, onnx_io, onnx_path: str | None) -> str:

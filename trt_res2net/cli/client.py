@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trt_res2net.cli.client",
                                 description="Classify images with a model served by Triton (serve.py).")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--model", required=True, help="the served ensemble, e.g. res2net50_vd_26w_4s_python")
+    p.add_argument("--model", required=True, help="the served image model, e.g. res2net50_vd_26w_4s_python")
     p.add_argument("--url", help="host:port (default 127.0.0.1:8000 for http, :8001 for grpc)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--concurrency", type=positive_int, default=1, metavar="N", help="requests in flight (default 1)")

@@ -1,6 +1,6 @@
 """``python -m trt_res2net.cli.perf_analyzer [--images IMAGE_OR_DIR...] PERF_ANALYZER_ARGS...``: NVIDIA's
 perf_analyzer from the serving environment (``trt_res2net.serving.perf_analyzer`` supplies the two libraries
-tritonclient's wheel lacks), with ``--images`` turned into its ``--input-data`` for the ensembles' ``IMAGE`` input.
+tritonclient's wheel lacks), with ``--images`` turned into its ``--input-data`` for the image models' ``IMAGE`` input.
 
     .venv-serve/bin/python -m trt_res2net.cli.perf_analyzer --images photos/ -m res2net50_vd_26w_4s_python \\
         -u 127.0.0.1:8001 -i grpc --concurrency-range 4
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trt_res2net.cli.perf_analyzer", add_help=False,
                                 description="perf_analyzer from the serving environment; other arguments are its own.")
     p.add_argument("--images", nargs="+", metavar="IMAGE_OR_DIR",
-                   help="image files or folders: sent as the ensembles' IMAGE input (perf_analyzer's --input-data)")
+                   help="image files or folders: sent as the image models' IMAGE input (perf_analyzer's --input-data)")
     p.add_argument("--wrapper-help", action="help", help="this help (perf_analyzer's own: --help)")
     return p
 

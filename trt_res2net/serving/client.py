@@ -1,4 +1,5 @@
-"""A client for the served ensembles: send encoded images, get ``infer.py``'s answer (the same JSON form).
+"""A client for the served image models (the ensembles, the pipeline model): send encoded images, get ``infer.py``'s
+answer (the same JSON form).
 
     python -m trt_res2net.cli.client IMAGE_OR_DIR... --model res2net50_vd_26w_4s_python \\
         [--url 127.0.0.1:8000] [--protocol http|grpc] [--concurrency N] [--json out.json]
@@ -6,7 +7,7 @@
 Each image is one request (the server batches concurrent requests); an image the server cannot decode fails
 its own request and is reported, the rest are classified. Before the first image, ``check_ready`` asks the server
 whether it is there and serves the model: one line says when it is not, and why (a model left unloaded because
-the server lacks its backend), naming the ensembles it does serve. Needs ``tritonclient[grpc,http]`` (the
+the server lacks its backend), naming the image models it does serve. Needs ``tritonclient[grpc,http]`` (the
 ``serve`` extra). Exit status: 0 all classified, 1 some failed (or no server, or the model not served), 2 usage
 error, 3 tritonclient missing.
 """
@@ -38,8 +39,7 @@ class NotServed(UserError):
 
 
 # How a classifier variant's model is named in build.py's repositories, and the backend it needs.
-VARIANT_BACKENDS = {"onnx": "the ONNX Runtime backend (onnxruntime)", "plan": "the TensorRT backend (tensorrt)",
-                    "python": "the Python backend"}
+VARIANT_BACKENDS = {"onnx": "the ONNX Runtime backend (onnxruntime)", "plan": "the TensorRT backend (tensorrt)"}
 
 
 def _modules(protocol: str):
@@ -63,7 +63,7 @@ def _message(e: BaseException) -> str:
 
 
 class TritonClassifier:
-    """Requests to one served ensemble (``IMAGE`` bytes in; top-k, labels and probabilities out).
+    """Requests to one served image model (``IMAGE`` bytes in; top-k, labels and probabilities out).
 
     Thread-safe: each thread gets its own connection."""
 
@@ -140,21 +140,23 @@ class TritonClassifier:
             return client.get_model_repository_index(as_json=True).get("models", [])
         return client.get_model_repository_index()
 
-    def _platform(self, name: str) -> str:
+    def _takes_images(self, name: str) -> bool:
+        """Whether a model answers on image bytes as build.py's ensembles and pipeline model do."""
         client = self._client()
         config = (client.get_model_config(name, as_json=True).get("config", {}) if self.protocol == "grpc"
                   else client.get_model_config(name))
-        return config.get("platform") or config.get("backend", "")
+        return ([t.get("name") for t in config.get("input", [])] == ["IMAGE"]
+                and "TOPK_IDS" in {t.get("name") for t in config.get("output", [])})
 
-    def served_ensembles(self) -> list[str]:
-        """The ensembles the server has loaded."""
+    def served_image_models(self) -> list[str]:
+        """The models the server has loaded that take images (the ensembles, the pipeline model)."""
         ready = [m["name"] for m in self._index() if m.get("state") == "READY"]
-        return [name for name in ready if self._platform(name) == "ensemble"]
+        return [name for name in ready if self._takes_images(name)]
 
     def check_ready(self) -> None:
         """NotServed (one line) when no server answers at the URL, or when it does not serve the model: why (a
         load error the server reports, or a classifier left unloaded because this server lacks its backend) and
-        which ensembles it serves."""
+        which image models it serves."""
         try:
             live = self._client().is_server_live()
         except Exception as e:  # connection refused, no such host, timeout
@@ -166,11 +168,11 @@ class TritonClassifier:
             if self._client().is_model_ready(self.model):
                 return
             index = {m["name"]: m for m in self._index()}
-            served = self.served_ensembles()
+            served = self.served_image_models()
         except self._error as e:
             raise NotServed(f"the Triton server at {self.url}: {_message(e)}") from None
         hint = (f"it serves {', '.join(served)}: pass --model {served[0]}" if served
-                else "it serves no ensemble")
+                else "it serves no model that takes images")
         entry = index.get(self.model)
         if entry is None:
             raise NotServed(f"{self.model} is not in the repository of the Triton server at {self.url}; {hint}")

@@ -1,4 +1,4 @@
-"""NVIDIA's perf_analyzer, runnable from the serving environment, and its input data for the served ensembles.
+"""NVIDIA's perf_analyzer, runnable from the serving environment, and its input data for the served image models.
 
 tritonclient 2.50's wheel (the ``serve`` extra) ships ``bin/perf_analyzer``, but the binary needs two libraries the
 wheel lacks — ``libb64.so.0d`` and ``libcudart.so.12`` — so run directly it stops with "error while loading shared
@@ -7,7 +7,7 @@ libraries: libb64.so.0d". nvidia-pytriton (the same extra) bundles both under ma
 them under the names perf_analyzer asks for, in a folder of the cache (``$TRT_RES2NET_CACHE/perf_analyzer_libs/``),
 and puts that folder on LD_LIBRARY_PATH. ``python -m trt_res2net.cli.perf_analyzer`` is the command line over it.
 
-The ensembles take ``IMAGE`` (BYTES): :func:`write_input_data` writes perf_analyzer's ``--input-data`` JSON for
+The image models take ``IMAGE`` (BYTES): :func:`write_input_data` writes perf_analyzer's ``--input-data`` JSON for
 image files (each element base64 of Triton's serialized form, a 4-byte length and the bytes).
 """
 

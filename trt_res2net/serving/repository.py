@@ -6,23 +6,26 @@ For a model ``M`` (the zoo name, or the ONNX file's stem) the repository holds::
     M_classifier_plan/       tensorrt_plan the TensorRT engine as 1/model.plan (only when a standard TensorRT
                                            engine was built; batch and dims from its manifest)
     M_classifier_onnx/       onnxruntime_onnx   the ONNX as 1/model.onnx (always: CPU nodes, and the fallback)
-    M_classifier_python/     python        the same ONNX run by ONNX Runtime inside the Python backend
     M_postprocess/           python        outputs → PROBABILITIES, TOPK_IDS, TOPK_SCORES, TOPK_LABELS
-    M_plan, M_onnx, M_python ensemble      IMAGE → preprocess → that classifier → postprocess
+    M_plan, M_onnx           ensemble      IMAGE → preprocess → that classifier → postprocess
     M                        ensemble      the same as M_plan when there is a plan, else as M_onnx
+    M_python/                python        IMAGE → the same three steps in one process, the ONNX on ONNX Runtime
+                                           inside the Python backend (any Triton with the Python backend)
     trt_res2net_repository.json            what was exported, from what (Triton ignores files at the top)
 
-Every classifier takes the ONNX's input name and gives its output name; every ensemble takes ``IMAGE`` (encoded
-image bytes, any format OpenCV decodes, one per batch row) and gives what ``infer.py`` prints. Each classifier and
-the pre/postprocessing are dynamically batched. ``M_python`` needs nothing but Triton's Python backend (and numpy,
-OpenCV, ONNX Runtime in its Python): the ``tritonserver`` of the ``serve`` extra serves it, and CI does.
+Every classifier takes the ONNX's input name and gives its output name; the ensembles and ``M_python`` (the image
+models) take ``IMAGE`` (encoded image bytes, any format OpenCV decodes, one per batch row) and give what
+``infer.py`` prints. Every model is dynamically batched. ``M_python`` needs nothing but Triton's Python backend
+(and numpy, OpenCV, ONNX Runtime in its Python): the ``tritonserver`` of the ``serve`` extra serves it, and CI
+does. Its steps are the Python models' own (``triton_models/steps.py``), run back to back: one process instead of
+three saves each request two hand-offs, which a CPU server pays in throughput (docs/triton.md).
 
 What a public endpoint meets is bounded in the configs (docs/triton.md, "Hostile input and load"): the
 preprocessing refuses an image over ``max_image_bytes`` or whose header declares more than ``max_image_pixels``
 before decoding it (``INVALID_ARG``: HTTP 400 / gRPC ``INVALID_ARGUMENT``, as every undecodable image); every
 model's queue is bounded (``max_queue_size``) and a request waiting longer than the queue timeout is rejected
 (HTTP 503 / ``UNAVAILABLE``); every model that initialises lazily is warmed up before it reports ready
-(``model_warmup``: ONNX Runtime's first run, OpenCV's first decode); the Python classifier's instances split the
+(``model_warmup``: ONNX Runtime's first run, OpenCV's first decode); the Python model's instances split the
 serving machine's cores between them (``intra_op_threads``).
 
 Every ``config.pbtxt`` is parsed by Triton's own ModelConfig proto (``tritonclient``'s ``model_config_pb2``) and
@@ -65,9 +68,10 @@ ENSEMBLE_OUTPUTS = ("PROBABILITIES", "TOPK_IDS", "TOPK_SCORES", "TOPK_LABELS")
 VENDORED_PACKAGE = "trt_res2net_vendored"
 # The modules copied byte for byte, in their subpackages (their relative imports keep working there).
 VENDORED_MODULES = (
-    "core/errors.py", "core/lazy.py", "data/image_header.py", "data/preprocess.py", "data/postprocess.py")
+    "core/errors.py", "core/lazy.py", "data/image_header.py", "data/preprocess.py", "data/postprocess.py",
+    "serving/triton_models/steps.py")
 TEMPLATES = {"preprocess": "preprocess_model.py", "postprocess": "postprocess_model.py",
-             "classifier_python": "onnx_classifier_model.py"}
+             "pipeline": "pipeline_model.py"}
 INSTALL_HINT = "pip install 'trt-res2net[triton]' (tritonclient, whose model_config_pb2 is Triton's ModelConfig proto)"
 # Triton's ModelConfig data types for the names the engine manifest and ONNX use.
 _TRITON_DTYPES = {"float32": "TYPE_FP32", "float": "TYPE_FP32", "fp32": "TYPE_FP32",
@@ -138,14 +142,14 @@ class TritonOptions:
     """The repository's serving settings (build.py's ``--triton-*`` flags map onto these).
 
     ``max_batch``: max_batch_size of the ONNX/Python models and steps (None: the engine's max batch, else
-    32); ``queue_delay_us``: how long a classifier waits to fill a batch; ``instances``: instances of each
-    classifier (per GPU for the plan); ``topk``: classes the ensembles return; ``labels``: a labels file
-    (infer.py's formats; None: ImageNet's for 1000 classes, else the ids); ``preprocess_instances``: instances of
-    the preprocessing (decoding) model; ``intra_op_threads``: ONNX Runtime threads per classifier instance (0: the
-    serving machine's cores ÷ ``instances``, so that instances × threads ≤ cores); ``max_queue_size``: requests each
-    model queues before rejecting more (None: ``QUEUE_SIZE_PER_BATCH`` × its max_batch_size); ``queue_timeout_ms``:
-    a request queued longer is rejected (0: never); ``max_image_pixels`` / ``max_image_bytes``: the largest image
-    the preprocessing decodes (data/preprocess.py's defaults)."""
+    32); ``queue_delay_us``: how long a model waits to fill a batch; ``instances``: instances of each classifier
+    and of the pipeline model (per GPU for the plan); ``topk``: classes the image models return; ``labels``: a
+    labels file (infer.py's formats; None: ImageNet's for 1000 classes, else the ids); ``preprocess_instances``:
+    instances of the preprocessing (decoding) model; ``intra_op_threads``: ONNX Runtime threads per instance (0:
+    the serving machine's cores ÷ ``instances``, so that instances × threads ≤ cores); ``max_queue_size``:
+    requests each model queues before rejecting more (None: ``QUEUE_SIZE_PER_BATCH`` × its max_batch_size);
+    ``queue_timeout_ms``: a request queued longer is rejected (0: never); ``max_image_pixels`` /
+    ``max_image_bytes``: the largest image the preprocessing decodes (data/preprocess.py's defaults)."""
 
     max_batch: int | None = None
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
@@ -210,6 +214,7 @@ class ExportResult:
     path: Path
     models: list[str]
     ensembles: list[str]
+    image_models: list[str]  # what a client sends images to: the ensembles and the pipeline
     default_ensemble: str
     plan_skipped: str | None = None
     configs: dict = field(default_factory=dict)
@@ -415,6 +420,7 @@ class _Repository:
     files: dict[str, list] = field(default_factory=dict)  # model → [(relative path, source Path | str | bytes)]
     classifiers: dict[str, tuple[str, int]] = field(default_factory=dict)  # variant → (model name, max batch)
     ensembles: dict[str, tuple[str, int, str]] = field(default_factory=dict)  # name → (classifier, batch, variant)
+    pipeline: str | None = None  # the one-process Python model
 
     def add(self, name: str, config: str, files: list) -> None:
         self.configs[name], self.files[name] = config, files
@@ -515,13 +521,34 @@ def _add_classifiers(repo: _Repository, src: _Source, options: TritonOptions) ->
              + (_parameters({"intra_op_thread_count": threads}) if threads else ""),
              [("1/model.onnx", src.onnx_path)])
     repo.classifiers["onnx"] = (n.classifier_onnx, batch)
-    repo.add(n.classifier_python,
-             _header(n.classifier_python, 'backend: "python"', batch,
-                     f"{onnx_name} run by ONNX Runtime inside the Python backend (any Triton with the Python backend)")
-             + classifier_io + batching + _instances(options.instances, "KIND_CPU") + _warmup([warm_1])
-             + _parameters({"intra_op_threads": options.intra_op_threads}),
-             [("1/model.py", _template("classifier_python")), ("1/model.onnx", src.onnx_path)])
-    repo.classifiers["python"] = (n.classifier_python, batch)
+
+
+def _add_pipeline(repo: _Repository, src: _Source, labels_text: str, options: TritonOptions) -> None:
+    """``M_python``: the ensembles' three steps in one Python-backend process, the ONNX on ONNX Runtime."""
+    from ..data.preprocess import SPEC
+
+    n, batch = repo.names, src.max_batch
+    image = ("a JPEG, batch 1 (OpenCV's first decode, ONNX Runtime's first run)", 1, IMAGE, "TYPE_STRING", [1],
+             "image.bin")
+    repo.add(n.python,
+             _header(n.python, 'backend: "python"', batch,
+                     "Image bytes → infer.py's answer in one process: trt_res2net.data.preprocess, "
+                     f"{src.onnx_path.name} on ONNX Runtime, trt_res2net.data.postprocess (vendored in 1/"
+                     f"{VENDORED_PACKAGE}); any Triton with the Python backend")
+             + _tensors("input", [_tensor(IMAGE, "TYPE_STRING", [1])])
+             + _tensors("output", _result_tensors(src))
+             + _batching(options.queue_delay_us, options.queue_size(batch), options.queue_timeout_ms)
+             + _instances(options.instances, "KIND_CPU")
+             # two at once too: the request threads and concurrent runs on the session (pipeline_model.py)
+             + _warmup([image] + ([("the same JPEG twice, batch 2 (two requests side by side)", 2, *image[2:])]
+                                  if batch > 1 else []))
+             + _parameters({"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(),
+                            "max_image_pixels": options.max_image_pixels, "max_image_bytes": options.max_image_bytes,
+                            "intra_op_threads": options.intra_op_threads,
+                            "outputs_probabilities": "true" if src.outputs_probabilities else "false"}),
+             [("1/model.py", _template("pipeline")), ("1/model.onnx", src.onnx_path), (WARMUP_IMAGE, _warmup_image()),
+              ("labels.txt", labels_text)] + _vendored_files())
+    repo.pipeline = n.python
 
 
 def _add_ensembles(repo: _Repository, src: _Source, model_name: str, labels_text: str) -> None:
@@ -542,6 +569,7 @@ def _record(repo: _Repository, src: _Source, model_name: str, options: TritonOpt
         "format": REPOSITORY_FORMAT, "format_version": 1, "model": model_name,
         "default_ensemble": model_name, "ensembles": {name: {"classifier": e[0], "variant": e[2]}
                                                       for name, e in repo.ensembles.items()},
+        "pipeline": repo.pipeline,
         "models": sorted(repo.configs),
         "onnx": {"file": src.onnx_path.name, "sha256": src.onnx_sha256, "input": src.io.input_name,
                  "output": src.io.output_name, "outputs_probabilities": src.outputs_probabilities},
@@ -581,11 +609,13 @@ def write_triton_repository(out_dir: str | os.PathLike, onnx_path: str | os.Path
     _add_pre_and_postprocessing(repo, src, labels_text, options)
     _add_classifiers(repo, src, options)
     _add_ensembles(repo, src, model_name, labels_text)
+    _add_pipeline(repo, src, labels_text, options)
 
     parsed = {name: parse_config(text, f"{name}/config.pbtxt") for name, text in repo.configs.items()}
     validate_configs(parsed, onnx_io=src.io, num_classes=src.num_classes, plan=src.plan)
     _write_atomically(out_dir, repo.configs, repo.files, _record(repo, src, model_name, options))
     return ExportResult(path=out_dir, models=sorted(repo.configs), ensembles=sorted(repo.ensembles),
+                        image_models=sorted([*repo.ensembles, repo.pipeline]),
                         default_ensemble=model_name, plan_skipped=src.plan_skipped, configs=parsed)
 
 
@@ -628,7 +658,9 @@ def _vendored_files() -> list[tuple[str, object]]:
     files: list[tuple[str, object]] = [(f"1/{VENDORED_PACKAGE}/__init__.py",
                                         f'"""trt_res2net {__version__}\'s preprocessing and postprocessing, copied '
                                         'byte for byte by build.py --triton-repo."""\n')]
-    for folder in sorted({module.split("/")[0] for module in VENDORED_MODULES}):
+    folders = {"/".join(module.split("/")[:i]) for module in VENDORED_MODULES
+               for i in range(1, module.count("/") + 1)}
+    for folder in sorted(folders):
         files.append((f"1/{VENDORED_PACKAGE}/{folder}/__init__.py", ""))
     for module in VENDORED_MODULES:
         files.append((f"1/{VENDORED_PACKAGE}/{module}", package.joinpath(module).read_text(encoding="utf-8")))
@@ -662,11 +694,28 @@ def validate_configs(configs: dict, *, onnx_io=None, num_classes: int | None = N
         if not is_ensemble and cfg.dynamic_batching.default_queue_policy.max_queue_size < 1:
             raise UserError(f"{name}/config.pbtxt: an unbounded queue (dynamic_batching.default_queue_policy."
                             "max_queue_size); requests past it must be rejected, not queued without end")
-        if cfg.platform in ("tensorrt_plan", "onnxruntime_onnx") or name.endswith("_classifier_python"):
+        if cfg.platform in ("tensorrt_plan", "onnxruntime_onnx"):
             _check_classifier(name, cfg, onnx_io, num_classes, plan, dtype_name)
+        if [t.name for t in cfg.input] == [IMAGE] and [t.name for t in cfg.output] != [PIXELS]:  # not a step
+            _check_image_model(name, cfg, num_classes, dtype_name)
     for name, cfg in configs.items():
         if cfg.platform == "ensemble":
             _check_ensemble(name, cfg, configs, dtype_name)
+
+
+def _check_image_model(name, cfg, num_classes, dtype_name) -> None:
+    """A model clients send images to (an ensemble, the pipeline): IMAGE bytes in, infer.py's answer out."""
+    where = f"{name}/config.pbtxt"
+    (image,) = cfg.input
+    if dtype_name(image.data_type) != "TYPE_STRING" or list(image.dims) != [1]:
+        raise UserError(f"{where}: {IMAGE} is {dtype_name(image.data_type)} {list(image.dims)}, not TYPE_STRING [1] "
+                        "(one encoded image per batch row)")
+    outputs = {t.name: t for t in cfg.output}
+    if sorted(outputs) != sorted(ENSEMBLE_OUTPUTS):
+        raise UserError(f"{where}: outputs {sorted(outputs)}, not {sorted(ENSEMBLE_OUTPUTS)}")
+    if num_classes and list(outputs["PROBABILITIES"].dims) != [num_classes]:
+        raise UserError(f"{where}: PROBABILITIES dims {list(outputs['PROBABILITIES'].dims)}, the ONNX has "
+                        f"{num_classes} classes")
 
 
 def _check_classifier(name, cfg, onnx_io, num_classes, plan, dtype_name) -> None:

@@ -6,8 +6,9 @@ The ``tritonserver`` is the one on PATH (NVIDIA's Triton container, JetPack's Tr
 sets up what it needs in a temporary folder (its Python backend with the stub for this interpreter, the shared
 libraries on LD_LIBRARY_PATH, this interpreter's environment for the models) and removes it when the server stops.
 
-Models whose backend the server lacks are not loaded (one line says which); the rest are loaded explicitly, and
-each ensemble answers its warm-up image before the server is called ready. The configs are read with Triton's
+Models whose backend the server lacks are not loaded (one line says which), nor an ensemble's steps when none of
+their ensembles can load; the rest are loaded explicitly, and each ensemble answers its warm-up image before the
+server is called ready. The configs are read with Triton's
 ModelConfig proto (``model_config_pb2``). The server listens on loopback unless ``--host`` says otherwise.
 
 Stopping leaves nothing, at any moment. Each run has a folder (``$TMPDIR/trt_res2net-triton-*``, with this process's
@@ -336,6 +337,12 @@ def choose_models(models: dict[str, dict], backends: set[str], wanted: list[str]
                 todo.extend(models[name]["steps"])
         return sorted(chosen), {}
     chosen = [name for name in models if loadable(name)]
+    # A step serves only its ensembles: left out when none of them loads here (the pipeline model runs its own).
+    users = {name: [e for e, info in models.items() if name in info["steps"]] for name in chosen}
+    for name in list(chosen):
+        if users[name] and not any(e in chosen for e in users[name]):
+            chosen.remove(name)
+            skipped[name] = f"a step of {', '.join(users[name])}, which cannot load here"
     return chosen, {k: v for k, v in skipped.items() if k in models}
 
 

@@ -1,0 +1,121 @@
+"""Triton Python-backend model: encoded image bytes (TYPE_STRING) → ``infer.py``'s answer, in one process.
+
+Decode and preprocess (``steps.Preprocessing``), the classifier ONNX on ONNX Runtime (``steps.OnnxClassifier``), the
+softmax and top-k (``steps.Postprocessing``): the three steps of the ensembles, run back to back as ``infer.py`` runs
+them, for a Triton with only the Python backend.
+
+On the CPU each request runs as ``infer.py``'s concurrent callers run theirs: on one of ``concurrent_runs`` threads
+(default 4 per ONNX Runtime thread), decode → run on the shared session → top-k, and its response is sent from that
+thread (the Python backend's response sender, which Triton ≥ 24.06 allows in the default mode: one response per
+request). ``execute`` only hands the requests over and returns, so the instance is free for the next ones at once:
+no core waits for a batch's slowest request or for the hand-offs between batches, and a lone request still runs on
+all of the session's threads (measured: docs/triton.md, "Throughput and latency"). At most ``max_batch_size``
+requests are in the process at once; past that ``execute`` waits, and the rest queue in Triton, under the model's
+queue policy. On a GPU the batch the dynamic batcher formed runs as one ONNX Runtime run.
+
+An image that is refused (over the limits, checked from its header before anything is decoded) or cannot be decoded
+fails its own request with ``INVALID_ARG`` (HTTP 400 / gRPC ``INVALID_ARGUMENT``); the server's faults are
+``INTERNAL``. Each instance is its own process with its own session: ``intra_op_threads`` 0 gives each the machine's
+cores ÷ the instance count, so instances × threads ≤ cores.
+"""
+
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from trt_res2net_vendored.serving.triton_models.steps import (
+    OnnxClassifier,
+    Postprocessing,
+    Preprocessing,
+    StepError,
+    cores,
+    instance_count,
+    parameters,
+    triton_error,
+)
+
+RUNS_PER_THREAD = 4
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = parameters(config)
+        threads = int(params.get("intra_op_threads", "0") or 0) or max(1, cores() // instance_count(config))
+        try:
+            self.preprocessing = Preprocessing(params, threads, config.get("name", "the pipeline model"))
+        except RuntimeError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
+        gpu = int(args.get("model_instance_device_id", 0)) if args.get("model_instance_kind") == "GPU" else None
+        self.classifier = OnnxClassifier(os.path.join(args["model_repository"], args["model_version"], "model.onnx"),
+                                         threads, gpu)
+        outputs = {o["name"]: o for o in config["output"]}
+        self.postprocessing = Postprocessing(os.path.join(args["model_repository"], "labels.txt"),
+                                             int(outputs["TOPK_IDS"]["dims"][0]),
+                                             params.get("outputs_probabilities", "auto"))
+        self.input_name = config["input"][0]["name"]
+        runs = int(params.get("concurrent_runs", "0") or 0) or RUNS_PER_THREAD * threads
+        self.runs = None if self.classifier.on_gpu else ThreadPoolExecutor(runs, thread_name_prefix="request")
+        self.in_process = threading.BoundedSemaphore(max(runs, int(config.get("max_batch_size", 0) or 0)))
+
+    def execute(self, requests):
+        if self.runs is None:
+            return self._batch(requests)
+        for request in requests:
+            # BYTES come out as Python bytes objects: they outlive the request, which Triton frees on return
+            images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            sender = request.get_response_sender()
+            self.in_process.acquire()
+            try:
+                self.runs.submit(self._one, images, sender)
+            except BaseException:
+                self.in_process.release()
+                raise
+        return None
+
+    def _one(self, images, sender):
+        try:
+            try:
+                outputs = self.postprocessing.run(self.classifier.run(self.preprocessing.one(images)))
+                response = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
+            except StepError as e:
+                response = pb_utils.InferenceResponse(error=triton_error(pb_utils, e))
+            except Exception as e:  # anything else is the server's fault, answered, never lost
+                response = pb_utils.InferenceResponse(error=triton_error(
+                    pb_utils, StepError(f"{type(e).__name__}: {str(e)[:300]}", client=False)))
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        finally:
+            self.in_process.release()
+
+    def _batch(self, requests):
+        """The requests the batcher queued together as one ONNX Runtime run (a GPU)."""
+        images = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
+        results = self.preprocessing.run(images)
+        accepted = [i for i, r in enumerate(results) if not isinstance(r, StepError)]
+        if accepted:
+            try:
+                scores = self.classifier.run(np.concatenate([results[i] for i in accepted]))
+            except StepError as e:
+                scores = e
+            start = 0
+            for i in accepted:
+                n = len(results[i])
+                try:  # per request: "auto" decides on the request's own rows, as infer.py on a batch
+                    if isinstance(scores, StepError):
+                        raise scores
+                    results[i] = self.postprocessing.run(scores[start : start + n])
+                except StepError as e:
+                    results[i] = e
+                start += n
+        return [pb_utils.InferenceResponse(error=triton_error(pb_utils, r)) if isinstance(r, StepError)
+                else pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in r.items()])
+                for r in results]
+
+    def finalize(self):
+        if self.runs is not None:
+            self.runs.shutdown(wait=True)
+        self.preprocessing.close()

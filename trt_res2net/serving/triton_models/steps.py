@@ -1,0 +1,178 @@
+"""The steps the Python-backend models run: decode and preprocess, classify with ONNX Runtime, top-k.
+
+Plain numpy in, plain numpy out: the ``model.py`` templates beside this file turn Triton's requests into these calls
+and the results into responses, so one step's code serves both the ensembles' separate models and the one-process
+pipeline model. Copied byte for byte into each Python model's ``1/trt_res2net_vendored/`` with the preprocessing and
+postprocessing it imports (relative imports: the same code runs as ``trt_res2net.serving.triton_models.steps``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ...data.postprocess import is_probability, softmax, topk
+from ...data.preprocess import SPEC, ImageDecodeError, ImageLimits, check_encoded, preprocess
+
+
+class StepError(Exception):
+    """A request that fails: ``client`` when the request is at fault (Triton's INVALID_ARG: HTTP 400 / gRPC
+    INVALID_ARGUMENT), else the server (INTERNAL: 500)."""
+
+    def __init__(self, message: str, client: bool):
+        super().__init__(message)
+        self.client = client
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parameters(config: dict) -> dict[str, str]:
+    """A model config's ``parameters`` (as Triton hands them to ``initialize``) as plain strings."""
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+def instance_count(config: dict) -> int:
+    return sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+
+
+class Preprocessing:
+    """Encoded images → float32 [n, 3, 224, 224], ``infer.py``'s preprocessing bit for bit.
+
+    Every image is checked against the limits (its size, and the pixels its header declares) before anything is
+    decoded: an image bomb is refused in microseconds and never reaches the decoding threads, so it delays no
+    other request. The accepted images are decoded on ``threads`` threads (OpenCV releases the GIL)."""
+
+    def __init__(self, params: dict[str, str], threads: int, model_name: str):
+        recorded = params.get("preprocess_sha256")
+        if recorded and recorded != SPEC.sha256():
+            raise RuntimeError(
+                f"the vendored preprocessing spec {SPEC.to_json()} is not the one this repository was exported "
+                f"with (sha256 {recorded}); export the repository again with build.py --triton-repo")
+        defaults = ImageLimits()
+        self.limits = ImageLimits(
+            max_pixels=int(params.get("max_image_pixels") or defaults.max_pixels),
+            max_bytes=int(params.get("max_image_bytes") or defaults.max_bytes),
+            pixels_option=f"parameter max_image_pixels of {model_name}; build.py --triton-max-image-pixels",
+            bytes_option=f"parameter max_image_bytes of {model_name}; build.py --triton-max-image-bytes")
+        if "cv2" not in sys.modules:
+            # OpenCV reads this once, when it is first imported (next, by the first decode): its own check of the
+            # header, before it allocates, then bounds the formats whose header image_header does not read.
+            os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(self.limits.max_pixels)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+    def check(self, images: np.ndarray) -> None:
+        """StepError (the client's) when an image of a request is over the limits, from its size and header."""
+        refused = []
+        for i, data in enumerate(images.reshape(-1)):
+            try:
+                check_encoded(data, self.limits)  # the size and the header's dimensions: microseconds
+            except ImageDecodeError as e:
+                refused.append(f"image {i} of the request: {e.reason}")
+        if refused:
+            raise StepError("; ".join(refused), client=True)
+
+    def one(self, images: np.ndarray) -> np.ndarray:
+        """A request's images (checked) → its pixels, decoded on the calling thread; StepError when one fails."""
+        self.check(images)
+        images = images.reshape(-1)
+        out = np.empty((len(images), 3, SPEC.crop_size, SPEC.crop_size), np.float32)
+        client, server = [], []
+        for i, data in enumerate(images):
+            try:
+                preprocess(bytes(data), SPEC, out[i], self.limits)
+            except ImageDecodeError as e:
+                client.append(f"image {i} of the request: {e.reason}")
+            except Exception as e:  # not the image's fault (e.g. out of memory): a server error
+                server.append(f"image {i} of the request: {type(e).__name__}: {str(e)[:200]}")
+        if server or client:
+            raise StepError("; ".join(server or client), client=not server)
+        return out
+
+    def run(self, requests: list[np.ndarray]) -> list[np.ndarray | StepError]:
+        """Per request (an array of encoded images), its pixels or why it fails; the requests are independent.
+        Every request is checked before any is decoded, so a refused one never reaches the decoding threads."""
+        jobs = []
+        for images in requests:
+            try:
+                self.check(images)
+                jobs.append(self.pool.submit(self.one, images))
+            except StepError as e:
+                jobs.append(e)
+        results = []
+        for job in jobs:
+            try:
+                results.append(job if isinstance(job, StepError) else job.result())
+            except StepError as e:
+                results.append(e)
+        return results
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class OnnxClassifier:
+    """The classifier ONNX on ONNX Runtime, set up as ``infer.py``'s session
+    (``trt_res2net.runtime.onnx_runtime.OnnxRuntimeBackend``): CUDA when ``gpu_device`` is given and ONNX Runtime
+    has it, else the CPU, on ``threads`` threads (0: all the cores, ONNX Runtime's default, which also pins them);
+    idle threads do not spin. ``run`` may be called from several threads at once, as ``infer.py``'s callers do."""
+
+    def __init__(self, path: str, threads: int, gpu_device: int | None = None):
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        self.on_gpu = gpu_device is not None and "CUDAExecutionProvider" in ort.get_available_providers()
+        if self.on_gpu:
+            providers = [("CUDAExecutionProvider", {"device_id": gpu_device}), "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = 0 if threads == cores() else threads
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 [n, 3, H, W] → the ONNX's output [n, ...]; StepError (a server fault) when ONNX Runtime fails."""
+        batch = np.ascontiguousarray(batch, np.float32)
+        try:
+            y = self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as e:
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+            raise StepError(f"ONNX Runtime failed on a batch of shape {list(batch.shape)}: {lines[0][:300]}",
+                            client=False) from None
+        return np.asarray(y, np.float32)
+
+
+class Postprocessing:
+    """Classifier outputs [n, C] → ``PROBABILITIES``, ``TOPK_IDS``, ``TOPK_SCORES``, ``TOPK_LABELS``: ``infer.py``'s
+    softmax (unless the model already outputs probabilities: ``outputs_probabilities`` "true", "false" or "auto",
+    decided per request on its own rows, as ``infer.py`` on a batch) and top-k, ties to the lower class id."""
+
+    def __init__(self, labels_path: str, k: int, outputs_probabilities: str = "auto"):
+        self.k, self.mode = k, outputs_probabilities
+        with open(labels_path, encoding="utf-8") as f:
+            self.labels = np.array([line.rstrip("\n").encode() for line in f], dtype=object)
+
+    def run(self, scores: np.ndarray) -> dict[str, np.ndarray]:
+        rows = scores.reshape(scores.shape[0], -1)
+        if rows.shape[1] != len(self.labels):
+            raise StepError(f"{rows.shape[1]} classes in, but labels.txt has {len(self.labels)}", client=False)
+        already = self.mode == "true" or (self.mode == "auto" and is_probability(rows))
+        probs = rows.astype(np.float32, copy=False) if already else softmax(rows)
+        ids, vals = topk(probs, self.k)
+        return {"PROBABILITIES": probs, "TOPK_IDS": ids.astype(np.int64), "TOPK_SCORES": vals.astype(np.float32),
+                "TOPK_LABELS": self.labels[ids]}
+
+
+def triton_error(pb_utils, error: StepError):
+    """``error`` as the Python backend's TritonError, with its code where this Triton's backend has codes."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if error.client else "INTERNAL", None)
+    return pb_utils.TritonError(str(error)) if code is None else pb_utils.TritonError(str(error), code)
