@@ -2,7 +2,7 @@
 """Throughput and p50/p99 latency against concurrency: the served model vs infer.py's in-process path.
 
     .venv-serve/bin/python benchmarks/bench_triton.py [--model res2net50_vd_26w_4s] [--concurrency 1 4 16]
-        [--requests 192] [--runs 3] [--images 24] [--protocol grpc] [--client auto|perf_analyzer|loop]
+        [--requests 400] [--runs 3] [--images 24] [--protocol grpc] [--client auto|perf_analyzer|loop]
         [--onnx PATH] [--json out.json] [--triton-instances N] [--triton-queue-delay-us US] ...
 
 Runs in the serving environment (``pip install -e '.[serve]'``: tritonclient, nvidia-pytriton's tritonserver,
@@ -331,8 +331,9 @@ def main() -> int:
     p.add_argument("--model", default="res2net50_vd_26w_4s")
     p.add_argument("--onnx", metavar="PATH", help="an existing export of --model (default: export one)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--requests", type=int, default=192,
-                   help="requests (images) per measurement window (default 192: about 5 s on 2 cores)")
+    p.add_argument("--requests", type=int, default=400,
+                   help="requests (images) per measurement window (default 400: about 10 s on 2 cores; shorter "
+                        "windows measured the served path a few %% lower, docs/triton.md)")
     p.add_argument("--runs", type=int, default=3, help="rounds; medians reported (default 3)")
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
