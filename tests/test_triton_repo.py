@@ -440,7 +440,7 @@ def test_an_unbounded_queue_is_refused(tiny_onnx, tmp_path):
 
 
 def test_serve_reads_configs_with_the_proto_and_sizes_shared_memory(tiny_onnx, tmp_path):
-    from trt_res2net.serving.server import python_shm_bytes, read_repository
+    from trt_res2net.serving.server import python_shm_bytes, python_shm_growth_bytes, read_repository
 
     export(tmp_path, tiny_onnx)
     models = read_repository(tmp_path / "repo")
@@ -451,6 +451,10 @@ def test_serve_reads_configs_with_the_proto_and_sizes_shared_memory(tiny_onnx, t
     # The largest batch a Python model holds: the preprocessing's 32 × 3×224×224 float32 out, plus a MiB.
     per_batch = 32 * 3 * 224 * 224 * 4
     assert python_shm_bytes(info["config"] for info in models.values()) == (-(-per_batch // (1 << 20)) + 1) << 20
+    # It grows in one step by enough for the largest image a model accepts (max_image_bytes, 50 MB), plus a MiB.
+    configs = [info["config"] for info in models.values()]
+    assert python_shm_growth_bytes(configs, 2 << 20) == (-(-50_000_000 // (1 << 20)) + 1) << 20
+    assert python_shm_growth_bytes(configs, 100 << 20) == 100 << 20
     bad = tmp_path / "repo" / f"{NAME}_postprocess" / "config.pbtxt"
     bad.write_text(bad.read_text().replace("max_batch_size", "max_batch"))
     with pytest.raises(UserError, match=r"postprocess/config.pbtxt: not a valid Triton ModelConfig .*max_batch"):

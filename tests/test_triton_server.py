@@ -257,6 +257,10 @@ def test_hostile_requests_are_client_errors_refused_fast_and_delay_no_one(server
     assert all("60 MB is over the limit of 50 MB" in r["message"] and "--triton-max-image-bytes" in r["message"]
                for r in by_what["big"])
     assert all("not a decodable image" in r["message"] for r in by_what["corrupt"])
+    print("hostile: refused in " + ", ".join(
+        f"{what} {min(r['ms'] for r in rs):.1f}-{max(r['ms'] for r in rs):.1f} ms" for what, rs in by_what.items())
+        + f"; a good request alone {min(result['baseline_ms']):.0f}-{max(result['baseline_ms']):.0f} ms, meanwhile "
+        f"median {statistics.median(result['during_ms']):.0f}, max {max(result['during_ms']):.0f} ms")
     # Refused in milliseconds: the bomb and the corrupt image at once; 60 MB once it has arrived (its transfer
     # and copies over loopback, on two cores shared with the client and the good requests).
     assert statistics.median(r["ms"] for r in by_what["bomb"] + by_what["corrupt"]) < 50, refusals

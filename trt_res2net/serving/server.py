@@ -301,6 +301,17 @@ def python_shm_bytes(configs) -> int:
     return (math.ceil(largest / MIB) + 1) * MIB if largest else MIB
 
 
+def python_shm_growth_bytes(configs, size: int) -> int:
+    """How much a Python-backend region grows when a request does not fit: at least ``size``, and enough to hold the
+    largest image a loaded model accepts (its ``max_image_bytes`` parameter) plus a MiB in one step — the region
+    grew in 2 MiB steps to take a 60 MB request, which then took 1.8 s instead of 0.8."""
+    largest = 0
+    for config in configs:
+        if config.backend == "python" and "max_image_bytes" in config.parameters:
+            largest = max(largest, int(config.parameters["max_image_bytes"].string_value or 0))
+    return max(size, (math.ceil(largest / MIB) + 1) * MIB)
+
+
 def choose_models(models: dict[str, dict], backends: set[str], wanted: list[str] | None) -> tuple[list, dict]:
     """(models to load, {skipped model: why}). An ensemble is loadable when all of its steps are."""
     skipped: dict[str, str] = {}
@@ -510,13 +521,14 @@ class TritonServer:
 
     def python_backend_config(self) -> list[str]:
         """The Python backend's shared memory: this run's region prefix, and each instance's region sized to hold
-        the largest batch of the models loaded (growing by as much when a request needs more)."""
+        the largest batch of the models loaded, growing in one step by enough for the largest image they accept."""
         if self.setup.backends and "python" not in self.setup.backends:
             return []
-        size = python_shm_bytes(self.configs[m] for m in self.models)
+        loaded = [self.configs[m] for m in self.models]
+        size = python_shm_bytes(loaded)
         return [f"--backend-config=python,shm-region-prefix-name={self.setup.shm_prefix}",
                 f"--backend-config=python,shm-default-byte-size={size}",
-                f"--backend-config=python,shm-growth-byte-size={size}"]
+                f"--backend-config=python,shm-growth-byte-size={python_shm_growth_bytes(loaded, size)}"]
 
     def command(self) -> list[str]:
         o, setup = self.options, self.setup
