@@ -204,11 +204,11 @@ def test_the_pipeline_gives_infer_pys_numbers_and_fails_a_bad_image_alone(repo, 
 def test_a_server_fault_in_the_pipeline_is_answered_as_one(repo, pb_utils, monkeypatch):
     model = load(repo, "tiny_python", monkeypatch)
 
-    def broken(batch):
+    def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(model.classifier.session, "run", lambda *a, **k: broken(a))
-    (r,) = requests = [Request(IMAGE=images(imf.PHOTOS[0].read_bytes()))]
+    monkeypatch.setattr(model.classifier.session, "run", broken)
+    requests = [Request(IMAGE=images(imf.PHOTOS[0].read_bytes()))]
     model.execute(requests)
     (response,) = answers(requests)
     assert response.error.code == "INTERNAL" and "ONNX Runtime failed" in str(response.error)

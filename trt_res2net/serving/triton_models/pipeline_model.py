@@ -31,10 +31,9 @@ from trt_res2net_vendored.serving.triton_models.steps import (
     Postprocessing,
     Preprocessing,
     StepError,
-    cores,
-    instance_count,
+    instance_threads,
     parameters,
-    triton_error,
+    triton_response,
 )
 
 RUNS_PER_THREAD = 4
@@ -44,11 +43,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = parameters(config)
-        threads = int(params.get("intra_op_threads", "0") or 0) or max(1, cores() // instance_count(config))
-        try:
-            self.preprocessing = Preprocessing(params, threads, config.get("name", "the pipeline model"))
-        except RuntimeError as e:
-            raise pb_utils.TritonModelException(str(e)) from None
+        threads = instance_threads(config, "intra_op_threads")
+        self.preprocessing = Preprocessing(params, threads, config.get("name", "the pipeline model"))
         gpu = int(args.get("model_instance_device_id", 0)) if args.get("model_instance_kind") == "GPU" else None
         self.classifier = OnnxClassifier(os.path.join(args["model_repository"], args["model_version"], "model.onnx"),
                                          threads, gpu)
@@ -79,15 +75,12 @@ class TritonPythonModel:
     def _one(self, images, sender):
         try:
             try:
-                outputs = self.postprocessing.run(self.classifier.run(self.preprocessing.one(images)))
-                response = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
+                result = self.postprocessing.run(self.classifier.run(self.preprocessing.one(images)))
             except StepError as e:
-                response = pb_utils.InferenceResponse(error=triton_error(pb_utils, e))
+                result = e
             except Exception as e:  # anything else is the server's fault, answered, never lost
-                response = pb_utils.InferenceResponse(error=triton_error(
-                    pb_utils, StepError(f"{type(e).__name__}: {str(e)[:300]}", client=False)))
-            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                result = StepError(f"{type(e).__name__}: {str(e)[:300]}", client=False)
+            sender.send(triton_response(pb_utils, result), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         finally:
             self.in_process.release()
 
@@ -111,9 +104,7 @@ class TritonPythonModel:
                 except StepError as e:
                     results[i] = e
                 start += n
-        return [pb_utils.InferenceResponse(error=triton_error(pb_utils, r)) if isinstance(r, StepError)
-                else pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in r.items()])
-                for r in results]
+        return [triton_response(pb_utils, r) for r in results]
 
     def finalize(self):
         if self.runs is not None:

@@ -9,7 +9,7 @@ import json
 import os
 
 import triton_python_backend_utils as pb_utils
-from trt_res2net_vendored.serving.triton_models.steps import Postprocessing, StepError, parameters, triton_error
+from trt_res2net_vendored.serving.triton_models.steps import Postprocessing, StepError, parameters, triton_response
 
 
 class TritonPythonModel:
@@ -25,10 +25,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:  # per request: "auto" decides on the request's own rows, as infer.py on a batch
             try:
-                outputs = self.step.run(pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy())
+                result = self.step.run(pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy())
             except StepError as e:
-                responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, e)))
-                continue
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items()]))
+                result = e
+            responses.append(triton_response(pb_utils, result))
         return responses

@@ -14,30 +14,24 @@ import triton_python_backend_utils as pb_utils
 from trt_res2net_vendored.serving.triton_models.steps import (
     Preprocessing,
     StepError,
-    cores,
-    instance_count,
+    instance_threads,
     parameters,
-    triton_error,
+    triton_response,
 )
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = parameters(config)
-        threads = int(params.get("threads", "0") or 0) or max(1, cores() // instance_count(config))
-        try:
-            self.step = Preprocessing(params, threads, config.get("name", "the preprocessing model"))
-        except RuntimeError as e:
-            raise pb_utils.TritonModelException(str(e)) from None
+        self.step = Preprocessing(parameters(config), instance_threads(config, "threads"),
+                                  config.get("name", "the preprocessing model"))
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
 
     def execute(self, requests):
         images = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        return [pb_utils.InferenceResponse(error=triton_error(pb_utils, result)) if isinstance(result, StepError)
-                else pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, result)])
-                for result in self.step.run(images)]
+        return [triton_response(pb_utils, r if isinstance(r, StepError) else {self.output_name: r})
+                for r in self.step.run(images)]
 
     def finalize(self):
         self.step.close()

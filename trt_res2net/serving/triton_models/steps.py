@@ -39,8 +39,11 @@ def parameters(config: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
-def instance_count(config: dict) -> int:
-    return sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+def instance_threads(config: dict, key: str) -> int:
+    """Threads per instance: the config's ``key`` parameter, or 0 there for the machine's cores ÷ the model's
+    instances (each instance is its own process: instances × threads ≤ cores)."""
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+    return int(parameters(config).get(key, "0") or 0) or max(1, cores() // instances)
 
 
 class Preprocessing:
@@ -52,7 +55,7 @@ class Preprocessing:
 
     def __init__(self, params: dict[str, str], threads: int, model_name: str):
         recorded = params.get("preprocess_sha256")
-        if recorded and recorded != SPEC.sha256():
+        if recorded and recorded != SPEC.sha256():  # raised in initialize: Triton fails the load with this line
             raise RuntimeError(
                 f"the vendored preprocessing spec {SPEC.to_json()} is not the one this repository was exported "
                 f"with (sha256 {recorded}); export the repository again with build.py --triton-repo")
@@ -82,6 +85,9 @@ class Preprocessing:
     def one(self, images: np.ndarray) -> np.ndarray:
         """A request's images (checked) → its pixels, decoded on the calling thread; StepError when one fails."""
         self.check(images)
+        return self._decode(images)
+
+    def _decode(self, images: np.ndarray) -> np.ndarray:
         images = images.reshape(-1)
         out = np.empty((len(images), 3, SPEC.crop_size, SPEC.crop_size), np.float32)
         client, server = [], []
@@ -103,7 +109,7 @@ class Preprocessing:
         for images in requests:
             try:
                 self.check(images)
-                jobs.append(self.pool.submit(self.one, images))
+                jobs.append(self.pool.submit(self._decode, images))
             except StepError as e:
                 jobs.append(e)
         results = []
@@ -172,7 +178,11 @@ class Postprocessing:
                 "TOPK_LABELS": self.labels[ids]}
 
 
-def triton_error(pb_utils, error: StepError):
-    """``error`` as the Python backend's TritonError, with its code where this Triton's backend has codes."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG" if error.client else "INTERNAL", None)
-    return pb_utils.TritonError(str(error)) if code is None else pb_utils.TritonError(str(error), code)
+def triton_response(pb_utils, result: dict[str, np.ndarray] | StepError):
+    """A step's result (output name → array) or failure as the Python backend's InferenceResponse; a failure's
+    TritonError carries its code where this Triton's backend has codes."""
+    if not isinstance(result, StepError):
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in result.items()])
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if result.client else "INTERNAL", None)
+    error = pb_utils.TritonError(str(result)) if code is None else pb_utils.TritonError(str(result), code)
+    return pb_utils.InferenceResponse(error=error)
