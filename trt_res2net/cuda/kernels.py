@@ -64,8 +64,13 @@ struct ImageDesc {{
     int pad_;
     double scale_x, scale_y;   // 1 / ((double)resized / source), as OpenCV computes it
 }};
-// The host fills these with numpy (cuda_preprocess.DESC_DTYPE): the layouts must agree.
-{layout_asserts}
+// The host fills these with numpy (kernels.DESC_DTYPE): the layouts must agree. NVRTC 12.x and 13.0 have no
+// __builtin_offsetof ("type name is not allowed"), so NVRTC checks the size; the host compiler (the tests
+// compile this same source for the CPU) checks every offset.
+{size_assert}
+#ifndef __CUDACC_RTC__
+{offset_asserts}
+#endif
 
 // Output plane of BGR source channel c, and that plane's normalisation (from the spec).
 __constant__ int PLANE[3] = {{{plane}}};
@@ -210,10 +215,13 @@ extern "C" __global__ void __launch_bounds__(1024)
         }}
         block_best(&best_v, &best_i, shared_v, shared_i);
         if (threadIdx.x == 0) {{
-            const size_t o = (size_t)blockIdx.x * k + r;
-            out_ids[o] = best_i;
-            out_scores[o] = best_i < 0 ? __int_as_float(0x7fc00000)
-                                       : (apply_softmax ? __fdiv_rn(expf(__fsub_rn(best_v, m)), s) : best_v);
+            const size_t o = (size_t)blockIdx.x * k;
+            if (best_i < 0) {{     // nothing left that ranks (NaN): every remaining slot says so
+                for (int q = r; q < k; ++q) {{ out_ids[o + q] = -1; out_scores[o + q] = __int_as_float(0x7fc00000); }}
+            }} else {{
+                out_ids[o + r] = best_i;
+                out_scores[o + r] = apply_softmax ? __fdiv_rn(expf(__fsub_rn(best_v, m)), s) : best_v;
+            }}
         }}
         if (best_i < 0) break;
         prev_v = best_v;
@@ -240,14 +248,14 @@ def kernel_source(spec: PreprocessSpec = SPEC) -> str:
         plane = (0, 1, 2)
     else:
         raise ValueError(f"unknown channel order {spec.channel_order!r}")
-    asserts = [f'static_assert(sizeof(ImageDesc) == {DESC_DTYPE.itemsize}, "ImageDesc size");']
-    asserts += [
+    offset_asserts = [
         f'static_assert(__builtin_offsetof(ImageDesc, {"pad_" if name == "pad" else name}) == {offset}, '
         f'"ImageDesc.{name}");'
         for name, (_, offset) in DESC_DTYPE.fields.items()
     ]
     return _SOURCE_TEMPLATE.format(
-        layout_asserts="\n".join(asserts),
+        size_assert=f'static_assert(sizeof(ImageDesc) == {DESC_DTYPE.itemsize}, "ImageDesc size");',
+        offset_asserts="\n".join(offset_asserts),
         spec_sha=spec.sha256()[:16],
         crop=int(spec.crop_size),
         coef_scale=COEF_SCALE,
@@ -370,6 +378,23 @@ def pack_images(images, spec: PreprocessSpec = SPEC, align: int = 16):
     return descs, windows, offset
 
 
+def staging_layout(images, spec: PreprocessSpec = SPEC):
+    """(descs, windows, desc_bytes, pixel_bytes) of a batch: the descriptors first, padded to 256 bytes, then
+    the pixel windows as :func:`pack_images` places them."""
+    descs, windows, pixel_bytes = pack_images(images, spec)
+    return descs, windows, -(-descs.nbytes // 256) * 256, pixel_bytes
+
+
+def fill_staging(buffer: np.ndarray, images, descs: np.ndarray, windows, desc_bytes: int) -> None:
+    """Write a batch into ``buffer`` (uint8, at least desc_bytes + pixel_bytes long) as the kernel reads it:
+    the descriptors at 0, each image's source window at desc_bytes + its offset."""
+    buffer[: descs.nbytes] = descs.view(np.uint8)
+    for img, d, (wx, wy, ww, wh) in zip(images, descs, windows, strict=True):
+        start = desc_bytes + int(d["offset"])
+        dst = buffer[start : start + wh * ww * 3].reshape(wh, ww, 3)
+        np.copyto(dst, img[wy : wy + wh, wx : wx + ww])
+
+
 def kernel_traffic(shapes, spec: PreprocessSpec = SPEC, sector: int = 32) -> dict:
     """Bytes the preprocessing kernel must move for images of these (height, width) shapes.
 
@@ -381,8 +406,7 @@ def kernel_traffic(shapes, spec: PreprocessSpec = SPEC, sector: int = 32) -> dic
     The kernel's time floor is ``(read_bytes + write_bytes + desc_bytes) / DRAM bandwidth``.
     """
     images = [np.empty((h, w, 3), np.uint8) for h, w in shapes]  # shapes only: pack_images reads no pixels
-    descs, windows, pixel_bytes = pack_images(images, spec)
-    desc_bytes = -(-descs.nbytes // 256) * 256
+    descs, windows, desc_bytes, pixel_bytes = staging_layout(images, spec)
     crop = spec.crop_size
     idx = np.arange(crop)
     read = 0
@@ -566,18 +590,13 @@ class GpuKernels:
     def stage(self, images) -> StagedBatch:
         """Copy the images' source windows into pinned memory and enqueue one H2D copy (with descriptors)."""
         n = len(images)
-        descs, windows, pixel_bytes = pack_images(images, self.spec)
-        desc_bytes = -(-descs.nbytes // 256) * 256
+        descs, windows, desc_bytes, pixel_bytes = staging_layout(images, self.spec)
         total = desc_bytes + pixel_bytes
         if self._staged_pending:
             self._staged.synchronize()  # the previous batch's copy must have left the pinned buffer
         self._ensure_staging(total)
-        host = self._staging_host
-        host.view(DESC_DTYPE, (n,), 0)[:] = descs
-        for img, d, (wx, wy, ww, wh) in zip(images, descs, windows, strict=True):
-            dst = host.view(np.uint8, (wh, ww, 3), desc_bytes + int(d["offset"]))
-            np.copyto(dst, img[wy : wy + wh, wx : wx + ww])
-        self.stream.copy_htod(self._staging_device.address, host.address, total)
+        fill_staging(self._staging_host.bytes, images, descs, windows, desc_bytes)
+        self.stream.copy_htod(self._staging_device.address, self._staging_host.address, total)
         self._staged.record(self.stream)
         self._staged_pending = True
         return StagedBatch(n, self._staging_device.address, desc_bytes, pixel_bytes, descs, windows)
