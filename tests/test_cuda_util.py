@@ -48,7 +48,7 @@ def test_call_reports_missing_libraries():
     def cuInit(flags):
         raise DynamicLibNotFoundError("libcuda.so.1 not found")
 
-    with pytest.raises(cu.CudaUnavailable, match="NVRTC is missing"):
+    with pytest.raises(cu.CudaUnavailable, match=r"NVRTC \(libnvrtc\.so\.\d+, for cuda-python [\d.]+\w*\) is missing"):
         cu.call(nvrtcVersion)
     with pytest.raises(cu.CudaUnavailable, match="driver"):
         cu.call(cuInit, 0)

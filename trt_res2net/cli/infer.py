@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
+from ..cuda.device import CudaUnavailable
 from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from .benchmark import add_benchmark_arguments, run_benchmark
 from .common import positive_int, run_main, warn
@@ -236,9 +237,14 @@ def run(args: argparse.Namespace) -> int:
     args.batch = _one_batch_size(args.batch)
     if args.eval:
         return run_eval(args)
-    if wants_streams(args):
-        return run_streams(args)
-    return run_classify(args)
+    try:
+        if wants_streams(args):
+            return run_streams(args)
+        return run_classify(args)
+    except CudaUnavailable as e:
+        if e.library != "nvrtc" or args.cpu_preprocess:
+            raise
+        raise CudaUnavailable(f"{e}; or classify without NVRTC: --cpu-preprocess", library=e.library) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,8 @@ import numpy as np
 from ..core.errors import MissingDependency, UserError
 
 INSTALL_HINT = (
-    "pip install 'cuda-python>=12.6' (x86; 'cuda-python[all]' adds NVRTC), "
-    "or 'cuda-python>=12.6,<=12.9.10' on JetPack 6"
+    "pip install 'trt-res2net[trt]' (x86, a driver for CUDA 12: cuda-python 12) or 'trt-res2net[trt-cu13]' "
+    "(a driver for CUDA 13: cuda-python 13); on JetPack 6, pip install 'cuda-python>=12.6,<=12.9.10'"
 )
 
 # Codes meaning "this machine has no usable GPU": reported as a missing dependency (exit status 3).
@@ -38,6 +38,13 @@ _NO_GPU_CODES = {
     "cudaErrorNoDevice",
     "CUDA_ERROR_NO_DEVICE",
 }
+
+_DRIVER_MISSING = ("the NVIDIA driver's libcuda.so.1 could not be loaded: a CUDA GPU and its driver are needed "
+                   "(on Jetson the driver comes with JetPack's L4T)")
+_JETPACK_NVRTC = "on Jetson use JetPack's: export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH"
+
+# cuda-python 12.6 and older raise these when a library or one of its functions cannot be loaded.
+_DLOPEN_FAILED = re.compile(r'Failed to dlopen (\S+)|Function "(\w+)" not found')
 
 
 class CudaError(UserError):
@@ -50,7 +57,12 @@ class CudaError(UserError):
 
 
 class CudaUnavailable(MissingDependency):
-    """cuda-python, the NVIDIA driver, a GPU or NVRTC is missing."""
+    """cuda-python, the NVIDIA driver, a GPU or NVRTC is missing; ``library`` names a missing shared library
+    ("libcuda", "nvrtc") when that is the reason."""
+
+    def __init__(self, message: str, exit_code: int | None = None, library: str | None = None):
+        super().__init__(message, exit_code)
+        self.library = library
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,28 @@ def cuda_modules() -> CudaModules:
         return CudaModules(runtime, driver, nvrtc, "cuda")
     except ImportError as e:
         raise CudaUnavailable(f"cuda-python is not installed: {INSTALL_HINT}") from e
+
+
+@functools.cache
+def cuda_python_version() -> str:
+    """The version of the bindings in use ("12.6.2.post1", "13.4.4"): the module's own, else its package's."""
+    try:
+        from cuda.bindings import __version__
+
+        return str(__version__)
+    except ImportError:
+        pass
+    from importlib import metadata
+
+    try:
+        return metadata.version("cuda-python")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cuda_version_text(version: int) -> str:
+    """CUDA's integer version (12060) as people write it ("12.6")."""
+    return f"{version // 1000}.{version % 1000 // 10}"
 
 
 def _error_text(err) -> str:
@@ -111,12 +145,39 @@ def check(result, what: str = "CUDA call"):
         name = getattr(err, "name", None) or str(err)
         text = _error_text(err)
         message = f"{what} failed: {name}" + (f" ({text})" if text and text != name else "")
+        if name == "cudaErrorInsufficientDriver":
+            raise CudaUnavailable(driver_problem() or message + "; a CUDA GPU and its driver are needed",
+                                  exit_code=None)
         if name in _NO_GPU_CODES:
-            raise CudaUnavailable(message + "; a CUDA GPU and its driver are needed", exit_code=None)
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+            raise CudaUnavailable(f"{message}{hint}; a CUDA GPU and its driver are needed", exit_code=None)
         raise CudaError(message, code_name=name)
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+def _nvrtc_fix() -> str:
+    """What to install for NVRTC with these bindings. cuda-python 12.6 dlopens libnvrtc.so.12 by name only (the
+    library path and the loader's cache); from 12.9, cuda.pathfinder also finds pip's nvidia-cuda-nvrtc wheels."""
+    major = cuda_python_version().split(".")[0]
+    try:
+        import cuda.pathfinder  # noqa: F401
+    except ImportError:
+        return (f"put CUDA {major}'s libnvrtc.so.{major} on LD_LIBRARY_PATH ({_JETPACK_NVRTC}), or use "
+                "cuda-python 12.9 or later, which also finds pip's nvidia-cuda-nvrtc-cu12")
+    wheel = "nvidia-cuda-nvrtc-cu12" if major == "12" else "nvidia-cuda-nvrtc>=13"
+    return f"pip install '{wheel}' (x86); {_JETPACK_NVRTC}"
+
+
+def _missing_library(what: str, detail: str) -> CudaUnavailable:
+    """The one line for a shared library that ``what`` (a cuda-python function) could not load."""
+    if what.startswith("nvrtc") or "nvrtc" in detail:
+        major = cuda_python_version().split(".")[0]
+        return CudaUnavailable(f"NVRTC (libnvrtc.so.{major}, for cuda-python {cuda_python_version()}) is missing; "
+                               f"it compiles the GPU preprocessing kernels: {_nvrtc_fix()}", library="nvrtc")
+    return CudaUnavailable(_DRIVER_MISSING, library="libcuda")
 
 
 def call(fn, *args):
@@ -125,14 +186,44 @@ def call(fn, *args):
     try:
         result = fn(*args)
     except Exception as e:
-        if type(e).__name__ != "DynamicLibNotFoundError":  # cuda.pathfinder: a shared library is absent
-            raise
-        if what.startswith("nvrtc"):
-            hint = "NVRTC is missing: pip install 'cuda-python[all]' (x86), or use JetPack's /usr/local/cuda"
-        else:
-            hint = "the NVIDIA driver (libcuda) is missing: a CUDA GPU and its driver are needed"
-        raise CudaUnavailable(f"{what}: {hint}") from e
+        if type(e).__name__ == "DynamicLibNotFoundError":  # cuda.pathfinder (12.9 and later): a library is absent
+            raise _missing_library(what, str(e)) from e
+        found = _DLOPEN_FAILED.search(str(e)) if isinstance(e, RuntimeError) else None
+        if found:  # cuda-python 12.6 and older
+            raise _missing_library(what, found.group(1) or found.group(2) or "") from e
+        raise
     return check(result, what)
+
+
+def driver_cuda_version() -> int:
+    """The CUDA version the installed NVIDIA driver supports (12060 for 12.6); 0 when there is no driver."""
+    try:
+        return int(call(cuda_modules().runtime.cudaDriverGetVersion))
+    except (CudaUnavailable, CudaError):
+        return 0
+
+
+def driver_problem() -> str | None:
+    """Why the driver cannot serve these bindings, in one line, or None when it can.
+
+    cuda-python's runtime needs a driver of its own CUDA major version (13.x: r580 or newer); 12.9 and later say
+    cudaErrorInsufficientDriver for an older one, 12.6 goes on until the first call the driver cannot serve."""
+    driver = driver_cuda_version()
+    if driver == 0:
+        return _DRIVER_MISSING
+    try:
+        runtime = int(call(cuda_modules().runtime.cudaRuntimeGetVersion))
+    except (CudaUnavailable, CudaError):
+        return None
+    if driver // 1000 >= runtime // 1000:
+        return None
+    bindings = f"cuda-python {cuda_python_version()} (CUDA {cuda_version_text(runtime)})"
+    if driver // 1000 == 12:
+        fix = ("pip install 'cuda-python>=12.6,<13' (the trt extra) fits this driver, or install a driver for "
+               "CUDA 13 (r580 or newer)")
+    else:
+        fix = "install a driver for CUDA 12 (r525 or newer), or CUDA 13 (r580 or newer) for cuda-python 13"
+    return f"the NVIDIA driver supports CUDA {cuda_version_text(driver)}, older than {bindings} needs: {fix}"
 
 
 def native_handle(obj) -> int:
@@ -229,6 +320,9 @@ def detect_gpu(device: int = 0) -> DeviceInfo:
     this machine does not have.
     """
     runtime = cuda_modules().runtime  # CudaUnavailable (exit 3) without cuda-python
+    problem = driver_problem()
+    if problem:
+        raise MissingDependency(f"no usable NVIDIA GPU: {problem}")
     try:
         count = int(call(runtime.cudaGetDeviceCount))
     except CudaUnavailable as e:  # no driver, no device, no libcuda: the message says which
@@ -262,6 +356,9 @@ def set_device(device: int) -> None:
 def init_device(device: int = 0) -> DeviceInfo:
     """Make ``device``'s primary context current in this thread (runtime and driver API) and describe it."""
     rt = cuda_modules().runtime
+    problem = driver_problem()
+    if problem:
+        raise CudaUnavailable(problem)
     call(rt.cudaSetDevice, device)
     call(rt.cudaFree, 0)  # forces creation of the primary context
     call(cuda_modules().driver.cuInit, 0)

@@ -174,16 +174,17 @@ def refuse_inapplicable_options(options: EngineOptions, version, precision: str)
                         f"{label} {v.major}.{v.minor} does not have")
 
 
-def rtx_targets(options: EngineOptions, gpu, written: str | None = None) -> list[str] | None:
+def rtx_targets(options: EngineOptions, gpu, written: str | None = None, why: str | None = None) -> list[str] | None:
     """The compute capabilities to build for (None = the library's default), checked against this machine's GPU
-    where ``current`` is asked for (``written``: what the run wrote before, for the message)."""
+    where ``current`` is asked for (``written``: what the run wrote before; ``why``: why there is no GPU)."""
     ccs = list(options.compute_capabilities) if options.compute_capabilities else None
     if ccs != ["current"]:
         return ccs
     if gpu is None:
         head = f"wrote {written}; " if written else ""
+        because = f" ({why})" if why else ""
         raise MissingDependency(f"{head}--compute-capability current needs an NVIDIA GPU on this "
-                                "machine; name the targets instead (e.g. --compute-capability 8.9)")
+                                f"machine{because}; name the targets instead (e.g. --compute-capability 8.9)")
     cc = gpu.cc
     if cc not in trt_compat.RTX_TARGETS and trt_compat.cc_key(cc) < trt_compat.cc_key("12.1"):
         raise UserError(f"this GPU ({gpu.name}, compute capability {cc}) is not a TensorRT-RTX target; build "
@@ -203,9 +204,10 @@ def check_targets_early(options: EngineOptions, version, precision: str, *, onnx
 
         try:
             gpu = detect_gpu(options.device)
-        except MissingDependency:
-            gpu = None
-        rtx_targets(options, gpu)
+        except MissingDependency as e:
+            rtx_targets(options, None, why=str(e))
+        else:
+            rtx_targets(options, gpu)
         return
     if "7.5" in targets and precision == "fp32":
         gemm = fp32_gemm_nodes(onnx_path) if onnx_path else []

@@ -108,11 +108,34 @@ def rtx_validity_diagnostics(trt, diagnostics) -> list[str]:
     return [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if bits & int(member)]
 
 
-def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path) -> None:
+def _rtx_package() -> str:
+    """The installed TensorRT-RTX distribution ("tensorrt-rtx-cu13"), which names the CUDA it was built for."""
+    from importlib import metadata
+
+    for name in ("tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt-rtx"):
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        return name
+    return "tensorrt-rtx"
+
+
+def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path, library_log: log.Collapsed | None = None) -> None:
     """``Runtime.get_engine_validity`` on the plan's header before deserializing: INVALID → one line naming the
-    library's diagnostics and what each asks for; SUBOPTIMAL → a warning naming them."""
+    library's diagnostics and what each asks for; SUBOPTIMAL → a warning naming them.
+
+    INVALID with no diagnostic is what the library answers when it cannot read the GPU at all (its log names the
+    CUDA error, e.g. a driver too old for its CUDA): that is said as such (MissingDependency, exit status 3), with
+    the CUDA error from ``library_log``, not as a bad engine."""
     size = int(runtime.engine_header_size)
-    validity, diagnostics = runtime.get_engine_validity(memoryview(data)[:size])
+    if library_log is not None:
+        library_log.muted = True  # what it logs here is said in the one line below
+    try:
+        validity, diagnostics = runtime.get_engine_validity(memoryview(data)[:size])
+    finally:
+        if library_log is not None:
+            library_log.muted = False
     if validity == trt.EngineValidity.VALID:
         return
     names = rtx_validity_diagnostics(trt, diagnostics)
@@ -120,6 +143,15 @@ def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path) -> None:
     if validity == trt.EngineValidity.SUBOPTIMAL:
         _warn(f"TensorRT-RTX says {engine_path} runs suboptimally on this GPU ({why})")
         return
+    if not names:
+        logged = " ".join(library_log.messages()) if library_log is not None else ""
+        cuda = re.search(r"cudaError \d+: [^)]*", logged)
+        package = _rtx_package()
+        needs = {"tensorrt-rtx-cu13": "CUDA 13 (r580 or newer)", "tensorrt-rtx-cu12": "CUDA 12"}.get(package)
+        raise MissingDependency(
+            f"TensorRT-RTX could not read this GPU ({cuda.group(0) if cuda else 'no diagnostic given'}), so it "
+            f"could not judge {engine_path}: check the GPU and driver (nvidia-smi)"
+            + (f"; {package} needs a driver for {needs}" if needs else ""))
     fixes = "; ".join(f"{name}: {RTX_DIAGNOSTIC_REMEDIES[name]}" for name in names if name in RTX_DIAGNOSTIC_REMEDIES)
     raise UserError(f"TensorRT-RTX says {engine_path} cannot run here ({why})"
                     + (f" — {fixes}" if fixes else "; rebuild it with build.py --engine-family tensorrt-rtx here"))
@@ -264,7 +296,7 @@ class LoadedEngine:
         data = self.path.read_bytes()
         try:
             if self.rtx:
-                check_rtx_validity(trt, self.runtime, data, self.path)
+                check_rtx_validity(trt, self.runtime, data, self.path, self.log)
             self.engine = self.runtime.deserialize_cuda_engine(data)
         finally:
             self.log.flush()
@@ -314,6 +346,28 @@ class LoadedEngine:
         if context is None:
             raise UserError(f"{self.library.label} could not create an execution context for "
                             f"{self.path} (out of GPU memory?)")
+        return context
+
+    def context_memory_size(self) -> int:
+        """Bytes of device memory one execution context needs for its activations (its profile's largest shapes)."""
+        if trt_compat.has_user_managed_context_memory(self.library.version):
+            return int(self.engine.device_memory_size_v2)
+        return int(self.engine.device_memory_size)
+
+    def create_context_on(self, address: int, size: int):
+        """A standard TensorRT execution context whose activations live at ``address`` (``size`` bytes): memory the
+        caller shares between contexts that never run at the same time (one CUDA stream)."""
+        trt = self.library.module
+        if trt_compat.has_user_managed_context_memory(self.library.version):
+            context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if context is not None:
+                context.set_device_memory(address, size)
+        else:
+            context = self.engine.create_execution_context_without_device_memory()
+            if context is not None:
+                context.device_memory = address
+        if context is None:
+            raise UserError(f"{self.library.label} could not create an execution context for {self.path}")
         return context
 
     def save_runtime_cache(self) -> bool:
