@@ -9,7 +9,8 @@
   ``outputs = mean over H, W of the input @ WEIGHTS[:, :classes]`` so results can be checked in numpy.
 - The fake GPU has a simulated clock (``GPU_CLOCK``) that only an engine execution advances, by
   ``EXECUTE_MS_PER_IMAGE`` per image; ``FakeEvent`` reads it, so timings measured with events are exact.
-- ``FakeKernels`` does what the CUDA kernels do with the numpy port of their arithmetic.
+- ``FakeKernels`` runs the CUDA kernels' own source compiled for the CPU (tests/cpu_kernels.py), on staging
+  buffers packed as the GPU path packs them.
 - ``fake_cuda_runtime(...)`` + ``install_cuda_runtime(monkeypatch, rt)``: a cuda-python runtime module
   with the calls device detection and plain device buffers make, behind ``cuda_util.cuda_modules()``, so
   that code built on ``cuda_util`` runs its real error handling against chosen CUDA results.
@@ -29,7 +30,6 @@ import numpy as np
 
 from trt_res2net.cuda import device as cuda_util
 from trt_res2net.cuda import kernels as cuda_preprocess
-from trt_res2net.runtime.tensorrt_backend import topk_numpy
 
 WEIGHTS = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
 
@@ -118,13 +118,20 @@ class _Enum:
 
 
 class FakeContext:
-    def __init__(self, engine, config=None):
+    def __init__(self, engine, config=None, user_managed=False):
         self.engine = engine
         self.config = config
         self.shapes = {}
         self.addresses = {}
         self.executions = 0
         self.fail_execute = False
+        self.user_managed = user_managed  # its activation memory is the caller's (set_device_memory)
+        self.device_memory = None
+        self.capturable_asked = []
+
+    def set_device_memory(self, address, size):
+        assert size >= self.engine.device_memory_size_v2
+        self.device_memory = int(address)
 
     def set_input_shape(self, name, shape):
         profile = self.engine.spec["inputs"][name].get("profile")
@@ -152,11 +159,17 @@ class FakeContext:
         return dict(self.shapes), dict(self.addresses)
 
     def is_stream_capturable(self, stream_handle):
+        # TensorRT-RTX answers for the context as it is: asked before a shape is set, the answer means nothing.
+        assert self.shapes, "is_stream_capturable asked before any input shape was set"
+        self.capturable_asked.append((stream_handle, next(iter(self.shapes.values()))))
         return self.engine.capturable
 
     def execute_async_v3(self, stream_handle, state=None):
-        if self.fail_execute:
-            return False
+        if self.fail_execute or (self.user_managed and not self.device_memory):
+            return False  # TensorRT refuses to run a user-managed context before its memory is set
+        if FakeGraph.capturing is not None and state is None:  # captured with this moment's bindings, not run
+            FakeGraph.capturing.recorded.append((self, self.snapshot()))
+            return True
         if self.config is not None and self.config.cache is not None:  # TensorRT-RTX compiles per shape
             self.config.cache.compiled.add(tuple(self.shapes[next(iter(self.engine.spec["inputs"]))]))
         shapes, addresses = state or self.snapshot()
@@ -177,6 +190,7 @@ _DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8}
 
 class FakeEngine:
     capturable = True  # what TensorRT-RTX's is_stream_capturable answers
+    device_memory_size = device_memory_size_v2 = 1 << 20  # activations of one context
 
     def __init__(self, spec):
         self.spec = spec
@@ -206,7 +220,13 @@ class FakeEngine:
         return [tuple(s) for s in self.spec["inputs"][name]["profile"]]
 
     def create_execution_context(self, config=None):
-        ctx = FakeContext(self, config)
+        user_managed = isinstance(config, _Enum) and config.name == "USER_MANAGED"  # an allocation strategy
+        ctx = FakeContext(self, None if isinstance(config, _Enum) else config, user_managed)
+        self.contexts.append(ctx)
+        return ctx
+
+    def create_execution_context_without_device_memory(self):  # TensorRT 8.6
+        ctx = FakeContext(self, None, user_managed=True)
         self.contexts.append(ctx)
         return ctx
 
@@ -284,6 +304,9 @@ def make_tensorrt(version="10.3.0", rtx=False):
 
     trt.Logger, trt.Runtime = Logger, Runtime
     trt.TensorIOMode = types.SimpleNamespace(INPUT=_Enum("INPUT"), OUTPUT=_Enum("OUTPUT"))
+    if rtx or int(version.split(".")[0]) >= 10:
+        trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(
+            STATIC=_Enum("STATIC"), ON_PROFILE_CHANGE=_Enum("ON_PROFILE_CHANGE"), USER_MANAGED=_Enum("USER_MANAGED"))
     if rtx:
         trt.EngineValidity = types.SimpleNamespace(VALID=_Enum("VALID"), SUBOPTIMAL=_Enum("SUBOPTIMAL"),
                                                    INVALID=_Enum("INVALID"))
@@ -373,53 +396,82 @@ class FakeEvent:
 
 
 class FakeGraph:
-    """Captures like CUDA does: the bindings at capture time are baked in; launch replays them."""
+    """Captures like CUDA: what is enqueued while capturing is recorded with its execution context's shapes and
+    addresses at that moment, not run; launch replays it. A graph holds its context's state at capture time, so
+    TensorRT asks for one context per graph: replaying one whose context has been given other shapes or addresses
+    since fails here, where a GPU would run with undefined results."""
 
     instances = []
     fail = False
+    capturing = None
 
     def __init__(self, stream, enqueue):
         if FakeGraph.fail:
             raise cuda_util.CudaError("cudaStreamEndCapture failed: cudaErrorStreamCaptureUnsupported")
-        backend = enqueue.__self__
-        self.context, self.state, self.launches = backend.context, backend.context.snapshot(), 0
+        self.recorded, self.launches = [], 0
+        FakeGraph.capturing = self
+        try:
+            enqueue()
+        finally:
+            FakeGraph.capturing = None
         FakeGraph.instances.append(self)
+
+    @property
+    def state(self):
+        return self.recorded[0][1]
 
     def launch(self):
         self.launches += 1
-        assert self.context.execute_async_v3(0, self.state)
+        for context, state in self.recorded:
+            assert context.snapshot() == state, "a CUDA graph replayed after its context's bindings changed"
+            assert context.execute_async_v3(0, state)
 
     def destroy(self):
         pass
 
 
 class FakeKernels:
-    """What GpuKernels does, with the numpy port of the preprocessing kernel and the CPU top-k."""
+    """What GpuKernels does, with the CUDA kernels themselves compiled for the CPU (tests/cpu_kernels.py): the
+    same staging layout, launch arguments and grid, on host memory behind the fake device addresses."""
 
     instances = []
 
+    @dataclass(frozen=True)
+    class Staged(cuda_preprocess.StagedBatch):
+        buffer: np.ndarray = None  # the "device" staging memory: alive as long as the batch is
+
     def __init__(self, stream, compute_capability, spec=cuda_preprocess.SPEC, cache_directory=None):
+        from cpu_kernels import compile_cpu_kernels
+
         self.spec = spec
         self.cache_path = cuda_preprocess.cache_dir() / "kernels" / "fake.cubin"
         self.batches = []
         self._result = None
+        self._cpu = compile_cpu_kernels(spec)
         FakeKernels.instances.append(self)
 
     def stage(self, images):
-        return list(images)
+        descs, windows, desc_bytes, pixel_bytes = cuda_preprocess.staging_layout(images, self.spec)
+        buffer = np.zeros(max(desc_bytes + pixel_bytes, 1), np.uint8)
+        cuda_preprocess.fill_staging(buffer, images, descs, windows, desc_bytes)
+        return FakeKernels.Staged(len(images), int(buffer.ctypes.data), desc_bytes, pixel_bytes, descs, windows,
+                                  buffer)
 
     def launch_preprocess(self, staged, out_ptr):
-        crop = self.spec.crop_size
-        out = array_at(out_ptr, np.float32, (len(staged), 3, crop, crop))
-        for i, img in enumerate(staged):
-            out[i] = cuda_preprocess.emulate_preprocess(img, self.spec)
-        self.batches.append(len(staged))
+        # The GPU path's arguments: pixels from base + desc_bytes, descriptors at base.
+        self._cpu.launch_preprocess(staged.device_address + staged.desc_bytes, staged.device_address, out_ptr,
+                                    staged.count)
+        self.batches.append(staged.count)
 
     def preprocess(self, images, out_ptr):
         self.launch_preprocess(self.stage(images), out_ptr)
 
     def topk(self, logits_ptr, n, num_classes, k, apply_softmax):
-        self._result = topk_numpy(array_at(logits_ptr, np.float32, (n, num_classes)).copy(), k, apply_softmax)
+        from trt_res2net.runtime.tensorrt_backend import TopK
+
+        ids, scores = np.empty((n, k), np.int32), np.empty((n, k), np.float32)
+        self._cpu.launch_topk(logits_ptr, n, num_classes, k, apply_softmax, ids, scores)
+        self._result = TopK(ids, scores)
 
     def topk_result(self):
         return self._result.ids.copy(), self._result.scores.copy()
@@ -442,9 +494,10 @@ class cudaMemcpyKind(enum.IntEnum):
 
 
 def fake_cuda_runtime(*, count=1, count_error=cudaError_t.cudaSuccess, name=b"NVIDIA GeForce RTX 4090\x00\x00",
-                      cc=(8, 9), integrated=False, free=20 << 30, total=24 << 30):
+                      cc=(8, 9), integrated=False, free=20 << 30, total=24 << 30, driver=13000, runtime=13000):
     """A stand-in for cuda-python's runtime module: ``count`` devices (or ``count_error`` from
-    cudaGetDeviceCount), one set of device properties, and malloc/memcpy/free on fake addresses.
+    cudaGetDeviceCount), one set of device properties, the driver's and runtime's CUDA versions, and
+    malloc/memcpy/free on fake addresses.
     ``rt.calls`` records (function name, arguments) of everything but the queries."""
     ok = cudaError_t.cudaSuccess
     props = types.SimpleNamespace(name=name, major=cc[0], minor=cc[1], integrated=int(integrated),
@@ -456,6 +509,12 @@ def fake_cuda_runtime(*, count=1, count_error=cudaError_t.cudaSuccess, name=b"NV
 
     def cudaGetDeviceCount():
         return cudaError_t(count_error), (count if count_error == ok else 0)
+
+    def cudaDriverGetVersion():
+        return ok, driver
+
+    def cudaRuntimeGetVersion():
+        return ok, runtime
 
     def cudaGetDeviceProperties(device):
         return ok, props
@@ -484,7 +543,8 @@ def fake_cuda_runtime(*, count=1, count_error=cudaError_t.cudaSuccess, name=b"NV
         rt.calls.append(("cudaFree", address))
         return (ok,)
 
-    for fn in (cudaGetDeviceCount, cudaGetDeviceProperties, cudaMemGetInfo, cudaGetErrorString, cudaSetDevice,
+    for fn in (cudaDriverGetVersion, cudaRuntimeGetVersion, cudaGetDeviceCount, cudaGetDeviceProperties,
+               cudaMemGetInfo, cudaGetErrorString, cudaSetDevice,
                cudaMalloc, cudaMemcpy, cudaFree):
         setattr(rt, fn.__name__, fn)
     return rt

@@ -153,7 +153,7 @@ def test_import_library_missing_is_exit_3(monkeypatch):
     msg = str(info.value)
     assert info.value.exit_code == EXIT_NO_TENSORRT == 3
     assert msg.startswith("wrote onnx/x.onnx; TensorRT is not importable")
-    assert "pip install tensorrt" in msg and "python3-libnvinfer" in msg and "\n" not in msg
+    assert "pip install 'trt-res2net[trt]'" in msg and "python3-libnvinfer" in msg and "\n" not in msg
     assert trt_compat.installed_version("tensorrt") is None
 
 
@@ -163,7 +163,7 @@ def test_auto_without_either_library_names_both(monkeypatch):
         trt_compat.import_library("auto", what_was_written="x.onnx")
     msg = str(info.value)
     assert msg.startswith("wrote x.onnx; neither TensorRT nor TensorRT-RTX is importable; to build the engine")
-    assert "pip install tensorrt" in msg and "trt-res2net[rtx]" in msg and "\n" not in msg
+    assert "pip install 'trt-res2net[trt]'" in msg and "trt-res2net[rtx]" in msg and "\n" not in msg
     assert trt_compat.installed_version() is None
 
 
@@ -255,7 +255,8 @@ def test_gated_names_match_the_real_tensorrt_rtx():
     v = trt_compat.parse_version(trt.__version__, "tensorrt-rtx")
     config = trt.Builder(trt.Logger()).create_builder_config()
     owners = [trt, trt.NetworkDefinitionCreationFlag, trt.BuilderFlag, config, trt.Runtime, trt.ICudaEngine,
-              trt.IRuntimeConfig, trt.IRuntimeCache, trt.IExecutionContext, trt.EngineValidity, trt.CudaGraphStrategy]
+              trt.IRuntimeConfig, trt.IRuntimeCache, trt.IExecutionContext, trt.EngineValidity, trt.CudaGraphStrategy,
+              trt.ExecutionContextAllocationStrategy]
     for name, gate in trt_compat.GATED_NAMES.items():
         present = any(hasattr(owner, name) for owner in owners)
         if name == "EXPLICIT_BATCH":

@@ -125,6 +125,29 @@ def test_cuda_graph_is_captured_once_per_batch_size_and_replayed(tmp_path, fake_
     assert graphed.info()["cuda_graph"] and "CUDA graphs" in graphed.describe()
 
 
+@pytest.mark.parametrize("version", ["8.6.1", "10.3.0", "11.4.0"])
+def test_each_cuda_graph_has_its_own_context_on_one_activation_buffer(tmp_path, monkeypatch, version):
+    """Batch sizes in turn (8, 3, 4, 8, 3, ...) each replay their own graph: a graph holds its context's shapes and
+    addresses from capture time, so each batch size has its own execution context (the fake graph fails a replay
+    whose context changed since), and all of them run in one activation buffer of the engine's size, set as
+    TensorRT 8.6 (device_memory) or 10.x / 11.x (USER_MANAGED, set_device_memory) take it."""
+    trt = install(monkeypatch, version=version)
+    path = write_engine(tmp_path / "m.engine", batch=(1, 4, 8))
+    graphed = TensorRTBackend(path, check_manifest=False, cuda_graph=True)
+    for seed, n in enumerate([11, 4, 11, 4, 1, 11]):
+        x = _batch(n, seed)
+        np.testing.assert_allclose(graphed.run(x), expected_outputs(x, 10), rtol=1e-5, atol=1e-6)
+    contexts = trt.loaded[-1].contexts
+    assert sorted(len(g.recorded) for g in FakeGraph.instances) == [1, 1, 1, 1]  # batch sizes 1, 3, 4, 8
+    assert len({id(g.recorded[0][0]) for g in FakeGraph.instances}) == 4  # a context per graph
+    memory = graphed._context_memory
+    assert memory.nbytes == trt.loaded[-1].device_memory_size_v2
+    assert all(c.user_managed and c.device_memory == memory.address for c in contexts)
+    assert len(contexts) == 5  # the four graphs' and the one that answers the output shape
+    graphed.close()
+    assert memory.address == 0  # freed once the contexts are gone
+
+
 def test_cuda_graph_failure_falls_back_with_a_warning(tmp_path, fake_trt, capsys):
     FakeGraph.fail = True
     backend = TensorRTBackend(write_engine(tmp_path / "m.engine"), check_manifest=False, cuda_graph=True)
@@ -146,7 +169,7 @@ def test_time_compute_ms(tmp_path, fake_trt, cuda_graph):
     assert backend.time_compute_ms(8) == 8 * per_image  # the first run at 8 happened before the events
     assert backend.time_compute_ms(8) == 8 * per_image
     assert backend.time_compute_ms(1) == 1 * per_image
-    assert backend.context.executions == 5  # 2 first runs + 3 timed
+    assert sum(c.executions for c in fake_trt.loaded[-1].contexts) == 5  # 2 first runs + 3 timed
     with pytest.raises(UserError, match="batch 9"):
         backend.time_compute_ms(9)
 
@@ -268,7 +291,7 @@ def test_without_tensorrt_the_backend_is_a_missing_dependency(tmp_path, monkeypa
         TensorRTBackend(path)
     assert err.value.exit_code == EXIT_NO_TENSORRT
     assert str(err.value).startswith(f"cannot run {path}, a TensorRT engine: TensorRT is not importable")
-    assert "pip install tensorrt" in str(err.value) and "\n" not in str(err.value)
+    assert "pip install 'trt-res2net[trt]'" in str(err.value) and "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,7 +395,14 @@ def test_rtx_cuda_graphs_are_the_library_s(tmp_path, fake_rtx, capsys, monkeypat
         TensorRTBackend(path, check_manifest=False, kernel_specialization="sometimes")
     monkeypatch.setattr(fake_gpu_runtime.FakeEngine, "capturable", False)
     backend = TensorRTBackend(path, check_manifest=False, cuda_graph=True)
-    assert "cannot capture" in capsys.readouterr().err and not backend.info()["cuda_graph"]
+    capsys.readouterr()
+    np.testing.assert_allclose(backend.run(_batch(4)), expected_outputs(_batch(4), 10), rtol=1e-5, atol=1e-6)
+    backend.run(_batch(4))
+    # Asked once, after the batch size's first run (its shapes and addresses set), on the stream it runs on.
+    assert backend.context.capturable_asked == [(backend.stream.handle, (4, 3, 224, 224))]
+    err = capsys.readouterr().err
+    assert err.count("TensorRT-RTX cannot capture this engine's enqueue at batch 4") == 1
+    assert not backend.info()["cuda_graph"] and "CUDA graphs" not in backend.describe()
 
 
 

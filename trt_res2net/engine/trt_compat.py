@@ -37,8 +37,8 @@ class Family(NamedTuple):
 # (keywords: trt-api-check takes a call whose first argument is "tensorrt" for an import of the module)
 TENSORRT = Family(
     key="tensorrt", module="tensorrt", label="TensorRT", oldest=(8, 6),
-    install="TensorRT (pip install tensorrt on x86 with an NVIDIA GPU, plus cuda-python; JetPack's "
-            "python3-libnvinfer on Jetson)",
+    install="TensorRT (pip install 'trt-res2net[trt]' on x86 with a driver for CUDA 12, '[trt-cu13]' for CUDA 13; "
+            "JetPack's python3-libnvinfer on Jetson)",
 )
 TENSORRT_RTX = Family(
     key="tensorrt-rtx", module="tensorrt_rtx", label="TensorRT-RTX", oldest=(1, 7),
@@ -189,6 +189,26 @@ def has_timing_cache(v) -> bool:
     return not is_rtx(v)
 
 
+def has_user_managed_context_memory(v) -> bool:
+    """ExecutionContextAllocationStrategy.USER_MANAGED, IExecutionContext.set_device_memory and
+    ICudaEngine.device_memory_size_v2 (10.x, 11.x, TensorRT-RTX); 8.6 has
+    create_execution_context_without_device_memory, the device_memory attribute and device_memory_size instead."""
+    rel = _trt(v)
+    return rel is None or rel[0] >= 10
+
+
+def has_v1_context_memory(v) -> bool:
+    """create_execution_context_without_device_memory and ICudaEngine.device_memory_size: TensorRT 8.6 to 10.x."""
+    rel = _trt(v)
+    return rel is not None and rel[0] <= 10
+
+
+def has_device_memory_attribute(v) -> bool:
+    """IExecutionContext.device_memory (settable): TensorRT 8.6 and TensorRT-RTX, not 10.x or 11.x."""
+    rel = _trt(v)
+    return rel is None or rel[0] < 10
+
+
 def max_onnx_opset(v) -> int | None:
     """Highest ONNX opset the bundled parser reads: 17 on 8.6 (so no opset-19 Q/DQ from ModelOpt);
     None = newer than anything this project writes."""
@@ -245,6 +265,13 @@ GATED_NAMES = {
     "SUBOPTIMAL": has_runtime_cache,
     "EngineInvalidityDiagnostics": has_runtime_cache,
     "is_stream_capturable": has_runtime_cache,
+    "ExecutionContextAllocationStrategy": has_user_managed_context_memory,
+    "USER_MANAGED": has_user_managed_context_memory,
+    "set_device_memory": has_user_managed_context_memory,
+    "device_memory_size_v2": has_user_managed_context_memory,
+    "create_execution_context_without_device_memory": has_v1_context_memory,
+    "device_memory_size": has_v1_context_memory,
+    "device_memory": has_device_memory_attribute,
     "dynamic_shapes_kernel_specialization_strategy": has_runtime_cache,
     "DynamicShapesKernelSpecializationStrategy": has_runtime_cache,
 }

@@ -63,6 +63,7 @@ class _Bindings:
     host_in: np.ndarray
     host_out: np.ndarray
     graph: object = None
+    context: object = None  # its own execution context when it is replayed as a CUDA graph (standard TensorRT)
     ran: bool = False  # executed at least once (the first run of a TensorRT-RTX engine compiles kernels)
 
     @classmethod
@@ -82,6 +83,7 @@ class _Bindings:
     def free(self) -> None:
         if self.graph is not None:
             self.graph.destroy()
+        self.context = None  # before the memory it runs in is freed
         for buf in (self.device_in, self.device_out, self.pinned_in, self.pinned_out):
             buf.free()
 
@@ -89,10 +91,14 @@ class _Bindings:
 class TensorRTBackend:
     """A TensorRT or TensorRT-RTX engine with one float NCHW input and one [N, classes] output.
 
-    ``cuda_graph=True`` replays each batch size's enqueue as a CUDA graph: captured here for TensorRT (with a
-    warning and no graphs when the engine cannot be captured), TensorRT-RTX's own whole-graph strategy for its
-    engines. ``check_manifest=False`` runs an engine without (or unlike) its manifest unchecked (the library still
-    refuses a plan it cannot load); otherwise an engine without its manifest is refused. ``runtime_cache=False``
+    ``cuda_graph=True`` replays each batch size's enqueue as a CUDA graph: for TensorRT captured here, one execution
+    context per graph as TensorRT's CUDA-graph guidance asks (a graph holds the shapes and addresses of its
+    context at capture time), all the contexts on one activation buffer since they run one after another on one
+    stream, and with a warning and no graphs when the engine cannot be captured; for TensorRT-RTX the library's
+    own whole-graph strategy, with a warning when the library says the enqueue of a batch size cannot be
+    captured (asked after that batch size's first run, its shapes and addresses set).
+    ``check_manifest=False`` runs an engine without (or unlike) its manifest unchecked (the library still refuses a
+    plan it cannot load); otherwise an engine without its manifest is refused. ``runtime_cache=False``
     neither reads nor writes a TensorRT-RTX runtime cache. ``kernel_specialization`` (TensorRT-RTX: ``lazy``,
     ``eager``, ``none``; None = the library's default) is its dynamic-shape kernel specialisation strategy.
     ``first_run_ms`` holds the host time of the first run of each batch size (for TensorRT-RTX, the kernel
@@ -110,11 +116,13 @@ class TensorRTBackend:
         self.cuda_graph = cuda_graph
         self._graph_failed = False
         self.stream = cu.Stream()
-        self.context = self.loaded.create_context(cuda_graph=cuda_graph, use_runtime_cache=runtime_cache,
-                                                  kernel_specialization=kernel_specialization)
-        if self.rtx and cuda_graph and not self.context.is_stream_capturable(self.stream.handle):
-            self._graph_failed = True
-            _warn(f"{self.engine_path}: TensorRT-RTX cannot capture this engine's enqueue; running without graphs")
+        self._context_memory = None  # the activations of every context (standard TensorRT with CUDA graphs)
+        if cuda_graph and not self.rtx:
+            self._context_memory = cu.DeviceBuffer(self.loaded.context_memory_size())
+            self.context = self._context_on_shared_memory()
+        else:
+            self.context = self.loaded.create_context(cuda_graph=cuda_graph, use_runtime_cache=runtime_cache,
+                                                      kernel_specialization=kernel_specialization)
         self.num_classes = self._output_classes()
         self.outputs_probabilities = (outputs_probabilities if outputs_probabilities is not None
                                       else self.loaded.outputs_probabilities())
@@ -204,15 +212,25 @@ class TensorRTBackend:
                                                        self.num_classes, self.output_dtype)
         return b
 
+    def _context_on_shared_memory(self):
+        return self.loaded.create_context_on(self._context_memory.address, self._context_memory.nbytes)
+
+    def _context_for(self, b: _Bindings):
+        """The execution context that runs ``b``: its own while it may become a CUDA graph, else the shared one."""
+        if b.context is None and self._context_memory is not None and not self._graph_failed:
+            b.context = self._context_on_shared_memory()
+        return b.context if b.context is not None else self.context
+
     def _bind(self, b: _Bindings) -> None:
-        if not self.context.set_input_shape(self.input_name, self._input_shape(b.batch)):
+        context = self._context_for(b)
+        if not context.set_input_shape(self.input_name, self._input_shape(b.batch)):
             raise UserError(f"{self.library.family.label} refused batch {b.batch} (profile "
                             f"{self.min_batch}..{self.max_batch})")
-        self.context.set_tensor_address(self.input_name, b.device_in.address)
-        self.context.set_tensor_address(self.output_name, b.device_out.address)
+        context.set_tensor_address(self.input_name, b.device_in.address)
+        context.set_tensor_address(self.output_name, b.device_out.address)
 
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(self.stream.handle):
+    def _execute(self, context=None) -> None:
+        if not (context or self.context).execute_async_v3(self.stream.handle):
             raise UserError(f"{self.library.family.label} could not run {self.engine_path} (see its message "
                             "above)")
 
@@ -229,18 +247,25 @@ class TensorRTBackend:
             return
         if bind:
             self._bind(b)
+        context = self._context_for(b)
         if b.ran:
-            self._execute()
+            self._execute(context)
             return
         started = time.perf_counter()
-        self._execute()
+        self._execute(context)  # the run before capture that TensorRT asks for, with shapes and addresses set
         self.stream.synchronize()
         self.first_run_ms[b.batch] = (time.perf_counter() - started) * 1e3
         b.ran = True
-        if not self.cuda_graph or self._graph_failed or self.rtx:  # TensorRT-RTX captures graphs itself
+        if not self.cuda_graph or self._graph_failed:
+            return
+        if self.rtx:  # the library captures its graphs itself; whether it can is known for the shapes now set
+            if not context.is_stream_capturable(self.stream.handle):
+                self._graph_failed = True
+                _warn(f"{self.engine_path}: TensorRT-RTX cannot capture this engine's enqueue at batch {b.batch}; "
+                      "running without CUDA graphs")
             return
         try:
-            b.graph = cu.Graph(self.stream, self._execute)  # capture only: this call's run is done
+            b.graph = cu.Graph(self.stream, lambda: self._execute(context))  # capture only: this run is done
         except (cu.CudaError, UserError) as e:
             self._graph_failed = True
             _warn(f"CUDA graph capture is not possible for this engine ({e}); running without graphs")
@@ -335,6 +360,10 @@ class TensorRTBackend:
         for b in self._bindings.values():
             b.free()
         self._bindings.clear()
+        if self._context_memory is not None:
+            self.context = None  # the contexts go before the memory they run in
+            self._context_memory.free()
+            self._context_memory = None
         if self._kernels is not None:
             self._kernels.close()
             self._kernels = None
