@@ -6,7 +6,8 @@
 Stages, in this order; each is a subprocess in its own process group, killed at its time limit, and a stage
 that fails does not stop the ones after it:
 
-  probe       the GPU, the driver, cuda-python and NVRTC: compiles and loads the kernels (warms the cache)
+  probe       the GPU, the driver, cuda-python and NVRTC: compiles the kernels for every target of
+              tools/cuda_matrix.py, and loads this GPU's (warms the cache)
   preprocess  benchmarks/bench_gpu_preprocess.py on the photographs in tests/data and its synthetic sizes:
               the CUDA preprocessing kernel against the CPU reference (8-bit steps, and bit for bit against
               the numpy port of the kernel), and the kernel's time against its bytes-moved floor
@@ -87,9 +88,14 @@ def probe(path: Path) -> int:
 
         mods = cu.cuda_modules()
         doc["cuda_python_layout"] = mods.layout
-        try:  # NVRTC needs no GPU: recorded even where there is none
+        doc["cuda_python_version"] = cu.cuda_python_version()
+        try:  # NVRTC needs no GPU: recorded even where there is none, with the kernels compiled for every target
             doc["nvrtc_version"] = ".".join(map(str, cp.nvrtc_version()))
             doc["nvrtc_archs"] = cp.nvrtc_supported_archs()
+            sys.path.insert(0, str(ROOT / "tools"))
+            from cuda_matrix import compile_row
+
+            doc["nvrtc_matrix"] = compile_row(None)["cells"]
         except UserError as e:
             doc["nvrtc_error"] = str(e)
         info = cu.init_device(0)
@@ -115,8 +121,11 @@ def probe(path: Path) -> int:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_FAILED)
     write_json(path, doc)
+    failed = sorted(cc for cc, cell in doc.get("nvrtc_matrix", {}).items() if cell["result"] == "fails")
     print(f"GPU: {info.name}, compute {info.cc}, {info.total_memory / 2**30:.1f} GiB; CUDA driver "
-          f"{_cuda_version(doc['cuda_driver_version'])}; NVRTC {doc['nvrtc_version']}; kernels: "
+          f"{_cuda_version(doc['cuda_driver_version'])}; cuda-python {doc['cuda_python_version']}; NVRTC "
+          f"{doc['nvrtc_version']}, kernels for every target: "
+          f"{'compile' if not failed else 'FAIL for ' + ', '.join(failed)}; this GPU's kernels: "
           f"{doc['kernel_target'][0]} {doc['kernel_target'][1]} ({doc['compile_and_load_s']:.2f} s to compile "
           f"or read and load)")
     return 0
@@ -281,12 +290,19 @@ def judge_probe(run: dict, doc: dict | None, smi: dict | None) -> tuple[str, str
     doc = doc or {}
     if run["rc"] == 0 and "gpu" in doc:
         g = doc["gpu"]
+        matrix = doc.get("nvrtc_matrix") or {}
+        failed = sorted(cc for cc, cell in matrix.items() if cell.get("result") == "fails")
         figures = {"gpu": g.get("name"), "compute_capability": g.get("compute_capability"),
                    "driver": _cuda_version(doc.get("cuda_driver_version")), "nvrtc": doc.get("nvrtc_version"),
-                   "kernel_target": doc.get("kernel_target"), "compile_and_load_s": doc.get("compile_and_load_s")}
+                   "cuda_python": doc.get("cuda_python_version"), "kernel_target": doc.get("kernel_target"),
+                   "compile_and_load_s": doc.get("compile_and_load_s"), "targets_failing": failed}
         target = " ".join(doc.get("kernel_target") or ["?"])
-        return PASSED, (f"{g.get('name')}, compute {g.get('compute_capability')}, CUDA driver {figures['driver']}, "
-                        f"NVRTC {figures['nvrtc']}: kernels {target} compiled and loaded"), figures
+        summary = (f"{g.get('name')}, compute {g.get('compute_capability')}, CUDA driver {figures['driver']}, "
+                   f"cuda-python {figures['cuda_python']}, NVRTC {figures['nvrtc']}: kernels {target} compiled and "
+                   f"loaded")
+        if failed:
+            return FAILED, f"{summary}; the kernels do not compile for {', '.join(failed)}", figures
+        return PASSED, summary + (f"; {len(matrix)} targets compile" if matrix else ""), figures
     reason = doc.get("error") or _last_line(run)
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1")
     if run["rc"] == EXIT_NO_GPU and (hidden or not _smi_sees_gpu(smi)):

@@ -42,6 +42,18 @@ def frames(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> list[np
     return [cv2.resize(make_image(rng), size, interpolation=cv2.INTER_AREA) for _ in range(n)]
 
 
+def can_write(path: Path, fourcc: str) -> bool:
+    """Whether this OpenCV's video writer takes ``fourcc`` in ``path``'s container (OpenCV 4.11's FFmpeg refuses
+    FFV1 in MP4; 5.x writes it)."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25.0, (64, 48))
+    opened = writer.isOpened()
+    writer.release()
+    path.unlink(missing_ok=True)
+    return opened
+
+
 def write_video(path: Path, images: list[np.ndarray], fourcc: str, fps: float = 25.0) -> Path:
     import cv2
 

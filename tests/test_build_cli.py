@@ -52,7 +52,7 @@ def test_without_either_library_the_onnx_is_written_and_exit_status_is_3(tmp_pat
     assert "wrote" in proc.stdout and out.exists()
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: wrote {out}; neither TensorRT nor TensorRT-RTX is importable")
-    assert "pip install tensorrt" in last and "trt-res2net[rtx]" in last
+    assert "pip install 'trt-res2net[trt]'" in last and "trt-res2net[rtx]" in last
     assert not list((tmp_path / "engines").glob("*.engine"))
     assert "random weights" in proc.stderr
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}

@@ -260,7 +260,8 @@ def test_no_library_is_exit_3_naming_the_onnx(onnx_dir, monkeypatch):
     assert info.value.exit_code == EXIT_NO_TENSORRT == 3
     assert msg.startswith(
         f"wrote {onnx_dir / 'fp32.onnx'} and {onnx_dir / 'qdq.onnx'}; neither TensorRT nor TensorRT-RTX is "
-        "importable; to build the engine install TensorRT (pip install tensorrt on x86"
+        "importable; to build the engine install TensorRT (pip install 'trt-res2net[trt]' on x86 with a driver for "
+        "CUDA 12"
     )
     assert "or TensorRT-RTX (pip install 'trt-res2net[rtx]'" in msg and "\n" not in msg
     with pytest.raises(MissingDependency, match=r"; TensorRT is not importable \(ModuleNotFoundError"):
@@ -280,7 +281,7 @@ def test_no_gpu_is_exit_3(onnx_dir, monkeypatch):
         _step([], onnx_dir / "fp32.onnx", "tiny", "fp32", onnx_dir / "fp32.onnx")
     assert info.value.exit_code == 3
     assert str(info.value).startswith(f"wrote {onnx_dir / 'fp32.onnx'}; no usable NVIDIA GPU")
-    assert "pip install tensorrt" in str(info.value) and "--engine-family tensorrt-rtx" in str(info.value)
+    assert "pip install 'trt-res2net[trt]'" in str(info.value) and "--engine-family tensorrt-rtx" in str(info.value)
 
 
 def test_dla_fp32_is_a_usage_error(onnx_dir):

@@ -87,6 +87,19 @@ def test_probe_verdicts():
     assert (status, summary) == ("failed", "exit 1: TypeError: bad argument")
 
 
+def test_probe_fails_when_a_target_of_the_matrix_does_not_compile():
+    doc = {"gpu": {"name": "NVIDIA H200", "compute_capability": "9.0"}, "cuda_driver_version": 12080,
+           "cuda_python_version": "12.9.10", "nvrtc_version": "12.8", "kernel_target": ["cubin", "sm_90"],
+           "nvrtc_matrix": {"8.7": {"result": "compiles"}, "7.2": {"result": "fails"},
+                            "11.0": {"result": "unsupported"}}}
+    status, summary, figures = suite.judge_probe({"rc": 0, "tail": []}, doc, None)
+    assert status == "failed" and summary.endswith("the kernels do not compile for 7.2")
+    assert "cuda-python 12.9.10, NVRTC 12.8" in summary and figures["targets_failing"] == ["7.2"]
+    doc["nvrtc_matrix"]["7.2"] = {"result": "compiles"}
+    status, summary, _ = suite.judge_probe({"rc": 0, "tail": []}, doc, None)
+    assert status == "passed" and summary.endswith("; 3 targets compile")
+
+
 PREPROCESS_DOC = {
     "dram_bandwidth_bytes_per_s": 4.0e12, "h2d_bandwidth_bytes_per_s": 5.0e10, "max_steps": 0.0,
     "agreement": [{"image": f"img{i}", "max_steps": 0.0, "differing_values": 0, "equals_numpy_port": True}

@@ -166,7 +166,9 @@ def test_model_that_fails_at_run_time_is_one_line(tmp_path, capsys):
          numpy_helper.from_array(np.zeros((3 * 256 * 256, 4), np.float32), "w")],
     )
     path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every supported ONNX Runtime reads (onnx 1.23 writes 12 by default)
+    onnx.save(model, str(path))
     code, out, err = run_main(capsys, path, imf.PHOTOS[0])
     assert code == 2 and "inference failed" in err and len(error_lines(err)) == 1
 

@@ -96,7 +96,7 @@ def test_check_engine_compatible(tmp_path):
     with pytest.raises(UserError, match="TensorRT"):
         mf.check_engine_compatible({"gpu": {}}, v("10.3.0"), "x", "8.7")  # no version recorded → refused
     with pytest.raises(UserError, match=r"is a TensorRT engine; TensorRT-RTX 1.7.1 cannot run it.*pip install "
-                                         "tensorrt"):
+                                         r"'trt-res2net\[trt\]'"):
         mf.check_engine_compatible(doc, v("1.7.1", "tensorrt-rtx"), "NVIDIA GeForce RTX 4090", "8.9")
 
 

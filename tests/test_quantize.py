@@ -505,7 +505,7 @@ def test_the_size_check_without_serializing_bounds_the_size_and_defers_near_the_
     """modelopt_bridge.serialized_size_bound is never below ByteSize (data as raw bytes, as repeated numbers, as
     strings, as external references; doc strings and metadata), so the check it answers (False: far below the
     limit) is ModelOpt's; near the limit ModelOpt's own measure answers."""
-    import modelopt.onnx.utils as modelopt_utils
+    modelopt_utils = pytest.importorskip("modelopt.onnx.utils", reason="ModelOpt is the quant extra")
 
     from trt_res2net.precision.modelopt_bridge import _too_large_for_protobuf, serialized_size_bound
 

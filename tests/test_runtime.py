@@ -86,7 +86,9 @@ def test_two_input_model_is_refused(tmp_path):
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3, 224, 224])],
     )
     path = tmp_path / "two.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every supported ONNX Runtime reads (onnx 1.23 writes 12 by default)
+    onnx.save(model, str(path))
     with pytest.raises(UserError, match="2 inputs"):
         open_backend(path)
 

@@ -71,7 +71,7 @@ def test_infer_py_on_a_video_equals_infer_py_on_each_frame_as_png(tiny_onnx, tmp
     import cv2
 
     frames = st.frames(18, seed=3, size=(352, 288))
-    video = st.write_video(tmp_path / "video.mp4", frames, "FFV1")
+    video = st.write_video(tmp_path / "video.mkv", frames, "FFV1")
     out_jsonl, annotated = tmp_path / "out.jsonl", tmp_path / "annotated"
     code, out, err = run_cli(capsys, tiny_onnx, video, "--jsonl", out_jsonl, "--save-video", annotated)
     assert code == 0, err
@@ -100,6 +100,10 @@ def test_containers_and_codecs(tiny, tmp_path, name, fourcc, lossless):
     """Every container/codec: each frame's top-5 equals the Classifier's (infer.py's) on the decoded frame as PNG;
     for the lossless ones the decoded frames are the written ones."""
     frames = st.frames(10, seed=5)
+    if not st.can_write(tmp_path / name, fourcc):
+        import cv2
+
+        pytest.skip(f"this OpenCV ({cv2.__version__}) cannot write {fourcc} to {Path(name).suffix}")
     video = st.write_video(tmp_path / name, frames, fourcc)
     decoded = st.decode_all(video)
     assert len(decoded) == 10

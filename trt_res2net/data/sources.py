@@ -302,9 +302,9 @@ def gstreamer_missing_message(uri: str) -> str:
     import cv2
 
     return (f"{uri}: needs OpenCV built with GStreamer; this cv2 {cv2.__version__} has none (pip's "
-            "opencv-python wheels never do): on Jetson use JetPack's OpenCV (apt package nvidia-opencv) in a venv "
-            "made with --system-site-packages and pip uninstall opencv-python-headless; elsewhere an OpenCV built "
-            "with -DWITH_GSTREAMER=ON")
+            "opencv-python wheels never do): on Jetson keep JetPack's OpenCV (apt package nvidia-opencv) with the "
+            "README's Jetson install (requirements/jetpack6.txt); elsewhere an OpenCV built with "
+            "-DWITH_GSTREAMER=ON")
 
 
 _QUIET_LOCK = threading.Lock()
