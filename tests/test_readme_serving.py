@@ -48,7 +48,11 @@ pytestmark = [
 ]
 
 CHECK_EXTRA = """
-import sys, tomllib
+import sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pip's own TOML reader
+    from pip._vendor import tomli as tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pip._vendor.packaging.requirements import Requirement
 extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
