@@ -61,4 +61,20 @@ def run_precision(ns: argparse.Namespace, fp32_onnx: Path, model: str) -> Path:
     from trt_res2net.cli.build import precision_options
     from trt_res2net.precision.convert import convert_precision
 
-    return convert_precision(fp32_onnx, ns.precision or "fp32", precision_options(ns), model_name=model)
+    return convert_precision(fp32_onnx, ns.precision or "fp32", precision_options(ns), model_name=model).path
+
+
+def qdq_coverage(model) -> dict[str, dict[str, bool]]:
+    """For each Conv/Gemm/MatMul of an ONNX model: whether its data input and its weight arrive through
+    DequantizeLinear (what a Q/DQ model must show for its quantized layers)."""
+    from trt_res2net.precision.modelopt_bridge import QUANTIZABLE_WEIGHTED_OPS
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type in QUANTIZABLE_WEIGHTED_OPS:
+            def via_dq(i, _n=n):
+                p = producer.get(_n.input[i]) if len(_n.input) > i else None
+                return p is not None and p.op_type == "DequantizeLinear"
+            out[n.name] = {"input": via_dq(0), "weight": via_dq(1)}
+    return out

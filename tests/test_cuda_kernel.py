@@ -125,14 +125,16 @@ def test_spec_numbers_are_written_into_the_source_exactly():
     assert SPEC.sha256()[:16] in src
 
 
-def test_source_follows_the_spec_and_refuses_what_it_cannot_do():
+def test_source_follows_the_spec_which_refuses_what_nothing_implements():
     small = dataclasses.replace(SPEC, crop_size=192)
     assert "#define CROP 192" in cp.kernel_source(small)
-    assert "PLANE[3] = {0, 1, 2}" in cp.kernel_source(dataclasses.replace(SPEC, channel_order="BGR"))
-    with pytest.raises(ValueError, match="INTER_LINEAR"):
-        cp.kernel_source(dataclasses.replace(SPEC, interpolation="cv2.INTER_CUBIC"))
-    with pytest.raises(ValueError, match="NCHW"):
-        cp.kernel_source(dataclasses.replace(SPEC, layout="NHWC"))
+    assert "PLANE[3] = {2, 1, 0}" in cp.kernel_source(SPEC)
+    with pytest.raises(ValueError, match=r"PreprocessSpec.channel_order 'BGR': .* implements RGB only"):
+        dataclasses.replace(SPEC, channel_order="BGR")
+    with pytest.raises(ValueError, match="PreprocessSpec.interpolation 'cv2.INTER_CUBIC'.*INTER_LINEAR only"):
+        dataclasses.replace(SPEC, interpolation="cv2.INTER_CUBIC")
+    with pytest.raises(ValueError, match="PreprocessSpec.layout 'NHWC'.*NCHW only"):
+        dataclasses.replace(SPEC, layout="NHWC")
 
 
 def test_choose_target():

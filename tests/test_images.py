@@ -53,7 +53,7 @@ def _mixed(tmp_path):
 def test_batches_in_order_with_bad_images_skipped(tmp_path):
     items, bad = _mixed(tmp_path)
     batcher = ImageBatcher(items, batch_size=3, threads=2)
-    assert len(batcher) == 3 and batcher.num_images == 9
+    assert len(batcher) == 3 and len(batcher.items) == 9
     batches = list(batcher)
     assert [len(b) for b in batches] == [3, 3, 1]
     assert all(isinstance(b, Batch) and b.array.dtype == np.float32 for b in batches)

@@ -182,12 +182,9 @@ def _float_reference(model, x, bypass=()):
 
 
 def test_activation_scales_coverage_and_names():
-    from trt_res2net.precision.modelopt_bridge import (
-        _exclusion_patterns,
-        activation_scales,
-        qdq_coverage,
-        quantized_nodes,
-    )
+    from quant_helpers import qdq_coverage
+
+    from trt_res2net.precision.modelopt_bridge import _exclusion_patterns, activation_scales, quantized_nodes
 
     m = _qdq_model()
     assert activation_scales(m) == {"input": pytest.approx(0.02), "r1": pytest.approx(0.05)}
@@ -256,23 +253,28 @@ def test_budget_semantics_and_report_text():
     assert "top-1 agreement          97.00 %" in text and "(FP32 80.00 %, -0.80 pp)" in text
 
 
-def test_gate_rejects_and_keeps_the_model_for_inspection(tmp_path):
+def test_a_model_that_misses_the_budget_is_published_as_rejected(tmp_path):
+    """_publish: a model within the budget becomes ``out`` with its sidecar; one that misses it becomes
+    ``*.rejected.onnx`` (with its sidecar) and the model already at ``out`` stays as it was."""
     from trt_res2net.precision.accuracy import AccuracyBudgetExceeded
-    from trt_res2net.precision.convert import _gate
+    from trt_res2net.precision.convert import _publish
     from trt_res2net.precision.options import PrecisionOptions
 
     out = tmp_path / "m_int8.onnx"
-    out.write_bytes(b"model")
-    out.with_name(out.name + ".json").write_text("{}")
     report = {"top1_agreement": 0.9}
-    _gate(PrecisionOptions(eval_dir="held-out", max_top1_drop=10.0), report, out, "INT8", "int8")  # met
-    assert out.exists()
+    staged = tmp_path / ".m_int8.onnx.staged"
+    staged.write_bytes(b"model")
+    met = PrecisionOptions(eval_dir="held-out", max_top1_drop=10.0)
+    assert _publish(met, staged, out, {"precision": "int8"}, report, "INT8", "int8") == out
+    assert out.read_bytes() == b"model" and json.loads(out.with_name(out.name + ".json").read_text())["precision"]
+    staged.write_bytes(b"worse model")
+    missed = PrecisionOptions(eval_dir="held-out", max_top1_drop=5.0)
     with pytest.raises(AccuracyBudgetExceeded) as e:
-        _gate(PrecisionOptions(eval_dir="held-out", max_top1_drop=5.0), report, out, "INT8 m_int8.onnx", "int8")
+        _publish(missed, staged, out, {"precision": "int8"}, report, "INT8 m_int8.onnx", "int8")
     assert e.value.exit_code == EXIT_SOME_FAILED
     assert "top-1 disagreement 10.00 pp > --max-top1-drop 5" in str(e.value) and "--auto-fallback" in str(e.value)
-    assert not out.exists() and (tmp_path / "m_int8.rejected.onnx").read_bytes() == b"model"
-    assert (tmp_path / "m_int8.rejected.onnx.json").exists()
+    assert out.read_bytes() == b"model" and (tmp_path / "m_int8.rejected.onnx").read_bytes() == b"worse model"
+    assert (tmp_path / "m_int8.rejected.onnx.json").exists() and not staged.exists()
 
 
 def test_eval_sets(tmp_path):
@@ -395,11 +397,12 @@ def test_calibration_reader_peeks_and_streams():
 
 
 def test_onnx_sidecar_json_is_written_atomically(tmp_path):
-    from trt_res2net.precision.convert import _write_onnx_sidecar
+    from trt_res2net.precision.convert import _publish
+    from trt_res2net.precision.options import PrecisionOptions
 
-    out = tmp_path / "m_fp16.onnx"
-    out.write_bytes(b"x")
-    _write_onnx_sidecar(out, {"precision": "fp16", "accuracy": None})
+    out, staged = tmp_path / "m_fp16.onnx", tmp_path / "staged.onnx"
+    staged.write_bytes(b"x")
+    _publish(PrecisionOptions(), staged, out, {"precision": "fp16", "accuracy": None}, None, "FP16", "fp16")
     doc = json.loads((tmp_path / "m_fp16.onnx.json").read_text())
     assert doc["format"] == "trt_res2net.precision-onnx" and doc["precision"] == "fp16"
     assert len(doc["onnx_sha256"]) == 64 and not list(tmp_path.glob(".*"))

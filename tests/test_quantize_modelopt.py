@@ -24,7 +24,7 @@ import pytest
 pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt not installed (pip install -e '.[quant]')")
 
 import onnx  # noqa: E402
-from quant_helpers import args, make_workspace, run_precision  # noqa: E402
+from quant_helpers import args, make_workspace, qdq_coverage, run_precision  # noqa: E402
 
 from trt_res2net.core.errors import UserError  # noqa: E402
 from trt_res2net.data.calibration_set import manifest_path_for, read_manifest  # noqa: E402
@@ -61,7 +61,7 @@ def test_int8_has_qdq_on_every_convolution_input_and_weight(int8_build):
     model = onnx.load(str(int8_build["out"]))
     assert int8_build["out"].name == "tiny16_int8.onnx"
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
-    coverage = mb.qdq_coverage(model)
+    coverage = qdq_coverage(model)
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     assert len(convs) == 27  # 3 stem + 4 blocks × (conv0, 3 branches, conv2, shortcut)
     missing = {name: c for name, c in coverage.items() if name in convs and not (c["input"] and c["weight"])}
@@ -244,7 +244,7 @@ def test_auto_fallback_finds_a_sabotaged_layer(int8_build, ws, tmp_path, capsys)
     excluded = side["excluded_layers"]
     assert excluded[0] == victim and len(excluded) <= 2
     assert side["accuracy"]["top1_agreement"] >= 0.98
-    coverage = mb.qdq_coverage(onnx.load(str(out)))
+    coverage = qdq_coverage(onnx.load(str(out)))
     assert all(coverage[layer] == {"input": False, "weight": False} for layer in excluded)
     assert sum(c["input"] and c["weight"] for c in coverage.values()) == len(coverage) - len(excluded)
     assert f"kept {len(excluded)} of 28 quantized layers in FP32: {victim}" in capsys.readouterr().out

@@ -151,9 +151,19 @@ def test_probabilities_are_not_softmaxed_twice(models):
 def test_probability_heuristic_when_the_graph_does_not_say(models):
     class ProbBackend:
         input_name, output_name, num_classes, max_batch, outputs_probabilities = "i", "o", 4, None, False
+        fixed_batch = gpu_preprocessing = False
+        metadata: dict = {}
 
         def run(self, x):
             return np.tile(np.array([[0.1, 0.6, 0.2, 0.1]], np.float32), (len(x), 1))
+
+        def describe(self):
+            return "probabilities without a softmax in the graph"
+
+        def close(self):
+            pass
+
+    assert isinstance(ProbBackend(), Backend)
 
     clf = Classifier("unused.onnx", backend=ProbBackend(), topk=2, batch=2)
     (r,) = list(clf.classify(imf.PHOTOS[:1]))

@@ -114,7 +114,7 @@ def test_containers_and_codecs(tiny, tmp_path, name, fourcc, lossless):
         reference = list(clf.classify(pngs))
     with open_streams(tiny, [video], StreamOptions(batch=4)) as run:
         results = list(run)
-    assert [r.frame for r in results] == list(range(10))
+    assert [r.frame_index for r in results] == list(range(10))
     for r, ref in zip(results, reference, strict=True):
         assert_same_topk(r.topk, ref["topk"])
     s = run.summary().sources[0]
@@ -146,7 +146,8 @@ class RecordingBackend:
         self.inner = open_backend(model)
         self.seconds = seconds
         self.batches: list[int] = []
-        for name in ("input_name", "output_name", "num_classes", "max_batch", "outputs_probabilities"):
+        for name in ("input_name", "output_name", "num_classes", "max_batch", "fixed_batch", "outputs_probabilities",
+                     "gpu_preprocessing", "metadata", "describe", "close"):
             setattr(self, name, getattr(self.inner, name))
 
     def run(self, batch):
@@ -170,7 +171,7 @@ def test_four_sources_batched_give_each_source_its_own_answers(tiny, tmp_path):
         with open_streams(tiny, [video], StreamOptions(batch=1)) as alone_run:
             alone = list(alone_run)
         mine = together[i]
-        assert [r.frame for r in mine] == [r.frame for r in alone] == list(range(len(alone)))
+        assert [r.frame_index for r in mine] == [r.frame_index for r in alone] == list(range(len(alone)))
         assert all(r.source == str(video) for r in mine)
         for a, b in zip(mine, alone, strict=True):
             assert_same_topk(a.topk, b.topk, atol=1e-5)
@@ -218,7 +219,7 @@ def test_slow_model_on_a_fast_live_source_drops_frames_with_bounded_latency(tiny
     s = run.summary().sources[0]
     assert s.live and s.read == 250 and s.dropped > 150 and s.read == s.classified + s.dropped
     assert len(results) == s.classified and max(slow.batches) == 1  # one live source: its newest frame each step
-    frames = [r.frame for r in results]
+    frames = [r.frame_index for r in results]
     assert frames == sorted(frames) and len(set(frames)) == len(frames)
     latency = run.summary().latency()
     p50, p99 = latency["latency_p50_ms"] / 1e3, latency["latency_p99_ms"] / 1e3
@@ -236,7 +237,7 @@ def test_realtime_pacing_and_loop(tiny, tmp_path):
     assert s.read == 12 and s.classified + s.dropped == 12 and s.status == "ended"
     with open_streams(tiny, [video], StreamOptions(loop=True, max_frames=12)) as run:
         looped = list(run)
-    assert [r.frame for r in looped] == list(range(12))  # indices go on across the loop
+    assert [r.frame_index for r in looped] == list(range(12))  # indices go on across the loop
     for i in range(5, 12):
         assert_same_topk(looped[i].topk, looped[i - 5].topk, atol=0)
     assert results

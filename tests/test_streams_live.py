@@ -81,7 +81,7 @@ def test_rtsp_classified_live_survives_a_server_restart(tiny, rtsp):
     assert events[0].startswith(f"{rtsp.url}: stream lost after") and events[1] == f"{rtsp.url}: reconnected " \
         "(reconnect 1)"
     assert len(after) >= 15 and len(results) >= 30
-    frames = [r.frame for r in results]
+    frames = [r.frame_index for r in results]
     assert frames == sorted(frames) and len(set(frames)) == len(frames)  # indices go on across the reconnect
     with Classifier(tiny) as clf:
         each_frame_alone(clf, results[:5] + after[-5:])
@@ -165,7 +165,7 @@ def test_four_sources_of_every_kind_batched(tiny, clip, rtsp, tmp_path):
         mine = [r for r in results if r.source_index == i]
         with open_streams(tiny, [sources[i]], StreamOptions(batch=1)) as alone_run:
             alone = list(alone_run)
-        assert [r.frame for r in mine] == [r.frame for r in alone]
+        assert [r.frame_index for r in mine] == [r.frame_index for r in alone]
         for a, b in zip(mine, alone, strict=True):
             assert a.topk == b.topk or np.allclose([e["score"] for e in a.topk], [e["score"] for e in b.topk],
                                                    atol=1e-5)

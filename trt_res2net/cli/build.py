@@ -438,7 +438,7 @@ def _run(args, precision, model_name, onnx_io, eng_opts, prec_opts, needs_precis
     try:
         built = build_engine(onnx_path, precision, eng_opts, fp32_onnx_path=fp32_path, model_name=model_name)
     except MissingDependency:
-        _write_triton_repository(args, fp32_path, model_name)  # the ONNX-only repository, then exit 3 as before
+        _write_triton_repository(args, fp32_path, model_name)  # the ONNX-only repository, then exit status 3
         raise
     print(f"engine ready: {built.path}", flush=True)
     _write_triton_repository(args, fp32_path, model_name, built.path)

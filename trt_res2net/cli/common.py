@@ -28,8 +28,6 @@ def run_main(body: Callable[[], int]) -> int:
         return EXIT_OS_ERROR
 
 
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def usage_error(message: str) -> UserError:

@@ -16,11 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core import log
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
 from ..cuda.device import CudaUnavailable
 from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from ..runtime.backend import GpuBackend
 from .benchmark import add_benchmark_arguments, run_benchmark
-from .common import positive_int, run_main, warn
+from .common import positive_int, run_main
 from .streams import add_stream_arguments, run_streams, wants_streams
 
 
@@ -121,12 +123,13 @@ def _check_preprocessing_metadata(backend, model: str) -> None:
     was made for other inputs than the ones this version feeds it."""
     from ..data.preprocess import SPEC
 
-    metadata = getattr(backend, "metadata", None) or {}
+    metadata = backend.metadata
     recorded = metadata.get("preprocessing")
     if recorded and recorded != SPEC.to_json():
-        warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
+        log.warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
     if str(metadata.get("weights", "")).startswith("random"):
-        warn(f"{model} was built with {metadata['weights']} weights (--random-weights): its predictions mean nothing")
+        log.warn(f"{model} was built with {metadata['weights']} weights (--random-weights): its predictions mean "
+                 "nothing")
 
 
 def _one_batch_size(batch: list[int] | None) -> int:
@@ -159,9 +162,9 @@ def run_classify(args: argparse.Namespace) -> int:
                      backend=backend,
                      limits=image_limits(args),
                      gpu_preprocess=not args.cpu_preprocess)
-    describe = getattr(clf.backend, "describe", None)
-    if describe and not args.quiet:
-        print(f"{args.model}: {describe()}; preprocessing on the {clf.preprocessing.upper()}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{args.model}: {clf.backend.describe()}; preprocessing on the {clf.preprocessing.upper()}",
+              file=sys.stderr)
     _check_preprocessing_metadata(clf.backend, args.model)
     results, failed = [], 0
     bar = tqdm(total=len(paths), unit="img", disable=_progress_disable(args, len(paths)), dynamic_ncols=True)
@@ -191,11 +194,10 @@ def run_classify(args: argparse.Namespace) -> int:
 def _report_first_runs(backend, quiet: bool) -> None:
     """The first run of each batch size, apart from the rest: for TensorRT-RTX, the kernels compiled for this GPU
     (kept in the runtime cache beside the engine, so the next process pays less)."""
-    first = getattr(backend, "first_run_ms", None)
-    if quiet or not first:
+    if quiet or not isinstance(backend, GpuBackend) or not backend.first_run_ms:
         return
-    runs = ", ".join(f"{ms:.0f} ms at batch {b}" for b, ms in sorted(first.items()))
-    cache = getattr(backend, "runtime_cache", None)
+    runs = ", ".join(f"{ms:.0f} ms at batch {b}" for b, ms in sorted(backend.first_run_ms.items()))
+    cache = backend.runtime_cache
     where = f"; runtime cache {cache.path}" if cache is not None else ""
     print(f"first runs (lazy initialisation, kernel compilation): {runs}{where}", file=sys.stderr)
 
@@ -219,9 +221,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           limit=args.limit, progress=None if args.progress else False, backends=backends)
     finally:
         for b in backends or []:
-            close = getattr(b, "close", None)
-            if callable(close):
-                close()
+            b.close()
     for f in result.failures:
         print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
     print(result.format())

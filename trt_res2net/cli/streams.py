@@ -5,8 +5,8 @@
 
 A positional is a video source when it has a URI scheme (``rtsp://``, ``csi://`` ...), is a GStreamer pipeline,
 a ``/dev/videoN`` device, a camera index, a glob, or a file with a video extension; any one of them, or any of
-the flags below, puts infer.py in stream mode, where image files and folders are image sequences. Otherwise
-infer.py classifies images exactly as before.
+the flags below, puts infer.py in stream mode, where image files and folders are image sequences. Without them
+infer.py classifies images (cli/infer.py).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class _Rate:
 def _line(r) -> str:
     classes = "; ".join(f"{e['label']} {e['score']:.4f}" for e in r.topk) or "(nothing above the threshold)"
     where = f" ({r.image})" if r.image else ""
-    return f"{r.source} frame {r.frame}{where}: {classes}"
+    return f"{r.source} frame {r.frame_index}{where}: {classes}"
 
 
 def run_streams(args: argparse.Namespace) -> int:
@@ -154,10 +154,9 @@ def run_streams(args: argparse.Namespace) -> int:
         with runner:  # opens the sources: UserError (one line) when none can be opened
             started = True
             backend = runner.classifier.backend
-            describe = getattr(backend, "describe", None)
-            if describe and not args.quiet:
-                report(f"{args.model}: {describe()}; preprocessing on the {runner.preprocessing.upper()}; batch "
-                       f"{runner.batch}")
+            if not args.quiet:
+                report(f"{args.model}: {backend.describe()}; preprocessing on the {runner.preprocessing.upper()}; "
+                       f"batch {runner.batch}")
             _check_preprocessing_metadata(backend, args.model)
             jsonl = _open_jsonl(args.jsonl)
             names = runner.names

@@ -145,11 +145,6 @@ class PathLock:
         self.release()
 
 
-def holds_lock(path: str | os.PathLike) -> bool:
-    with _HELD_GUARD:
-        return lock_path_for(path).absolute() in _HELD
-
-
 # --------------------------------------------------------------------------------------------------------
 # Deferring Ctrl-C
 

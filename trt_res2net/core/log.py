@@ -79,6 +79,13 @@ def verbose() -> bool:
     return _state["verbosity"] == "verbose"
 
 
+def result(message: str) -> None:
+    """A result line (what was written, a report, where a server listens): on stdout, whatever the verbosity."""
+    stream = sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def note(message: str) -> None:
     log.info(message)
 
@@ -144,19 +151,3 @@ class Collapsed:
 
     def messages(self, level: str | None = None) -> list[str]:
         return [m for lv, m in self.records if level is None or lv == level]
-
-
-class CollapsingHandler(logging.Handler):
-    """A ``logging`` handler feeding a :class:`Collapsed` (for libraries that log through ``logging``: ModelOpt)."""
-
-    def __init__(self, collapsed: Collapsed):
-        super().__init__(logging.DEBUG)
-        self.collapsed = collapsed
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = ("error" if record.levelno >= logging.ERROR else "warning" if record.levelno >= logging.WARNING
-                     else "info")
-            self.collapsed.emit(level, record.getMessage())
-        except Exception:
-            self.handleError(record)

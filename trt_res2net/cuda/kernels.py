@@ -238,16 +238,7 @@ def _float_literal(value: float) -> str:
 
 def kernel_source(spec: PreprocessSpec = SPEC) -> str:
     """The CUDA source of both kernels with the preprocessing numbers of ``spec`` written in."""
-    if spec.interpolation != "cv2.INTER_LINEAR":
-        raise ValueError(f"the CUDA kernel implements cv2.INTER_LINEAR only, not {spec.interpolation}")
-    if spec.layout != "NCHW":
-        raise ValueError(f"the CUDA kernel writes NCHW only, not {spec.layout}")
-    if spec.channel_order == "RGB":
-        plane = (2, 1, 0)  # source B, G, R → planes 2, 1, 0
-    elif spec.channel_order == "BGR":
-        plane = (0, 1, 2)
-    else:
-        raise ValueError(f"unknown channel order {spec.channel_order!r}")
+    plane = (2, 1, 0)  # source B, G, R → RGB planes 2, 1, 0 (PreprocessSpec admits only RGB, NCHW, INTER_LINEAR)
     offset_asserts = [
         f'static_assert(__builtin_offsetof(ImageDesc, {"pad_" if name == "pad" else name}) == {offset}, '
         f'"ImageDesc.{name}");'
@@ -318,9 +309,7 @@ def emulate_preprocess(image_bgr: np.ndarray, spec: PreprocessSpec = SPEC) -> np
     new_w, new_h = spec.resized_size(w, h)
     x0, y0 = spec.crop_offsets(new_w, new_h)
     idx = np.arange(spec.crop_size)
-    crop = _resize_pixels(image_bgr, x0 + idx, y0 + idx, new_w, new_h)
-    if spec.channel_order == "RGB":
-        crop = crop[:, :, ::-1]
+    crop = _resize_pixels(image_bgr, x0 + idx, y0 + idx, new_w, new_h)[:, :, ::-1]  # BGR → RGB
     mean = np.asarray(spec.mean, np.float32)
     std = np.asarray(spec.std, np.float32)
     out = (crop.astype(np.float32) * np.float32(spec.scale) - mean) / std

@@ -147,10 +147,6 @@ class ImageBatcher:
         n = len(self.items)
         return n // self.batch_size if self.exact_batches else -(-n // self.batch_size)
 
-    @property
-    def num_images(self) -> int:
-        return len(self.items)
-
     def _load(self, item) -> np.ndarray:
         if self.decode_only:
             return decode_for_preprocessing(item, self.spec, self.limits)

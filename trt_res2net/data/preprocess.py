@@ -61,6 +61,16 @@ class PreprocessSpec:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     layout: str = "NCHW"
 
+    # What the CPU path, the CUDA kernel and the served models implement: the spec records these (they are part of
+    # its hash) but cannot change them.
+    SUPPORTED = {"interpolation": ("cv2.INTER_LINEAR",), "channel_order": ("RGB",), "layout": ("NCHW",)}
+
+    def __post_init__(self) -> None:
+        for name, supported in self.SUPPORTED.items():
+            if getattr(self, name) not in supported:
+                raise ValueError(f"PreprocessSpec.{name} {getattr(self, name)!r}: the preprocessing implements "
+                                 f"{' and '.join(supported)} only")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)

@@ -19,6 +19,7 @@ from ..core.errors import MissingDependency, UserError, user_error_from_os_error
 from ..core.files import temp_name
 from ..core.hashing import sha256_bytes, sha256_file
 from ..model.contract import inspect_onnx
+from ..precision.convert import ConvertedOnnx
 from . import manifest as manifest_mod
 from . import trt_compat
 from .builder import build
@@ -84,29 +85,38 @@ def gpu_for_build(version, device: int, written: str):
                                 "(or --engine-family tensorrt-rtx, which builds without a GPU)") from e
 
 
-def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options: EngineOptions | None = None, *,
-                 fp32_onnx_path: str | os.PathLike | None = None, model_name: str | None = None) -> BuiltEngine:
-    """Build the engine of ``onnx_path`` and write it with its manifest.
+def build_engine(onnx: str | os.PathLike | ConvertedOnnx, precision: str | None = None,
+                 options: EngineOptions | None = None, *, fp32_onnx_path: str | os.PathLike | None = None,
+                 model_name: str | None = None) -> BuiltEngine:
+    """Build the engine of ``onnx`` and write it with its manifest.
 
-    ``onnx_path`` is what the engine is built from: the FP32 ONNX, or the FP16 / INT8 Q/DQ ONNX that
-    ``trt_res2net.convert_precision`` made from ``fp32_onnx_path`` (default: ``onnx_path`` itself; TensorRT ≤ 10
-    builds FP16 and calibrator INT8 from the FP32 one). ``model_name`` names the engine file (default: the FP32
-    ONNX's stem). Without the library (or, for TensorRT, without a GPU): MissingDependency (exit status 3) whose
-    one line says which ONNX files exist and what to install.
+    ``onnx`` is what the engine is built from: what ``trt_res2net.convert_precision`` returned (its precision and
+    FP32 source come with it), or a path — the FP32 ONNX, or an FP16 / INT8 Q/DQ ONNX made from ``fp32_onnx_path``
+    (default: the ONNX itself; TensorRT ≤ 10 builds FP16 and calibrator INT8 from the FP32 one), with
+    ``precision`` (default fp32). ``model_name`` names the engine file (default: the FP32 ONNX's stem). Without the
+    library (or, for TensorRT, without a GPU): MissingDependency (exit status 3) whose one line says which ONNX
+    files exist and what to install.
     """
     options = options or EngineOptions()
-    onnx_path = Path(onnx_path)
+    if isinstance(onnx, ConvertedOnnx):
+        if precision is not None and precision != onnx.precision:
+            raise UserError(f"precision {precision!r} given for {onnx.path}, which convert_precision made "
+                            f"{onnx.precision}")
+        precision = onnx.precision
+        fp32_onnx_path = onnx.source if fp32_onnx_path is None else fp32_onnx_path
+    precision = precision or "fp32"
+    onnx_path = Path(onnx)
     fp32_onnx_path = Path(fp32_onnx_path) if fp32_onnx_path is not None else onnx_path
     model_name = model_name or fp32_onnx_path.stem
     check_engine_request(options, precision)  # usage errors are exit 2 even without TensorRT
     io_converted = inspect_onnx(onnx_path)
-    written = str(fp32_onnx_path) + ("" if same_file(onnx_path, fp32_onnx_path) else f" and {onnx_path}")
+    onnx_written = str(fp32_onnx_path) + ("" if same_file(onnx_path, fp32_onnx_path) else f" and {onnx_path}")
 
-    library = trt_compat.import_library(options.family, what_was_written=written)
+    library = trt_compat.import_library(options.family, what_was_written=onnx_written)
     version = library.version
     refuse_inapplicable_options(options, version, precision)
-    gpu = gpu_for_build(version, options.device, written)
-    targets = rtx_targets(options, gpu, written) if trt_compat.is_rtx(version) else None
+    gpu = gpu_for_build(version, options.device, onnx_written)
+    targets = rtx_targets(options, gpu, onnx_written) if trt_compat.is_rtx(version) else None
 
     plan = plan_build(precision, version, onnx_path=onnx_path, fp32_onnx_path=fp32_onnx_path,
                       onnx_io=io_converted, int8_mode=options.int8_mode, high_precision=options.high_precision)
@@ -161,7 +171,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
         # the engine's bytes go to a temporary file while they are hashed for the manifest (two cores, one pass
         # each); the two files then become visible together (commit_files)
         staged = temp_name(engine_path)
-        written = pool.submit(_write_staged, staged, result.serialized)
+        staged_write = pool.submit(_write_staged, staged, result.serialized)
         engine_sha = sha256_bytes(result.serialized)
         onnx_sha = onnx_sha_later.result()
         quantization = describe_quantization(precision, plan, onnx_sha, calibration, io)
@@ -178,7 +188,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = "fp32", options:
             compute_precision=describe_compute_precision(precision, plan, version, result),
         )
         try:
-            written.result()
+            staged_write.result()
             commit_files({engine_path: staged, mpath: manifest_mod.manifest_bytes(manifest)})
         except OSError as e:
             raise user_error_from_os_error(e, "write the engine") from None

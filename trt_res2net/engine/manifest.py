@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..cuda.device import DeviceInfo
 
 MANIFEST_FORMAT = "trt_res2net.engine-manifest"
-MANIFEST_VERSION = 2  # 2: engine_family, library_version (was tensorrt_version), compute_capabilities
+MANIFEST_VERSION = 2  # the version that names the engine family, the library version and the compute capabilities
 
 
 # --------------------------------------------------------------------------------------------------------

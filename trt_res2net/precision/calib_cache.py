@@ -25,7 +25,6 @@ cache whose key differs from the build's, naming the first field that differs.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -92,10 +91,6 @@ class CalibrationCache:
     def made_by_tensorrt(self) -> bool:
         """True when a TensorRT calibrator wrote it (numeric version tag)."""
         return self.version_tag.isdigit()
-
-    def dynamic_ranges(self) -> dict[str, float]:
-        """amax per tensor (scale · 127), what ``ITensor.dynamic_range`` and ONNX Runtime's TRT EP use."""
-        return {name: s * 127.0 for name, s in self.scales.items()}
 
     def to_bytes(self) -> bytes:
         lines = [self.header]
@@ -252,9 +247,3 @@ def check_cache_key(cache_path: str | os.PathLike, expected: dict) -> None:
             f"calibration cache {cache_path} was made for {name}={_short(have)}, this build has "
             f"{_short(want)}; delete it or pass --calib-dir to recalibrate"
         )
-
-
-def cache_scales_finite(cache: CalibrationCache) -> list[str]:
-    """Names of tensors whose scale is not a finite positive number (TensorRT writes ``0`` for all-zero
-    tensors); such a scale would divide by zero in a QuantizeLinear."""
-    return [n for n, s in cache.scales.items() if not (math.isfinite(s) and s > 0)]

@@ -39,7 +39,7 @@ from pathlib import Path
 from ..core import log
 from ..core.commit import commit_files, ensure_complete
 from ..core.errors import UserError
-from ..core.files import temp_name, write_json
+from ..core.files import temp_name
 from ..core.hashing import sha256_file
 from .options import PrecisionOptions, check_precision_request
 
@@ -62,7 +62,7 @@ def default_cache_path(model_name: str, opts: PrecisionOptions) -> Path:
 
 def _say(message: str) -> None:
     """A result: what was written, the accuracy report (stdout)."""
-    print(message, flush=True)
+    log.result(message)
 
 
 def _note(message: str) -> None:
@@ -131,8 +131,21 @@ def _minutes(seconds: float) -> str:
 # The stage
 
 
+@dataclass(frozen=True)
+class ConvertedOnnx:
+    """The ONNX an engine of ``precision`` is built from, and the FP32 ONNX it was made from (``source``; the same
+    file for fp32). ``build_engine`` takes it as it is; it is also a path (``os.fspath``)."""
+
+    path: Path
+    precision: str  # "fp32", "fp16" or "int8"
+    source: Path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
 def convert_precision(fp32_onnx_path: str | os.PathLike, precision: str, options: PrecisionOptions | None = None, *,
-                      model_name: str | None = None, out_path: str | os.PathLike | None = None) -> Path:
+                      model_name: str | None = None, out_path: str | os.PathLike | None = None) -> ConvertedOnnx:
     """Make the ONNX that an engine of ``precision`` is built from: the FP32 path itself for fp32, else the FP16
     (ModelOpt AutoCast) or INT8 Q/DQ (ModelOpt PTQ) ONNX, written to ``out_path`` (default: beside the FP32 ONNX,
     ``<stem>_<precision>.onnx``). ``model_name`` names the calibration cache (default: the ONNX's stem). An ONNX
@@ -146,13 +159,13 @@ def convert_precision(fp32_onnx_path: str | os.PathLike, precision: str, options
     if precision == "fp32":
         if opts.max_top1_drop is not None or opts.auto_fallback:
             _note("--max-top1-drop/--auto-fallback ignored: --precision fp32 has nothing to compare")
-        return fp32_onnx_path
+        return ConvertedOnnx(fp32_onnx_path, "fp32", fp32_onnx_path)
     if not fp32_onnx_path.is_file():
         raise UserError(f"FP32 ONNX {fp32_onnx_path} not found")
     already = onnx_file_precision(fp32_onnx_path)
     if already == precision:
         _note(f"{fp32_onnx_path} is already {precision.upper()}: nothing to convert")
-        return fp32_onnx_path
+        return ConvertedOnnx(fp32_onnx_path, precision, fp32_onnx_path)
     if already != "fp32":
         kind = "Q/DQ nodes" if already == "int8" else "FP16"
         raise UserError(f"{fp32_onnx_path} is already {already.upper()} ({kind}): build it as --precision {already}, "
@@ -161,9 +174,8 @@ def convert_precision(fp32_onnx_path: str | os.PathLike, precision: str, options
     from .accuracy import load_eval_set
 
     eval_set = load_eval_set(opts.eval_dir, opts.eval_list, opts.data_root, limit=opts.eval_images)
-    if precision == "fp16":
-        return _make_fp16(opts, fp32_onnx_path, model_name, eval_set, out)
-    return _make_int8(opts, fp32_onnx_path, model_name, eval_set, out)
+    make = _make_fp16 if precision == "fp16" else _make_int8
+    return ConvertedOnnx(make(opts, fp32_onnx_path, model_name, eval_set, out), precision, fp32_onnx_path)
 
 
 def _evaluator(opts, fp32_onnx_path, eval_set):
@@ -188,29 +200,9 @@ def _verdict(opts, report: dict | None, label: str, precision: str) -> str | Non
             f"{opts.max_top1_drop:g}{hint}")
 
 
-def _gate(opts, report: dict | None, out_path: Path, label: str, precision: str) -> None:
-    """The budget on a model already written to ``out_path``: missed → renamed ``*.rejected.onnx`` with its sidecar,
-    AccuracyBudgetExceeded (exit status 1)."""
-    from .accuracy import AccuracyBudgetExceeded
-
-    why = _verdict(opts, report, label, precision)
-    if why is None:
-        return
-    rejected = rejected_path(out_path)
-    os.replace(out_path, rejected)
-    side = out_path.with_name(out_path.name + ".json")
-    if side.exists():
-        os.replace(side, rejected.with_name(rejected.name + ".json"))
-    raise AccuracyBudgetExceeded(f"{why}; the model is kept as {rejected} for inspection")
-
-
 def _sidecar_doc(onnx_sha256: str, doc: dict) -> dict:
     return {"format": ONNX_SIDECAR_FORMAT, "format_version": 1, "onnx_sha256": onnx_sha256,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **doc}
-
-
-def _write_onnx_sidecar(out_path: Path, doc: dict) -> None:
-    write_json(out_path.with_name(out_path.name + ".json"), _sidecar_doc(sha256_file(out_path), doc))
 
 
 def _publish(opts, staged: Path, out: Path, doc: dict, report: dict | None, label: str, precision: str) -> Path:

@@ -24,7 +24,7 @@ SWITCH_PREFIX = "__fallback_switch_"
 
 
 def switchable_model(qdq_model, candidates: Sequence[str]):
-    """The Q/DQ model (computing in FP32, see precision_eval.fp32_twin) with one scalar float input
+    """The Q/DQ model (computing in FP32, see accuracy.fp32_twin) with one scalar float input
     ``__fallback_switch_<i>`` per candidate; returns (model, switch names)."""
     import onnx
     from onnx import TensorProto, helper

@@ -172,8 +172,8 @@ def _modelopt_stream_handlers() -> list[logging.StreamHandler]:
 def _cleanup_no_consumer_nodes(self) -> None:
     """ModelOpt AutoCast's ``PrecisionConverter._cleanup_no_consumer_nodes`` (0.47) in linear time: the nodes none of
     whose outputs is a network output or consumed by a node, removed in graph order — the same nodes as ModelOpt's,
-    which asks ``get_consumer_nodes`` (a scan of every node) for every output of every node: 31 s of the 50 s
-    AutoCast spends on res2net200's Q/DQ model."""
+    which asks ``get_consumer_nodes`` (a scan of every node) for every output of every node, quadratic in the
+    model's size (docs/build_safety.md measures it)."""
     network_outputs = {o.name for o in self.model.graph.output}
     consumed = {name for node in self.model.graph.node for name in node.input}
     doomed = [node for node in self.model.graph.node
@@ -425,19 +425,6 @@ def quantized_nodes(model, op_types: Iterable[str] = QUANTIZABLE_WEIGHTED_OPS) -
     return [n.name for n in model.graph.node if n.op_type in ops and any(i in dq_out for i in n.input)]
 
 
-def qdq_coverage(model) -> dict[str, dict[str, bool]]:
-    """For each Conv/Gemm/MatMul: whether its data input and its weight arrive through DequantizeLinear."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    out = {}
-    for n in model.graph.node:
-        if n.op_type in QUANTIZABLE_WEIGHTED_OPS:
-            def via_dq(i, _n=n):
-                p = producer.get(_n.input[i]) if len(_n.input) > i else None
-                return p is not None and p.op_type == "DequantizeLinear"
-            out[n.name] = {"input": via_dq(0), "weight": via_dq(1)}
-    return out
-
-
 def _exclusion_patterns(names: Iterable[str]) -> list[str]:
     # ModelOpt matches with re.match: escape, and anchor the end, so 'a.conv' doesn't also take 'a.conv_2'.
     return [re.escape(n) + "$" for n in names]
@@ -550,7 +537,7 @@ def _has_external_data(model) -> bool:
 def opset_relabel_exact(model, target: int) -> bool:
     """Whether ``onnx.version_converter.convert_version(model, target)`` changes nothing but the opset number: run
     on the model's structure alone (weights left out: the adapters of the operators here do not read them) and
-    compared node by node. False on any doubt (then the converter runs as before)."""
+    compared node by node. False on any doubt (then ONNX's version converter runs)."""
     import onnx
 
     light = onnx.ModelProto()

@@ -9,6 +9,7 @@ whatever its tensor names (e.g. a paddle2onnx export of a fine-tuned PaddleClas 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -29,18 +30,39 @@ TRT_INSTALL_HINT = (
 class Backend(Protocol):
     """What a Classifier needs from an inference engine.
 
-    ``max_batch`` is None for a dynamic batch dimension, else the most images one ``run`` takes; a backend
-    whose batch is fixed (it must get exactly ``max_batch`` images) also sets ``fixed_batch = True``.
-    ``run`` takes float32 [n, 3, 224, 224] and returns float32 [n, num_classes].
+    ``max_batch`` is None for a dynamic batch dimension, else the most images one ``run`` takes; ``fixed_batch``:
+    it must get exactly ``max_batch`` images. ``run`` takes float32 [n, 3, 224, 224] and returns float32
+    [n, num_classes]. ``gpu_preprocessing``: whether ``classify_bgr`` (a :class:`GpuBackend`) takes decoded images
+    straight to the GPU. ``describe`` is one line for people; ``close`` releases what the backend holds;
+    ``metadata``: the model's metadata properties (an ONNX's; empty for an engine, whose manifest is checked).
     """
 
     input_name: str
     output_name: str
     num_classes: int
     max_batch: int | None
+    fixed_batch: bool
     outputs_probabilities: bool
+    gpu_preprocessing: bool
+    metadata: dict[str, str]
 
     def run(self, batch_nchw_float32: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class GpuBackend(Backend, Protocol):
+    """A backend that preprocesses decoded BGR images and takes their top-k on the GPU; ``first_run_ms``: the host
+    time of each batch size's first run (TensorRT-RTX compiles its kernels then), ``runtime_cache`` the file that
+    keeps them (or None)."""
+
+    first_run_ms: dict[int, float]
+    runtime_cache: object
+
+    def classify_bgr(self, images: Sequence[np.ndarray], k: int = 5): ...
 
 
 def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
@@ -63,6 +85,6 @@ def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
     return TensorRTBackend(p, **kwargs)
 
 
-def backend_preprocesses_on_gpu(backend) -> bool:
+def backend_preprocesses_on_gpu(backend: Backend) -> bool:
     """Whether ``backend`` takes decoded images and preprocesses them on the GPU (``classify_bgr``)."""
-    return callable(getattr(backend, "classify_bgr", None)) and bool(getattr(backend, "gpu_preprocessing", False))
+    return isinstance(backend, GpuBackend) and backend.gpu_preprocessing

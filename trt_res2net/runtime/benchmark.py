@@ -22,13 +22,16 @@ without a GPU; only :func:`run_benchmark` needs a target that can time things (`
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import UserError
 
 CV_WARN_THRESHOLD = 0.025
@@ -392,7 +395,8 @@ class BenchmarkReport:
                             title=f"{self.engine.name} — {self.info['library']}, {self.info['gpu']['name']}")
 
 
-def benchmark_engine(engine, images=None, options: BenchmarkOptions | None = None) -> BenchmarkReport:
+def benchmark_engine(engine: str | os.PathLike, images: Sequence[np.ndarray] | None = None,
+                     options: BenchmarkOptions | None = None) -> BenchmarkReport:
     """Latency and throughput of a TensorRT or TensorRT-RTX engine (needs its library and a GPU) at each batch size
     of ``options`` that fits the engine's range. ``images``: decoded BGR arrays to time end to end (default:
     synthetic photo-sized images)."""
@@ -412,8 +416,7 @@ def benchmark_engine(engine, images=None, options: BenchmarkOptions | None = Non
             raise UserError(f"none of the batch sizes {list(options.batches)} fits the engine's range "
                             f"{backend.min_batch}..{backend.max_batch}")
         for b in skipped:
-            print(f"warning: batch {b} is outside the engine's range {backend.min_batch}..{backend.max_batch}; "
-                  "skipped", file=sys.stderr)
+            log.warn(f"batch {b} is outside the engine's range {backend.min_batch}..{backend.max_batch}; skipped")
         source = f"{len(images)} images" if images else "synthetic {}x{} images".format(*SYNTHETIC_SIZE)
         if not images:
             images = synthetic_images(min(max(usable), 64))

@@ -74,10 +74,8 @@ class Classifier:
         return self.backend.num_classes
 
     def close(self) -> None:
-        """Release the backend (a TensorRT-RTX engine saves its runtime cache then); ONNX Runtime needs nothing."""
-        close = getattr(self.backend, "close", None)
-        if callable(close):
-            close()
+        """Release the backend (a TensorRT-RTX engine saves its runtime cache then)."""
+        self.backend.close()
 
     def __enter__(self):
         return self
@@ -95,7 +93,7 @@ class Classifier:
         if n == 0:
             return np.zeros((0, self.num_classes), np.float32)
         step = self.backend.max_batch or n
-        fixed = getattr(self.backend, "fixed_batch", False)
+        fixed = self.backend.fixed_batch
         outs = []
         for start in range(0, n, step):
             chunk = batch[start : start + step]

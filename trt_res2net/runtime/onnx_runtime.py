@@ -85,8 +85,13 @@ class OnnxRuntimeBackend:
         y = np.asarray(y)
         return y.reshape(y.shape[0], -1).astype(np.float32, copy=False)
 
+    gpu_preprocessing = False  # preprocessed batches only (the CPU reference)
+
     def describe(self) -> str:
         batch = f"fixed batch {self.max_batch}" if self.fixed_batch else "dynamic batch"
         return f"ONNX Runtime ({self.provider}), {batch}, {self.num_classes} classes"
+
+    def close(self) -> None:
+        """Nothing to release: the session goes with the object."""
 
 

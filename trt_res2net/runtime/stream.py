@@ -105,7 +105,7 @@ class StreamResult:
 
     source: str
     source_index: int
-    frame: int
+    frame_index: int
     timestamp: float
     latency_ms: float
     topk: list[dict]
@@ -115,7 +115,7 @@ class StreamResult:
 
     def to_dict(self) -> dict:
         """The JSON Lines record (``infer.py --jsonl``)."""
-        d = {"source": self.source, "frame": self.frame, "timestamp": round(self.timestamp, 6),
+        d = {"source": self.source, "frame": self.frame_index, "timestamp": round(self.timestamp, 6),
              "latency_ms": round(self.latency_ms, 3), "topk": self.topk, "preprocessing": self.preprocessing}
         if self.image is not None:
             d["image"] = self.image
@@ -705,8 +705,8 @@ def open_streams(model: str | os.PathLike | Classifier, sources: Sequence, optio
     """Classify frames of one or many sources with one model, batched (docs/streams.md)::
 
         with open_streams("model.onnx", ["cam.mp4", "rtsp://10.0.0.5/live"], StreamOptions(batch=8)) as run:
-            for r in run:                        # StreamResult: source, frame, latency_ms, topk, ...
-                print(r.source, r.frame, r.topk[0]["label"])
+            for r in run:                        # StreamResult: source, frame_index, latency_ms, topk, ...
+                print(r.source, r.frame_index, r.topk[0]["label"])
         print(run.summary().format())
 
     The sources are opened on entering the ``with`` block; leaving it (also by Ctrl-C or an exception) stops and

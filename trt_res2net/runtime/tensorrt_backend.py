@@ -17,13 +17,13 @@ per thread.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import UserError
 from ..data.preprocess import SPEC
 from .trt_engine import LoadedEngine
@@ -38,7 +38,7 @@ class TopK(NamedTuple):
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    log.warn(message)
 
 
 def topk_numpy(outputs: np.ndarray, k: int, apply_softmax: bool) -> TopK:
@@ -150,6 +150,7 @@ class TensorRTBackend:
     opt_batch = property(lambda self: self.loaded.io.opt_batch)
     max_batch = property(lambda self: self.loaded.io.max_batch)
     fixed_batch = False  # run() takes any n: it splits and pads to the profile itself
+    metadata: dict[str, str] = {}  # an engine has no ONNX metadata; its manifest was checked on loading
 
     def save_runtime_cache(self) -> bool:
         return self.loaded.save_runtime_cache()

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..core import log
 from ..core.errors import MissingDependency, UserError
 from ..core.version import __version__
 from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
@@ -210,7 +211,10 @@ class PlanInfo:
 
 
 @dataclass
-class ExportResult:
+class TritonRepository:
+    """A Triton model repository as written: its folder, the models and ensembles in it, the model a client sends
+    images to by default, why a TensorRT plan model was left out (if one was), and each model's config."""
+
     path: Path
     models: list[str]
     ensembles: list[str]
@@ -352,12 +356,15 @@ def _instances(count: int, kind: str) -> str:
 
 @dataclass
 class _Names:
+    """The repository's model names, each ``<model>_<step>``: a name not listed here is an AttributeError."""
+
     model: str
 
-    def __getattr__(self, item):  # preprocess, postprocess, classifier_plan, ...
-        if item.startswith("_"):
-            raise AttributeError(item)
-        return f"{self.model}_{item}"
+    preprocess = property(lambda self: f"{self.model}_preprocess")
+    postprocess = property(lambda self: f"{self.model}_postprocess")
+    classifier_plan = property(lambda self: f"{self.model}_classifier_plan")
+    classifier_onnx = property(lambda self: f"{self.model}_classifier_onnx")
+    python = property(lambda self: f"{self.model}_python")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -405,7 +412,7 @@ def _read_source(onnx_path: Path, engine_path, options: TritonOptions) -> _Sourc
     onnx_sha = sha256_file(onnx_path)
     plan, plan_skipped = (None, None) if engine_path is None else plan_from_manifest(engine_path, io, onnx_sha)
     if plan_skipped:
-        print(f"warning: Triton repository: {plan_skipped}", file=sys.stderr, flush=True)
+        log.warn(f"Triton repository: {plan_skipped}")
     return _Source(onnx_path, onnx_sha, io, num_classes, labels, plan, plan_skipped,
                    max_batch=options.max_batch or (plan.max_batch if plan else DEFAULT_MAX_BATCH),
                    topk=min(options.topk, num_classes))
@@ -590,7 +597,7 @@ def _record(repo: _Repository, src: _Source, model_name: str, options: TritonOpt
 
 def write_triton_repository(out_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, model_name: str | None = None,
                       engine_path: str | os.PathLike | None = None,
-                      options: TritonOptions | None = None) -> ExportResult:
+                      options: TritonOptions | None = None) -> TritonRepository:
     """Write the repository (module docstring) to ``out_dir``, atomically; returns what it holds.
 
     ``onnx_path`` is the FP32 ONNX (the ONNX models are the exact graph); ``engine_path`` a built engine with its
@@ -614,7 +621,7 @@ def write_triton_repository(out_dir: str | os.PathLike, onnx_path: str | os.Path
     parsed = {name: parse_config(text, f"{name}/config.pbtxt") for name, text in repo.configs.items()}
     validate_configs(parsed, onnx_io=src.io, num_classes=src.num_classes, plan=src.plan)
     _write_atomically(out_dir, repo.configs, repo.files, _record(repo, src, model_name, options))
-    return ExportResult(path=out_dir, models=sorted(repo.configs), ensembles=sorted(repo.ensembles),
+    return TritonRepository(path=out_dir, models=sorted(repo.configs), ensembles=sorted(repo.ensembles),
                         image_models=sorted([*repo.ensembles, repo.pipeline]),
                         default_ensemble=model_name, plan_skipped=src.plan_skipped, configs=parsed)
 
@@ -787,21 +794,6 @@ def _check_ensemble(name, cfg, configs, dtype_name) -> None:
         if have_t != out.data_type or have_d != list(out.dims):
             raise UserError(f"{where}: output {out.name!r} is declared {dtype_name(out.data_type)} {list(out.dims)}, "
                             f"the step gives {dtype_name(have_t)} {have_d}")
-
-
-def validate_repository(root) -> dict:
-    """Parse every ``*/config.pbtxt`` under ``root`` and run the cross-checks that need no ONNX or manifest
-    (ensemble steps, names, batching); name → ModelConfig."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such model repository")
-    configs = {}
-    for path in sorted(root.glob("*/config.pbtxt")):
-        configs[path.parent.name] = parse_config(path.read_text(encoding="utf-8"), str(path))
-    if not configs:
-        raise UserError(f"{root}: no models (no */config.pbtxt)")
-    validate_configs(configs)
-    return configs
 
 
 # --------------------------------------------------------------------------------------------------------

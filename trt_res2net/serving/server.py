@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import log
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, MissingDependency, UserError
 
 INSTALL_HINT = ("no tritonserver found: run inside NVIDIA's Triton container (nvcr.io/nvidia/tritonserver) or "
@@ -397,7 +398,7 @@ class LogPump(threading.Thread):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self.lines.append(line)
             if self.verbose:
-                print(line, file=sys.stderr, flush=True)
+                log.note(line)
 
     def errors(self, limit: int = 6) -> list[str]:
         """The server's error lines (``E...`` log lines, and what its stubs printed), without CPU-only noise."""
@@ -488,7 +489,7 @@ class ServerOptions:
 
 
 def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    log.warn(message)
 
 
 class TritonServer:
@@ -555,13 +556,13 @@ class TritonServer:
             shown = ", ".join(sorted(self.skipped))
             reasons = sorted(set(re.findall(r"this tritonserver has no \S+ backend", " ".join(self.skipped.values())))
                              ) or sorted(set(self.skipped.values()))
-            print(f"not loading {shown} ({'; '.join(reasons)})", file=sys.stderr, flush=True)
+            log.note(f"not loading {shown} ({'; '.join(reasons)})")
         self.proc = subprocess.Popen(self.command(), env=self.setup.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=_parent_death_signal)
         if self.setup.tmp is not None:
             (self.setup.tmp / "tritonserver.pid").write_text(str(self.proc.pid))
-        print(f"starting tritonserver (pid {self.proc.pid}): loading {len(self.models)} models", flush=True)
+        log.result(f"starting tritonserver (pid {self.proc.pid}): loading {len(self.models)} models")
         self.pump = LogPump(self.proc.stdout, o.verbose)
         self.pump.start()
         deadline = time.monotonic() + o.ready_timeout
@@ -677,7 +678,7 @@ def serve(repo: str | os.PathLike, options: ServerOptions | None = None) -> int:
         previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
         try:
             server.start()
-            print("\n".join([*server.endpoints(), "ready; SIGTERM or Ctrl-C stops it"]), flush=True)
+            log.result("\n".join([*server.endpoints(), "ready; SIGTERM or Ctrl-C stops it"]))
             server.wait()
         except _Stop:
             pass
@@ -687,7 +688,7 @@ def serve(repo: str | os.PathLike, options: ServerOptions | None = None) -> int:
             try:
                 code = server.stop()
                 if code is not None and stop_requested:
-                    print(f"tritonserver stopped (exit status {code})", file=sys.stderr, flush=True)
+                    log.note(f"tritonserver stopped (exit status {code})")
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
