@@ -28,8 +28,6 @@ def run_main(body: Callable[[], int]) -> int:
         return EXIT_OS_ERROR
 
 
-
-
 def usage_error(message: str) -> UserError:
     return UserError(message, EXIT_USAGE)
 

@@ -150,7 +150,11 @@ class TensorRTBackend:
     opt_batch = property(lambda self: self.loaded.io.opt_batch)
     max_batch = property(lambda self: self.loaded.io.max_batch)
     fixed_batch = False  # run() takes any n: it splits and pads to the profile itself
-    metadata: dict[str, str] = {}  # an engine has no ONNX metadata; its manifest was checked on loading
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """An engine has no ONNX metadata properties: its manifest was checked on loading."""
+        return {}
 
     def save_runtime_cache(self) -> bool:
         return self.loaded.save_runtime_cache()
