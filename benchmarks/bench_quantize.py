@@ -12,7 +12,7 @@ fitted to the features of those and the calibration images (model.realistic_rand
 ranges and prediction margins resemble a trained network's; its absolute accuracy means nothing.
 
 Each measured step runs in a fresh process, through the same code build.py runs:
-* calibrate: precision.convert._calibration (image selection, manifest, ModelOpt/ONNX Runtime calibration, cache) —
+* calibrate: precision.calibration (image selection, manifest, ModelOpt/ONNX Runtime calibration, cache) —
   wall time, and peak RSS of that process (also minus its RSS after imports, before calibration);
 * int8 / int8-fp32: precision.convert.convert_precision reusing the cache (Q/DQ model, then the held-out comparison);
 * fp16: precision.convert.convert_precision for fp16 (AutoCast, then the comparison).
@@ -58,10 +58,9 @@ def _convert(precision: str, fp32: Path, **options) -> Path:
 def child(step: str, work: Path, method: str, calib_images: int, eval_images: int) -> dict:
     import onnxruntime  # noqa: F401  (imports out of the baseline)
 
-    from trt_res2net.precision import convert as q
-    from trt_res2net.precision import modelopt_bridge as mb
+    from trt_res2net.precision.modelopt import require_modelopt
 
-    mb.require_modelopt("the benchmark")
+    require_modelopt("the benchmark")
     import modelopt.onnx.quantization  # noqa: F401
 
     fp32 = work / "model" / "model.onnx"
@@ -86,7 +85,10 @@ def child(step: str, work: Path, method: str, calib_images: int, eval_images: in
 
         opts = PrecisionOptions(calibration=CalibrationImages(work / "calib_images", calib_images),
                                 calib_method=method, calib_cache=cache, progress=False)
-        cal = q._calibration(opts, fp32, "model", sha256_file(fp32))
+        from trt_res2net.precision import calibration as c
+
+        cal = c.resolve_calibration(opts, cache, sha256_file(fp32))
+        c.calibrate(opts, cal, fp32, "model", work / "calibrated.onnx")
         result = {"activation_scales": len(cal.cache.scales), "images": calib_images}
     else:
         precision = "fp16" if step == "fp16" else "int8"
@@ -198,7 +200,7 @@ def main() -> int:
         print(json.dumps(child(a.child, Path(a.workdir), a.methods, a.calib_images, a.eval_images)))
         return 0
 
-    from trt_res2net.precision.modelopt_bridge import require_modelopt, tool_versions
+    from trt_res2net.precision.modelopt import require_modelopt, tool_versions
 
     require_modelopt("the benchmark")
     tmp = None

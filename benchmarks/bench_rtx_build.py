@@ -102,7 +102,7 @@ def child_build(onnx_path: str, fp32_path: str, precision: str, engine_path: str
     options = EngineOptions(family="tensorrt-rtx", engine_path=engine_path, progress=False)
     built = build_engine(onnx_path, precision, options, fp32_onnx_path=fp32_path, model_name=Path(engine_path).stem)
     engine, m = built.path, built.manifest
-    return {"build_s": m["build_time_s"], "engine_mib": engine.stat().st_size / 2**20}
+    return {"build_s": m.build_time_s, "engine_mib": engine.stat().st_size / 2**20}
 
 
 def measure(name: str, paths: dict[str, Path], precisions: list[str], runs: int, workdir: Path) -> dict:

@@ -1,4 +1,5 @@
-// Lets g++ (C++20) compile the CUDA source of trt_res2net/cuda/kernels.py unchanged, for the CPU tests.
+// Lets g++ (C++20) compile the CUDA source of trt_res2net/cuda/kernels.cu, as kernels.kernel_source() completes it,
+// unchanged, for the CPU tests.
 //
 // - Qualifiers vanish, __shared__ becomes `static`: blocks run one after another, so one copy per kernel is
 //   the block's shared memory.

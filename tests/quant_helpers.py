@@ -58,16 +58,20 @@ def args(**kw) -> argparse.Namespace:
 
 def run_precision(ns: argparse.Namespace, fp32_onnx: Path, model: str) -> Path:
     """The precision step as build.py runs it: the flags through the CLI's mapping, then the library."""
-    from trt_res2net.cli.build import precision_options
+    from trt_res2net.cli.build import FLAGS, precision_options
+    from trt_res2net.core.errors import UserError
     from trt_res2net.precision.convert import convert_precision
 
-    return convert_precision(fp32_onnx, ns.precision or "fp32", precision_options(ns), model_name=model).path
+    try:
+        return convert_precision(fp32_onnx, ns.precision or "fp32", precision_options(ns), model_name=model).path
+    except UserError as e:  # shown as build.py shows it: the option fields as its flags
+        raise type(e)(FLAGS.message(str(e))) from e
 
 
 def qdq_coverage(model) -> dict[str, dict[str, bool]]:
     """For each Conv/Gemm/MatMul of an ONNX model: whether its data input and its weight arrive through
     DequantizeLinear (what a Q/DQ model must show for its quantized layers)."""
-    from trt_res2net.precision.modelopt_bridge import QUANTIZABLE_WEIGHTED_OPS
+    from trt_res2net.precision.modelopt.qdq import QUANTIZABLE_WEIGHTED_OPS
 
     producer = {o: n for n in model.graph.node for o in n.output}
     out = {}

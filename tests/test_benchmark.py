@@ -68,6 +68,7 @@ class FakeTarget:
 
     def __init__(self):
         self.compute_calls, self.classified = [], []
+        self.first_run_ms: dict[int, float] = {}
 
     def time_compute_ms(self, batch):
         self.compute_calls.append(batch)
@@ -89,7 +90,7 @@ def test_run_benchmark_times_each_batch_size():
 
 
 @pytest.mark.parametrize(("kwargs", "message"),
-                         [({"iterations": 0}, "iterations"), ({"warmup": -1}, "warmup")])
+                         [({"iterations": 0}, "run_benchmark.iterations"), ({"warmup": -1}, "run_benchmark.warmup")])
 def test_run_benchmark_rejects_bad_counts(kwargs, message):
     with pytest.raises(UserError, match=message):
         bm.run_benchmark(FakeTarget(), [1], bm.synthetic_images(1), progress=False, **kwargs)
@@ -118,6 +119,47 @@ def test_table_json_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _report():
+    results = (_result(1, [1.0, 1.1], [2.0, 2.1]), bm.BatchResult(8, bm.latency_stats([3.0]), bm.latency_stats([5.0]),
+                                                                  12.5))
+    info = {"engine": "e/m.engine", "library": "TensorRT 10.3.0", "engine_family": "tensorrt",
+            "gpu": {"name": "GPU"}, "cuda_graph": False}
+    settings = bm.BenchmarkSettings((1, 8), 2, 0, 5, "synthetic 500x375 images", False, None)
+    return bm.BenchmarkReport(Path("e/m.engine"), results, info, settings, (32,))
+
+
+def test_the_report_round_trips_through_its_json():
+    report = _report()
+    doc = json.loads(json.dumps(report.to_json()))
+    assert (doc["format"], doc["format_version"]) == (bm.BenchmarkReport.FORMAT, bm.BenchmarkReport.SCHEMA_VERSION)
+    assert {"benchmark", "info", "settings", "cv_warning_threshold", "results"} <= set(doc)  # the keys infer.py wrote
+    assert doc["settings"]["batches"] == [1, 8] and doc["skipped_batches"] == [32]
+    assert bm.BenchmarkReport.from_json(doc, "b.json") == report
+
+
+def test_the_first_releases_report_is_read():
+    doc = json.loads((FIXTURES / "benchmark_report_v0.json").read_text())
+    report = bm.BenchmarkReport.from_json(doc, "benchmark_report_v0.json")
+    assert report.engine == Path("engines/m.engine") and report.skipped_batches == ()
+    assert [r.batch for r in report.results] == [1, 8] and report.results[0].first_run_ms == 40.5
+    assert report.settings.iterations == 3 and report.settings.kernel_specialization is None
+    assert report.results[1].end_to_end.p50 == pytest.approx(5.1)
+
+
+def test_a_newer_or_other_report_is_refused_in_one_line():
+    doc = {**_report().to_json(), "format_version": bm.BenchmarkReport.SCHEMA_VERSION + 1}
+    with pytest.raises(UserError, match="b.json has benchmark report format 2; this trt_res2net reads ≤ 1") as e:
+        bm.BenchmarkReport.from_json(doc, "b.json")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="is not a trt_res2net benchmark report"):
+        bm.BenchmarkReport.from_json({"format": "trt_res2net.manifest"}, "b.json")
+    with pytest.raises(UserError, match="b.json: a damaged benchmark report"):
+        bm.BenchmarkReport.from_json({**_report().to_json(), "results": [{"batch": 1}]}, "b.json")
+
+
 def test_cross_check_commands():
     poly = bm.polygraphy_command("e/m.engine", "input", 8, iterations=50)
     assert shlex.join(poly) == ("polygraphy run e/m.engine --model-type engine --trt "
@@ -138,7 +180,7 @@ def test_benchmark_flags_map_onto_options():
     assert benchmark_options(args) == bm.BenchmarkOptions(batches=(1, 8), iterations=5, warmup=1, cuda_graph=True,
                                                           progress=False)
     assert benchmark_options(build_parser().parse_args(["m.engine", "--benchmark"])) == bm.BenchmarkOptions()
-    with pytest.raises(UserError, match="--iterations must be at least 1"):
+    with pytest.raises(UserError, match="BenchmarkOptions.iterations must be at least 1"):
         bm.BenchmarkOptions(iterations=0)
 
 

@@ -75,11 +75,11 @@ def _hidden(*folders: Path) -> list[str]:
     return [str(p) for folder in folders if folder.exists() for p in folder.rglob(".*")]
 
 
-def _pair_matches(engine: Path) -> dict:
+def _pair_matches(engine: Path) -> mf.EngineManifest:
     """The manifest describes these very bytes (what the runtime checks before running an engine)."""
     m = mf.read_manifest(engine)
-    assert m["engine_sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
-    assert m["engine_bytes"] == engine.stat().st_size
+    assert m.engine_sha256 == hashlib.sha256(engine.read_bytes()).hexdigest()
+    assert m.engine_bytes == engine.stat().st_size
     return m
 
 
@@ -114,7 +114,7 @@ def int8_workspace(tmp_path_factory, tiny_onnx):
 
 @pytest.mark.parametrize("step, signal_at", [
     ("calibration", ("INT", "trt_res2net.precision.ort_calibration:collect_value", "before:3")),
-    ("quantization", ("INT", "trt_res2net.precision.modelopt_bridge:_check_scales_from", "before:1")),
+    ("quantization", ("INT", "trt_res2net.precision.modelopt.int8:check_scales_from", "before:1")),
     ("build, inside TensorRT's progress callback", ("INT", "trt_res2net.engine.progress:BuildProgress.on_start",
                                                      "after:1")),
     ("write, just after the engine's rename", ("INT", "trt_res2net.core.commit:_rename", "after:1", ".rtx.engine")),
@@ -182,7 +182,7 @@ def test_sigkill_leaves_the_old_pair_or_the_new(fp32_pair, moment, signal_at, ou
     # what a reader does first (runtime/trt_engine.py): complete the pair the journal says, if there is one
     commit.ensure_complete(engine)
     m = _pair_matches(engine)
-    assert m["profiles"][0]["max"][0] == (4 if outcome == "old" else 8), moment
+    assert m.profiles[0].max[0] == (4 if outcome == "old" else 8), moment
     if outcome == "old":
         assert {k: v for k, v in _snapshot(root / "engines").items() if "/." not in k} == fp32_pair["old"]
     # what is left is only what a killed process leaves (pid-tagged temporaries, its unlocked lock file) ...
@@ -191,7 +191,7 @@ def test_sigkill_leaves_the_old_pair_or_the_new(fp32_pair, moment, signal_at, ou
         mf.manifest_path_for(engine)) for p in left), left
     # ... and the next build removes it
     assert _run(_fp32_args(fp32_pair["onnx"], 2), root).returncode == 0
-    assert _hidden(root / "engines") == [] and _pair_matches(engine)["profiles"][0]["max"][0] == 2
+    assert _hidden(root / "engines") == [] and _pair_matches(engine).profiles[0].max[0] == 2
 
 
 def test_sigkill_at_random_moments_never_leaves_a_mismatched_pair(fp32_pair):
@@ -206,7 +206,7 @@ def test_sigkill_at_random_moments_never_leaves_a_mismatched_pair(fp32_pair):
         proc.kill()
         proc.wait(timeout=60)
         commit.ensure_complete(engine)
-        assert _pair_matches(engine)["profiles"][0]["max"][0] in (4, 8), delay
+        assert _pair_matches(engine).profiles[0].max[0] in (4, 8), delay
     assert _run(_fp32_args(fp32_pair["onnx"], 4), root).returncode == 0
     assert _hidden(root / "engines") == []
 
@@ -236,7 +236,7 @@ def test_concurrent_builds_of_one_engine_leave_a_matching_pair(fp32_pair):
             assert code == 0 or (code == 2 and "is writing engines/tiny.rtx.engine" in err and err.count("\n") == 1), \
                 results
         assert any(code == 0 for code, _ in results)
-        assert _pair_matches(engine)["profiles"][0]["max"][0] in (16, 32)
+        assert _pair_matches(engine).profiles[0].max[0] in (16, 32)
         assert _hidden(root / "engines") == []
 
 
@@ -358,9 +358,9 @@ def test_a_qdq_onnx_is_built_as_int8_without_calibration_nor_writing_beside_it(t
     assert "is already INT8 (Q/DQ nodes): building it as --precision int8" in proc.stderr
     engine = tmp_path / "engines" / "tiny_qdq_int8qdq_b4.rtx.engine"
     m = _pair_matches(engine)
-    assert m["precision"] == "int8" and m["int8_mode"] == "qdq" and m["onnx"] == str(onnx)
-    assert m["quantization"]["source"] == "external-qdq" and "not calibrated here" in m["quantization"]["label"]
-    assert m["compute_precision"]["known"] is False and m["calibration"] is None
+    assert m.precision == "int8" and m.int8_mode == "qdq" and m.onnx == str(onnx)
+    assert m.quantization.source == "external-qdq" and "not calibrated here" in m.quantization.label
+    assert m.compute_precision.known is False and m.calibration is None
     assert sorted(p.name for p in given.iterdir()) == ["tiny_qdq.onnx"] and not (tmp_path / "calib").exists()
     # and it cannot be turned into something else
     line = _one_error_line(_run(["--onnx", str(onnx), "--precision", "fp16", *RTX], tmp_path))
@@ -374,8 +374,8 @@ def test_an_fp16_onnx_is_built_as_fp16_and_an_fp32_one_converted_into_the_engine
     proc = _run(["--onnx", str(onnx), "--max-batch", "4", *RTX], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = _pair_matches(tmp_path / "engines" / "tiny16_fp16_b4.rtx.engine")
-    assert m["precision"] == "fp16" and m["quantization"]["source"] == "external-fp16"
-    assert m["compute_precision"]["known"] is True
+    assert m.precision == "fp16" and m.quantization.source == "external-fp16"
+    assert m.compute_precision.known is True
     assert sorted(p.name for p in given.iterdir()) == ["tiny16.onnx"]
     _modelopt()
     fp32 = Path(shutil.copy(tiny_onnx, given / "tiny32.onnx"))
@@ -384,7 +384,7 @@ def test_an_fp16_onnx_is_built_as_fp16_and_an_fp32_one_converted_into_the_engine
     assert (tmp_path / "engines" / "tiny32_fp16.onnx").is_file()  # the converted ONNX goes with the engine
     assert sorted(p.name for p in given.iterdir()) == ["tiny16.onnx", "tiny32.onnx"]  # nothing beside the input
     m = _pair_matches(tmp_path / "engines" / "tiny32_fp16_b4.rtx.engine")
-    assert m["quantization"]["source"] == "autocast-fp16"
+    assert m.quantization.source == "autocast-fp16"
 
 
 def test_a_precision_already_in_the_onnx_name_is_not_repeated_in_the_engine_name(tmp_path):

@@ -12,11 +12,13 @@ import pytest
 
 from trt_res2net.cli.build import build_parser, engine_options
 from trt_res2net.core.errors import EXIT_NO_TENSORRT, MissingDependency, UserError
-from trt_res2net.engine.build import build_engine
+from trt_res2net.core.hashing import sha256_file
+from trt_res2net.engine.build import build_engine, run_engine
 from trt_res2net.engine.commands import equivalent_commands
 from trt_res2net.engine.manifest import read_manifest
 from trt_res2net.engine.options import BatchProfile, EngineOptions, engine_path_for, resolve_batch_profile
-from trt_res2net.engine.plan import default_workspace_bytes, plan_build, precision_onnx_needed
+from trt_res2net.engine.plan import default_workspace_bytes, plan_engine
+from trt_res2net.engine.precision_path import plan_build, precision_onnx_needed
 from trt_res2net.model.contract import inspect_onnx
 
 from trt_fakes import (  # isort: skip
@@ -172,7 +174,7 @@ def test_plan_build_fp32_high_precision_for_calibrator(onnx_dir):
         ("int8", "11.4.0", "fp32.onnx", "calibrator", "no INT8 calibrator"),
         ("int8", "11.4.0", "fp32.onnx", "auto", "needs the Q/DQ ONNX"),
         ("int8", "10.3.0", "fp16.onnx", "qdq", "no QuantizeLinear"),
-        ("int4", "10.3.0", "fp32.onnx", "auto", "--precision must be"),
+        ("int4", "10.3.0", "fp32.onnx", "auto", "build_engine.precision must be"),
         ("fp32", "8.5.2", "fp32.onnx", "auto", "JetPack 5"),
     ],
 )
@@ -227,6 +229,10 @@ def _step(argv, onnx, model, precision, fp32):
     return build_engine(onnx, precision, _options(*argv), fp32_onnx_path=fp32, model_name=model).path
 
 
+def _planned(argv, onnx, model, precision, fp32):
+    return plan_engine(onnx, _options(*argv), precision=precision, fp32_onnx_path=fp32, model_name=model)
+
+
 def test_cli_flags_map_onto_engine_options():
     opts = _options("--int8-mode", "calibrator", "--min-batch", "2", "--max-batch", "16", "--workspace", "512",
                     "--timing-cache", "t.cache", "--dla-core", "0", "--builder-opt-level", "5", "--calib-batch", "4")
@@ -240,9 +246,9 @@ def test_cli_flags_map_onto_engine_options():
         _options("--builder-opt-level", "9")
     with pytest.raises(SystemExit):
         _options("--int8-mode", "minmax")
-    with pytest.raises(UserError, match="--workspace"):
+    with pytest.raises(UserError, match="EngineOptions.workspace_mib must be ≥ 1 MiB, not 0"):
         _options("--workspace", "0")
-    with pytest.raises(UserError, match="--compute-capability 9.0"):
+    with pytest.raises(UserError, match="EngineOptions.compute_capabilities='9.0'"):
         EngineOptions(compute_capabilities="9.0")
     assert EngineOptions(compute_capabilities=("12.0", "8.6")).compute_capabilities == ("8.6", "12.0")
 
@@ -281,7 +287,8 @@ def test_no_gpu_is_exit_3(onnx_dir, monkeypatch):
         _step([], onnx_dir / "fp32.onnx", "tiny", "fp32", onnx_dir / "fp32.onnx")
     assert info.value.exit_code == 3
     assert str(info.value).startswith(f"wrote {onnx_dir / 'fp32.onnx'}; no usable NVIDIA GPU")
-    assert "pip install 'trt-res2net[trt]'" in str(info.value) and "--engine-family tensorrt-rtx" in str(info.value)
+    assert "pip install 'trt-res2net[trt]'" in str(info.value)
+    assert "EngineOptions.family='tensorrt-rtx', which builds without a GPU" in str(info.value)
 
 
 def test_dla_fp32_is_a_usage_error(onnx_dir):
@@ -320,51 +327,55 @@ def _build(argv, onnx_dir, precision, onnx="fp32.onnx", model="tiny"):
 @pytest.mark.parametrize("release", RELEASES)
 def test_fp32_build_per_release(fake_env, onnx_dir, release):
     trt = fake_env(release)
-    engine = _build([], onnx_dir, "fp32")
-    assert str(engine) == "engines/tiny_fp32_b32.engine" and engine.exists()
-    doc = plan_doc(engine)
-    explicit = 1 << 0
-    assert bool(doc["network_flags"] & explicit) == (release == "8.6.1")  # EXPLICIT_BATCH only on 8.x
-    assert doc["flags"] == [] and doc["pools"] == {"WORKSPACE": 10 << 30}
-    assert doc["profiles"] == [{"input": [[1, 3, 224, 224], [8, 3, 224, 224], [32, 3, 224, 224]]}]
+    plan = _planned(["--quiet"], onnx_dir / "fp32.onnx", "tiny", "fp32", onnx_dir / "fp32.onnx")
+    assert plan.build.explicit_batch == (release == "8.6.1")  # EXPLICIT_BATCH only on 8.x
+    assert plan.build.flags == () and not plan.build.strongly_typed and plan.build.int8_mode is None
+    assert plan.profile == BatchProfile(1, 8, 32) and plan.targets is None and plan.calibration_batch is None
+    assert plan.options.workspace_mib == 10 << 10  # half the fake GPU's 20 GiB free
+    assert str(plan.engine_path) == "engines/tiny_fp32_b32.engine" and not plan.engine_path.exists()
+    engine = run_engine(plan).path
+    assert engine == plan.engine_path and engine.exists()
     m = read_manifest(engine)
-    assert m["library_version"] == release and m["precision"] == "fp32" and m["int8_mode"] is None
-    assert m["engine_family"] == "tensorrt" and m["compute_capabilities"] == ["8.9"]
-    assert m["gpu"]["name"] == "NVIDIA Fake GPU" and m["gpu"]["compute_capability"] == "8.9"
-    assert m["io"]["input"] == {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float"}
-    assert m["io"]["output"]["name"] == "logits"
-    assert m["profiles"][0]["max"] == [32, 3, 224, 224]
-    assert m["build_options"]["progress"] == ("spinner" if release == "8.6.1" else "monitor")
-    assert m["onnx_sha256"] == m["fp32_onnx_sha256"] and len(m["onnx_sha256"]) == 64
-    assert m["engine_sha256"] and m["build_time_s"] >= 0
+    assert m.library_version == release and m.precision == "fp32" and m.int8_mode is None
+    assert m.engine_family == "tensorrt" and m.compute_capabilities == ("8.9",)
+    assert m.gpu.name == "NVIDIA Fake GPU" and m.gpu.compute_capability == "8.9"
+    assert (m.io.input.name, m.io.input.shape, m.io.output.name) == ("input", (-1, 3, 224, 224), "logits")
+    assert m.profiles[0].max == (32, 3, 224, 224) and m.build_options.workspace_mib == 10 << 10
+    assert m.build_options.progress == ("spinner" if release == "8.6.1" else "monitor")
+    assert m.onnx_sha256 == m.fp32_onnx_sha256 == sha256_file(onnx_dir / "fp32.onnx")
+    assert m.engine_sha256 == sha256_file(engine) and m.engine_bytes == engine.stat().st_size
     assert ("init_plugins", "") in trt.log
 
 
 @pytest.mark.parametrize(
     "release, path, flags, strongly",
     [
-        ("8.6.1", "fp32.onnx", ["FP16"], 0),
-        ("10.3.0", "fp32.onnx", ["FP16"], 0),
+        ("8.6.1", "fp32.onnx", ("FP16",), 0),
+        ("10.3.0", "fp32.onnx", ("FP16",), 0),
     ],
 )
 def test_fp16_build_per_release(fake_env, onnx_dir, release, path, flags, strongly):
     fake_env(release)
-    engine = _build(["--batch", "4"], onnx_dir, "fp16", onnx="fp16.onnx")
-    doc = plan_doc(engine)
-    assert doc["flags"] == flags and engine.name == "tiny_fp16_b4.engine"
-    assert read_manifest(engine)["onnx"].endswith(path)
-    assert doc["profiles"][0]["input"][0] == [4, 3, 224, 224] == doc["profiles"][0]["input"][2]
+    plan = _planned(["--quiet", "--batch", "4"], onnx_dir / "fp16.onnx", "tiny", "fp16", onnx_dir / "fp32.onnx")
+    assert plan.build.flags == flags and plan.build.strongly_typed == bool(strongly)
+    assert plan.build.onnx_path.name == path and plan.profile == BatchProfile(4, 4, 4)
+    engine = run_engine(plan).path
+    assert engine.name == "tiny_fp16_b4.engine" and read_manifest(engine).onnx.endswith(path)
+    assert read_manifest(engine).quantization.source == "fp16-builder-flag"
 
 
 @pytest.mark.parametrize("release, strongly_bit", [("10.3.0", 1 << 1), ("10.13.3", 1 << 1)])
 def test_int8_qdq_build(fake_env, onnx_dir, release, strongly_bit):
     fake_env(release)
-    engine = _build(["--int8-mode", "qdq"], onnx_dir, "int8", onnx="qdq.onnx")
-    doc = plan_doc(engine)
-    assert doc["flags"] == [] and doc["qdq"] and doc["network_flags"] == strongly_bit
+    plan = _planned(["--quiet", "--int8-mode", "qdq"], onnx_dir / "qdq.onnx", "tiny", "int8", onnx_dir / "fp32.onnx")
+    assert plan.build.flags == () and plan.build.strongly_typed and plan.build.int8_mode == "qdq"
+    assert plan.build.onnx_path.name == "qdq.onnx" and plan.calibration_batch is None and plan.io.has_qdq
+    engine = run_engine(plan).path
+    assert plan_doc(engine)["network_flags"] == strongly_bit  # STRONGLY_TYPED reached the network
     m = read_manifest(engine)
-    assert m["int8_mode"] == "qdq" and m["calibration"] is None and m["onnx"].endswith("qdq.onnx")
-    assert m["onnx_sha256"] != m["fp32_onnx_sha256"]
+    assert m.int8_mode == "qdq" and m.calibration is None and m.onnx.endswith("qdq.onnx")
+    assert (m.onnx_sha256, m.fp32_onnx_sha256) == (sha256_file(onnx_dir / "qdq.onnx"),
+                                                   sha256_file(onnx_dir / "fp32.onnx"))
 
 
 @pytest.mark.parametrize("release", ["8.6.1", "10.3.0", "10.13.3"])
@@ -376,36 +387,35 @@ def test_a_given_qdq_or_fp16_onnx_is_built_as_what_it_is(fake_env, onnx_dir, rel
     qdq, fp16 = onnx_dir / "qdq.onnx", onnx_dir / "fp16.onnx"
     if release == "8.6.1":
         with pytest.raises(UserError, match=r"qdq.onnx is already INT8 \(Q/DQ nodes\), which TensorRT 8.6 builds only "
-                                             r"as explicit quantization: use --int8-mode qdq"):
+                                             r"as explicit quantization: use EngineOptions.int8_mode='qdq'"):
             _step(["--quiet"], qdq, "given", "int8", qdq)
     else:
-        engine = _step(["--quiet"], qdq, "given", "int8", qdq)
+        plan = _planned(["--quiet"], qdq, "given", "int8", qdq)
+        assert plan.build.int8_mode == "qdq" and plan.build.strongly_typed and plan.build.onnx_path == qdq
+        engine = run_engine(plan).path
         m = read_manifest(engine)
-        assert engine.name == "given_int8_b32.engine" and m["int8_mode"] == "qdq" and plan_doc(engine)["qdq"]
-        assert m["quantization"]["source"] == "external-qdq" and m["calibration"] is None
-        assert m["compute_precision"]["known"] is True
-    engine = _step(["--quiet"], fp16, "given", "fp16", fp16)
-    m = read_manifest(engine)
-    doc = plan_doc(engine)
-    assert m["quantization"]["source"] == "external-fp16" and m["onnx"] == str(fp16)
-    if release == "8.6.1":  # no strongly typed networks: the FP16 flag over the FP16 ONNX
-        assert doc["flags"] == ["FP16"]
-    else:
-        assert doc["flags"] == [] and doc["network_flags"] & (1 << 1)
+        assert engine.name == "given_int8_b32.engine" and m.int8_mode == "qdq"
+        assert m.quantization.source == "external-qdq" and m.calibration is None
+        assert m.compute_precision.known is True
+    plan = _planned(["--quiet"], fp16, "given", "fp16", fp16)
+    # no strongly typed networks on 8.6: the FP16 flag over the FP16 ONNX
+    assert (plan.build.flags, plan.build.strongly_typed) == ((("FP16",), False) if release == "8.6.1" else ((), True))
+    m = read_manifest(run_engine(plan).path)
+    assert m.quantization.source == "external-fp16" and m.onnx == str(fp16)
 
 
 @pytest.mark.parametrize("release", ["8.6.1", "10.3.0"])
 def test_int8_calibrator_build_then_reuse(fake_env, onnx_dir, tmp_path, release):
     trt = fake_env(release)
     images = write_images(tmp_path / "calib_images", n=11)
-    engine = _build(
-        ["--calib-dir", str(images[0].parent), "--calib-batch", "4", "--max-batch", "8"], onnx_dir, "int8"
-    )
+    plan = _planned(["--quiet", "--calib-dir", str(images[0].parent), "--calib-batch", "4", "--max-batch", "8"],
+                    onnx_dir / "fp32.onnx", "tiny", "int8", onnx_dir / "fp32.onnx")
+    assert plan.build.flags == ("INT8", "FP16") and plan.build.calibrator and plan.calibration_batch == 4
+    assert plan.profile == BatchProfile(1, 8, 8)
+    engine = run_engine(plan).path
     doc = plan_doc(engine)
-    assert doc["flags"] == ["FP16", "INT8"]
     assert doc["calibrated_batches"] == 2  # 11 images → two full batches of 4, the rest dropped
     assert doc["calibration_profile"] == {"input": [[4, 3, 224, 224]] * 3}
-    assert doc["profiles"] == [{"input": [[1, 3, 224, 224], [8, 3, 224, 224], [8, 3, 224, 224]]}]
     buf = FakeDeviceBuffer.instances[-1]
     assert len(buf.uploads) == 2 and buf.uploads[0].shape == (4, 3, 224, 224) and buf.freed
     import cv2  # the uploaded batch is exactly the CPU preprocessing of the first images
@@ -420,31 +430,28 @@ def test_int8_calibrator_build_then_reuse(fake_env, onnx_dir, tmp_path, release)
     side = json.loads((tmp_path / "calib" / f"tiny.trt{tag}.cache.json").read_text())
     key, info = side["key"], side["info"]
     assert key["tools"] == {"tensorrt": release} and key["method"] == "tensorrt-entropy2"
-    assert key["onnx_sha256"] == read_manifest(engine)["onnx_sha256"] and info["calibration_batch"] == 4
+    assert key["onnx_sha256"] == sha256_file(onnx_dir / "fp32.onnx") and info["calibration_batch"] == 4
     assert len(key["calibration_manifest_sha256"]) == 64 and info["batches"] == 2
     listed = json.loads((tmp_path / "calib" / f"tiny.trt{tag}.cache.images.json").read_text())
     assert [e["path"] for e in listed["images"]] == [p.name for p in images]  # the image manifest beside it
     assert listed["sha256"] == key["calibration_manifest_sha256"]
     m = read_manifest(engine)
-    assert m["int8_mode"] == "calibrator" and m["calibration"]["cache"] == str(cache.relative_to(tmp_path))
-    assert m["calibration"]["reused"] is False and m["build_options"]["calibration_profile"] == [
-        4,
-        3,
-        224,
-        224,
-    ]
+    assert m.int8_mode == "calibrator" and m.calibration.cache == str(cache.relative_to(tmp_path))
+    assert m.calibration.reused is False and m.calibration.images == 11 and m.calibration.batch == 4
+    assert m.build_options.calibration_profile == (4, 3, 224, 224)
+    assert m.quantization.source == "tensorrt-calibrator" and m.quantization.calibration_cache == m.calibration.cache
 
     # A second build reuses the cache without any images.
     trt.log.clear()
     engine2 = _build(["--max-batch", "8"], onnx_dir, "int8")
     assert plan_doc(engine2)["calibrated_batches"] == 0
     assert any(k == "calibration_cache_used" for k, _ in trt.log)
-    assert read_manifest(engine2)["calibration"]["reused"] is True
+    assert read_manifest(engine2).calibration.reused is True
 
 
 def test_calibrator_needs_images_or_cache(fake_env, onnx_dir):
     fake_env("8.6.1")
-    with pytest.raises(UserError, match="needs calibration images.*--calib-dir"):
+    with pytest.raises(UserError, match="needs calibration images.*CalibrationImages.directory=DIR"):
         _build([], onnx_dir, "int8")
 
 
@@ -457,7 +464,7 @@ def test_stale_calibration_cache_is_refused(fake_env, onnx_dir, tmp_path):
     # Another TensorRT release: the cache header's version differs → refused, naming both.
     text = cache.read_text().replace("TRT-100300-", "TRT-101303-")
     cache.write_text(text)
-    with pytest.raises(UserError, match=r"written by TensorRT 101303.*this TensorRT is 100300.*--calib-dir"):
+    with pytest.raises(UserError, match=r"written by TensorRT 101303.*this TensorRT is 100300.*CalibrationImages.dir"):
         _build([], onnx_dir, "int8")
 
     # A key field differs (another ONNX) → refused by the sidecar check.
@@ -505,13 +512,14 @@ def test_fixed_batch_external_onnx(fake_env, onnx_dir, tmp_path):
     """A paddle2onnx-like export: other tensor names, batch 4 fixed in the file → no profile, a batch-4
     engine."""
     fake_env("10.3.0")
-    engine = _step(["--quiet"], onnx_dir / "fixed4.onnx", "mymodel", "fp16", onnx_dir / "fixed4.onnx")
+    plan = _planned(["--quiet"], onnx_dir / "fixed4.onnx", "mymodel", "fp16", onnx_dir / "fixed4.onnx")
+    assert plan.profile == BatchProfile(4, 4, 4) and plan.io.batch == 4
+    engine = run_engine(plan).path
     assert engine.name == "mymodel_fp16_b4.engine"
-    doc = plan_doc(engine)
-    assert doc["profiles"] == []
+    assert plan_doc(engine)["profiles"] == []  # a static input: no optimization profile is added
     m = read_manifest(engine)
-    assert m["io"]["input"]["name"] == "x" and m["io"]["input"]["shape"] == [4, 3, 224, 224]
-    assert m["io"]["output"]["name"] == "save_infer_model/scale_0.tmp_1"
+    assert m.io.input.name == "x" and m.io.input.shape == (4, 3, 224, 224)
+    assert m.io.output.name == "save_infer_model/scale_0.tmp_1"
     with pytest.raises(UserError, match="fixed batch of 4"):
         _step(["--max-batch", "32"], onnx_dir / "fixed4.onnx", "mymodel", "fp16", onnx_dir / "fixed4.onnx")
 
@@ -545,8 +553,8 @@ def test_build_options_reach_tensorrt(fake_env, onnx_dir, tmp_path):
     doc = plan_doc(engine)
     assert doc["pools"] == {"WORKSPACE": 300 << 20} and doc["opt_level"] == 5
     assert doc["device"] == "DLA" and doc["dla_core"] == 1 and "GPU_FALLBACK" in doc["flags"]
-    opts = read_manifest(engine)["build_options"]
-    assert opts["workspace_mib"] == 300 and opts["dla_core"] == 1 and opts["builder_opt_level"] == 5
+    opts = read_manifest(engine).build_options
+    assert opts.workspace_mib == 300 and opts.dla_core == 1 and opts.builder_opt_level == 5
 
 
 def test_dla_core_must_exist(fake_env, onnx_dir):
@@ -605,7 +613,7 @@ def test_softmax_output_is_recorded(fake_env, tmp_path):
     assert inspect_onnx(probs).outputs_probabilities
     engine = _step(["--quiet"], probs, "p", "fp32", probs)
     m = read_manifest(engine)
-    assert m["outputs_probabilities"] is True and m["io"]["output"]["name"] == "probabilities"
+    assert m.outputs_probabilities is True and m.io.output.name == "probabilities"
 
 
 def test_tiny_res2net_through_the_fake_builder(fake_env, tiny_onnx, tmp_path):
@@ -615,8 +623,8 @@ def test_tiny_res2net_through_the_fake_builder(fake_env, tiny_onnx, tmp_path):
         engine = _step(["--quiet", "--max-batch", "4", "--engine-dir", str(tmp_path / release)], tiny_onnx,
                        "tiny_res2net", "fp32", tiny_onnx)
         m = read_manifest(engine)
-        assert m["io"]["input"]["name"] == "input" and m["io"]["output"]["name"] == "logits"
-        assert m["outputs_probabilities"] is False and m["profiles"][0]["max"] == [4, 3, 224, 224]
+        assert m.io.input.name == "input" and m.io.output.name == "logits"
+        assert m.outputs_probabilities is False and m.profiles[0].max == (4, 3, 224, 224)
 
 
 def test_equivalent_commands(onnx_dir):
@@ -644,7 +652,7 @@ def test_equivalent_commands(onnx_dir):
 def test_manifest_records_equivalent_commands(fake_env, onnx_dir, capsys):
     fake_env("8.6.1")
     engine = _build(["--batch", "2"], onnx_dir, "fp16")
-    cmds = read_manifest(engine)["build_options"]["equivalent_commands"]
+    cmds = read_manifest(engine).build_options.equivalent_commands
     assert "--fp16" in cmds["trtexec"] and "--minShapes=input:2x3x224x224" in cmds["trtexec"]
     err = capsys.readouterr().err  # and printed at the end of the build
     assert f"trtexec equivalent: {cmds['trtexec']}\n" in err and f"polygraphy equivalent: {cmds['polygraphy']}" in err
@@ -654,14 +662,72 @@ def test_batch_usage_errors_come_before_the_tensorrt_check(onnx_dir, monkeypatch
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(UserError) as info:
         _step(["--batch", "0"], onnx_dir / "fp32.onnx", "t", "fp32", onnx_dir / "fp32.onnx")
-    assert info.value.exit_code == 2 and "--batch must be ≥ 1" in str(info.value)
+    assert info.value.exit_code == 2 and "EngineOptions.batch must be ≥ 1" in str(info.value)
 
 
 def test_rebuild_replaces_engine_and_manifest(fake_env, onnx_dir):
     fake_env("10.3.0")
     first = _build(["--batch", "2"], onnx_dir, "fp32")
-    sha1 = read_manifest(first)["engine_sha256"]
+    sha1 = read_manifest(first).engine_sha256
     fake_env("10.13.3")
     second = _build(["--batch", "2"], onnx_dir, "fp32")
-    assert first == second and read_manifest(second)["library_version"] == "10.13.3"
-    assert read_manifest(second)["engine_sha256"] != sha1
+    assert first == second and read_manifest(second).library_version == "10.13.3"
+    assert read_manifest(second).engine_sha256 == sha256_file(second) != sha1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan in two parts: the target before the ONNX exists (build.py), the engine plan once it does
+
+
+def test_the_target_is_planned_before_the_onnx_exists(fake_env, onnx_dir, monkeypatch):
+    from trt_res2net.core.commit import Busy, PathLock
+    from trt_res2net.engine.plan import plan_target
+
+    fake_env("10.3.0")
+    target = plan_target(_options("--quiet", "--max-batch", "16"), "fp16", model_name="tiny")  # a zoo model's export
+    assert target.profile == BatchProfile(1, 8, 16) and str(target.engine_path) == "engines/tiny_fp16_b16.engine"
+    assert target.gpu.name == "NVIDIA Fake GPU" and target.gpu_missing is None and target.caveats == ()
+    assert target.options.workspace_mib == 10 << 10 and target.requested.workspace_mib is None
+    with target.lock():  # what build.py holds across the export: a second build of this engine is refused
+        with monkeypatch.context() as m, pytest.raises(Busy, match="is writing engines/tiny_fp16_b16.engine"):
+            m.setattr("trt_res2net.core.commit._HELD", {})  # this process's locks unknown, as to another process
+            PathLock(target.engine_path, "build").acquire()
+    assert not target.engine_path.parent.exists()  # released: the lock file and the folder made for it are gone
+    plan = plan_engine(onnx_dir / "fp32.onnx", precision="fp16", fp32_onnx_path=onnx_dir / "fp32.onnx",
+                       model_name="tiny", target=target)
+    assert plan.target is target and plan.build.flags == ("FP16",) and plan.engine_path == target.engine_path
+    with pytest.raises(ValueError, match="another build"):
+        plan_engine(onnx_dir / "fp32.onnx", precision="fp32", model_name="tiny", target=target)
+
+
+def test_no_gpu_is_said_once_the_onnx_is_written(fake_env, onnx_dir, monkeypatch):
+    """A TensorRT build without a GPU: the target records why, and the engine plan refuses (exit status 3) naming
+    the ONNX files that exist by then."""
+    from trt_res2net.cuda import device
+    from trt_res2net.engine.plan import plan_target
+
+    fake_env("10.3.0")
+
+    def no_gpu(device=0):
+        raise MissingDependency("no usable NVIDIA GPU")
+
+    monkeypatch.setattr(device, "detect_gpu", no_gpu)
+    target = plan_target(_options("--quiet"), "fp32", model_name="tiny")
+    assert target.gpu is None and target.gpu_missing == "no usable NVIDIA GPU"
+    assert target.options.workspace_mib is None  # no GPU to take half of
+    with pytest.raises(MissingDependency, match=rf"^wrote {onnx_dir / 'fp32.onnx'}; no usable NVIDIA GPU; to build"):
+        plan_engine(onnx_dir / "fp32.onnx", model_name="tiny", target=target)
+
+
+def test_a_refusal_names_the_option_field(fake_env, onnx_dir):
+    """The library speaks in EngineOptions' fields; build.py shows its flags (cli/build.py FLAGS)."""
+    from trt_res2net.cli.build import FLAGS
+
+    fake_env("10.3.0")
+    with pytest.raises(UserError) as info:
+        plan_engine(onnx_dir / "fp32.onnx", EngineOptions(compute_capabilities="8.6"))
+    text = str(info.value)
+    assert text.startswith("EngineOptions.compute_capabilities is for TensorRT-RTX engines; TensorRT builds")
+    assert "use EngineOptions.family='tensorrt-rtx' for" in text and "--" not in text
+    assert FLAGS.message(text).startswith("--compute-capability is for TensorRT-RTX engines")
+    assert "use --engine-family tensorrt-rtx for" in FLAGS.message(text)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,9 +124,7 @@ def _key(**over) -> CacheKey:
         tools={"modelopt": "0.47.0", "onnxruntime": "1.24.4"},
         preprocess={"crop_size": 224},
     )
-    for name, value in over.items():
-        setattr(k, name, value)
-    return k
+    return dataclasses.replace(k, **over)
 
 
 def test_sidecar_round_trip_and_matching_key(tmp_path):
@@ -132,10 +133,11 @@ def test_sidecar_round_trip_and_matching_key(tmp_path):
     write_cache_key(cache, _key(), info={"model": "m", "images": 32})
     assert sidecar_path(cache) == tmp_path / "m.cache.json"
     doc = read_cache_key(cache)
-    assert doc["info"]["images"] == 32 and doc["key"]["preprocess"] == {"crop_size": 224}
-    check_cache_key(cache, _key().to_dict())  # same key: accepted
+    assert doc.info.images == 32 and doc.info.model == "m" and doc.key == _key()
+    check_cache_key(cache, _key())  # same key: accepted
     # A subset is enough: a rebuild without images cannot know the manifest hash.
-    expected = _key().to_dict()
+    check_cache_key(cache, _key(calibration_manifest_sha256=None))
+    expected = _key().to_json()
     del expected["calibration_manifest_sha256"]
     check_cache_key(cache, expected)
 
@@ -145,30 +147,73 @@ def test_stale_key_is_refused_naming_the_field(tmp_path):
     write_cache(cache, CalibrationCache("modelopt", "entropy", {"x": 0.1}))
     write_cache_key(cache, _key())
     with pytest.raises(UserError) as e:
-        check_cache_key(cache, _key(onnx_sha256="cd34" + "0" * 60).to_dict())
+        check_cache_key(cache, _key(onnx_sha256="cd34" + "0" * 60))
     msg = str(e.value)
     assert "onnx_sha256=ab1200000000…" in msg and "this build has cd3400000000…" in msg
-    assert "delete it or pass --calib-dir to recalibrate" in msg and str(cache) in msg
+    assert "delete it or pass CalibrationImages.directory to recalibrate" in msg and str(cache) in msg
     with pytest.raises(UserError, match="method=entropy, this build has max"):
-        check_cache_key(cache, _key(method="max").to_dict())
+        check_cache_key(cache, _key(method="max"))
     with pytest.raises(UserError, match=r"tools\.modelopt=0\.47\.0, this build has 0\.48\.0"):
-        check_cache_key(cache, _key(tools={"modelopt": "0.48.0", "onnxruntime": "1.24.4"}).to_dict())
+        check_cache_key(cache, _key(tools={"modelopt": "0.48.0", "onnxruntime": "1.24.4"}))
     # A TensorRT calibrator expecting its own version refuses a ModelOpt cache.
     with pytest.raises(UserError, match=r"tools\.tensorrt=\(none\), this build has 10\.3\.0"):
         check_cache_key(cache, {"tools": {"tensorrt": "10.3.0"}})
     # The first differing field in KEY_FIELDS order is the one named.
     with pytest.raises(UserError, match="onnx_sha256"):
-        check_cache_key(cache, _key(method="max", onnx_sha256="ff" * 32).to_dict())
+        check_cache_key(cache, _key(method="max", onnx_sha256="ff" * 32))
 
 
 def test_cache_without_or_with_broken_sidecar_is_refused(tmp_path):
     cache = tmp_path / "m.cache"
     write_cache(cache, CalibrationCache("8601", "EntropyCalibration2", {"x": 0.1}))
     with pytest.raises(UserError, match="has no sidecar m.cache.json"):
-        check_cache_key(cache, _key().to_dict())
+        check_cache_key(cache, _key())
     sidecar_path(cache).write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
-        check_cache_key(cache, _key().to_dict())
+        check_cache_key(cache, _key())
     sidecar_path(cache).write_text('{"format": "something else", "key": {}}')
     with pytest.raises(UserError, match="not a trt_res2net calibration-cache sidecar"):
-        check_cache_key(cache, _key().to_dict())
+        check_cache_key(cache, _key())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sidecar as a type: round trip, the first release's files, a newer release's refused
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_cache_key_file_round_trips():
+    from trt_res2net.precision.calib_cache import CacheInfo, CacheKeyFile
+
+    doc = CacheKeyFile(_key(), CacheInfo(model="m", images=32, synthetic=True, created="2026-12-01T00:00:00+00:00"))
+    assert CacheKeyFile.from_json(json.loads(json.dumps(doc.to_json())), "x.cache.json") == doc
+    assert doc.to_json()["format"] == "trt_res2net.calibration-cache-key" and doc.to_json()["format_version"] == 1
+    assert "tool" not in doc.to_json()["info"]  # what was not said is not written
+
+
+@pytest.mark.parametrize("name", ["calibration_key_v1_modelopt.json", "calibration_key_v1_tensorrt.json"])
+def test_the_first_releases_cache_keys_are_read(tmp_path, name):
+    """Sidecars as the first release wrote them (ModelOpt's and TensorRT's calibrator's) read, checked and written
+    back with the same content."""
+    from trt_res2net.precision.calib_cache import CacheKeyFile
+
+    cache = tmp_path / "m.cache"
+    write_cache(cache, CalibrationCache("modelopt", "entropy", {"x": 0.1}))
+    sidecar_path(cache).write_text((FIXTURES / name).read_text())
+    doc = read_cache_key(cache)
+    assert doc.key.onnx_sha256 == "a" * 64 and doc.key.calibration_manifest_sha256 == "c" * 64
+    assert doc.to_json() == json.loads((FIXTURES / name).read_text())
+    assert bool(doc.info.synthetic) == ("modelopt" in name)
+    assert doc.info.tool == ("tensorrt" if "tensorrt" in name else None)
+    check_cache_key(cache, doc.key)
+    assert CacheKeyFile.from_json(doc.to_json(), name) == doc
+
+
+def test_a_newer_cache_key_is_refused_in_one_line(tmp_path):
+    cache = tmp_path / "m.cache"
+    write_cache(cache, CalibrationCache("modelopt", "entropy", {"x": 0.1}))
+    doc = json.loads((FIXTURES / "calibration_key_v1_modelopt.json").read_text())
+    sidecar_path(cache).write_text(json.dumps({**doc, "format_version": 2}))
+    with pytest.raises(UserError) as e:
+        check_cache_key(cache, _key())
+    assert "\n" not in str(e.value) and "format 2" in str(e.value) and "upgrade trt_res2net" in str(e.value)

@@ -4,6 +4,7 @@ index and weight arithmetic equals cv2.resize(INTER_LINEAR) and the CPU referenc
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -78,6 +79,23 @@ def test_compile_error_is_one_line_with_the_log_attached():
         cp.compile_source(broken, "compute_87")
     assert "\n" not in str(err.value) and "error" in str(err.value)
     assert "error" in err.value.log
+
+
+def test_the_shipped_source_compiles_only_as_kernel_source_completes_it():
+    _nvrtc_or_skip()
+    from trt_res2net.cuda.device import CudaError
+
+    with pytest.raises(CudaError, match="kernel_source"):
+        cp.compile_source(cp.kernel_body(), "compute_87")
+
+
+def test_the_kernels_source_is_package_data():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11 reads TOML")
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert cp.KERNEL_FILE in data["trt_res2net.cuda"]
+    assert (root / "trt_res2net" / "cuda" / cp.KERNEL_FILE).read_text() == cp.kernel_body()
+    assert cp.kernel_body() in cp.kernel_source()
 
 
 def test_struct_layout_is_checked_by_the_compiler():

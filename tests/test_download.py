@@ -64,7 +64,11 @@ def test_offline_error_says_what_to_pass(tmp_path):
         port = s.getsockname()[1]
     with pytest.raises(UserError) as e:
         W.download(f"http://127.0.0.1:{port}/x.pdparams", tmp_path / "x.pdparams", progress=False, timeout=5)
-    assert "--weights" in str(e.value) and "--random-weights" in str(e.value)
+    assert "ExportOptions.weights=PATH" in str(e.value) and "ExportOptions.random_weights=True" in str(e.value)
+    from trt_res2net.cli.build import FLAGS  # build.py shows the fields as its flags
+
+    shown = FLAGS.message(str(e.value))
+    assert "Pass --weights PATH to a .pdparams file, or --random-weights for a smoke test" in shown
     assert not list(tmp_path.iterdir())
 
 
@@ -80,3 +84,16 @@ def test_fetch_pretrained_uses_the_cache_dir_and_downloads_once(server, tmp_path
     assert path == tmp_path / "c" / "Res2Net50_vd_26w_4s_pretrained.pdparams" and path.read_bytes() == body
     del _Handler.files["/dygraph/Res2Net50_vd_26w_4s_pretrained.pdparams"]
     assert W.fetch_pretrained(spec, progress=False) == path  # cached: no second request needed
+
+
+def test_run_export_downloads_the_planned_weights_once(server, tmp_path, tiny_spec):
+    from trt_res2net.model.export import ExportPlan, WeightsSource, run_export
+
+    cached = tmp_path / "c" / "tiny.pdparams"
+    plan = ExportPlan(tiny_spec, WeightsSource(cached, f"{server}/dygraph/tiny.pdparams"), tmp_path / "t.onnx", 17,
+                      progress=False)
+    assert plan.weights.kind == "published"
+    first = run_export(plan)
+    assert first.weights == "tiny.pdparams" and cached.is_file() and first.path.is_file()
+    del _Handler.files["/dygraph/tiny.pdparams"]
+    assert run_export(plan) == first  # from the cache: no second request

@@ -8,6 +8,8 @@ and therefore FP16/INT8 errors — are realistically scaled.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -75,7 +77,7 @@ def test_fp16_engine_agrees(trt_gpu, runtime, fitted_onnx, gpu_images, tmp_path,
         pytest.skip(f"TensorRT {version}: FP16 comes from the AutoCast ONNX (precision step, needs ModelOpt)")
     monkeypatch.chdir(tmp_path)
     engine = _step(_args(tmp_path, "--max-batch", "8"), fitted_onnx, "tiny", "fp16", fitted_onnx)
-    assert manifest.read_manifest(engine)["build_options"]["flags"] == ["FP16"]
+    assert manifest.read_manifest(engine).build_options.flags == ("FP16",)
     x = gpu_images["eval"][:8]
     ref, got = _ort(fitted_onnx, x), _run(runtime, engine, x)
     assert _cosine(got, ref) > 0.999
@@ -92,10 +94,10 @@ def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fit
                  "8", "--max-batch", "8")
     engine = _step(args, fitted_onnx, "tiny", "int8", fitted_onnx)
     m = manifest.read_manifest(engine)
-    assert m["int8_mode"] == "calibrator" and m["calibration"]["reused"] is False
+    assert m.int8_mode == "calibrator" and m.calibration.reused is False
     from trt_res2net.precision.calib_cache import read_cache, trt_version_tag
 
-    cache = read_cache(m["calibration"]["cache"])
+    cache = read_cache(m.calibration.cache)
     assert cache.version_tag == trt_version_tag(str(version)) and cache.algorithm == "EntropyCalibration2"
     assert len(cache.scales) > 10
     x = gpu_images["eval"][:8]
@@ -104,7 +106,7 @@ def test_int8_calibrator_engine_agrees_and_cache_is_reused(trt_gpu, runtime, fit
 
     again = _step(_args(tmp_path, "--int8-mode", "calibrator", "--max-batch", "8"), fitted_onnx,
                                     "tiny", "int8", fitted_onnx)
-    assert manifest.read_manifest(again)["calibration"]["reused"] is True
+    assert manifest.read_manifest(again).calibration.reused is True
 
 
 def test_int8_qdq_engine_matches_onnxruntime_on_the_qdq_graph(trt_gpu, runtime, gpu_images, tmp_path, monkeypatch):
@@ -119,7 +121,7 @@ def test_int8_qdq_engine_matches_onnxruntime_on_the_qdq_graph(trt_gpu, runtime, 
     engine = _step(_args(tmp_path, "--int8-mode", "qdq", "--max-batch", "4"), qdq, "toy", "int8",
                                      fp32)
     m = manifest.read_manifest(engine)
-    assert m["int8_mode"] == "qdq" and m["build_options"]["strongly_typed"] and m["build_options"]["flags"] == []
+    assert m.int8_mode == "qdq" and m.build_options.strongly_typed and m.build_options.flags == ()
     x = gpu_images["eval"][:4]
     ref, got = _ort(qdq, x), _run(runtime, engine, x)
     assert _cosine(got, ref) > 0.99
@@ -134,7 +136,6 @@ def test_timing_cache_reuse_and_manifest_refusal(trt_gpu, fitted_onnx, tmp_path,
     assert tc.stat().st_size > 0
     _step(_args(tmp_path, "--batch", "2", "--timing-cache", str(tc)), fitted_onnx, "t", "fp32",
                             fitted_onnx)
-    m = manifest.read_manifest(first)
-    m["library_version"] = "7.0.0"
+    m = dataclasses.replace(manifest.read_manifest(first), library_version="7.0.0")
     with pytest.raises(UserError, match="built with TensorRT 7.0.0"):
         manifest.check_engine_compatible(m, version, gpu.name, gpu.cc)

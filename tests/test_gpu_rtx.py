@@ -81,4 +81,4 @@ def test_engine_for_this_gpu_alone(rtx_gpu, fitted_onnx, tmp_path):
     _, gpu = rtx_gpu
     engine = _build(tmp_path, fitted_onnx, "--compute-capability", "current")
     m = manifest.read_manifest(engine)
-    assert m["gpu"]["name"] == gpu.name and gpu.cc in m["compute_capabilities"]
+    assert m.gpu.name == gpu.name and gpu.cc in m.compute_capabilities

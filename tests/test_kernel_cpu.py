@@ -1,7 +1,7 @@
-"""The CUDA source of trt_res2net/cuda/kernels.py, compiled unchanged by g++ for the CPU (tests/cpu_kernels.py),
-against the CPU references: the preprocessing kernel equals OpenCV's preprocess_bgr and the numpy port
-emulate_preprocess bit for bit; the top-k kernel ranks as topk_numpy does, its raw scores bit for bit and its
-softmax scores within a tight tolerance. Needs g++ (C++20); no GPU, no NVRTC."""
+"""The CUDA source of trt_res2net/cuda/kernels.cu, as kernels.kernel_source() completes it, compiled unchanged by
+g++ for the CPU (tests/cpu_kernels.py), against the CPU references: the preprocessing kernel equals OpenCV's
+preprocess_bgr and the numpy port emulate_preprocess bit for bit; the top-k kernel ranks as topk_numpy does, its raw
+scores bit for bit and its softmax scores within a tight tolerance. Needs g++ (C++20); no GPU, no NVRTC."""
 
 from __future__ import annotations
 

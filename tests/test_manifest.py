@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from fake_gpu_runtime import cudaError_t, fake_cuda_runtime, install_cuda_runtime
@@ -13,48 +15,72 @@ from trt_res2net.data.preprocess import SPEC
 from trt_res2net.engine import manifest as mf
 from trt_res2net.engine.trt_compat import parse_version
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
 
 def _manifest(tmp_path, **over):
-    engine = tmp_path / "m_fp16_b8.engine"
-    engine.write_bytes(b"plan-bytes")
+    """An engine file and the manifest of a standard TensorRT build on a Jetson beside it."""
     from trt_fakes import fake_gpu
 
+    engine = tmp_path / "m_fp16_b8.engine"
+    engine.write_bytes(b"plan-bytes")
+    gpu = fake_gpu(name="Orin", cc="8.7", integrated=True)
     kw = dict(
-        engine_path=engine,
-        model="m",
-        precision="fp16",
-        int8_mode=None,
-        engine_family="tensorrt",
-        library_version="10.3.0",
-        gpu=fake_gpu(name="Orin", cc="8.7", integrated=True),
-        compute_capabilities=["8.7"],
-        onnx_path="onnx/m.onnx",
-        onnx_sha256="ab" * 32,
-        io={"input": {"name": "input"}},
-        profiles=[{"input": "input", "min": [1, 3, 224, 224]}],
-        build_options={"flags": ["FP16"]},
-        build_time_s=12.3456,
+        engine=engine.name, engine_sha256=mf.sha256_file(engine), engine_bytes=len(b"plan-bytes"), model="m",
+        precision="fp16", quantization=mf.Quantization("fp16-builder-flag", "FP16 by TensorRT's builder flag"),
+        compute_precision=mf.ComputePrecision(True, "FP16 where TensorRT finds it faster"), engine_family="tensorrt",
+        library_version="10.3.0", compute_capabilities=("8.7",), gpu=mf.BuildGpu.from_json(gpu.to_manifest()),
+        onnx="onnx/m.onnx", onnx_sha256="ab" * 32,
+        io=mf.EngineTensors(mf.TensorRecord("input", (-1, 3, 224, 224), "float"),
+                            mf.TensorRecord("logits", (-1, 1000), "float")),
+        profiles=(mf.ProfileRecord("input", (1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)),),
+        preprocess=SPEC.to_dict(), preprocess_sha256=SPEC.sha256(),
+        build_options=mf.BuildOptions(flags=("FP16",), equivalent_commands={"trtexec": "trtexec --fp16"}),
+        build_time_s=12.346,
     )
     kw.update(over)
-    return engine, mf.build_manifest(**kw)
+    return engine, mf.EngineManifest(**kw)
 
 
 def test_manifest_round_trip(tmp_path):
     engine, doc = _manifest(tmp_path)
+    assert mf.EngineManifest.from_json(doc.to_json(), "x") == doc
     path = mf.write_manifest(engine, doc)
     assert path == tmp_path / "m_fp16_b8.engine.json" == mf.manifest_path_for(engine)
     assert not list(tmp_path.glob(".*.part"))  # atomic write left no temporary behind
     back = mf.read_manifest(engine)
-    assert back == json.loads(json.dumps(doc))
-    assert back["format"] == mf.MANIFEST_FORMAT and back["library_version"] == "10.3.0"
-    assert back["engine_family"] == "tensorrt" and back["compute_capabilities"] == ["8.7"]
-    assert back["gpu"]["name"] == "Orin" and back["gpu"]["compute_capability"] == "8.7"
-    assert back["gpu"]["integrated"] is True and back["gpu"]["total_memory_mib"] == 24 * 1024
-    assert back["preprocess"] == SPEC.to_dict() and back["preprocess_sha256"] == SPEC.sha256()
-    assert back["engine_sha256"] == mf.sha256_file(engine) and back["engine_bytes"] == len(b"plan-bytes")
-    assert back["build_time_s"] == 12.346
-    assert mf.read_manifest(path) == back  # by the manifest's own path too
-    assert mf.find_manifest(engine) == back
+    assert back == doc and mf.read_manifest(path) == back and mf.find_manifest(engine) == back
+    raw = json.loads(path.read_text())  # the file keeps the JSON keys of format 2
+    assert (raw["format"], raw["format_version"]) == ("trt_res2net.engine-manifest", 3)
+    assert raw["gpu"]["name"] == "Orin" and raw["gpu"]["integrated"] is True
+    assert raw["gpu"]["total_memory_mib"] == 24 * 1024
+    assert raw["io"]["input"] == {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float"}
+    assert raw["profiles"][0]["max"] == [32, 3, 224, 224] and raw["build_options"]["flags"] == ["FP16"]
+    assert raw["quantization"] == {"source": "fp16-builder-flag", "label": "FP16 by TensorRT's builder flag"}
+
+
+def test_a_manifest_of_the_previous_release_is_read():
+    """tests/fixtures/manifest_v2.json: what the previous release wrote beside a TensorRT-RTX engine (format 2)."""
+    data = json.loads((FIXTURES / "manifest_v2.json").read_text())
+    assert data["format_version"] == 2
+    m = mf.EngineManifest.from_json(data, "manifest_v2.json")
+    assert (m.engine_family, m.library_version, m.compute_capabilities) == ("tensorrt-rtx", "1.7.1.116", ("8.6",))
+    assert m.gpu is None and m.compute_capabilities_and_later is False
+    assert m.io.input.name == "input" and m.io.input.shape == (-1, 3, 224, 224) and m.io.output.shape == (-1, 10)
+    assert m.profiles[0].opt == (4, 3, 224, 224) and m.build_options.strongly_typed is True
+    assert m.quantization.source == "none" and m.compute_precision.known is True
+    assert m.build_options.compute_capabilities_requested == ("8.6",) and m.preprocess_sha256 == SPEC.sha256()
+    again = m.to_json()  # written again: the same keys and values, under format 3
+    assert {**again, "format_version": 2} == data
+
+
+def test_an_unknown_newer_manifest_is_refused_in_one_line(tmp_path):
+    engine = tmp_path / "x.engine"
+    mf.manifest_path_for(engine).write_text(json.dumps({"format": mf.MANIFEST_FORMAT, "format_version": 4}))
+    with pytest.raises(UserError) as info:
+        mf.read_manifest(engine)
+    message = str(info.value)
+    assert "\n" not in message and "format 4" in message and "upgrade trt_res2net" in message
 
 
 def test_read_manifest_errors(tmp_path):
@@ -68,8 +94,9 @@ def test_read_manifest_errors(tmp_path):
     mf.manifest_path_for(engine).write_text('{"format": "something else"}')
     with pytest.raises(UserError, match="not a trt_res2net engine manifest"):
         mf.read_manifest(engine)
-    mf.manifest_path_for(engine).write_text(json.dumps({"format": mf.MANIFEST_FORMAT, "format_version": 99}))
-    with pytest.raises(UserError, match="upgrade"):
+    mf.manifest_path_for(engine).write_text(json.dumps({"format": mf.MANIFEST_FORMAT, "format_version": 3,
+                                                        "io": {"output": {}}}))
+    with pytest.raises(UserError, match="damaged engine manifest"):
         mf.read_manifest(engine)
 
 
@@ -94,7 +121,7 @@ def test_check_engine_compatible(tmp_path):
     with pytest.raises(UserError, match=r"built on GPU 'Orin'.*'Orin Nano'"):
         mf.check_engine_compatible(doc, v("10.3.0"), "Orin Nano", "8.7")
     with pytest.raises(UserError, match="TensorRT"):
-        mf.check_engine_compatible({"gpu": {}}, v("10.3.0"), "x", "8.7")  # no version recorded → refused
+        mf.check_engine_compatible(mf.EngineManifest(gpu=mf.BuildGpu()), v("10.3.0"), "x", "8.7")  # no version
     with pytest.raises(UserError, match=r"is a TensorRT engine; TensorRT-RTX 1.7.1 cannot run it.*pip install "
                                          r"'trt-res2net\[trt\]'"):
         mf.check_engine_compatible(doc, v("1.7.1", "tensorrt-rtx"), "NVIDIA GeForce RTX 4090", "8.9")
@@ -103,7 +130,7 @@ def test_check_engine_compatible(tmp_path):
 def test_check_rtx_engine_by_compute_capability(tmp_path):
     """A portable TensorRT-RTX engine is checked by membership of the GPU's compute capability, not by name."""
     _, doc = _manifest(tmp_path, engine_family="tensorrt-rtx", library_version="1.7.1.116", gpu=None,
-                       compute_capabilities=["8.6", "8.9", "12.0"])
+                       compute_capabilities=("8.6", "8.9", "12.0"))
     rtx = parse_version("1.7.1.116", "tensorrt-rtx")
     for name, cc in (("NVIDIA GeForce RTX 3090", "8.6"), ("NVIDIA L4", "8.9"), ("NVIDIA RTX PRO 6000", "12.0")):
         mf.check_engine_compatible(doc, rtx, name, cc)
@@ -114,15 +141,16 @@ def test_check_rtx_engine_by_compute_capability(tmp_path):
             mf.check_engine_compatible(doc, parse_version(other, "tensorrt-rtx"), "NVIDIA L4", "8.9")
     mf.check_engine_compatible(doc, parse_version("1.7.1.200", "tensorrt-rtx"), "NVIDIA L4", "8.9")  # same release
     with pytest.raises(UserError, match=r"8.6 \(A10.*12.0 \(RTX 50.*this GPU \(NVIDIA A100\) is 8.0; rebuild "
-                                         r"it with --compute-capability 8.0"):
+                                         r"it for compute capability 8.0$"):
         mf.check_engine_compatible(doc, rtx, "NVIDIA A100", "8.0")
-    with pytest.raises(UserError, match=r"H200\) is 9.0; this GPU is not a TensorRT-RTX target: build with "
-                                         r"TensorRT \(--engine-family tensorrt\)"):
+    with pytest.raises(UserError, match=r"H200\) is 9.0; this GPU is not a TensorRT-RTX target: build the engine "
+                                         r"with TensorRT \(engine family tensorrt\)$"):
         mf.check_engine_compatible(doc, rtx, "NVIDIA H200", "9.0")
     with pytest.raises(UserError, match="is a TensorRT-RTX engine; TensorRT 10.3.0 cannot run it"):
         mf.check_engine_compatible(doc, parse_version("10.3.0"), "NVIDIA L4", "8.9")
-    doc["compute_capabilities_and_later"] = True
-    mf.check_engine_compatible(doc, rtx, "a future GPU", "13.0")
+    with pytest.raises(UserError, match="is 13.0"):
+        mf.check_engine_compatible(doc, rtx, "a future GPU", "13.0")
+    mf.check_engine_compatible(replace(doc, compute_capabilities_and_later=True), rtx, "a future GPU", "13.0")
 
 
 def test_format_1_manifests_still_read(tmp_path):
@@ -132,8 +160,8 @@ def test_format_1_manifests_still_read(tmp_path):
         "format": mf.MANIFEST_FORMAT, "format_version": 1, "tensorrt_version": "10.3.0",
         "gpu": {"name": "Orin", "compute_capability": "8.7"}}))
     doc = mf.read_manifest(engine)
-    assert (doc["engine_family"], doc["library_version"], doc["compute_capabilities"]) == ("tensorrt", "10.3.0",
-                                                                                          ["8.7"])
+    assert (doc.engine_family, doc.library_version, doc.compute_capabilities) == ("tensorrt", "10.3.0", ("8.7",))
+    assert doc.gpu.name == "Orin"
     mf.check_engine_compatible(doc, parse_version("10.3.0"), "Orin", "8.7")
 
 

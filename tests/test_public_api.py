@@ -36,7 +36,8 @@ def test_every_public_name_is_declared_for_type_checkers_and_loads():
 
 
 def test_each_step_has_typed_parameters_and_returns_its_result_type():
-    expected = {"export_onnx": "ExportedOnnx", "convert_precision": "ConvertedOnnx", "build_engine": "BuiltEngine",
+    expected = {"export_onnx": "ExportedOnnx", "plan_export": "ExportPlan", "run_export": "ExportedOnnx",
+                "convert_precision": "ConvertedOnnx", "build_engine": "BuiltEngine",
                 "benchmark_engine": "BenchmarkReport", "write_triton_repository": "TritonRepository"}
     for name, result in expected.items():
         signature = inspect.signature(getattr(tr, name))
@@ -52,6 +53,9 @@ USAGE = """
     import trt_res2net as tr
 
     onnx: tr.ExportedOnnx = tr.export_onnx("res2net50_vd_26w_4s", "m.onnx", random_weights=True)
+    plan: tr.ExportPlan = tr.plan_export(tr.ExportOptions("res2net50_vd_26w_4s", random_weights=True, path="m.onnx"))
+    onnx = tr.run_export(plan)
+    target: Path = plan.path
     fp16: tr.ConvertedOnnx = tr.convert_precision(onnx.path, "fp16")
     built: tr.BuiltEngine = tr.build_engine(fp16, options=tr.EngineOptions(family="tensorrt-rtx", max_batch=8))
     engine: Path = built.path
@@ -75,8 +79,10 @@ def _mypy(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
 def test_mypy_accepts_the_readme_chain_and_refuses_a_wrong_call(tmp_path):
     done = _mypy(tmp_path, USAGE)
     assert done.returncode == 0, done.stdout + done.stderr
-    wrong = USAGE + "\n    tr.build_engine(fp16, options=8)\n    bad: str = built.path\n"
+    wrong = USAGE + ("\n    tr.build_engine(fp16, options=8)\n    bad: str = built.path\n"
+                     "    tr.run_export(tr.ExportOptions('res2net50_vd_26w_4s'))\n")
     done = _mypy(tmp_path, wrong)
     assert done.returncode == 1
     assert 'Argument "options" to "build_engine" has incompatible type "int"' in done.stdout, done.stdout
     assert 'Incompatible types in assignment (expression has type "Path", variable has type "str")' in done.stdout
+    assert 'Argument 1 to "run_export" has incompatible type "ExportOptions"; expected "ExportPlan"' in done.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -70,6 +71,60 @@ def test_without_modelopt_one_install_command_exit_3(tiny_onnx, tmp_path, monkey
     assert err.count("\n") == 1 and not list(tmp_path.glob("calib/*"))
 
 
+def test_plan_precision_resolves_paths_and_makes_the_refusals(tiny_onnx, tmp_path, monkeypatch):
+    """plan_precision: what run_precision will write, decided before any work (and nothing written); its refusals
+    name the option fields."""
+    from trt_res2net.data.calibration_set import CalibrationImages
+    from trt_res2net.precision.convert import plan_precision
+    from trt_res2net.precision.options import PrecisionOptions
+
+    monkeypatch.chdir(tmp_path)
+    fp32 = plan_precision(tiny_onnx, "fp32")
+    assert fp32.out_path is None and fp32.source == tiny_onnx and fp32.note is None
+    assert "ignored" in plan_precision(tiny_onnx, "fp32", PrecisionOptions(eval_dir=".", max_top1_drop=1)).note
+    with pytest.raises(UserError, match=r"^INT8 needs calibration: pass CalibrationImages.directory=DIR .*"
+                                        r"PrecisionOptions.calib_cache=PATH .* synthetic_calibration_images.n=N"):
+        plan_precision(tiny_onnx, "int8")
+    with pytest.raises(UserError, match=r"convert_precision.precision must be one of fp32, fp16, int8, not 'x'"):
+        plan_precision(tiny_onnx, "x")
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(UserError, match=r"^no images in imgs"):  # the images are checked, not only named
+        plan_precision(tiny_onnx, "int8", PrecisionOptions(calibration=CalibrationImages("imgs")))
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "imgs" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    pytest.importorskip("modelopt.onnx", reason="a plan that converts needs ModelOpt (the quant extra)")
+    plan = plan_precision(tiny_onnx, "int8", PrecisionOptions(calibration=CalibrationImages("imgs")),
+                          model_name="m", out_path=tmp_path / "out" / "m_int8.onnx")
+    assert plan.out_path == tmp_path / "out" / "m_int8.onnx" and plan.cache_path == Path("calib/m.entropy.cache")
+    assert plan.opset >= 19 and plan.eval_set is None and plan.note is None
+    assert plan_precision(tiny_onnx, "fp16").out_path == tiny_onnx.with_name(f"{tiny_onnx.stem}_fp16.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # the plan writes nothing
+
+
+def test_plan_precision_refuses_an_onnx_that_is_already_another_precision(tiny_onnx, tmp_path):
+    import onnx
+
+    from trt_res2net.precision.convert import plan_precision
+
+    model = onnx.load(str(tiny_onnx))
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(
+        onnx.numpy_helper.to_array(model.graph.initializer[0]).astype("float16"), model.graph.initializer[0].name))
+    fp16 = tmp_path / "m_fp16.onnx"
+    onnx.save(model, str(fp16))
+    assert "already FP16" in plan_precision(fp16, "fp16").note and plan_precision(fp16, "fp16").out_path is None
+    with pytest.raises(UserError, match=r"already FP16 \(FP16\): build it as build_engine.precision='fp16'"):
+        plan_precision(fp16, "int8")
+
+
+def test_plan_precision_without_modelopt_names_the_field(tiny_onnx, monkeypatch):
+    from trt_res2net.precision.convert import plan_precision
+
+    monkeypatch.setitem(sys.modules, "modelopt", None)
+    with pytest.raises(MissingDependency, match=r"^convert_precision.precision='fp16' needs NVIDIA ModelOpt"):
+        plan_precision(tiny_onnx, "fp16")
+
+
 def test_fp32_is_a_no_op(tiny_onnx):
     from quant_helpers import args, run_precision
 
@@ -77,11 +132,11 @@ def test_fp32_is_a_no_op(tiny_onnx):
 
 
 def test_require_modelopt_raises_missing_dependency(monkeypatch):
-    from trt_res2net.precision.modelopt_bridge import require_modelopt
+    from trt_res2net.precision.modelopt import require_modelopt
 
     monkeypatch.setitem(sys.modules, "modelopt", None)
     with pytest.raises(MissingDependency) as e:
-        require_modelopt("--precision int8")
+        require_modelopt("convert_precision.precision='int8'")
     assert e.value.exit_code == EXIT_NO_TENSORRT
 
 
@@ -96,9 +151,9 @@ def test_build_flags_map_onto_precision_options():
     assert opts.calibration == CalibrationImages("d", 500, 0)
     assert (str(opts.eval_list), opts.max_top1_drop, opts.high_precision, opts.progress) == ("l.txt", 0.5, "fp16", True)
     assert precision_options(build_parser().parse_args(["--onnx", "m.onnx"])) == PrecisionOptions()
-    with pytest.raises(UserError, match="--max-top1-drop needs held-out images"):
+    with pytest.raises(UserError, match="PrecisionOptions.max_top1_drop needs held-out images"):
         PrecisionOptions(max_top1_drop=1.0)
-    with pytest.raises(UserError, match="--calib-images must be at least 1"):
+    with pytest.raises(UserError, match="CalibrationImages.count must be at least 1"):
         CalibrationImages("d", 0)
 
 
@@ -184,7 +239,8 @@ def _float_reference(model, x, bypass=()):
 def test_activation_scales_coverage_and_names():
     from quant_helpers import qdq_coverage
 
-    from trt_res2net.precision.modelopt_bridge import _exclusion_patterns, activation_scales, quantized_nodes
+    from trt_res2net.precision.modelopt.int8 import _exclusion_patterns
+    from trt_res2net.precision.modelopt.qdq import activation_scales, quantized_nodes
 
     m = _qdq_model()
     assert activation_scales(m) == {"input": pytest.approx(0.02), "r1": pytest.approx(0.05)}
@@ -253,6 +309,13 @@ def test_budget_semantics_and_report_text():
     assert "top-1 agreement          97.00 %" in text and "(FP32 80.00 %, -0.80 pp)" in text
 
 
+def _sidecar(precision: str):
+    from trt_res2net.precision.sidecar import PrecisionSidecar
+
+    return PrecisionSidecar(precision=precision, model="m", quantization_source="calibrated",
+                            source_onnx="m.onnx", source_onnx_sha256="a" * 64)
+
+
 def test_a_model_that_misses_the_budget_is_published_as_rejected(tmp_path):
     """_publish: a model within the budget becomes ``out`` with its sidecar; one that misses it becomes
     ``*.rejected.onnx`` (with its sidecar) and the model already at ``out`` stays as it was."""
@@ -262,17 +325,19 @@ def test_a_model_that_misses_the_budget_is_published_as_rejected(tmp_path):
 
     out = tmp_path / "m_int8.onnx"
     report = {"top1_agreement": 0.9}
+    sidecar = _sidecar("int8")
     staged = tmp_path / ".m_int8.onnx.staged"
     staged.write_bytes(b"model")
     met = PrecisionOptions(eval_dir="held-out", max_top1_drop=10.0)
-    assert _publish(met, staged, out, {"precision": "int8"}, report, "INT8", "int8") == out
+    assert _publish(met, staged, out, sidecar, report, "INT8", "int8") == out
     assert out.read_bytes() == b"model" and json.loads(out.with_name(out.name + ".json").read_text())["precision"]
     staged.write_bytes(b"worse model")
     missed = PrecisionOptions(eval_dir="held-out", max_top1_drop=5.0)
     with pytest.raises(AccuracyBudgetExceeded) as e:
-        _publish(missed, staged, out, {"precision": "int8"}, report, "INT8 m_int8.onnx", "int8")
+        _publish(missed, staged, out, sidecar, report, "INT8 m_int8.onnx", "int8")
     assert e.value.exit_code == EXIT_SOME_FAILED
-    assert "top-1 disagreement 10.00 pp > --max-top1-drop 5" in str(e.value) and "--auto-fallback" in str(e.value)
+    assert "top-1 disagreement 10.00 pp > PrecisionOptions.max_top1_drop=5" in str(e.value)
+    assert "(try PrecisionOptions.auto_fallback)" in str(e.value)
     assert out.read_bytes() == b"model" and (tmp_path / "m_int8.rejected.onnx").read_bytes() == b"worse model"
     assert (tmp_path / "m_int8.rejected.onnx.json").exists() and not staged.exists()
 
@@ -363,7 +428,7 @@ def test_search_doubles_then_bisects_to_the_fewest_layers():
 
 
 def test_abs_histogram_percentile():
-    from trt_res2net.precision.modelopt_bridge import AbsHistogram
+    from trt_res2net.precision.modelopt.histogram import AbsHistogram
 
     rng = np.random.default_rng(6)
     h = AbsHistogram(bins=2048)
@@ -382,7 +447,7 @@ def test_abs_histogram_percentile():
 
 
 def test_calibration_reader_peeks_and_streams():
-    from trt_res2net.precision.modelopt_bridge import make_reader
+    from trt_res2net.precision.modelopt.calibration_reader import make_reader
 
     seen = []
     batches = [np.full((2, 3, 4, 4), i, np.float32) for i in range(3)]
@@ -402,7 +467,7 @@ def test_onnx_sidecar_json_is_written_atomically(tmp_path):
 
     out, staged = tmp_path / "m_fp16.onnx", tmp_path / "staged.onnx"
     staged.write_bytes(b"x")
-    _publish(PrecisionOptions(), staged, out, {"precision": "fp16", "accuracy": None}, None, "FP16", "fp16")
+    _publish(PrecisionOptions(), staged, out, _sidecar("fp16"), None, "FP16", "fp16")
     doc = json.loads((tmp_path / "m_fp16.onnx.json").read_text())
     assert doc["format"] == "trt_res2net.precision-onnx" and doc["precision"] == "fp16"
     assert len(doc["onnx_sha256"]) == 64 and not list(tmp_path.glob(".*"))
@@ -460,15 +525,16 @@ def test_min_max_is_numpys_min_and_max():
 def test_calibration_runs_on_cuda_where_onnx_runtime_has_it(monkeypatch):
     import onnxruntime as ort
 
-    from trt_res2net.precision import modelopt_bridge as mb
+    from trt_res2net.precision import modelopt as mb
+    from trt_res2net.precision.modelopt.int8 import _calibration_eps
     from trt_res2net.precision.ort_calibration import available_providers
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert available_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert mb._calibration_eps(available_providers()) == ["cuda:0", "cpu"]
+    assert _calibration_eps(available_providers()) == ["cuda:0", "cpu"]
     assert mb.tool_versions(available_providers())["onnxruntime_provider"] == "CUDAExecutionProvider"
     monkeypatch.setenv("TRT_RES2NET_CALIB_PROVIDER", "cpu")
-    assert available_providers() == ["CPUExecutionProvider"] and mb._calibration_eps(["CPUExecutionProvider"]) == [
+    assert available_providers() == ["CPUExecutionProvider"] and _calibration_eps(["CPUExecutionProvider"]) == [
         "cpu"]
     assert "onnxruntime_provider" not in mb.tool_versions(["CPUExecutionProvider"])  # CPU caches keep their key
 
@@ -477,7 +543,7 @@ def test_opset_relabel_only_where_the_converter_changes_nothing_else(tiny_onnx):
     import onnx
     from onnx import TensorProto, helper
 
-    from trt_res2net.precision.modelopt_bridge import opset_relabel_exact
+    from trt_res2net.precision.modelopt.onnx_utils import opset_relabel_exact
 
     assert opset_relabel_exact(onnx.load(str(tiny_onnx)), 19)  # Res2Net's operators: the same at 17 and 19
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
@@ -488,11 +554,11 @@ def test_opset_relabel_only_where_the_converter_changes_nothing_else(tiny_onnx):
 
 
 def test_light_shape_inference_returns_what_onnx_returns(tiny_onnx):
-    """modelopt_bridge.light_infer_shapes (what ModelOpt's shape inference goes through here): the same bytes as
+    """modelopt.patches.light_infer_shapes (what ModelOpt's shape inference goes through here): the same bytes as
     onnx.shape_inference.infer_shapes for each of ModelOpt's argument sets, the model given left as it was."""
     import onnx
 
-    from trt_res2net.precision.modelopt_bridge import LIGHT_SHAPE_INFERENCE_MIN_ELEMENTS, light_infer_shapes
+    from trt_res2net.precision.modelopt.patches import LIGHT_SHAPE_INFERENCE_MIN_ELEMENTS, light_infer_shapes
 
     original = onnx.shape_inference.infer_shapes
     light = light_infer_shapes(original)
@@ -505,12 +571,12 @@ def test_light_shape_inference_returns_what_onnx_returns(tiny_onnx):
 
 
 def test_the_size_check_without_serializing_bounds_the_size_and_defers_near_the_limit(tiny_onnx, monkeypatch):
-    """modelopt_bridge.serialized_size_bound is never below ByteSize (data as raw bytes, as repeated numbers, as
+    """modelopt.patches.serialized_size_bound is never below ByteSize (data as raw bytes, as repeated numbers, as
     strings, as external references; doc strings and metadata), so the check it answers (False: far below the
     limit) is ModelOpt's; near the limit ModelOpt's own measure answers."""
     modelopt_utils = pytest.importorskip("modelopt.onnx.utils", reason="ModelOpt is the quant extra")
 
-    from trt_res2net.precision.modelopt_bridge import _too_large_for_protobuf, serialized_size_bound
+    from trt_res2net.precision.modelopt.patches import _too_large_for_protobuf, serialized_size_bound
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
@@ -536,3 +602,17 @@ def test_the_size_check_without_serializing_bounds_the_size_and_defers_near_the_
         assert _too_large_for_protobuf(lambda m: "modelopt's answer")(model) == "modelopt's answer"
         monkeypatch.undo()
     assert modelopt_utils.is_model_too_large_for_protobuf(odd) is False  # what ModelOpt's own says of it
+
+
+def test_layers_fed_through_dequantize_one_count_for_onnx_and_tensorrt():
+    """precision.dequantized: any input through a dequantize (the ONNX graph's quantized_nodes) or every input at
+    given positions (a TensorRT network's data and weights)."""
+    from trt_res2net.precision.dequantized import GraphLayer, fed_through_dequantize
+
+    layers = [GraphLayer("dq_x", "DQ", ["x_q"], ["x"]), GraphLayer("dq_w", "DQ", ["w_q"], ["w"]),
+              GraphLayer("both", "CONV", ["x", "w"], ["a"]), GraphLayer("data_only", "CONV", ["x", "w_raw"], ["b"]),
+              GraphLayer("none", "CONV", ["a", None], ["c"]), GraphLayer("other", "RELU", ["x"], ["d"])]
+    assert fed_through_dequantize(layers, dequantize="DQ", weighted={"CONV"}) == ["both", "data_only"]
+    assert fed_through_dequantize(layers, dequantize="DQ", weighted={"CONV"}, positions=(0, 1)) == ["both"]
+    assert fed_through_dequantize(layers[:2] + [GraphLayer("short", "CONV", ["x"], ["e"])], dequantize="DQ",
+                                  weighted={"CONV"}, positions=(0, 1)) == []

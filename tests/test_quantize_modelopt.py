@@ -28,9 +28,13 @@ from quant_helpers import args, make_workspace, qdq_coverage, run_precision  # n
 
 from trt_res2net.core.errors import UserError  # noqa: E402
 from trt_res2net.data.calibration_set import manifest_path_for, read_manifest  # noqa: E402
-from trt_res2net.precision import modelopt_bridge as mb  # noqa: E402
 from trt_res2net.precision.accuracy import Evaluator, load_eval_set  # noqa: E402
 from trt_res2net.precision.calib_cache import check_cache_key, read_cache, read_cache_key, sidecar_path  # noqa: E402
+from trt_res2net.precision.modelopt import int8  # noqa: E402
+from trt_res2net.precision.modelopt.calibration_reader import CALIB_BATCH, make_reader  # noqa: E402
+from trt_res2net.precision.modelopt.logs import captured_output  # noqa: E402
+from trt_res2net.precision.modelopt.patches import fast_paths  # noqa: E402
+from trt_res2net.precision.modelopt.qdq import activation_scales  # noqa: E402
 
 INT8_MIN_AGREEMENT, INT8_MIN_COSINE = 0.9375, 0.995
 FP16_MIN_AGREEMENT, FP16_MIN_COSINE = 0.979, 0.9999
@@ -83,18 +87,18 @@ def test_cache_sidecar_manifest_and_round_trip(int8_build, ws):
     cache = read_cache(cache_path)
     assert cache.header == "TRT-modelopt-entropy" and len(cache.scales) >= 27
     doc = read_cache_key(cache_path)
-    key = doc["key"]
+    key = doc.key
     from trt_res2net.core.hashing import sha256_file
     from trt_res2net.data.preprocess import SPEC
 
-    assert key["onnx_sha256"] == sha256_file(ws["onnx"])
-    assert key["preprocess_sha256"] == SPEC.sha256() and key["method"] == "entropy"
-    assert set(key["tools"]) == {"modelopt", "onnxruntime"}
+    assert key.onnx_sha256 == sha256_file(ws["onnx"])
+    assert key.preprocess_sha256 == SPEC.sha256() and key.method == "entropy"
+    assert set(key.tools) == {"modelopt", "onnxruntime"}
     manifest = read_manifest(manifest_path_for(cache_path))
-    assert manifest["count"] == 48 and manifest["sha256"] == key["calibration_manifest_sha256"]
-    assert doc["info"]["images"] == 48
+    assert manifest["count"] == 48 and manifest["sha256"] == key.calibration_manifest_sha256
+    assert doc.info.images == 48
     # write → parse → identical scales: the model's activation scales are exactly the cache's (fp32 parts).
-    model_scales = mb.activation_scales(onnx.load(str(int8_build["out"])))
+    model_scales = activation_scales(onnx.load(str(int8_build["out"])))
     assert model_scales.keys() == cache.scales.keys()
     assert all(np.float32(model_scales[k]) == np.float32(cache.scales[k]) for k in cache.scales)
 
@@ -106,16 +110,16 @@ def test_calibrating_and_quantizing_from_the_cache_give_the_same_model(ws, tmp_p
     images = ws["calib"][:16]
     source = shutil.copy(ws["onnx"], tmp_path / "source.onnx")  # ModelOpt rewrites its input in place
     direct = tmp_path / "direct.onnx"
-    reader = mb.make_reader(lambda: (a for a, _, _ in iter_batches(images, mb.CALIB_BATCH)))
-    with mb.captured_output():
+    reader = make_reader(lambda: (a for a, _, _ in iter_batches(images, CALIB_BATCH)))
+    with captured_output(), fast_paths():
         from modelopt.onnx.quantization import quantize
 
         quantize(str(source), quantize_mode="int8", calibration_data_reader=reader, calibration_method="entropy",
-                 calibration_shapes=mb.PLACEMENT_SHAPE, calibration_eps=["cpu"], output_path=str(direct),
+                 calibration_shapes=int8.PLACEMENT_SHAPE, calibration_eps=["cpu"], output_path=str(direct),
                  high_precision_dtype="fp32", log_level="WARNING")
-    reader = mb.make_reader(lambda: (a for a, _, _ in iter_batches(images, mb.CALIB_BATCH)))
-    cache = mb.calibrate(ws["onnx"], reader, "entropy")
-    rebuilt = mb.quantize_from_cache(ws["onnx"], cache, tmp_path / "rebuilt.onnx", high_precision="fp32")
+    reader = make_reader(lambda: (a for a, _, _ in iter_batches(images, CALIB_BATCH)))
+    cache = int8.calibrate(ws["onnx"], reader, "entropy")
+    rebuilt = int8.quantize_from_cache(ws["onnx"], cache, tmp_path / "rebuilt.onnx", high_precision="fp32")
     a, b = onnx.load(str(direct)), rebuilt
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
     ia = {t.name: onnx.numpy_helper.to_array(t) for t in a.graph.initializer}
@@ -157,7 +161,7 @@ def test_stale_cache_with_calib_dir_is_recalibrated(int8_build, ws, tmp_path, ca
     run_precision(a, ws["onnx"], "tiny16")
     err = capsys.readouterr().err
     assert "preprocess_sha256=000000000000…" in err and "recalibrating" in err
-    check_cache_key(cache, {"preprocess_sha256": read_cache_key(int8_build["cache"])["key"]["preprocess_sha256"]})
+    check_cache_key(cache, {"preprocess_sha256": read_cache_key(int8_build["cache"]).key.preprocess_sha256})
     assert read_manifest(manifest_path_for(cache))["count"] == 16
 
 
@@ -282,15 +286,15 @@ def test_a_tensorrt_calibration_cache_makes_the_qdq_model(int8_build, ws, tmp_pa
     lines = ["TRT-100300-EntropyCalibration2"] + [f"{n}: {int(scale_to_hex(s), 16):x}" for n, s in ours.scales.items()]
     cache = tmp_path / "tiny16.trt100300.cache"
     cache.write_text("\n".join(lines) + "\n")
-    key = read_cache_key(int8_build["cache"])["key"]
-    write_cache_key(cache, {"onnx_sha256": key["onnx_sha256"], "preprocess_sha256": key["preprocess_sha256"],
+    key = read_cache_key(int8_build["cache"]).key
+    write_cache_key(cache, {"onnx_sha256": key.onnx_sha256, "preprocess_sha256": key.preprocess_sha256,
                             "method": "EntropyCalibration2", "tools": {"tensorrt": "10.3.0"}})
     before = cache.read_bytes()
     fp32_copy = tmp_path / "tiny16.onnx"
     shutil.copy(ws["onnx"], fp32_copy)
     out = run_precision(args(precision="int8", calib_cache=cache, high_precision="fp32"), fp32_copy, "tiny16")
     assert "using TensorRT 10.3.0's calibration cache" in capsys.readouterr().err
-    scales = mb.activation_scales(onnx.load(str(out)))
+    scales = activation_scales(onnx.load(str(out)))
     assert scales.keys() == ours.scales.keys()
     assert all(np.float32(scales[k]) == np.float32(ours.scales[k]) for k in scales)
     assert cache.read_bytes() == before

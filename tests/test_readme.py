@@ -36,8 +36,8 @@ def _require(module: str, extra: str) -> None:
 
 def test_readme_has_an_example_per_step():
     blocks = "\n".join(readme_python_blocks())
-    for call in ("tr.export_onnx(", "tr.convert_precision(", "tr.build_engine(", "tr.Classifier(", ".classify(",
-                 ".classify_image(", ".predict(", "tr.benchmark_engine(", "tr.write_triton_repository("):
+    for call in ("tr.export_onnx(", "tr.convert_precision(", "tr.plan_engine(", "tr.run_engine(", "tr.Classifier(",
+                 ".classify(", ".classify_image(", ".predict(", "tr.benchmark_engine(", "tr.write_triton_repository("):
         assert call in blocks, call
 
 

@@ -30,7 +30,7 @@ from trt_res2net.engine import manifest as mf
 from trt_res2net.engine import progress as build_progress
 from trt_res2net.engine.build import build_engine
 from trt_res2net.engine.options import EngineOptions, MiB
-from trt_res2net.engine.plan import plan_build
+from trt_res2net.engine.precision_path import plan_build
 from trt_res2net.model.contract import inspect_onnx
 
 from trt_fakes import tiny_classifier_onnx, write_images  # isort: skip
@@ -68,12 +68,12 @@ def _check_manifest_against_file(engine, targets: list[str] | None = None):
     the command line) or, for a default build, the library's documented default set and later."""
     m = mf.read_manifest(engine)
     data = engine.read_bytes()
-    assert m["engine_bytes"] == len(data) and m["engine_sha256"] == hashlib.sha256(data).hexdigest()
-    assert m["engine_family"] == "tensorrt-rtx" and m["library_version"] == trt.__version__
-    expected = (sorted(targets, key=lambda cc: tuple(map(int, cc.split(".")))), False) if targets else (
-        DEFAULT_TARGETS, True)
-    assert (m["compute_capabilities"], m["compute_capabilities_and_later"]) == expected
-    assert m["gpu"] is None  # built ahead of time, on no GPU
+    assert m.engine_bytes == len(data) and m.engine_sha256 == hashlib.sha256(data).hexdigest()
+    assert m.engine_family == "tensorrt-rtx" and m.library_version == trt.__version__
+    expected = (tuple(sorted(targets, key=lambda cc: tuple(map(int, cc.split("."))))), False) if targets else (
+        tuple(DEFAULT_TARGETS), True)
+    assert (m.compute_capabilities, m.compute_capabilities_and_later) == expected
+    assert m.gpu is None  # built ahead of time, on no GPU
     return m
 
 
@@ -88,14 +88,13 @@ def test_fp32_reduced_res2net_through_build_py(workdir, capsys, tiny_onnx):
     engine = workdir / "engines" / f"{tiny_onnx.stem}_fp32_b32.rtx.engine"
     assert f"engine ready: {engine.relative_to(workdir)}" in out
     m = _check_manifest_against_file(engine)
-    assert m["precision"] == "fp32" and m["caveats"] == [] and m["build_options"]["strongly_typed"]
-    assert m["io"]["input"]["name"] == "input" and m["io"]["output"]["name"] == "logits"
-    assert m["profiles"] == [{"input": "input", "min": [1, 3, 224, 224], "opt": [8, 3, 224, 224],
-                              "max": [32, 3, 224, 224]}]
-    assert m["build_options"]["workspace_default"] and m["build_options"]["workspace_mib"] > 0
+    assert m.precision == "fp32" and m.caveats == () and m.build_options.strongly_typed
+    assert m.io.input.name == "input" and m.io.output.name == "logits"
+    assert m.profiles == (mf.ProfileRecord("input", (1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)),)
+    assert m.build_options.workspace_default and m.build_options.workspace_mib > 0
     assert "runs on GPUs of compute capability 8.0 (A100, A30)" in err and "and later" in err
     assert "Hopper GPUs (H100, H200) and Jetson need standard TensorRT" in err
-    assert f"polygraphy equivalent: {m['build_options']['equivalent_commands']['polygraphy']}\n" in err
+    assert f"polygraphy equivalent: {m.build_options.equivalent_commands['polygraphy']}\n" in err
     assert list((workdir / "engines").glob(".*")) == []  # no temporary file left behind
 
 
@@ -103,11 +102,11 @@ def test_targets_are_written_into_the_plan(workdir, capsys, tiny_onnx):
     code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--compute-capability", "12.0,8.6", "--batch", "4")
     assert code == 0, err
     m = _check_manifest_against_file(workdir / "engines" / f"{tiny_onnx.stem}_fp32_b4.rtx.engine", ["12.0", "8.6"])
-    assert m["build_options"]["compute_capabilities_requested"] == ["8.6", "12.0"]
-    poly = m["build_options"]["equivalent_commands"]["polygraphy"]
+    assert m.build_options.compute_capabilities_requested == ("8.6", "12.0")
+    poly = m.build_options.equivalent_commands["polygraphy"]
     assert poly.startswith("POLYGRAPHY_USE_TENSORRT_RTX=1 polygraphy convert ")
     assert poly.endswith("--compute-capabilities 8.6 12.0")
-    assert "trtexec" not in m["build_options"]["equivalent_commands"]  # the RTX wheels ship none
+    assert "trtexec" not in m.build_options.equivalent_commands  # the RTX wheels ship none
 
 
 def test_the_polygraphy_equivalent_builds_the_same_targets(workdir, capsys, tiny_onnx):
@@ -119,7 +118,7 @@ def test_the_polygraphy_equivalent_builds_the_same_targets(workdir, capsys, tiny
     code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--compute-capability", "8.9", "--max-batch", "4")
     assert code == 0, err
     engine = workdir / "engines" / f"{tiny_onnx.stem}_fp32_b4.rtx.engine"
-    command = mf.read_manifest(engine)["build_options"]["equivalent_commands"]["polygraphy"]
+    command = mf.read_manifest(engine).build_options.equivalent_commands["polygraphy"]
     theirs = workdir / "polygraphy.engine"
     parts = shlex.split(command)
     parts[parts.index("-o") + 1] = str(theirs)
@@ -137,7 +136,7 @@ def test_fp16_engine_is_smaller_and_turing_takes_it(workdir, capsys, tiny_onnx):
     fp32 = workdir / "engines" / f"{tiny_onnx.stem}_fp32_b32.rtx.engine"
     fp16 = workdir / "engines" / f"{tiny_onnx.stem}_fp16_b32.rtx.engine"
     m = _check_manifest_against_file(fp16)
-    assert m["precision"] == "fp16" and m["onnx"].endswith("_fp16.onnx")
+    assert m.precision == "fp16" and m.onnx.endswith("_fp16.onnx")
     assert fp16.stat().st_size < 0.75 * fp32.stat().st_size
     # Turing: no FP32 GEMM in TensorRT-RTX, but the AutoCast ONNX computes its head in FP16
     code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--precision", "fp16", "--compute-capability", "7.5",
@@ -154,17 +153,16 @@ def test_int8_qdq_engine_carries_the_weight_only_caveat(workdir, capsys, tiny_on
     assert code == 0, err
     # named for what it is built from (INT8 Q/DQ), not for what TensorRT-RTX will compute in on the user's GPU
     m = _check_manifest_against_file(workdir / "engines" / f"{tiny_onnx.stem}_int8qdq_b8.rtx.engine")
-    assert m["precision"] == "int8" and m["int8_mode"] == "qdq" and m["onnx"].endswith("_int8.onnx")
-    assert len(m["caveats"]) == 1 and "weight-only quantization of GEMMs" in m["caveats"][0]
+    assert m.precision == "int8" and m.int8_mode == "qdq" and m.onnx.endswith("_int8.onnx")
+    assert len(m.caveats) == 1 and "weight-only quantization of GEMMs" in m.caveats[0]
     assert err.count("warning: TensorRT-RTX documents INT8 only as weight-only quantization") == 1  # said once,
     assert err.index("warning: TensorRT-RTX documents INT8") < err.index("calibrat")  # before the long work
-    assert m["quantization"]["source"] == "calibrated" and m["quantization"]["calibration_method"] == "max"
-    compute = m["compute_precision"]
-    assert compute["known"] is False and compute["label"] == "int8qdq" and "not known ahead of time" in compute[
-        "summary"]
-    assert compute["requested"].endswith("convolutions and matrix multiplies with INT8 Q/DQ on their data and weights")
+    assert m.quantization.source == "calibrated" and m.quantization.calibration_method == "max"
+    compute = m.compute_precision
+    assert compute.known is False and compute.label == "int8qdq" and "not known ahead of time" in compute.summary
+    assert compute.requested.endswith("convolutions and matrix multiplies with INT8 Q/DQ on their data and weights")
     # what the build did see: TensorRT-RTX's own warnings, counted (also collapsed on stderr, one line each)
-    assert any("Converting conv" in w for w in compute["build_log"]["warnings"])
+    assert any("Converting conv" in w for w in compute.build_log["warnings"])
     assert any(line.startswith("warning: TensorRT-RTX (") and "×): (foreignNode) Converting conv" in line
                for line in err.splitlines())
 
@@ -174,7 +172,7 @@ def test_full_res2net50_vd_fp32(workdir, capsys):
     assert code == 0, err
     engine = workdir / "engines" / "res2net50_vd_26w_4s_fp32_b32.rtx.engine"
     m = _check_manifest_against_file(engine)
-    assert m["model"] == "res2net50_vd_26w_4s" and m["fp32_onnx_sha256"] == mf.sha256_file(
+    assert m.model == "res2net50_vd_26w_4s" and m.fp32_onnx_sha256 == mf.sha256_file(
         workdir / "engines" / "res2net50_vd_26w_4s.onnx")
     assert engine.stat().st_size > 80 << 20  # 25.7 M float32 weights are in the plan
 
@@ -186,8 +184,8 @@ def test_external_paddle2onnx_style_onnx(workdir, capsys):
     code, _, err = _build(capsys, "--onnx", str(onnx_path))
     assert code == 0, err
     m = _check_manifest_against_file(workdir / "engines" / "inference_fp32_b4.rtx.engine")
-    assert m["io"]["input"]["name"] == "x" and m["io"]["input"]["shape"] == [4, 3, 224, 224]
-    assert m["io"]["output"]["name"] == "save_infer_model/scale_0.tmp_1" and m["outputs_probabilities"]
+    assert m.io.input.name == "x" and m.io.input.shape == (4, 3, 224, 224)
+    assert m.io.output.name == "save_infer_model/scale_0.tmp_1" and m.outputs_probabilities
 
 
 @pytest.mark.parametrize(
@@ -347,8 +345,8 @@ def test_real_progress_monitor_drives_build_progress(workdir, capsys, tiny_onnx,
     assert events[-1] == ("finish", "Building engine", None)
     assert len(events) > 4 and made[-1].answers and all(made[-1].answers)
     _check_nesting(events)
-    assert mf.read_manifest(workdir / "engines" / f"{tiny_onnx.stem}_fp32_b4.rtx.engine")[
-        "build_options"]["progress"] == "monitor"
+    assert mf.read_manifest(workdir / "engines" / f"{tiny_onnx.stem}_fp32_b4.rtx.engine").build_options.progress \
+        == "monitor"
 
 
 def test_on_step_false_stops_the_real_build(tiny_onnx, monkeypatch, capfd):
@@ -389,9 +387,9 @@ def test_all_precisions_build_without_the_removed_names(tmp_path):
         label = "int8qdq" if precision == "int8" else precision
         assert built.path == tmp_path / "engines" / f"tiny_{label}_b4.rtx.engine"
         m = _check_manifest_against_file(built.path)
-        assert m["precision"] == precision and m["onnx"] == str(onnx) and m["calibration"] is None
-        assert m["build_options"]["flags"] == [] and m["build_options"]["network_flags"] == 0
-        assert m["build_options"]["strongly_typed"] and m["int8_mode"] == ("qdq" if precision == "int8" else None)
+        assert m.precision == precision and m.onnx == str(onnx) and m.calibration is None
+        assert m.build_options.flags == () and m.build_options.network_flags == 0
+        assert m.build_options.strongly_typed and m.int8_mode == ("qdq" if precision == "int8" else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -455,7 +453,7 @@ def test_sigint_to_a_build_py_process_at_several_moments(res2net50_onnx, tmp_pat
     engine): exit 130, `interrupted`, and no engine, manifest or temporary file, every time."""
     code, lines = _build_py(res2net50_onnx, tmp_path / "measured")
     assert code == 0, "\n".join(lines)
-    build_s = mf.read_manifest(tmp_path / "measured" / "res2net50_vd_26w_4s_fp32_b32.rtx.engine")["build_time_s"]
+    build_s = mf.read_manifest(tmp_path / "measured" / "res2net50_vd_26w_4s_fp32_b32.rtx.engine").build_time_s
     assert build_s > 0.2, build_s
     for fraction in (0.0, 0.2, 0.5):
         engines = tmp_path / f"interrupted_at_{fraction}"
@@ -473,3 +471,23 @@ def test_sigint_to_a_build_py_process_at_several_moments(res2net50_onnx, tmp_pat
         assert code == 130 and lines[-1] == "interrupted", (fraction, code, lines[-5:])
         assert not any(line.startswith(("Traceback", "error:", "wrote ")) for line in lines), lines
         assert _files_in(engines) == [], fraction
+
+
+def test_the_plan_of_a_tensorrt_rtx_build(workdir, tiny_onnx, monkeypatch):
+    """What the engine stage decides before building, on the real library: targets, precision path, profile, path;
+    the Turing refusal for a zoo model's FP32 head before it is exported; the INT8 caveat said before the work."""
+    from trt_res2net.engine import plan as engine_plan
+    from trt_res2net.engine.plan import RTX_INT8_CAVEAT, plan_engine, plan_target
+
+    monkeypatch.setattr(engine_plan, "nvidia_driver_present", lambda: False)  # an ahead-of-time build
+    options = EngineOptions(family="tensorrt-rtx", compute_capabilities="12.0,8.6", max_batch=4, progress=False)
+    plan = plan_engine(tiny_onnx, options)
+    assert plan.targets == ("8.6", "12.0") and plan.gpu is None and plan.options.workspace_mib is None
+    assert plan.build.strongly_typed and plan.build.flags == () and not plan.build.explicit_batch
+    assert plan.profile.max == 4 and plan.engine_path.name == f"{tiny_onnx.stem}_fp32_b4.rtx.engine"
+    assert plan.version.family == "tensorrt-rtx" and not plan.engine_path.parent.exists()  # nothing written
+    turing = EngineOptions(family="tensorrt-rtx", compute_capabilities="7.5,8.6")
+    with pytest.raises(UserError, match=r"the zoo model computes its classifier head \(Gemm\) in FP32: build "
+                                         r"build_engine.precision='fp16' for 7.5"):
+        plan_target(turing, "fp32", model_name="res2net50_vd_26w_4s")  # before the export
+    assert plan_target(turing, "int8", model_name="m").caveats == (RTX_INT8_CAVEAT,)

@@ -180,3 +180,20 @@ def test_labels_override_and_mismatch(models, tmp_path):
         Classifier(models["dynamic"], labels=lab)
     with pytest.raises(UserError):
         Classifier(models["dynamic"], batch=0)
+
+
+def test_one_batch_top_k_and_every_class_from_the_same_path(models, photos_nchw):
+    from trt_res2net.data.postprocess import topk
+
+    with Classifier(models["dynamic"], topk=3) as clf:
+        probabilities = clf.predict(photos_nchw)
+        ids, scores = clf.classify_batch(photos_nchw, 3)
+        expected_ids, expected_scores = topk(probabilities, 3)
+        np.testing.assert_array_equal(ids, expected_ids)
+        np.testing.assert_array_equal(scores, expected_scores)
+        np.testing.assert_array_equal(clf.batch_probabilities(photos_nchw), probabilities)
+
+
+def test_classifier_refusals_name_its_parameters(models):
+    with pytest.raises(UserError, match=r"^Classifier\.topk must be at least 1, not 0$"):
+        Classifier(models["dynamic"], topk=0)

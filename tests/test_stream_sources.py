@@ -192,3 +192,28 @@ def test_lossless_video_frames_are_the_written_frames(media):
 def test_unique_names(media):
     a = S.parse_source(media / "clip.mkv")
     assert S.unique_names([a, a, S.parse_source("csi://0")]) == ["clip", "clip_2", "csi0"]
+
+
+def test_the_plan_resolves_every_source_before_any_capture(tmp_path):
+    from trt_res2net.runtime.stream import StreamOptions, plan_streams
+
+    parsed = S.parse_source("rtsp://cam/live")
+    plan = plan_streams(["rtsp://h/x", "bogus://x", parsed], StreamOptions(batch=2))
+    assert [p.uri for p in plan.sources] == ["rtsp://h/x", "bogus://x", "rtsp://cam/live"]
+    assert plan.sources[0].source.kind == "network" and plan.sources[2].source is parsed
+    refused = plan.sources[1]
+    assert refused.source is None and "unknown source scheme bogus://" in str(refused.refusal)
+    assert plan.options.batch == 2
+    with pytest.raises(UserError, match="^no sources given$"):
+        plan_streams([])
+    with pytest.raises(UserError, match=r"^StreamOptions\.decoder must be one of cpu, nvv4l2, not 'gpu'$"):
+        plan_streams(["a.mp4"], StreamOptions(decoder="gpu"))
+
+
+def test_stream_options_refusals_name_the_field():
+    from trt_res2net.runtime.stream import StreamOptions
+
+    with pytest.raises(UserError, match=r"^StreamOptions\.reconnect_timeout must be positive, not 0$"):
+        StreamOptions(reconnect_timeout=0)
+    with pytest.raises(UserError, match=r"^StreamOptions\.threshold is a probability in \[0, 1\], not 1\.5$"):
+        StreamOptions(threshold=1.5)

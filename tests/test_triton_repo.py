@@ -4,7 +4,6 @@ tests/test_triton_server.py serves a repository with the real tritonserver."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -17,11 +16,14 @@ import pytest
 
 pytest.importorskip("tritonclient", reason="the Triton tests need tritonclient (the triton/dev extra)")
 
+from trt_res2net.core.artifact import header  # noqa: E402
 from trt_res2net.core.errors import UserError  # noqa: E402
+from trt_res2net.core.hashing import sha256_file  # noqa: E402
 from trt_res2net.data.postprocess import load_labels  # noqa: E402
 from trt_res2net.data.preprocess import SPEC  # noqa: E402
 from trt_res2net.engine import manifest as M  # noqa: E402
 from trt_res2net.serving import repository as T  # noqa: E402
+from trt_res2net.serving import repository_files, repository_plan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny"
@@ -34,35 +36,68 @@ def export(tmp_path, onnx, *, out=None, model_name=NAME, engine_path=None, **opt
 
 
 def fake_engine(tmp_path, onnx, *, max_batch=16, min_batch=1, family=None, tweak=None, name="tiny_fp16_b16.engine"):
-    """A dummy plan file and the manifest build.py would write beside a standard TensorRT engine."""
+    """A dummy plan file and the manifest (its JSON document) build.py writes beside a standard TensorRT engine;
+    ``tweak`` edits the document."""
     engine = tmp_path / name
     engine.write_bytes(b"not really a TensorRT plan " + os.urandom(64))
-    m = M.build_manifest(
-        engine_path=engine, model=NAME, precision="fp16", int8_mode=None, engine_family="tensorrt",
-        library_version="10.3.0", gpu={"name": "NVIDIA A10", "compute_capability": "8.6"},
-        compute_capabilities=["8.6"], onnx_path=onnx,
-        onnx_sha256=M.sha256_file(onnx), io={
-            "input": {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float32"},
-            "output": {"name": "logits", "shape": [-1, 1000], "dtype": "float32"}},
-        profiles=[{"input": "input", "min": [min_batch, 3, 224, 224], "opt": [8, 3, 224, 224],
-                   "max": [max_batch, 3, 224, 224]}],
-        build_options={}, build_time_s=1.0)
-    if family is not None:
-        m["engine_family"] = family
+    m = {**header(M.EngineManifest.FORMAT, M.EngineManifest.SCHEMA_VERSION),
+         "engine": engine.name, "engine_sha256": sha256_file(engine), "engine_bytes": engine.stat().st_size,
+         "model": NAME, "precision": "fp16", "engine_family": family or "tensorrt", "library_version": "10.3.0",
+         "compute_capabilities": ["8.6"], "gpu": {"name": "NVIDIA A10", "compute_capability": "8.6"},
+         "onnx": str(onnx), "onnx_sha256": sha256_file(onnx), "io": {
+             "input": {"name": "input", "shape": [-1, 3, 224, 224], "dtype": "float32"},
+             "output": {"name": "logits", "shape": [-1, 1000], "dtype": "float32"}},
+         "profiles": [{"input": "input", "min": [min_batch, 3, 224, 224], "opt": [8, 3, 224, 224],
+                       "max": [max_batch, 3, 224, 224]}]}
     if tweak is not None:
         tweak(m)
-    M.write_manifest(engine, m)
+    M.manifest_path_for(engine).write_text(json.dumps(m))
     return engine
 
 
 def configs(repo: Path) -> dict:
-    """Every ``*/config.pbtxt`` under ``repo`` parsed, with the cross-checks that need no ONNX or manifest
-    (ensemble steps, names, batching); name → ModelConfig."""
+    """Every ``*/config.pbtxt`` under ``repo`` parsed by Triton's ModelConfig proto, each ensemble's wiring checked
+    (:func:`check_wiring`); name → ModelConfig."""
     parsed = {path.parent.name: T.parse_config(path.read_text(encoding="utf-8"), str(path))
               for path in sorted(Path(repo).glob("*/config.pbtxt"))}
     assert parsed, f"{repo}: no models"
-    T.validate_configs(parsed)
+    check_wiring(parsed)
     return parsed
+
+
+def _dims_fit(produced, accepted) -> bool:
+    return len(produced) == len(accepted) and all(a in (-1, p) or p == -1 for p, a in zip(produced, accepted,
+                                                                                           strict=True))
+
+
+def check_wiring(cfgs: dict) -> None:
+    """What Triton would refuse at load time, asserted on the written configs: each model named as its folder and
+    batched, each non-ensemble with a bounded queue, each image model taking IMAGE and giving infer.py's answer,
+    and each ensemble step reading what an earlier step (or the ensemble's input) gives, in its type and dims."""
+    for name, cfg in cfgs.items():
+        assert cfg.name == name and cfg.max_batch_size >= 1, name
+        if cfg.platform != "ensemble":
+            assert cfg.dynamic_batching.default_queue_policy.max_queue_size >= 1, f"{name}: an unbounded queue"
+        if [t.name for t in cfg.input] == ["IMAGE"] and [t.name for t in cfg.output] != ["PIXELS"]:
+            assert list(cfg.input[0].dims) == [1] and sorted(t.name for t in cfg.output) == sorted(
+                T.ENSEMBLE_OUTPUTS), name
+        if cfg.platform != "ensemble":
+            continue
+        tensors = {t.name: (t.data_type, list(t.dims)) for t in cfg.input}
+        assert cfg.ensemble_scheduling.step, name
+        for step in cfg.ensemble_scheduling.step:
+            model = cfgs[step.model_name]
+            assert model.max_batch_size >= cfg.max_batch_size, (name, step.model_name)
+            inputs = {t.name: (t.data_type, list(t.dims)) for t in model.input}
+            assert set(step.input_map) == set(inputs), (name, step.model_name)
+            for key, source in step.input_map.items():
+                (have_type, have_dims), (want_type, want_dims) = tensors[source], inputs[key]
+                assert have_type == want_type and _dims_fit(have_dims, want_dims), (name, step.model_name, key)
+            outputs = {t.name: (t.data_type, list(t.dims)) for t in model.output}
+            for key, target in step.output_map.items():
+                tensors[target] = outputs[key]
+        for out in cfg.output:
+            assert tensors[out.name] == (out.data_type, list(out.dims)), (name, out.name)
 
 
 # ------------------------------------------------------------------------------------------ the repository
@@ -71,7 +106,7 @@ def configs(repo: Path) -> dict:
 def test_onnx_only_repository(tiny_onnx, tmp_path):
     result = export(tmp_path, tiny_onnx)
     repo = tmp_path / "repo"
-    assert result.default_ensemble == NAME and result.plan_skipped is None
+    assert result.default_ensemble == NAME and result.engine_skipped is None
     assert sorted(p.name for p in repo.iterdir()) == sorted(
         [NAME, f"{NAME}_onnx", f"{NAME}_python", f"{NAME}_preprocess", f"{NAME}_postprocess",
          f"{NAME}_classifier_onnx", T.REPOSITORY_FILE])
@@ -122,10 +157,10 @@ def test_onnx_only_repository(tiny_onnx, tmp_path):
     labels = (repo / f"{NAME}_postprocess/labels.txt").read_text(encoding="utf-8").splitlines()
     assert labels == load_labels() and len(labels) == 1000
     assert cfg[f"{NAME}_postprocess"].parameters["outputs_probabilities"].string_value == "false"
-    record = json.loads((repo / T.REPOSITORY_FILE).read_text())
-    assert record["engine"] is None and record["onnx"]["sha256"] == M.sha256_file(tiny_onnx)
-    assert record["ensembles"][NAME]["classifier"] == f"{NAME}_classifier_onnx"
-    assert record["pipeline"] == f"{NAME}_python" and f"{NAME}_python" not in record["ensembles"]
+    record = T.read_record(repo)
+    assert record.engine is None and record.onnx.sha256 == sha256_file(tiny_onnx)
+    assert record.ensembles[NAME].classifier == f"{NAME}_classifier_onnx"
+    assert record.pipeline == f"{NAME}_python" and f"{NAME}_python" not in record.ensembles
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".repo.")]  # no temporary folder left
 
 
@@ -151,8 +186,8 @@ def test_standard_engine_becomes_a_tensorrt_plan(tiny_onnx, tmp_path):
     assert cfg[f"{NAME}_classifier_onnx"].max_batch_size == 16  # --triton-max-batch defaults to the engine's
     assert set(result.ensembles) == {NAME, f"{NAME}_plan", f"{NAME}_onnx"}
     assert set(result.image_models) == {NAME, f"{NAME}_plan", f"{NAME}_onnx", f"{NAME}_python"}
-    record = json.loads((repo / T.REPOSITORY_FILE).read_text())
-    assert record["engine"]["max_batch"] == 16 and record["engine"]["tensorrt_version"] == "10.3.0"
+    record = T.read_record(repo)
+    assert record.engine.max_batch == 16 and record.engine.tensorrt_version == "10.3.0"
 
 
 def test_a_tensorrt_rtx_engine_is_not_a_triton_plan(tiny_onnx, tmp_path, capsys):
@@ -160,7 +195,7 @@ def test_a_tensorrt_rtx_engine_is_not_a_triton_plan(tiny_onnx, tmp_path, capsys)
     result = export(tmp_path, tiny_onnx, engine_path=engine)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tensorrt-rtx" in err[0] and "ONNX" in err[0]
-    assert f"{NAME}_classifier_plan" not in result.models and "tensorrt-rtx" in result.plan_skipped
+    assert f"{NAME}_classifier_plan" not in result.models and "tensorrt-rtx" in result.engine_skipped
     assert configs(tmp_path / "repo")[NAME].ensemble_scheduling.step[1].model_name == f"{NAME}_classifier_onnx"
 
 
@@ -190,38 +225,54 @@ def test_a_manifest_that_contradicts_the_onnx_is_refused(tiny_onnx, tmp_path, tw
     assert not (tmp_path / "repo").exists()
 
 
-def test_configs_are_checked_by_the_proto_and_the_cross_checks(tiny_onnx, tmp_path):
-    from trt_res2net.model.contract import inspect_onnx
-
+def test_configs_are_read_by_the_proto_and_wired_to_the_onnx(tiny_onnx, tmp_path):
     engine = fake_engine(tmp_path, tiny_onnx)
     export(tmp_path, tiny_onnx, engine_path=engine)
-    repo = tmp_path / "repo"
     with pytest.raises(UserError, match=r"not a valid Triton ModelConfig .*max_batch"):
         T.parse_config('name: "x"\nmax_batch: 4\n', "x/config.pbtxt")  # a misspelt field: the proto's own message
-    good = configs(repo)
-    io = inspect_onnx(tiny_onnx)
-    plan, _ = T.plan_from_manifest(engine, io)
-    T.validate_configs(good, onnx_io=io, num_classes=1000, plan=plan)
+    cfg = configs(tmp_path / "repo")
+    for variant in ("plan", "onnx"):  # each ensemble feeds its classifier the ONNX's tensors
+        pixels, classify, scores = cfg[f"{NAME}_{variant}"].ensemble_scheduling.step
+        assert classify.model_name == f"{NAME}_classifier_{variant}"
+        assert (dict(classify.input_map), dict(classify.output_map)) == ({"input": "pixels"}, {"logits": "scores"})
+        assert (dict(pixels.output_map), dict(scores.input_map)) == ({"PIXELS": "pixels"}, {"SCORES": "scores"})
+    text = (tmp_path / "repo" / f"{NAME}_onnx" / "config.pbtxt").read_text()
+    assert text.startswith(f"# Image bytes → {NAME}_preprocess → {NAME}_classifier_onnx (onnx)")
 
-    def broken(edit):
-        cfgs = {k: copy.deepcopy(v) for k, v in good.items()}
-        edit(cfgs)
-        return cfgs
 
-    cases = [
-        (lambda c: c[f"{NAME}_classifier_onnx"].input[0].dims.__setitem__(1, 256), "do not match the ONNX"),
-        (lambda c: setattr(c[f"{NAME}_classifier_onnx"].output[0], "name", "prob"), "not the ONNX's 'logits'"),
-        (lambda c: setattr(c[f"{NAME}_classifier_plan"], "max_batch_size", 32), "profile ends at batch 16"),
-        (lambda c: c.pop(f"{NAME}_postprocess"), "not in the repository"),
-        (lambda c: c[f"{NAME}_postprocess"].input[0].dims.__setitem__(0, 10), r"takes TYPE_FP32 \[10\]"),
-        (lambda c: setattr(c[f"{NAME}_onnx"], "max_batch_size", 64), "exceeds step"),
-        (lambda c: c[f"{NAME}_python"].ClearField("dynamic_batching"), "no dynamic_batching"),
-        (lambda c: c[f"{NAME}_python"].output[0].dims.__setitem__(0, 10), r"PROBABILITIES dims \[10\]"),
-        (lambda c: setattr(c[f"{NAME}_python"].output[1], "name", "IDS"), "outputs"),
-    ]
-    for edit, expect in cases:
-        with pytest.raises(UserError, match=expect):
-            T.validate_configs(broken(edit), onnx_io=io, num_classes=1000, plan=plan)
+def test_the_record_round_trips_and_reads_the_previous_release(tiny_onnx, tmp_path):
+    from trt_res2net.serving.repository_record import RepositoryRecord, read_record
+
+    result = export(tmp_path, tiny_onnx, engine_path=fake_engine(tmp_path, tiny_onnx))
+    record = read_record(result.path)
+    assert record == result.record and RepositoryRecord.from_json(record.to_json(), "x") == record
+    assert record.ensembles[NAME].classifier == f"{NAME}_classifier_plan" and record.engine.max_batch == 16
+    assert list(record.to_json())[:2] == ["format", "format_version"]
+    old = json.loads((ROOT / "tests" / "fixtures" / "triton_repository_v1.json").read_text())
+    previous = RepositoryRecord.from_json(old, "triton_repository_v1.json")  # written by the previous release
+    assert previous.engine.tensorrt_version == "10.3.0" and previous.pipeline == "tiny_python"
+    assert previous.models == tuple(old["models"]) and previous.to_json() == old
+    with pytest.raises(UserError, match=r"^\S+ has Triton repository record format 99; .* upgrade trt_res2net$"):
+        RepositoryRecord.from_json({**old, "format_version": 99}, "new.json")
+
+
+def test_the_plan_refuses_before_anything_is_written(tiny_onnx, tmp_path):
+    engine = fake_engine(tmp_path, tiny_onnx, max_batch=16)
+    plan = T.plan_repository(tmp_path / "repo", tiny_onnx, model_name=NAME, engine_path=engine,
+                             options=T.TritonOptions(topk=3))
+    assert (plan.max_batch, plan.topk, plan.engine.max_batch, plan.engine.opt_batch) == (16, 3, 16, 8)
+    assert plan.engine_skipped is None and plan.labels[:1] == tuple(load_labels()[:1])
+    assert not (tmp_path / "repo").exists()  # planning writes nothing
+    assert T.run_repository(plan).models == sorted(T.run_repository(plan).record.models)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"^plan_repository.out_dir='.*file' exists and is not a folder$"):
+        T.plan_repository(tmp_path / "file", tiny_onnx)
+    with pytest.raises(UserError, match="not a Triton model name"):
+        T.plan_repository(tmp_path / "r", tiny_onnx, model_name="../x")
+    with pytest.raises(UserError, match=r"^TritonOptions.instances and|TritonOptions.queue_delay_us must be"):
+        T.TritonOptions(instances=0)
+    with pytest.raises(UserError, match=r"^TritonOptions.max_queue_size must be ≥ 1, not 0$"):
+        T.TritonOptions(max_queue_size=0)
 
 
 def test_writes_are_atomic(tiny_onnx, tmp_path, monkeypatch):
@@ -238,14 +289,14 @@ def test_writes_are_atomic(tiny_onnx, tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(T, "_link_or_copy", fail)
+    monkeypatch.setattr(repository_files, "link_or_copy", fail)
     with pytest.raises(OSError):
         export(tmp_path, tiny_onnx, topk=3)
     assert hashlib.sha256((out / T.REPOSITORY_FILE).read_bytes()).hexdigest() == before  # the old one, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["repo", "photos"])  # no temporary folder
     monkeypatch.undo()
     export(tmp_path, tiny_onnx, topk=3)  # a repository written before is replaced
-    assert json.loads((out / T.REPOSITORY_FILE).read_text())["topk"] == 3
+    assert T.read_record(out).topk == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["repo", "photos"])
 
 
@@ -303,7 +354,7 @@ def test_build_without_tritonclient_stops_before_any_work(tmp_path, monkeypatch,
     def missing():
         raise MissingDependency(f"writing a Triton model repository needs it: {T.INSTALL_HINT}")
 
-    monkeypatch.setattr(T, "model_config_pb2", missing)
+    monkeypatch.setattr(repository_plan, "model_config_pb2", missing)  # what the plan checks first
     with pytest.raises(SystemExit) as e:
         build.main(["--model", "res2net50_vd_26w_4s", "--random-weights", "--onnx-only",
                     "--onnx-out", str(tmp_path / "m.onnx"), "--triton-repo", str(tmp_path / "repo")])
@@ -341,7 +392,7 @@ def test_serve_user_errors_are_one_line(tiny_onnx, tmp_path):
 
 def test_serve_without_any_tritonserver_says_what_to_install(tiny_onnx, tmp_path, monkeypatch, capsys):
     from trt_res2net.cli import serve as serve_cli
-    from trt_res2net.serving import server as serve
+    from trt_res2net.serving import server_setup as serve
 
     export(tmp_path, tiny_onnx)
     monkeypatch.setattr(serve.shutil, "which", lambda name: None)
@@ -438,28 +489,19 @@ def test_build_maps_the_serving_flags(tiny_onnx, tmp_path):
     assert proc.returncode == 2 and "--triton-max-queue-size" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_an_unbounded_queue_is_refused(tiny_onnx, tmp_path):
-    export(tmp_path, tiny_onnx)
-    good = configs(tmp_path / "repo")
-    good[f"{NAME}_preprocess"].dynamic_batching.ClearField("default_queue_policy")
-    with pytest.raises(UserError, match="unbounded queue"):
-        T.validate_configs(good)
-
-
 def test_serve_reads_configs_with_the_proto_and_sizes_shared_memory(tiny_onnx, tmp_path):
     from trt_res2net.serving.server import python_shm_bytes, python_shm_growth_bytes, read_repository
 
     export(tmp_path, tiny_onnx)
     models = read_repository(tmp_path / "repo")
-    assert models[f"{NAME}_onnx"]["steps"] == [f"{NAME}_preprocess", f"{NAME}_classifier_onnx",
-                                               f"{NAME}_postprocess"]
-    assert models[f"{NAME}_python"] == {"backend": "python", "steps": [], "config": models[f"{NAME}_python"]["config"]}
-    assert models[f"{NAME}_classifier_onnx"]["backend"] == "onnxruntime"
+    assert models[f"{NAME}_onnx"].steps == (f"{NAME}_preprocess", f"{NAME}_classifier_onnx", f"{NAME}_postprocess")
+    assert (models[f"{NAME}_python"].backend, models[f"{NAME}_python"].steps) == ("python", ())
+    assert models[f"{NAME}_classifier_onnx"].backend == "onnxruntime"
     # The largest batch a Python model holds: the preprocessing's 32 × 3×224×224 float32 out, plus a MiB.
     per_batch = 32 * 3 * 224 * 224 * 4
-    assert python_shm_bytes(info["config"] for info in models.values()) == (-(-per_batch // (1 << 20)) + 1) << 20
+    assert python_shm_bytes(info.config for info in models.values()) == (-(-per_batch // (1 << 20)) + 1) << 20
     # It grows in one step by enough for the largest image a model accepts (max_image_bytes, 50 MB), plus a MiB.
-    configs = [info["config"] for info in models.values()]
+    configs = [info.config for info in models.values()]
     assert python_shm_growth_bytes(configs, 2 << 20) == (-(-50_000_000 // (1 << 20)) + 1) << 20
     assert python_shm_growth_bytes(configs, 100 << 20) == 100 << 20
     bad = tmp_path / "repo" / f"{NAME}_postprocess" / "config.pbtxt"
@@ -470,7 +512,7 @@ def test_serve_reads_configs_with_the_proto_and_sizes_shared_memory(tiny_onnx, t
 
 def test_the_next_start_removes_what_a_killed_run_left(tmp_path, monkeypatch):
     """A run folder whose serve.py is gone, its shared-memory regions and a process still running from it."""
-    from trt_res2net.serving import server
+    from trt_res2net.serving import server_processes as server
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(server.tempfile, "tempdir", None)

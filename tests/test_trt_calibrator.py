@@ -103,12 +103,13 @@ def test_prepare_calibration_paths(tmp_path, monkeypatch):
     images = write_images(tmp_path / "imgs", n=5)
     with pytest.raises(UserError, match="fewer than one calibration batch"):
         tc.prepare_calibration(model="m", trt_version="10.3.0", onnx_sha256="ab", batch=8, calib_dir=images[0].parent)
-    with pytest.raises(UserError, match="--calib-batch must be"):
+    with pytest.raises(UserError, match="EngineOptions.calib_batch must be"):
         tc.prepare_calibration(model="m", trt_version="10.3.0", onnx_sha256="ab", batch=0)
     s = tc.prepare_calibration(model="m", trt_version="10.3.0", onnx_sha256="ab", batch=2,
                                calib_dir=images[0].parent, calib_images=4)
     assert not s.reuse and len(s.images) == 4 and str(s.cache_path) == "calib/m.trt100300.cache"
-    assert s.manifest()["images"] == 4 and s.manifest()["reused"] is False
+    record = s.manifest()
+    assert (record.images, record.reused, record.batch, record.cache) == (4, False, 2, "calib/m.trt100300.cache")
 
 
 def test_cuda_device_buffer_with_fake_cudart(monkeypatch):

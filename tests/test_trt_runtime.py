@@ -211,11 +211,12 @@ def test_manifest_can_say_the_output_is_probabilities(tmp_path, fake_trt):
 def test_missing_manifest_is_refused_unless_the_user_says_so(tmp_path, fake_trt, capsys):
     engine = write_engine(tmp_path / "m.engine", manifest=False)
     with pytest.raises(UserError, match=r"^no manifest next to .*m.engine \(m.engine.json\): build.py writes the "
-                                         r"engine and its manifest together.*--no-manifest-check$") as err:
+                                         r"engine and its manifest together.*run it unchecked with "
+                                         r"TensorRTBackend.check_manifest=False$") as err:
         TensorRTBackend(engine)
     assert "\n" not in str(err.value) and fake_trt.loaded == []
     TensorRTBackend(engine, check_manifest=False)  # the user said so: loaded, with one warning
-    assert "manifest not checked (--no-manifest-check)" in capsys.readouterr().err
+    assert "manifest not checked (TensorRTBackend.check_manifest=False)" in capsys.readouterr().err
 
 
 def test_a_pair_a_killed_build_left_is_completed_before_loading(tmp_path, fake_trt):
@@ -373,8 +374,8 @@ def test_rtx_suboptimal_engine_is_a_warning(tmp_path, fake_rtx, capsys):
 
 def test_rtx_manifest_targets_are_checked_by_compute_capability(tmp_path, fake_rtx):
     path = _with_manifest(tmp_path, "m.rtx.engine", rtx=True, compute_capabilities=["8.6", "12.0"])
-    with pytest.raises(UserError, match=r"this GPU \(NVIDIA GeForce RTX 4090\) is 8.9; rebuild it with "
-                                         r"--compute-capability 8.9"):
+    with pytest.raises(UserError, match=r"this GPU \(NVIDIA GeForce RTX 4090\) is 8.9; rebuild it for compute "
+                                         r"capability 8.9$"):
         TensorRTBackend(path)
     assert fake_rtx.loaded == []
 
@@ -418,6 +419,7 @@ def test_infer_py_refuses_an_engine_without_manifest_unless_told(tmp_path, fake_
     assert main([str(engine), str(image), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: no manifest next to {engine}") and err.count("\n") == 1
+    assert err.endswith("rebuild it, or run it unchecked with --no-manifest-check\n")  # infer.py's flag
     assert main([str(engine), str(image), "-q", "--no-manifest-check"]) == 0
     err = capsys.readouterr().err
     assert "manifest not checked (--no-manifest-check)" in err and "classified 1 of 1 images" in err

@@ -29,17 +29,40 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .data.postprocess import load_labels
     from .data.preprocess import SPEC, ImageLimits, preprocess
     from .data.sources import parse_source
-    from .engine.build import BuiltEngine, build_engine
+    from .engine.build import BuiltEngine, build_engine, run_engine
+    from .engine.manifest import EngineManifest
     from .engine.options import EngineOptions
-    from .model.export import ExportedOnnx, export_onnx
+    from .engine.plan import EnginePlan, plan_engine
+    from .model.export import ExportedOnnx, ExportOptions, ExportPlan, export_onnx, plan_export, run_export
     from .model.zoo import list_models
-    from .precision.convert import ConvertedOnnx, convert_precision
+    from .precision.convert import ConvertedOnnx, PrecisionPlan, convert_precision, plan_precision, run_precision
     from .precision.options import PrecisionOptions
+    from .precision.sidecar import PrecisionSidecar
     from .runtime.backend import open_backend
     from .runtime.benchmark import BenchmarkOptions, BenchmarkReport, benchmark_engine
     from .runtime.classifier import Classifier
-    from .runtime.stream import StreamOptions, StreamResult, StreamRunner, StreamSummary, open_streams
-    from .serving.repository import TritonOptions, TritonRepository, write_triton_repository
+    from .runtime.stream import (
+        StreamOptions,
+        StreamPlan,
+        StreamResult,
+        StreamRunner,
+        StreamSummary,
+        open_streams,
+        plan_streams,
+        run_streams,
+    )
+    from .runtime.tensorrt_backend import TensorRTBackend
+    from .serving.client import TritonClassifier
+    from .serving.repository import (
+        RepositoryPlan,
+        RepositoryRecord,
+        TritonOptions,
+        TritonRepository,
+        plan_repository,
+        run_repository,
+        write_triton_repository,
+    )
+    from .serving.server import ServerOptions
 
 # name → the module that defines it (loaded on first access: PEP 562)
 _API = {
@@ -50,6 +73,10 @@ _API = {
     "list_models": "model.zoo",
     "export_onnx": "model.export",
     "ExportedOnnx": "model.export",
+    "ExportOptions": "model.export",
+    "ExportPlan": "model.export",
+    "plan_export": "model.export",
+    "run_export": "model.export",
     # data
     "SPEC": "data.preprocess",
     "preprocess": "data.preprocess",
@@ -58,14 +85,23 @@ _API = {
     # precision
     "convert_precision": "precision.convert",
     "ConvertedOnnx": "precision.convert",
+    "PrecisionPlan": "precision.convert",
+    "plan_precision": "precision.convert",
+    "run_precision": "precision.convert",
+    "PrecisionSidecar": "precision.sidecar",
     "PrecisionOptions": "precision.options",
     "CalibrationImages": "data.calibration_set",
     # engine
     "build_engine": "engine.build",
     "BuiltEngine": "engine.build",
+    "plan_engine": "engine.plan",
+    "run_engine": "engine.build",
+    "EnginePlan": "engine.plan",
+    "EngineManifest": "engine.manifest",
     "EngineOptions": "engine.options",
     # runtime
     "Classifier": "runtime.classifier",
+    "TensorRTBackend": "runtime.tensorrt_backend",
     "open_backend": "runtime.backend",
     "benchmark_engine": "runtime.benchmark",
     "BenchmarkOptions": "runtime.benchmark",
@@ -76,20 +112,37 @@ _API = {
     "StreamRunner": "runtime.stream",
     "StreamResult": "runtime.stream",
     "StreamSummary": "runtime.stream",
+    "StreamPlan": "runtime.stream",
+    "plan_streams": "runtime.stream",
+    "run_streams": "runtime.stream",
     "parse_source": "data.sources",
     # serving
     "write_triton_repository": "serving.repository",
     "TritonOptions": "serving.repository",
     "TritonRepository": "serving.repository",
+    "plan_repository": "serving.repository",
+    "run_repository": "serving.repository",
+    "RepositoryPlan": "serving.repository",
+    "RepositoryRecord": "serving.repository",
+    "ServerOptions": "serving.server",
+    "TritonClassifier": "serving.client",
 }
 
 __all__ = [  # the public API: the TYPE_CHECKING imports above and _API below name the same
     "__version__",
-    "UserError", "MissingDependency", "list_models", "export_onnx", "ExportedOnnx", "SPEC", "preprocess",
-    "ImageLimits", "load_labels", "convert_precision", "ConvertedOnnx", "PrecisionOptions", "CalibrationImages",
-    "build_engine", "BuiltEngine", "EngineOptions", "Classifier", "open_backend", "benchmark_engine",
-    "BenchmarkOptions", "BenchmarkReport", "open_streams", "StreamOptions", "StreamRunner", "StreamResult",
-    "StreamSummary", "parse_source", "write_triton_repository", "TritonOptions", "TritonRepository",
+    "UserError", "MissingDependency", "list_models",
+    # each stage: plan_<stage> (every refusal, no work) → run_<stage> (the work) → its artefact; the one-call form
+    "plan_export", "run_export", "ExportOptions", "ExportPlan", "ExportedOnnx", "export_onnx",
+    "plan_precision", "run_precision", "PrecisionOptions", "PrecisionPlan", "ConvertedOnnx", "PrecisionSidecar",
+    "CalibrationImages", "convert_precision",
+    "plan_engine", "run_engine", "EngineOptions", "EnginePlan", "BuiltEngine", "EngineManifest", "build_engine",
+    "plan_repository", "run_repository", "TritonOptions", "RepositoryPlan", "TritonRepository", "RepositoryRecord",
+    "write_triton_repository",
+    "plan_streams", "run_streams", "StreamOptions", "StreamPlan", "StreamRunner", "StreamResult", "StreamSummary",
+    "open_streams", "parse_source",
+    # running models
+    "SPEC", "preprocess", "ImageLimits", "load_labels", "Classifier", "TensorRTBackend", "open_backend",
+    "benchmark_engine", "BenchmarkOptions", "BenchmarkReport", "ServerOptions", "TritonClassifier",
 ]
 
 

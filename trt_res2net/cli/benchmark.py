@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import EXIT_OK, MissingDependency, UserError
 from ..runtime.benchmark import (
     DEFAULT_BATCHES,
@@ -21,6 +22,16 @@ from ..runtime.benchmark import (
     cross_check_commands,
     engine_summary,
 )
+from .common import FieldFlags
+
+# The benchmark's part of infer.py's table from option fields to flags (cli/infer.py FLAGS).
+BENCHMARK_FIELDS = {
+    "BenchmarkOptions.iterations": "--iterations",
+    "BenchmarkOptions.warmup": "--warmup",
+    "BenchmarkOptions.topk": "--topk",
+    "BenchmarkOptions.cuda_graph": "--cuda-graph",
+    "BenchmarkOptions.kernel_specialization": "--kernel-specialization",
+}
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,10 +59,9 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
-    return BenchmarkOptions(batches=tuple(args.batch or DEFAULT_BATCHES), iterations=args.iterations,
-                            warmup=args.warmup, topk=args.topk, cuda_graph=args.cuda_graph,
-                            progress=args.progress, kernel_specialization=args.kernel_specialization,
-                            check_manifest=not args.no_manifest_check)
+    """The flags → ``BenchmarkOptions``: those of the table, and the ones that are not one flag's value."""
+    return FieldFlags(BENCHMARK_FIELDS).options(BenchmarkOptions, args, batches=tuple(args.batch or DEFAULT_BATCHES),
+                                                progress=args.progress, check_manifest=not args.no_manifest_check)
 
 
 def load_images(paths) -> list[np.ndarray]:
@@ -101,7 +111,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         raise
     print(report.table())
     for w in report.warnings():
-        print(f"warning: {w}", file=sys.stderr)
+        log.warn(w)
     if args.json:
         write_json(args.json, report.to_json())
         print(f"wrote {args.json}")
@@ -113,5 +123,5 @@ def run_benchmark(args: argparse.Namespace) -> int:
         except UserError as e:
             print(f"warning: {e}", file=sys.stderr)
     if args.polygraphy:
-        _print_cross_check(engine, report.info, report.settings["batches"], options.iterations)
+        _print_cross_check(engine, report.info, report.settings.batches, options.iterations)
     return EXIT_OK

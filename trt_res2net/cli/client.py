@@ -12,7 +12,7 @@ import sys
 
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, UserError
 from ..serving.client import TritonClassifier
-from .common import positive_int, run_main
+from .common import FieldFlags, positive_int, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (infer.py's form)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-image tables")
     return p
+
+
+# The one table from the library's option fields to this command's flags: the library's refusals, which name the
+# fields, are shown with the flags.
+FLAGS = FieldFlags({
+    "TritonClassifier.model": "--model",
+    "TritonClassifier.url": "--url",
+    "TritonClassifier.protocol": "--protocol",
+})
 
 
 def main(argv=None) -> int:
@@ -54,7 +63,7 @@ def main(argv=None) -> int:
         print(f"{len(results) - failed} of {len(results)} images classified by {args.model}", file=sys.stderr)
         return EXIT_SOME_FAILED if failed else EXIT_OK
 
-    return run_main(body)
+    return run_main(body, FLAGS)
 
 
 if __name__ == "__main__":

@@ -3,22 +3,74 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from ..core import log
 from ..core.errors import EXIT_INTERRUPTED, EXIT_OS_ERROR, EXIT_USAGE, UserError, describe_os_error
 
 
-def run_main(body: Callable[[], int]) -> int:
+class FieldFlags:
+    """One command's table from the library's option fields to its flags — ``{"EngineOptions.max_batch":
+    "--max-batch"}`` — the one place the command maps the two: :meth:`options` builds an options object from the
+    parsed flags, and :meth:`message` shows a refusal of the library, which names fields, with the flags.
+
+    In a message a field reads ``Owner.field`` or ``Owner.field=<value>`` (``'text'``, a number, ``True``); the
+    flag reads ``--flag`` or ``--flag <value>`` (``True``: the flag alone)."""
+
+    def __init__(self, table: Mapping[str, str], dests: Mapping[str, str] | None = None):
+        self.table = dict(table)
+        self.dests = dict(dests or {})  # argparse dests other than the flag's default one
+        tokens = sorted(self.table, key=len, reverse=True)
+        self._pattern = re.compile(
+            r"(?<![\w.])(" + "|".join(map(re.escape, tokens)) + r")(?![\w])"
+            r"(?:=(?:'([^']*)'|\"([^\"]*)\"|(True)\b|([^\s,;:)\]]+)))?") if tokens else None
+
+    def flag(self, field: str) -> str:
+        return self.table[field]
+
+    def dest(self, flag: str) -> str:
+        return self.dests.get(flag) or flag.lstrip("-").replace("-", "_")
+
+    def message(self, text: str) -> str:
+        """``text`` with every field of the table written as its flag."""
+        if self._pattern is None:
+            return text
+
+        def flag(m: re.Match) -> str:
+            value = next((g for g in m.groups()[1:] if g is not None), None)
+            name = self.table[m.group(1)]
+            negated = value == "False" and name.startswith("--no-")  # check_manifest=False → --no-manifest-check
+            return name if value in (None, "True") or negated else f"{name} {value}"
+
+        return self._pattern.sub(flag, text)
+
+    def options(self, cls, args: argparse.Namespace, **computed):
+        """``cls`` built from the flags the table maps onto its fields, with ``computed`` for the fields that are
+        not one flag's value."""
+        owner = cls.__name__ + "."
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        for field, flag in self.table.items():
+            if field.startswith(owner) and field[len(owner):] in names and field[len(owner):] not in computed:
+                values[field[len(owner):]] = vars(args)[self.dest(flag)]
+        return cls(**values, **computed)
+
+
+def run_main(body: Callable[[], int], flags: FieldFlags | None = None) -> int:
     """Run a CLI body; the one place that maps errors to exit statuses, each as one line on stderr:
 
-    a UserError → ``error: <message>`` and its exit status (2 usage or input, 3 missing library, 1 accuracy budget);
+    a UserError → ``error: <message>``, the option fields it names written as the command's flags (``flags``), and
+    its exit status (2 usage or input, 3 missing library, 1 accuracy budget);
     an OSError the user can cause (permission denied, not a folder, a FIFO, a symbolic link loop, disk full) →
     ``error: cannot ...: <reason>``, exit status 2, no traceback; Ctrl-C → ``interrupted``, exit status 130."""
+    log.set_wording(flags.message if flags else None)  # the library's notes and warnings, in the command's words
     try:
         return body()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {flags.message(str(e)) if flags else e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -26,6 +78,8 @@ def run_main(body: Callable[[], int]) -> int:
     except OSError as e:
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return EXIT_OS_ERROR
+    finally:
+        log.set_wording(None)
 
 
 def usage_error(message: str) -> UserError:
@@ -52,3 +106,13 @@ def bounded_int(minimum: int, maximum: int | None = None, what: str | None = Non
 
 
 positive_int = bounded_int(1)
+
+
+def write_json_output(path, obj) -> None:
+    """Write a command's ``--json`` output; a path the system refuses is one line (UserError)."""
+    from ..core.files import write_json
+
+    try:
+        write_json(path, obj)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the JSON ({e.strerror or e})") from None

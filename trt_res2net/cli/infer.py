@@ -16,14 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core import log
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UserError
 from ..cuda.device import CudaUnavailable
 from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from ..runtime.backend import GpuBackend
-from .benchmark import add_benchmark_arguments, run_benchmark
-from .common import positive_int, run_main
-from .streams import add_stream_arguments, run_streams, wants_streams
+from ..runtime.backend import GpuBackend, warn_about_metadata
+from .benchmark import BENCHMARK_FIELDS, add_benchmark_arguments, run_benchmark
+from .common import FieldFlags, positive_int, run_main, write_json_output
+from .streams import STREAM_FIELDS, add_stream_arguments, run_streams, wants_streams
 
 
 def image_limits(args: argparse.Namespace):
@@ -33,6 +32,15 @@ def image_limits(args: argparse.Namespace):
     return ImageLimits(max_pixels=args.max_image_pixels, max_bytes=args.max_image_bytes,
                        pixels_option="--max-image-pixels", bytes_option="--max-image-bytes")
 
+
+# The library's option fields → infer.py's flags (cli/common.FieldFlags): its refusals are shown with the flags.
+FLAGS = FieldFlags({
+    "Classifier.batch": "--batch",
+    "Classifier.topk": "--topk",
+    "TensorRTBackend.check_manifest": "--no-manifest-check",
+    **STREAM_FIELDS,
+    **BENCHMARK_FIELDS,
+})
 
 PROGRESS_MIN_IMAGES = 16  # fewer images finish too fast for a progress bar to help
 DEFAULT_BATCH = 8
@@ -109,29 +117,6 @@ def _progress_disable(args: argparse.Namespace, n: int) -> bool | None:
     return None if args.progress and n >= PROGRESS_MIN_IMAGES else True
 
 
-def _write_json(path: str, obj) -> None:
-    from ..core.files import write_json
-
-    try:
-        write_json(path, obj)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write the JSON ({e.strerror or e})") from None
-
-
-def _check_preprocessing_metadata(backend, model: str) -> None:
-    """Our exporter records the preprocessing spec in the ONNX metadata; a different one means the model
-    was made for other inputs than the ones this version feeds it."""
-    from ..data.preprocess import SPEC
-
-    metadata = backend.metadata
-    recorded = metadata.get("preprocessing")
-    if recorded and recorded != SPEC.to_json():
-        log.warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
-    if str(metadata.get("weights", "")).startswith("random"):
-        log.warn(f"{model} was built with {metadata['weights']} weights (--random-weights): its predictions mean "
-                 "nothing")
-
-
 def _one_batch_size(batch: list[int] | None) -> int:
     if batch is None:
         return DEFAULT_BATCH
@@ -165,7 +150,7 @@ def run_classify(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{args.model}: {clf.backend.describe()}; preprocessing on the {clf.preprocessing.upper()}",
               file=sys.stderr)
-    _check_preprocessing_metadata(clf.backend, args.model)
+    warn_about_metadata(clf.backend, args.model)
     results, failed = [], 0
     bar = tqdm(total=len(paths), unit="img", disable=_progress_disable(args, len(paths)), dynamic_ncols=True)
     try:
@@ -184,7 +169,8 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.json:
         # infer.py's JSON: a list of {"image", "topk"} / {"image", "error"}; each classified image also
         # says where it was preprocessed ("gpu" kernel or the "cpu" reference).
-        _write_json(args.json, [r if "error" in r else {**r, "preprocessing": clf.preprocessing} for r in results])
+        write_json_output(args.json,
+                          [r if "error" in r else {**r, "preprocessing": clf.preprocessing} for r in results])
     if failed or args.quiet:
         print(f"classified {len(results) - failed} of {len(results)} images; {failed} could not be read",
               file=sys.stderr)
@@ -226,7 +212,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"skipped {f['image']}: {f['error']}", file=sys.stderr)
     print(result.format())
     if args.json:
-        _write_json(args.json, {**result.to_dict(), "preprocessing": "cpu"})
+        write_json_output(args.json, {**result.to_dict(), "preprocessing": "cpu"})
     return EXIT_SOME_FAILED if result.failures else EXIT_OK
 
 
@@ -239,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         return run_eval(args)
     try:
         if wants_streams(args):
-            return run_streams(args)
+            return run_streams(args, image_limits(args), FLAGS)
         return run_classify(args)
     except CudaUnavailable as e:
         if e.library != "nvrtc" or args.cpu_preprocess:
@@ -253,4 +239,4 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
-    return run_main(lambda: run(args))
+    return run_main(lambda: run(args), FLAGS)

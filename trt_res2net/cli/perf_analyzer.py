@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..serving.perf_analyzer import check_runs, perf_analyzer_command, write_input_data
-from .common import run_main
+from .common import FieldFlags, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files or folders: sent as the image models' IMAGE input (perf_analyzer's --input-data)")
     p.add_argument("--wrapper-help", action="help", help="this help (perf_analyzer's own: --help)")
     return p
+
+
+# The library's perf_analyzer functions take no options: no field of theirs has a flag here.
+FLAGS = FieldFlags({})
 
 
 def main(argv=None) -> int:
@@ -49,7 +53,7 @@ def main(argv=None) -> int:
             except KeyboardInterrupt:  # perf_analyzer got the Ctrl-C too and has stopped
                 return 130
 
-    return run_main(body)
+    return run_main(body, FLAGS)
 
 
 if __name__ == "__main__":

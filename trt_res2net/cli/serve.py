@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from ..serving.server import DEFAULT_HOST, DEFAULT_READY_TIMEOUT, DEFAULT_STOP_TIMEOUT, ServerOptions, serve
-from .common import bounded_int, run_main
+from .common import FieldFlags, bounded_int, run_main
 
 port_number = bounded_int(1, 65535, "a port number 1..65535")
 
@@ -55,12 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The one table from the library's option fields to this command's flags: the options are built from it, and
+# the library's refusals, which name the fields, are shown with the flags.
+FLAGS = FieldFlags({
+    "ServerOptions.host": "--host",
+    "ServerOptions.http_port": "--http-port",
+    "ServerOptions.grpc_port": "--grpc-port",
+    "ServerOptions.metrics_port": "--metrics-port",
+    "ServerOptions.models": "--model",
+    "ServerOptions.tritonserver": "--tritonserver",
+    "ServerOptions.backend_directory": "--backend-directory",
+    "ServerOptions.ready_timeout": "--ready-timeout",
+    "ServerOptions.stop_timeout": "--stop-timeout",
+    "ServerOptions.verbose": "--verbose",
+    "ServerOptions.extra_args": "--extra",
+})
+
+
 def server_options(args: argparse.Namespace) -> ServerOptions:
-    return ServerOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                         metrics_port=args.metrics_port, metrics=not args.no_metrics,
-                         models=tuple(args.model) if args.model else None, tritonserver=args.tritonserver,
-                         backend_directory=args.backend_directory, ready_timeout=args.ready_timeout,
-                         stop_timeout=args.stop_timeout, verbose=args.verbose, extra_args=tuple(args.extra))
+    return FLAGS.options(ServerOptions, args, metrics=not args.no_metrics,
+                         models=tuple(args.model) if args.model else None, extra_args=tuple(args.extra))
 
 
 def main(argv=None) -> int:
@@ -68,4 +82,4 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
         return serve(args.repo, server_options(args))
 
-    return run_main(body)
+    return run_main(body, FLAGS)

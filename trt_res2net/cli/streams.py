@@ -19,9 +19,30 @@ from collections import deque
 from pathlib import Path
 
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, UserError
-from .common import positive_int
+from ..data.annotate import VideoFileWriter, draw_topk, opencv_gui_missing
+from ..data.preprocess import ImageLimits
+from ..data.sources import CODECS, DECODERS, is_stream_uri
+from ..runtime.backend import warn_about_metadata
+from ..runtime.stream import StreamOptions, StreamResult, StreamRunner, plan_streams
+from .common import FieldFlags, positive_int, write_json_output
 
 _FPS_WINDOW_S = 2.0
+
+# Stream mode's part of infer.py's table from option fields to flags (cli/infer.py FLAGS).
+STREAM_FIELDS = {
+    "StreamOptions.batch": "--batch",
+    "StreamOptions.topk": "--topk",
+    "StreamOptions.threshold": "--threshold",
+    "StreamOptions.smooth": "--smooth",
+    "StreamOptions.loop": "--loop",
+    "StreamOptions.realtime": "--realtime",
+    "StreamOptions.reconnect_timeout": "--reconnect-timeout",
+    "StreamOptions.decoder": "--decoder",
+    "StreamOptions.codec": "--codec",
+    "StreamOptions.max_frames": "--max-frames",
+    "parse_source.decoder": "--decoder",
+    "parse_source.codec": "--codec",
+}
 
 
 def _probability(text: str) -> float:
@@ -45,8 +66,6 @@ def _seconds(text: str) -> float:
 
 
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
-    from ..data.sources import CODECS, DECODERS
-
     g = p.add_argument_group(
         "video and streams",
         "SOURCE positionals: video files, image folders or globs, /dev/videoN or a camera index, v4l2://, "
@@ -77,8 +96,6 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
 
 def wants_streams(args: argparse.Namespace) -> bool:
     """Stream mode: a positional names a video source, or a stream flag was given."""
-    from ..data.sources import is_stream_uri
-
     flags = (args.jsonl, args.save_video, args.display, args.threshold, args.smooth, args.loop, args.realtime,
              args.reconnect_timeout, args.decoder, args.codec, args.max_frames)
     if any(flag not in (None, False) for flag in flags):
@@ -86,18 +103,16 @@ def wants_streams(args: argparse.Namespace) -> bool:
     return any(is_stream_uri(x) for x in args.inputs)
 
 
-def stream_options(args: argparse.Namespace):
-    """The flags → ``StreamOptions`` (a flag not given keeps the option's default)."""
-    from ..runtime.stream import StreamOptions
-    from .infer import image_limits
-
+def stream_options(args: argparse.Namespace, limits: ImageLimits) -> StreamOptions:
+    """The flags → ``StreamOptions`` (a flag not given keeps the option's default); ``limits``: infer.py's image
+    limits, for image folders' frames."""
     given = {
         "batch": args.batch, "topk": args.topk, "threshold": args.threshold, "smooth": args.smooth,
         "loop": args.loop or None, "realtime": args.realtime or None, "reconnect_timeout": args.reconnect_timeout,
         "decoder": args.decoder, "codec": args.codec, "max_frames": args.max_frames,
     }
     return StreamOptions(keep_frames=bool(args.save_video or args.display), gpu_preprocess=not args.cpu_preprocess,
-                         image_limits=image_limits(args), **{k: v for k, v in given.items() if v is not None})
+                         image_limits=limits, **{k: v for k, v in given.items() if v is not None})
 
 
 class _Rate:
@@ -121,79 +136,106 @@ def _line(r) -> str:
     return f"{r.source} frame {r.frame_index}{where}: {classes}"
 
 
-def run_streams(args: argparse.Namespace) -> int:
-    from ..data.annotate import VideoFileWriter, draw_topk, opencv_gui_missing
-    from ..runtime.stream import StreamRunner
-    from .infer import _check_preprocessing_metadata, _write_json
-
+def run_streams(args: argparse.Namespace, limits: ImageLimits, flags: FieldFlags) -> int:
+    """Stream mode: the sources planned, the outputs checked, then every classified frame to the outputs and the
+    summary to stderr (also on Ctrl-C). ``flags`` shows the library's events with infer.py's flags."""
     if not args.inputs:
         raise UserError("no sources given (SOURCE...)")
-    options = stream_options(args)
+    plan = plan_streams(args.inputs, stream_options(args, limits))
+    _check_outputs(args)
+    print_lock = threading.Lock()
+
+    def report(message: str) -> None:
+        with print_lock:
+            print(flags.message(message), file=sys.stderr, flush=True)
+
+    runner = StreamRunner(args.model, plan, labels=args.labels, on_event=report)
+    outputs = _Outputs(args, runner, print_lock, report)
+    started = False
+    try:
+        with runner:  # opens the sources: UserError (one line) when none can be opened
+            started = True
+            if not args.quiet:
+                report(f"{args.model}: {runner.classifier.backend.describe()}; preprocessing on the "
+                       f"{runner.preprocessing.upper()}; batch {runner.batch}")
+            warn_about_metadata(runner.classifier.backend, args.model)
+            outputs.open()
+            for r in runner:
+                if outputs.write(r):
+                    break  # q or Esc in a window
+    finally:
+        outputs.close()
+        if started:
+            report(runner.summary().format())
+            if args.json:
+                summary = runner.summary().to_dict()
+                for source in summary["sources"]:  # why a source failed, in infer.py's words
+                    source["status"] = flags.message(source["status"])
+                write_json_output(args.json, summary)
+    return EXIT_SOME_FAILED if runner.summary().failed else EXIT_OK
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse a window without OpenCV's GUI, and make the video folder, before any source is opened."""
     if args.display:
         reason = opencv_gui_missing()
         if reason:
-            raise UserError(reason)
+            raise UserError(f"--display needs {reason}")
     if args.save_video is not None:
         try:
             args.save_video.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"{args.save_video}: cannot create the video folder ({e.strerror or e})") from None
-    print_lock = threading.Lock()
 
-    def report(message: str) -> None:
-        with print_lock:
-            print(message, file=sys.stderr, flush=True)
 
-    runner = StreamRunner(args.model, args.inputs, options, labels=args.labels, on_event=report)
-    jsonl = None
-    writers: dict[int, VideoFileWriter] = {}
-    rates: dict[int, _Rate] = {}
-    to_stdout = not args.quiet and args.jsonl != "-"
-    started = False
-    try:
-        with runner:  # opens the sources: UserError (one line) when none can be opened
-            started = True
-            backend = runner.classifier.backend
-            if not args.quiet:
-                report(f"{args.model}: {backend.describe()}; preprocessing on the {runner.preprocessing.upper()}; "
-                       f"batch {runner.batch}")
-            _check_preprocessing_metadata(backend, args.model)
-            jsonl = _open_jsonl(args.jsonl)
-            names = runner.names
-            for r in runner:
-                if jsonl is not None:
-                    jsonl.write(_json_line(r.to_dict()))
-                    jsonl.flush()  # tail -f follows a live stream
-                if to_stdout:
-                    with print_lock:
-                        print(_line(r), flush=True)
-                if r.frame_bgr is None:
-                    continue
-                fps = rates.setdefault(r.source_index, _Rate()).tick()
-                annotated = draw_topk(r.frame_bgr, r.topk, fps)
-                if args.save_video is not None:
-                    writer = writers.get(r.source_index)
-                    if writer is None:
-                        fps_out = runner.summary().sources[r.source_index].fps
-                        writer = writers[r.source_index] = VideoFileWriter(
-                            args.save_video / f"{names[r.source_index]}.mp4", fps_out)
-                    writer.write(annotated)
-                if args.display and _show(r.source, annotated):
-                    break  # q or Esc in a window
-    finally:
-        for writer in writers.values():
+class _Outputs:
+    """Where each classified frame goes: the JSON Lines, a line on stdout, an annotated video per source
+    (``--save-video``) and a window per source (``--display``)."""
+
+    def __init__(self, args: argparse.Namespace, runner: StreamRunner, print_lock: threading.Lock, report):
+        self.args, self.runner, self.print_lock, self.report = args, runner, print_lock, report
+        self.to_stdout = not args.quiet and args.jsonl != "-"
+        self.jsonl = None
+        self.names: list[str] = []
+        self.writers: dict[int, VideoFileWriter] = {}
+        self.rates: dict[int, _Rate] = {}
+
+    def open(self) -> None:
+        """Once the sources are open: the JSON Lines file, and each source's name for its video."""
+        self.jsonl = _open_jsonl(self.args.jsonl)
+        self.names = self.runner.names
+
+    def write(self, r: StreamResult) -> bool:
+        """Hand one result to every output; True when the user closed a window (q or Esc)."""
+        args = self.args
+        if self.jsonl is not None:
+            self.jsonl.write(_json_line(r.to_dict()))
+            self.jsonl.flush()  # tail -f follows a live stream
+        if self.to_stdout:
+            with self.print_lock:
+                print(_line(r), flush=True)
+        if r.frame_bgr is None:
+            return False
+        fps = self.rates.setdefault(r.source_index, _Rate()).tick()
+        annotated = draw_topk(r.frame_bgr, r.topk, fps)
+        if args.save_video is not None:
+            writer = self.writers.get(r.source_index)
+            if writer is None:
+                fps_out = self.runner.summary().sources[r.source_index].fps
+                writer = self.writers[r.source_index] = VideoFileWriter(
+                    args.save_video / f"{self.names[r.source_index]}.mp4", fps_out)
+            writer.write(annotated)
+        return args.display and _show(r.source, annotated)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
             path = writer.close()
-            if path is not None and not args.quiet:
-                report(f"wrote {path} ({writer.frames} frames)")
-        if jsonl is not None and jsonl is not sys.stdout:
-            jsonl.close()
-        if args.display:
+            if path is not None and not self.args.quiet:
+                self.report(f"wrote {path} ({writer.frames} frames)")
+        if self.jsonl is not None and self.jsonl is not sys.stdout:
+            self.jsonl.close()
+        if self.args.display:
             _close_windows()
-        if started:
-            report(runner.summary().format())
-            if args.json:
-                _write_json(args.json, runner.summary().to_dict())
-    return EXIT_SOME_FAILED if runner.summary().failed else EXIT_OK
 
 
 def _open_jsonl(path: str | None):
@@ -204,7 +246,7 @@ def _open_jsonl(path: str | None):
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        return open(p, "w", encoding="utf-8")  # noqa: SIM115 - streamed line by line, closed in run_streams
+        return open(p, "w", encoding="utf-8")  # noqa: SIM115 - streamed line by line, closed by _Outputs.close
     except OSError as e:
         raise UserError(f"{p}: cannot write the JSON Lines ({e.strerror or e})") from None
 

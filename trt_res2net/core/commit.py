@@ -200,22 +200,28 @@ def _write_journal(journal: Path, state: str, entries: list[_Entry]) -> None:
     fsync_dir(journal.parent)
 
 
+def write_new_file(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """``data`` to the new file ``path`` (never an existing one), flushed to the disk; nothing is left behind when
+    it fails. What a commit's temporaries are written with, and what a writer stages a file for a commit with."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # open()'s permissions, less the umask
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+
+
 def _write_temp(final: Path, source) -> Path:
     """``source`` (bytes, memoryview, or a Path on the same filesystem to move) → a temporary beside ``final``."""
     tmp = temp_name(final)
     if isinstance(source, (str, os.PathLike)):
         _rename(source, tmp)
-        return tmp
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(source)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    else:
+        write_new_file(tmp, source)
     return tmp
 
 
@@ -320,40 +326,53 @@ def commit_files(files: Mapping[str | os.PathLike, object], *, lock: bool = True
             raise
         journal = journal_path_for(finals[0])
         with sigint_deferred() as interrupted:
-            try:
-                if interrupted:
-                    raise KeyboardInterrupt
-                for e in entries:
-                    if os.path.lexists(e.final):
-                        e.existed = True
-                        backup = temp_name(e.final, "old")
-                        try:
-                            os.link(e.final, backup)
-                            e.backup = backup
-                        except OSError:  # no hard links here: the previous file cannot be restored after Ctrl-C
-                            e.backup = None
-                fsync_dir(directory)
-                _write_journal(journal, "prepared", entries)  # the commit point
-            except BaseException:
-                for e in entries:
-                    remove_path(e.temp)
-                    if e.backup is not None:
-                        remove_path(e.backup)
-                raise
-            for e in entries:
-                _rename(e.temp, e.final)
-            fsync_dir(directory)
-            if interrupted and all(e.backup is not None or not e.existed for e in entries):
-                _write_journal(journal, "rollback", entries)
-                _roll_back(entries)
-                fsync_dir(directory)
-                journal.unlink()
-                fsync_dir(directory)
-            else:
-                interrupted.clear()  # nothing to restore to: the new set stands
-                _roll_forward(entries)  # removes the backups
-                journal.unlink()
-                fsync_dir(directory)
+            _prepare(entries, journal, interrupted)
+            _switch(entries, journal, interrupted)
         if interrupted:
             raise KeyboardInterrupt
     return finals
+
+
+def _prepare(entries: list[_Entry], journal: Path, interrupted: list) -> None:
+    """Link the files to be replaced to backups and write the journal (the commit point); on any failure, or Ctrl-C
+    before it, remove the temporaries and backups and raise."""
+    try:
+        if interrupted:
+            raise KeyboardInterrupt
+        for e in entries:
+            if os.path.lexists(e.final):
+                e.existed = True
+                backup = temp_name(e.final, "old")
+                try:
+                    os.link(e.final, backup)
+                    e.backup = backup
+                except OSError:  # no hard links here: the previous file cannot be restored after Ctrl-C
+                    e.backup = None
+        fsync_dir(journal.parent)
+        _write_journal(journal, "prepared", entries)  # the commit point
+    except BaseException:
+        for e in entries:
+            remove_path(e.temp)
+            if e.backup is not None:
+                remove_path(e.backup)
+        raise
+
+
+def _switch(entries: list[_Entry], journal: Path, interrupted: list) -> None:
+    """Rename the temporaries onto the final names; then, when Ctrl-C came meanwhile and every previous file has its
+    backup, put the previous set back (``interrupted`` stays set), else keep the new set (``interrupted`` cleared)."""
+    directory = journal.parent
+    for e in entries:
+        _rename(e.temp, e.final)
+    fsync_dir(directory)
+    if interrupted and all(e.backup is not None or not e.existed for e in entries):
+        _write_journal(journal, "rollback", entries)
+        _roll_back(entries)
+        fsync_dir(directory)
+        journal.unlink()
+        fsync_dir(directory)
+    else:
+        interrupted.clear()  # nothing to restore to: the new set stands
+        _roll_forward(entries)  # removes the backups
+        journal.unlink()
+        fsync_dir(directory)

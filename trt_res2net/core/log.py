@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 LOGGER_NAME = "trt_res2net"
 VERBOSITIES = ("quiet", "normal", "verbose")
@@ -31,7 +32,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
+            text = _state["wording"](record.getMessage())
             if record.levelno >= logging.ERROR:
                 text = f"error: {text}"
             elif record.levelno >= logging.WARNING:
@@ -44,7 +45,7 @@ class _StderrHandler(logging.Handler):
 
 
 _handler = _StderrHandler()
-_state = {"verbosity": "normal"}
+_state: dict = {"verbosity": "normal", "wording": str}
 
 
 def _install() -> None:
@@ -67,6 +68,12 @@ def configure(verbosity: str = "normal") -> None:
     _install()
 
 
+def set_wording(wording: Callable[[str], str] | None) -> None:
+    """Rewrite each line as it is written (None: as it is): a command shows the option fields the library names
+    as its own flags (``cli/common.FieldFlags.message``)."""
+    _state["wording"] = wording or str
+
+
 def verbosity() -> str:
     return _state["verbosity"]
 
@@ -82,7 +89,7 @@ def verbose() -> bool:
 def result(message: str) -> None:
     """A result line (what was written, a report, where a server listens): on stdout, whatever the verbosity."""
     stream = sys.stdout
-    stream.write(message + "\n")
+    stream.write(_state["wording"](message) + "\n")
     stream.flush()
 
 

@@ -1,4 +1,6 @@
-"""A thin shim over NVIDIA's cuda-python: module layout, error checking, buffers, streams, events, graphs.
+"""A thin shim over NVIDIA's cuda-python: module layout, error checking, the device, buffers, streams, events,
+graphs, kernel launches. The error types and their wording are :mod:`.errors`'s; the GPU's description is
+:mod:`.gpu_info`'s; both are re-exported here.
 
 cuda-python returns ``(error, *results)`` tuples instead of raising, so every call goes through
 :func:`check` (or :func:`call`), which turns a non-success code into one readable line. Two layouts
@@ -18,51 +20,31 @@ import dataclasses
 import functools
 import os
 import platform
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import MissingDependency, UserError
-
-INSTALL_HINT = (
-    "pip install 'trt-res2net[trt]' (x86, a driver for CUDA 12: cuda-python 12) or 'trt-res2net[trt-cu13]' "
-    "(a driver for CUDA 13: cuda-python 13); on JetPack 6, pip install 'cuda-python>=12.6,<=12.9.10'"
+from .errors import (
+    DLOPEN_FAILED,
+    DRIVER_MISSING,
+    INSTALL_HINT,
+    NO_GPU_CODES,
+    CudaError,
+    CudaUnavailable,
+    cuda_python_version,
+    cuda_version_text,
+    missing_library,
 )
+from .gpu_info import DeviceInfo, jetson_info
 
-# Codes meaning "this machine has no usable GPU": reported as a missing dependency (exit status 3).
-_NO_GPU_CODES = {
-    "cudaErrorInsufficientDriver",
-    "cudaErrorNoDevice",
-    "CUDA_ERROR_NO_DEVICE",
-}
-
-_DRIVER_MISSING = ("the NVIDIA driver's libcuda.so.1 could not be loaded: a CUDA GPU and its driver are needed "
-                   "(on Jetson the driver comes with JetPack's L4T)")
-_JETPACK_NVRTC = "on Jetson use JetPack's: export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$LD_LIBRARY_PATH"
-
-# cuda-python 12.6 and older raise these when a library or one of its functions cannot be loaded.
-_DLOPEN_FAILED = re.compile(r'Failed to dlopen (\S+)|Function "(\w+)" not found')
-
-
-class CudaError(UserError):
-    """A CUDA runtime, driver or NVRTC call returned an error code (message: call, code name, text)."""
-
-    def __init__(self, message: str, code_name: str = "", log: str = ""):
-        super().__init__(message)
-        self.code_name = code_name
-        self.log = log  # NVRTC compile log, when there is one
-
-
-class CudaUnavailable(MissingDependency):
-    """cuda-python, the NVIDIA driver, a GPU or NVRTC is missing; ``library`` names a missing shared library
-    ("libcuda", "nvrtc") when that is the reason."""
-
-    def __init__(self, message: str, exit_code: int | None = None, library: str | None = None):
-        super().__init__(message, exit_code)
-        self.library = library
+__all__ = [  # what callers use from here, this module's own and its neighbours' (one import for the lot)
+    "INSTALL_HINT", "CudaError", "CudaModules", "CudaUnavailable", "DeviceBuffer", "DeviceInfo", "Event", "Graph",
+    "Module", "PinnedBuffer", "Stream", "call", "check", "cuda_modules", "cuda_python_version", "cuda_version_text",
+    "detect_gpu", "device_count", "device_info", "driver_cuda_version", "driver_problem", "i32_arg", "init_device",
+    "jetson_info", "kernel_args", "launch", "native_handle", "ptr_arg", "set_device",
+]
 
 
 @dataclass(frozen=True)
@@ -91,27 +73,6 @@ def cuda_modules() -> CudaModules:
     except ImportError as e:
         raise CudaUnavailable(f"cuda-python is not installed: {INSTALL_HINT}") from e
 
-
-@functools.cache
-def cuda_python_version() -> str:
-    """The version of the bindings in use ("12.6.2.post1", "13.4.4"): the module's own, else its package's."""
-    try:
-        from cuda.bindings import __version__
-
-        return str(__version__)
-    except ImportError:
-        pass
-    from importlib import metadata
-
-    try:
-        return metadata.version("cuda-python")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def cuda_version_text(version: int) -> str:
-    """CUDA's integer version (12060) as people write it ("12.6")."""
-    return f"{version // 1000}.{version % 1000 // 10}"
 
 
 def _error_text(err) -> str:
@@ -148,7 +109,7 @@ def check(result, what: str = "CUDA call"):
         if name == "cudaErrorInsufficientDriver":
             raise CudaUnavailable(driver_problem() or message + "; a CUDA GPU and its driver are needed",
                                   exit_code=None)
-        if name in _NO_GPU_CODES:
+        if name in NO_GPU_CODES:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
             raise CudaUnavailable(f"{message}{hint}; a CUDA GPU and its driver are needed", exit_code=None)
@@ -158,27 +119,6 @@ def check(result, what: str = "CUDA call"):
     return values[0] if len(values) == 1 else values
 
 
-def _nvrtc_fix() -> str:
-    """What to install for NVRTC with these bindings. cuda-python 12.6 dlopens libnvrtc.so.12 by name only (the
-    library path and the loader's cache); from 12.9, cuda.pathfinder also finds pip's nvidia-cuda-nvrtc wheels."""
-    major = cuda_python_version().split(".")[0]
-    try:
-        import cuda.pathfinder  # noqa: F401
-    except ImportError:
-        return (f"put CUDA {major}'s libnvrtc.so.{major} on LD_LIBRARY_PATH ({_JETPACK_NVRTC}), or use "
-                "cuda-python 12.9 or later, which also finds pip's nvidia-cuda-nvrtc-cu12")
-    wheel = "nvidia-cuda-nvrtc-cu12" if major == "12" else "nvidia-cuda-nvrtc>=13"
-    return f"pip install '{wheel}' (x86); {_JETPACK_NVRTC}"
-
-
-def _missing_library(what: str, detail: str) -> CudaUnavailable:
-    """The one line for a shared library that ``what`` (a cuda-python function) could not load."""
-    if what.startswith("nvrtc") or "nvrtc" in detail:
-        major = cuda_python_version().split(".")[0]
-        return CudaUnavailable(f"NVRTC (libnvrtc.so.{major}, for cuda-python {cuda_python_version()}) is missing; "
-                               f"it compiles the GPU preprocessing kernels: {_nvrtc_fix()}", library="nvrtc")
-    return CudaUnavailable(_DRIVER_MISSING, library="libcuda")
-
 
 def call(fn, *args):
     """``check(fn(*args), fn's name)``, with missing driver/NVRTC libraries reported as such."""
@@ -187,10 +127,10 @@ def call(fn, *args):
         result = fn(*args)
     except Exception as e:
         if type(e).__name__ == "DynamicLibNotFoundError":  # cuda.pathfinder (12.9 and later): a library is absent
-            raise _missing_library(what, str(e)) from e
-        found = _DLOPEN_FAILED.search(str(e)) if isinstance(e, RuntimeError) else None
+            raise missing_library(what, str(e)) from e
+        found = DLOPEN_FAILED.search(str(e)) if isinstance(e, RuntimeError) else None
         if found:  # cuda-python 12.6 and older
-            raise _missing_library(what, found.group(1) or found.group(2) or "") from e
+            raise missing_library(what, found.group(1) or found.group(2) or "") from e
         raise
     return check(result, what)
 
@@ -210,7 +150,7 @@ def driver_problem() -> str | None:
     cudaErrorInsufficientDriver for an older one, 12.6 goes on until the first call the driver cannot serve."""
     driver = driver_cuda_version()
     if driver == 0:
-        return _DRIVER_MISSING
+        return DRIVER_MISSING
     try:
         runtime = int(call(cuda_modules().runtime.cudaRuntimeGetVersion))
     except (CudaUnavailable, CudaError):
@@ -241,76 +181,6 @@ def native_handle(obj) -> int:
 # Device
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """One GPU, as the builder, the runtime and the manifests describe it (the project's only GPU description)."""
-
-    index: int
-    name: str
-    compute_capability: tuple[int, int]
-    total_memory: int  # bytes
-    free_memory: int | None  # bytes, when queried
-    integrated: bool  # Jetson: the GPU shares memory with the CPU
-    multiprocessors: int = 0
-    memory_bus_width_bits: int | None = None
-    memory_clock_khz: int | None = None
-    jetson: dict | None = None  # {"module": ..., "l4t": ...} on a Jetson (detect_gpu fills it in)
-
-    @property
-    def cc(self) -> str:
-        """Compute capability as "8.7"."""
-        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
-
-    @property
-    def sm(self) -> str:
-        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
-
-    @property
-    def peak_bandwidth_bytes_per_s(self) -> float | None:
-        """The datasheet DRAM bandwidth from clock × bus width × 2 (DDR), when the driver reports both."""
-        if not self.memory_bus_width_bits or not self.memory_clock_khz:
-            return None
-        return 2.0 * self.memory_clock_khz * 1e3 * self.memory_bus_width_bits / 8
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "compute_capability": self.cc,
-            "total_memory": self.total_memory,
-            "integrated": self.integrated,
-            "multiprocessors": self.multiprocessors,
-        }
-
-    def to_manifest(self) -> dict:
-        """The build GPU as an engine manifest records it."""
-        return {"name": self.name, "compute_capability": self.cc, "integrated": self.integrated,
-                "device": self.index, "jetson": self.jetson, "total_memory_mib": self.total_memory // (1 << 20)}
-
-
-def jetson_info(root: str | os.PathLike = "/") -> dict | None:
-    """On a Jetson: ``{"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.0"}``; else None.
-
-    Reads /proc/device-tree/model (the module/carrier name) and /etc/nv_tegra_release (the L4T release of
-    JetPack); ``root`` lets tests point at a fake file tree.
-    """
-    root = Path(root)
-    model = l4t = None
-    try:
-        model = (root / "proc/device-tree/model").read_bytes().decode("utf-8", "replace").strip("\x00 \n")
-    except OSError:
-        pass
-    try:
-        first = (root / "etc/nv_tegra_release").read_text(errors="replace").splitlines()[0]
-        m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
-        if m:
-            rev = m.group(2).split(".")
-            l4t = ".".join([m.group(1), *rev] + ["0"] * max(0, 2 - len(rev)))
-    except (OSError, IndexError):
-        pass
-    if l4t is None and not (model and "jetson" in model.lower()):
-        return None
-    return {"module": model, "l4t": l4t}
 
 
 def detect_gpu(device: int = 0) -> DeviceInfo:

@@ -99,13 +99,13 @@ class VideoFileWriter:
 
 
 def opencv_gui_missing() -> str | None:
-    """Why ``cv2.imshow`` cannot work here (one line), or None when it can."""
+    """Why ``cv2.imshow`` cannot work here (one line, after "a window needs"), or None when it can."""
     import cv2
 
     m = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
     if m and m.group(1).upper() == "NONE":
-        return (f"--display needs OpenCV with a GUI, and this cv2 {cv2.__version__} has none "
+        return (f"OpenCV with a GUI, and this cv2 {cv2.__version__} has none "
                 "(opencv-python-headless): pip install opencv-python, or JetPack's OpenCV on Jetson")
     if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "--display needs a display, and there is none here (DISPLAY is not set)"
+        return "a display, and there is none here (DISPLAY is not set)"
     return None

@@ -33,7 +33,7 @@ DEFAULT_CALIB_IMAGES = 500
 SYNTHETIC_WARNING = (
     "calibrating on {n} generated images (painted scenes, not photographs, data/synthetic.py): the INT8 scales they "
     "give are only for trying the pipeline; for an engine to deploy calibrate on real images like those it will "
-    "see (--calib-dir DIR, a few hundred)"
+    "see (CalibrationImages.directory, a few hundred)"
 )
 
 
@@ -53,12 +53,12 @@ class CalibrationImages:
         if self.directory is not None:
             object.__setattr__(self, "directory", Path(self.directory))
         if self.count < 1:
-            raise UserError(f"--calib-images must be at least 1, got {self.count}")
+            raise UserError(f"CalibrationImages.count must be at least 1, got {self.count}")
 
     def select(self) -> list[Path]:
         """The images (UserError without a directory, or when it has none)."""
         if self.directory is None:
-            raise UserError("no calibration images: pass --calib-dir DIR")
+            raise UserError("no calibration images: pass CalibrationImages.directory=DIR")
         return select_calibration_images(self.directory, self.count, self.seed)
 
     def materialize(self) -> CalibrationImages:
@@ -97,7 +97,7 @@ def synthetic_calibration_images(n: int, root: str | os.PathLike, seed: int = 0)
     """``--calib-synthetic N``: N generated images (``data/synthetic.py``, seeded) in ``root/synthetic_<N>_seed<S>``,
     marked synthetic; written when first needed (``materialize``/``check``) and reused."""
     if n < 1:
-        raise UserError(f"--calib-synthetic must be at least 1, got {n}")
+        raise UserError(f"synthetic_calibration_images.n must be at least 1, got {n}")
     return CalibrationImages(Path(root) / f"synthetic_{n}_seed{seed}", n, seed, synthetic=True)
 
 
@@ -139,7 +139,7 @@ def select_calibration_images(calib_dir: str | os.PathLike, n: int = DEFAULT_CAL
     """Up to ``n`` images under ``calib_dir`` (recursive), sorted; a seeded sample when more are present."""
     root = Path(calib_dir)
     if n < 1:
-        raise UserError(f"--calib-images must be at least 1, got {n}")
+        raise UserError(f"CalibrationImages.count must be at least 1, got {n}")
     if not root.is_dir():
         raise UserError(f"calibration directory {root} does not exist or is not a directory")
     images = sorted(_find_images(root), key=lambda p: _rel(p, root))

@@ -157,7 +157,7 @@ def file_nvdec_pipeline(path: str | os.PathLike, codec: str = "h264") -> str:
     demux = _DEMUXERS.get(suffix)
     if demux is None:
         raise UserError(f"{path}: no hardware-decoding pipeline for {suffix or 'this'} files "
-                        f"(containers: {' '.join(sorted(_DEMUXERS))}); use --decoder cpu")
+                        f"(containers: {' '.join(sorted(_DEMUXERS))}); use parse_source.decoder='cpu'")
     return (f"filesrc location={path} ! {demux} ! {codec}parse ! nvv4l2decoder ! {_TO_BGR} ! {_APPSINK_FILE}")
 
 
@@ -170,7 +170,7 @@ def usb_mjpeg_nvdec_pipeline(device: str = "/dev/video0", width: int = 1280, hei
 
 def _check_codec(codec: str) -> None:
     if codec not in CODECS:
-        raise UserError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+        raise UserError(f"parse_source.codec must be one of {', '.join(CODECS)}, not {codec!r}")
 
 
 def _with_appsink(pipeline: str, live: bool) -> str:
@@ -188,7 +188,7 @@ def parse_source(uri: str | os.PathLike, decoder: str = "cpu", codec: str = "h26
     ``decoder``: ``cpu`` (OpenCV's FFmpeg) or ``nvv4l2`` (Jetson hardware decoding through GStreamer, for RTSP
     streams and video files; ``codec`` is then the stream's, h264 or h265)."""
     if decoder not in DECODERS:
-        raise UserError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        raise UserError(f"parse_source.decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     _check_codec(codec)
     text = str(uri)
     if not text.strip():

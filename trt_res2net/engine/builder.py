@@ -13,7 +13,6 @@ constructed.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,16 @@ from typing import TYPE_CHECKING
 
 from ..core import log
 from ..core.errors import UserError
-from ..core.files import write_bytes, write_json
 from ..model.contract import OnnxIO
 from . import progress as build_progress
 from . import trt_compat
 from .commands import equivalent_commands
+from .manifest import BuildOptions, CalibrationRecord, EngineTensors, ProfileRecord, TensorRecord
 from .options import BatchProfile, EngineOptions, MiB
-from .plan import BuildPlan
+from .precision_path import BuildPlan
 from .progress import BuildProgress
+from .timing_cache import TimingCacheFile
+from .trt_callbacks import make_entropy_calibrator, make_logger, make_progress_monitor
 
 if TYPE_CHECKING:  # the API the code below is written against (trt-api-check reads this import); at run time
     import tensorrt as trt  # noqa: F401  the module is trt_compat.import_library(...).module, of either family
@@ -40,76 +41,19 @@ class BuildResult:
 
     serialized: memoryview
     build_time_s: float
-    io: dict
-    profiles: list[dict]
-    build_options: dict
+    io: EngineTensors
+    profiles: tuple[ProfileRecord, ...]
+    build_options: BuildOptions
     compute_capabilities: list[str]  # what the engine runs on: the build GPU's, or TensorRT-RTX's targets
     and_later: bool = False  # TensorRT-RTX default targets: also GPUs newer than the newest listed
     compute_capabilities_source: str | None = None  # where compute_capabilities were read
+    calibration: CalibrationRecord | None = None  # TensorRT's INT8 calibrator, when the plan has one
     log: log.Collapsed | None = None  # TensorRT's messages during the build
     network: dict = field(default_factory=dict)  # network_summary(): what the parsed network declares
 
 
 # --------------------------------------------------------------------------------------------------------
 # Names behind gates
-
-
-def _severity(trt, level: str):
-    return {
-        "error": trt.Logger.ERROR,
-        "warning": trt.Logger.WARNING,
-        "info": trt.Logger.INFO,
-        "verbose": trt.Logger.VERBOSE,
-    }[level]
-
-
-# TensorRT's severities, most severe first (ILogger.Severity: INTERNAL_ERROR 0 … VERBOSE 4), as core.log's levels.
-_SEVERITY_KINDS = ("error", "error", "warning", "info", "verbose")
-
-
-_LOGGERS: dict[int, object] = {}  # one ILogger per library module, kept alive for the process's life
-
-
-def make_logger(trt, level: str, collapsed: log.Collapsed | None):
-    """The ``trt.ILogger`` that sends TensorRT's messages at ``level`` and above (``--trt-log``) to the project's log
-    through ``collapsed``: errors at once, warnings counted and printed once each with their count when the step
-    ends, info and verbose at the debug level (``--verbose``). Never on stdout, never raising inside TensorRT.
-
-    TensorRT keeps the first logger a process gives it ("the current new logger is ignored" afterwards), so there is
-    one per library, created once and kept alive; each call points it at this step's ``collapsed`` (None: straight
-    to the project's log) and level."""
-    logger = _LOGGERS.get(id(trt))
-    if logger is None:
-
-        class _Logger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.threshold = 2
-                self.target: log.Collapsed | None = None
-
-            def log(self, severity, msg):
-                try:
-                    rank = int(severity)
-                    if rank > self.threshold:
-                        return
-                    kind = _SEVERITY_KINDS[min(max(rank, 0), 4)]
-                    target = self.target
-                    if target is not None:
-                        target.emit(kind, msg)
-                    elif kind == "error":
-                        log.error(f"TensorRT: {msg}")
-                    elif kind == "warning":
-                        log.warn(f"TensorRT: {msg}")
-                    else:
-                        log.debug(f"TensorRT: {msg}")
-                except BaseException:  # noqa: BLE001 — an exception cannot unwind through TensorRT
-                    pass
-
-        logger = _LOGGERS[id(trt)] = _Logger()
-        logger._module = trt  # the id stays this module's while the logger lives
-    logger.threshold = int(_severity(trt, level))
-    logger.target = collapsed
-    return logger
 
 
 def _builder_flag(trt, name: str, version):
@@ -136,88 +80,12 @@ def network_creation_flags(trt, plan: BuildPlan, version) -> int:
     return flags
 
 
-def make_progress_monitor(trt, progress: BuildProgress):
-    """A ``trt.IProgressMonitor`` (9.0+) forwarding to a :class:`~trt_res2net.engine.progress.BuildProgress`."""
-
-    class _ProgressMonitor(trt.IProgressMonitor):
-        def __init__(self):
-            trt.IProgressMonitor.__init__(self)
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            progress.on_start(phase_name, parent_phase, num_steps)
-
-        def step_complete(self, phase_name, step):
-            return progress.on_step(phase_name, step)
-
-        def phase_finish(self, phase_name):
-            progress.on_finish(phase_name)
-
-    return _ProgressMonitor()
-
-
-def make_entropy_calibrator(trt, feed):
-    """A ``trt.IInt8EntropyCalibrator2`` (8.6/10.x) forwarding to a ``calibrator.CalibrationFeed``."""
-
-    class _EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-
-        def get_batch_size(self):
-            return feed.batch_size
-
-        def get_batch(self, names):
-            return feed.next_batch(names)
-
-        def read_calibration_cache(self):
-            return feed.read_cache()
-
-        def write_calibration_cache(self, cache):
-            feed.write_cache(bytes(memoryview(cache)))
-
-    return _EntropyCalibrator()
-
-
 def _dims(shape) -> list[int]:
     return [int(d) for d in shape]
 
 
 def _dtype_name(dtype) -> str:
     return str(getattr(dtype, "name", dtype)).split(".")[-1].lower()
-
-
-class TimingCacheFile:
-    """``--timing-cache PATH`` plus ``PATH.json`` naming the TensorRT release and GPU it was measured on.
-
-    TensorRT rejects or (with ignore_mismatch) silently misuses a timing cache from another device; a cache
-    from another release or GPU is refused here with the difference named, instead of being overwritten.
-    """
-
-    def __init__(self, path: Path, trt_version: str, gpu_name: str, cc: str):
-        self.path = Path(path)
-        self.fields = {"tensorrt_version": str(trt_version), "gpu": gpu_name, "compute_capability": cc}
-
-    @property
-    def sidecar(self) -> Path:
-        return self.path.with_name(self.path.name + ".json")
-
-    def load(self) -> bytes:
-        if not self.path.exists():
-            return b""
-        if self.sidecar.exists():
-            try:
-                made = json.loads(self.sidecar.read_text())
-            except (OSError, ValueError):
-                made = {}
-            for field_name, value in self.fields.items():
-                if made.get(field_name) != value:
-                    raise UserError(f"timing cache {self.path} was measured with {field_name}="
-                                    f"{made.get(field_name)!r}, this build has {value!r}: pass another "
-                                    "--timing-cache path or delete it")
-        return self.path.read_bytes()
-
-    def save(self, data: bytes) -> None:
-        write_bytes(self.path, data)
-        write_json(self.sidecar, self.fields)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -273,7 +141,7 @@ class BuildSetup:
 
     config: object
     workspace_bytes: int  # what the build really had (the library's default when none was asked for)
-    profiles: list[dict]
+    profiles: tuple[ProfileRecord, ...]
     progress: BuildProgress
     use_monitor: bool
     timing: TimingCacheFile | None = None
@@ -295,7 +163,7 @@ def _configure_dla(trt, builder, config, dla_core: int, version) -> None:
     available = int(builder.num_DLA_cores)
     if dla_core >= available:
         hint = "" if available else " (DLA exists on Jetson AGX/NX Orin and Xavier only)"
-        raise UserError(f"--dla-core {dla_core}: this device has {available} DLA core(s){hint}")
+        raise UserError(f"EngineOptions.dla_core={dla_core}: this device has {available} DLA core(s){hint}")
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = int(dla_core)
     config.set_flag(_builder_flag(trt, "GPU_FALLBACK", version))
@@ -306,7 +174,7 @@ def _configure_calibrator(trt, parsed: ParsedNetwork, config, setup: BuildSetup,
     if calibration is None:
         raise ValueError("a calibrator plan needs a CalibrationSetup")
     if not trt_compat.has_int8_calibrator(version):
-        raise UserError(f"{version.label} has no INT8 calibrator: use --int8-mode qdq")
+        raise UserError(f"{version.label} has no INT8 calibrator: use EngineOptions.int8_mode='qdq'")
     from .calibrator import CalibrationFeed
 
     setup.calib_shape = (calibration.batch, *chw)
@@ -338,7 +206,7 @@ def configure(library: trt_compat.Library, parsed: ParsedNetwork, plan: BuildPla
     for name in plan.flags:
         config.set_flag(_builder_flag(trt, name, version))
     min_s, opt_s, max_s = profile.shapes(chw)
-    profiles = [{"input": parsed.input.name, "min": list(min_s), "opt": list(opt_s), "max": list(max_s)}]
+    profiles = (ProfileRecord(parsed.input.name, min_s, opt_s, max_s),)
     if parsed.dynamic:
         opt_profile = parsed.builder.create_optimization_profile()
         opt_profile.set_shape(parsed.input.name, min_s, opt_s, max_s)
@@ -358,7 +226,7 @@ def configure(library: trt_compat.Library, parsed: ParsedNetwork, plan: BuildPla
         cache = config.create_timing_cache(setup.timing.load())
         if config.set_timing_cache(cache, False) is False:
             raise UserError(f"TensorRT refused timing cache {options.timing_cache} (made on another "
-                            "device?): pass another --timing-cache path or delete it")
+                            "device?): pass another EngineOptions.timing_cache path or delete it")
     if plan.calibrator:
         _configure_calibrator(trt, parsed, config, setup, calibration, chw, version, options.progress, device_buffer)
     if setup.use_monitor:
@@ -448,32 +316,27 @@ def describe_build(library: trt_compat.Library, parsed: ParsedNetwork, setup: Bu
         ccs_source = "the build GPU"
     if setup.timing is not None:
         setup.timing.save(bytes(memoryview(setup.config.get_timing_cache().serialize())))
-    io_doc = {
-        "input": {"name": parsed.input.name, "shape": parsed.input_shape, "dtype": _dtype_name(parsed.input.dtype)},
-        "output": {"name": parsed.output.name, "shape": _dims(parsed.output.shape),
-                   "dtype": _dtype_name(parsed.output.dtype)},
-    }
-    build_options = {
-        "flags": list(plan.flags),
-        "strongly_typed": plan.strongly_typed,
-        "network_flags": network_creation_flags(trt, plan, version),
-        "workspace_mib": setup.workspace_bytes // MiB,
-        "workspace_default": options.workspace_bytes is None,
-        "compute_capabilities_requested": targets,
-        "builder_opt_level": options.builder_opt_level,
-        "timing_cache": str(options.timing_cache) if options.timing_cache else None,
-        "dla_core": options.dla_core,
-        "calibration_profile": list(setup.calib_shape) if setup.calib_shape else None,
-        "progress": "monitor" if setup.use_monitor else "spinner",
-        "equivalent_commands": equivalent_commands(
+    io = EngineTensors(
+        TensorRecord(parsed.input.name, tuple(parsed.input_shape), _dtype_name(parsed.input.dtype)),
+        TensorRecord(parsed.output.name, tuple(_dims(parsed.output.shape)), _dtype_name(parsed.output.dtype)))
+    build_options = BuildOptions(
+        flags=plan.flags, strongly_typed=plan.strongly_typed,
+        network_flags=network_creation_flags(trt, plan, version), workspace_mib=setup.workspace_bytes // MiB,
+        workspace_default=options.workspace_bytes is None,
+        compute_capabilities_requested=None if targets is None else tuple(targets),
+        builder_opt_level=options.builder_opt_level,
+        timing_cache=str(options.timing_cache) if options.timing_cache else None, dla_core=options.dla_core,
+        calibration_profile=setup.calib_shape, progress="monitor" if setup.use_monitor else "spinner",
+        equivalent_commands=equivalent_commands(
             plan, profile, parsed.input.name, chw, engine_path, workspace_bytes=options.workspace_bytes,
             dynamic=parsed.dynamic, calib_cache=calibration.cache_path if calibration is not None else None,
             timing_cache=options.timing_cache, builder_opt_level=options.builder_opt_level,
-            dla_core=options.dla_core, version=version, compute_capabilities=targets),
-    }
-    return BuildResult(serialized=serialized, build_time_s=seconds, io=io_doc, profiles=setup.profiles,
+            dla_core=options.dla_core, version=version, compute_capabilities=targets))
+    return BuildResult(serialized=serialized, build_time_s=seconds, io=io, profiles=setup.profiles,
                        build_options=build_options, compute_capabilities=ccs, and_later=and_later,
-                       compute_capabilities_source=ccs_source, log=parsed.log, network=network_summary(trt, parsed))
+                       compute_capabilities_source=ccs_source,
+                       calibration=calibration.manifest() if calibration is not None else None, log=parsed.log,
+                       network=network_summary(trt, parsed))
 
 
 def network_summary(trt, parsed: ParsedNetwork) -> dict:

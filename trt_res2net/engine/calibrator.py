@@ -25,6 +25,7 @@ from ..core.errors import UserError
 from ..core.files import write_bytes
 from ..cuda import device as cuda_util
 from ..data.calibration_set import DEFAULT_CALIB_IMAGES
+from .manifest import CalibrationRecord
 from .options import DEFAULT_CALIB_BATCH
 
 ALGORITHM = "EntropyCalibration2"  # what IInt8EntropyCalibrator2 writes in the cache header
@@ -68,19 +69,10 @@ class CalibrationSetup:
     def reuse(self) -> bool:
         return self.reuse_bytes is not None
 
-    def manifest(self) -> dict:
+    def manifest(self) -> CalibrationRecord:
         """The calibration part of the engine manifest."""
-        return {
-            "cache": str(self.cache_path),
-            "reused": self.reuse,
-            "images": len(self.images) if not self.reuse else None,
-            "batch": self.batch,
-            "key": self.key,
-        }
-
-
-def _as_path(item) -> Path:
-    return Path(getattr(item, "path", item))
+        return CalibrationRecord(str(self.cache_path), self.reuse, len(self.images) if not self.reuse else None,
+                                 self.batch, self.key)
 
 
 def cache_mismatch(cache_path: Path, version_tag: str, key: dict) -> str | None:
@@ -123,7 +115,7 @@ def prepare_calibration(
     tag = trt_version_tag(str(trt_version))
     cache_path = Path(cache_path) if cache_path else default_cache_path(model, trt_version)
     if batch < 1:
-        raise UserError(f"--calib-batch must be ≥ 1, not {batch}")
+        raise UserError(f"EngineOptions.calib_batch must be ≥ 1, not {batch}")
 
     images: list[Path] = []
     manifest_sha = image_manifest = None
@@ -131,8 +123,8 @@ def prepare_calibration(
         images, image_manifest = select_images(calib_dir, calib_images, seed)
         manifest_sha = image_manifest["sha256"]
         if len(images) < batch:
-            raise UserError(f"--calib-dir {calib_dir} gave {len(images)} images, fewer than one calibration "
-                            f"batch ({batch}); add images or lower --calib-batch")
+            raise UserError(f"CalibrationImages.directory='{calib_dir}' gave {len(images)} images, fewer than one "
+                            f"calibration batch ({batch}); add images or lower EngineOptions.calib_batch")
     key = calibration_key(onnx_sha256=onnx_sha256, trt_version=trt_version, manifest_sha256=manifest_sha)
     setup = CalibrationSetup(cache_path=cache_path, version_tag=tag, key=key, batch=batch, images=images,
                              image_manifest=image_manifest)
@@ -145,14 +137,15 @@ def prepare_calibration(
             return setup
         reason = reason.split("; delete it")[0]  # calib_cache's messages end with this hint; said once below
         if calib_dir is None:
-            raise UserError(f"{reason}; delete it or pass --calib-dir to recalibrate")
+            raise UserError(f"{reason}; delete it or pass CalibrationImages.directory to recalibrate")
         setup.replaced_reason = reason
         log.note(f"note: {reason}; recalibrating from {calib_dir} and replacing it")
         return setup
     if calib_dir is None:
         raise UserError(
             f"INT8 through TensorRT's calibrator needs calibration images and there is no cache "
-            f"{cache_path}: pass --calib-dir DIR (e.g. 500 ImageNet training photos), or use --int8-mode qdq"
+            f"{cache_path}: pass CalibrationImages.directory=DIR (e.g. 500 ImageNet training photos), or use "
+            "EngineOptions.int8_mode='qdq'"
         )
     return setup
 
@@ -162,9 +155,9 @@ def select_images(calib_dir, n: int, seed: int) -> tuple[list[Path], dict]:
     ``trt_res2net.data.calibration_set`` — shared with the ModelOpt path, so both INT8 paths use the same images."""
     from ..data import calibration_set as calibration
 
-    images = [_as_path(item) for item in calibration.select_calibration_images(calib_dir, n=n, seed=seed)]
+    images = calibration.select_calibration_images(calib_dir, n=n, seed=seed)
     if not images:
-        raise UserError(f"no images found under --calib-dir {calib_dir}")
+        raise UserError(f"no images found under CalibrationImages.directory='{calib_dir}'")
     return images, calibration.build_manifest(images, calib_dir, seed=seed, requested=n)
 
 
@@ -193,12 +186,8 @@ def image_batches(images: list[Path], batch: int, *, threads: int = 2) -> Iterat
 
     for array, _paths, failures in iter_batches(images, batch, threads=threads):
         for path, error in failures:
-            _warn(f"calibration: skipped {path}: {error}")
+            log.warn(f"calibration: skipped {path}: {error}")
         yield array
-
-
-def _warn(message: str) -> None:
-    log.warn(message)
 
 
 class CudaDeviceBuffer(cuda_util.DeviceBuffer):

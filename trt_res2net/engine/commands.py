@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import trt_compat
 from .options import BatchProfile, MiB
-from .plan import BuildPlan
+from .precision_path import BuildPlan
 
 
 def equivalent_commands(plan: BuildPlan, profile: BatchProfile, input_name: str, chw: tuple[int, int, int],

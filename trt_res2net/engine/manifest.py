@@ -1,4 +1,4 @@
-"""The JSON manifest beside every engine, and the compatibility check that reads it.
+"""The JSON manifest beside every engine (:class:`EngineManifest`), and the compatibility check that reads it.
 
 A TensorRT engine only runs under the TensorRT release and on the GPU (compute capability) it was built for; a
 TensorRT-RTX engine runs on the list of compute capabilities it was built for, under the same TensorRT-RTX release
@@ -8,31 +8,163 @@ the library version and the compute capabilities, what the engine was quantized 
 far as the library tells, what it computes in (``compute_precision``); :func:`check_engine_compatible` refuses
 another family, release or GPU before anything is deserialized, naming the field that differs.
 
+Schema versions: 1 (standard TensorRT only: ``tensorrt_version`` and the build GPU), 2 (the engine family, the
+library version and the compute capabilities), 3 (the same keys, written from the typed manifest). Versions 1 and 2
+are upgraded when read; a newer one is refused in one line.
+
 The engine and its manifest are written as one unit (``core.commit``), the manifest hashing the serialized bytes.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import re
-import shlex
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from ..core.artifact import check_format, header
 from ..core.errors import UserError
-from ..core.files import read_json, write_json
+from ..core.files import read_json, write_text
 from ..core.hashing import sha256_file
-from ..core.version import __version__
+from .manifest_parts import (  # noqa: F401  (the parts: read as manifest.X too)
+    BuildGpu,
+    BuildOptions,
+    CalibrationRecord,
+    ComputePrecision,
+    EngineTensors,
+    ProfileRecord,
+    Quantization,
+    TensorRecord,
+    optional,
+    part,
+)
 
-if TYPE_CHECKING:
-    from ..cuda.device import DeviceInfo
+# --------------------------------------------------------------------------------------------------------
+# The manifest
 
-MANIFEST_FORMAT = "trt_res2net.engine-manifest"
-MANIFEST_VERSION = 2  # the version that names the engine family, the library version and the compute capabilities
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """What ``<engine>.json`` says of its engine. Fields are the JSON keys, in the file's order; a field a file
+    written elsewhere leaves out takes its default (None: not recorded)."""
+
+    FORMAT = "trt_res2net.engine-manifest"
+    SCHEMA_VERSION = 3
+
+    engine: str | None = None
+    engine_sha256: str | None = None
+    engine_bytes: int | None = None
+    model: str | None = None
+    precision: str | None = None
+    int8_mode: str | None = None
+    quantization: Quantization | None = None
+    compute_precision: ComputePrecision | None = None
+    engine_family: str = "tensorrt"
+    library_version: str | None = None
+    compute_capabilities: tuple[str, ...] = ()
+    compute_capabilities_and_later: bool = False
+    compute_capabilities_source: str | None = None
+    gpu: BuildGpu | None = None  # None: a TensorRT-RTX engine built ahead of time, on no GPU
+    caveats: tuple[str, ...] = ()
+    onnx: str | None = None
+    onnx_sha256: str | None = None
+    fp32_onnx_sha256: str | None = None
+    io: EngineTensors | None = None
+    outputs_probabilities: bool | None = None  # None: not recorded (the output's name decides)
+    profiles: tuple[ProfileRecord, ...] = ()
+    calibration: CalibrationRecord | None = None
+    preprocess: dict | None = None  # data.preprocess.SPEC.to_dict()
+    preprocess_sha256: str | None = None
+    build_options: BuildOptions = field(default_factory=BuildOptions)
+    build_time_s: float | None = None
+    built_at: str | None = None
+    host: dict | None = None
+    trt_res2net_version: str | None = None
+    command: str | None = None
+
+    def to_json(self) -> dict:
+        def record(value):
+            return None if value is None else value.to_json()
+
+        return {
+            **header(self.FORMAT, self.SCHEMA_VERSION),
+            "engine": self.engine, "engine_sha256": self.engine_sha256, "engine_bytes": self.engine_bytes,
+            "model": self.model, "precision": self.precision, "int8_mode": self.int8_mode,
+            "quantization": record(self.quantization), "compute_precision": record(self.compute_precision),
+            "engine_family": self.engine_family, "library_version": self.library_version,
+            "compute_capabilities": list(self.compute_capabilities),
+            "compute_capabilities_and_later": self.compute_capabilities_and_later,
+            "compute_capabilities_source": self.compute_capabilities_source, "gpu": record(self.gpu),
+            "caveats": list(self.caveats), "onnx": self.onnx, "onnx_sha256": self.onnx_sha256,
+            "fp32_onnx_sha256": self.fp32_onnx_sha256, "io": record(self.io),
+            "outputs_probabilities": self.outputs_probabilities,
+            "profiles": [p.to_json() for p in self.profiles], "calibration": record(self.calibration),
+            "preprocess": self.preprocess, "preprocess_sha256": self.preprocess_sha256,
+            "build_options": self.build_options.to_json(), "build_time_s": self.build_time_s,
+            "built_at": self.built_at, "host": self.host, "trt_res2net_version": self.trt_res2net_version,
+            "command": self.command,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> EngineManifest:
+        """The manifest in ``data`` (a parsed ``<engine>.json``; ``where`` names it in messages), versions 1 and 2
+        upgraded; UserError in one line for another format, a newer version or a damaged document."""
+        version = check_format(data, cls.FORMAT, cls.SCHEMA_VERSION, where, "engine manifest")
+        if version < 2:
+            data = _upgrade_v1(data)
+        try:
+            return cls._parse(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"{where} is a damaged engine manifest ({type(e).__name__}: {e}); rebuild the "
+                            "engine") from None
+
+    @classmethod
+    def _parse(cls, data: dict) -> EngineManifest:
+        probabilities = data.get("outputs_probabilities", data.get("softmax"))
+        return cls(
+            engine=data.get("engine"), engine_sha256=data.get("engine_sha256"),
+            engine_bytes=optional(data.get("engine_bytes"), int), model=data.get("model"),
+            precision=data.get("precision"), int8_mode=data.get("int8_mode"),
+            quantization=part(data, "quantization", Quantization),
+            compute_precision=part(data, "compute_precision", ComputePrecision),
+            engine_family=str(data.get("engine_family") or "tensorrt"),
+            library_version=optional(data.get("library_version"), str),
+            compute_capabilities=tuple(normalize_cc(cc) for cc in data.get("compute_capabilities") or ()),
+            compute_capabilities_and_later=bool(data.get("compute_capabilities_and_later", False)),
+            compute_capabilities_source=data.get("compute_capabilities_source"),
+            gpu=part(data, "gpu", BuildGpu), caveats=tuple(data.get("caveats") or ()), onnx=data.get("onnx"),
+            onnx_sha256=data.get("onnx_sha256"), fp32_onnx_sha256=data.get("fp32_onnx_sha256"),
+            io=part(data, "io", EngineTensors),
+            outputs_probabilities=probabilities if isinstance(probabilities, bool) else None,
+            profiles=tuple(ProfileRecord.from_json(p) for p in data.get("profiles") or ()),
+            calibration=part(data, "calibration", CalibrationRecord), preprocess=data.get("preprocess"),
+            preprocess_sha256=data.get("preprocess_sha256"),
+            build_options=BuildOptions.from_json(data.get("build_options") or {}),
+            build_time_s=optional(data.get("build_time_s"), float), built_at=data.get("built_at"),
+            host=data.get("host"), trt_res2net_version=data.get("trt_res2net_version"), command=data.get("command"),
+        )
+
+    @property
+    def gpu_name(self) -> str:
+        """The build GPU's name, for messages (``?`` when none was recorded)."""
+        return (self.gpu.name if self.gpu is not None else None) or "?"
+
+
+def _upgrade_v1(data: dict) -> dict:
+    """A format-1 manifest (standard TensorRT only, one build GPU) in format 2's keys."""
+    data = dict(data)
+    data.setdefault("engine_family", "tensorrt")
+    data.setdefault("library_version", data.pop("tensorrt_version", None))
+    cc = (data.get("gpu") or {}).get("compute_capability")
+    data.setdefault("compute_capabilities", [normalize_cc(cc)] if cc else [])
+    return data
+
+
+# Module-level names for the format, as other readers and writers of manifests spell them.
+MANIFEST_FORMAT = EngineManifest.FORMAT
+MANIFEST_VERSION = EngineManifest.SCHEMA_VERSION
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -45,127 +177,29 @@ def manifest_path_for(engine_path: str | os.PathLike) -> Path:
     return p if p.name.endswith(".json") else p.with_name(p.name + ".json")
 
 
-def write_manifest(engine_path: str | os.PathLike, manifest: dict) -> Path:
+def manifest_bytes(manifest: EngineManifest) -> bytes:
+    """The manifest as written beside its engine."""
+    return (json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n").encode()
+
+
+def write_manifest(engine_path: str | os.PathLike, manifest: EngineManifest) -> Path:
     """Write ``<engine>.json`` atomically; returns its path (the build writes it with its engine, as one unit)."""
-    return write_json(manifest_path_for(engine_path), manifest)
+    return write_text(manifest_path_for(engine_path), manifest_bytes(manifest).decode())
 
 
-def manifest_bytes(manifest: dict) -> bytes:
-    """The manifest as written (``write_json``'s form)."""
-    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
+def read_manifest(path: str | os.PathLike) -> EngineManifest:
     """Read a manifest, given the engine's path or the manifest's own; UserError when missing or damaged."""
     mpath = manifest_path_for(path)
     data = read_json(mpath, "engine manifest",
                      missing=f"engine manifest {mpath} not found (build.py writes it beside the engine)")
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"{mpath} is not a trt_res2net engine manifest")
-    if int(data.get("format_version", 0)) > MANIFEST_VERSION:
-        raise UserError(f"{mpath} has manifest format {data.get('format_version')}; this trt_res2net reads "
-                        f"≤ {MANIFEST_VERSION} — upgrade trt_res2net")
-    if int(data.get("format_version", 0)) < 2:  # format 1: standard TensorRT only, one build GPU
-        data.setdefault("engine_family", "tensorrt")
-        data.setdefault("library_version", data.pop("tensorrt_version", None))
-        cc = (data.get("gpu") or {}).get("compute_capability")
-        data.setdefault("compute_capabilities", [normalize_cc(cc)] if cc else [])
-    return data
+    return EngineManifest.from_json(data, str(mpath))
 
 
-def find_manifest(engine_path: str | os.PathLike) -> dict | None:
+def find_manifest(engine_path: str | os.PathLike) -> EngineManifest | None:
     """The engine's manifest, or None when there is none (an engine built elsewhere, e.g. by trtexec)."""
     if not manifest_path_for(engine_path).exists():
         return None
     return read_manifest(engine_path)
-
-
-def build_manifest(
-    *,
-    engine_path: str | os.PathLike,
-    model: str,
-    precision: str,
-    int8_mode: str | None,
-    engine_family: str,
-    library_version: str,
-    gpu: DeviceInfo | dict | None,
-    compute_capabilities: list[str],
-    onnx_path: str | os.PathLike,
-    onnx_sha256: str,
-    io: dict,
-    profiles: list[dict],
-    build_options: dict,
-    build_time_s: float,
-    calibration: dict | None = None,
-    preprocess=None,
-    fp32_onnx_sha256: str | None = None,
-    outputs_probabilities: bool = False,
-    compute_capabilities_and_later: bool = False,
-    caveats: list[str] | None = None,
-    engine_data: bytes | memoryview | None = None,
-    engine_sha256: str | None = None,
-    engine_size: int | None = None,
-    quantization: dict | None = None,
-    compute_precision: dict | None = None,
-    compute_capabilities_source: str | None = None,
-) -> dict:
-    """The manifest as a dict (keys in a readable order). ``preprocess`` defaults to the one SPEC.
-
-    ``engine_data``: the serialized engine, hashed here (the file on disk is not read: the two are written as one
-    unit afterwards) — or its hash and size given as ``engine_sha256`` and ``engine_size``; without either the file
-    at ``engine_path`` is hashed, when it exists. ``gpu`` is the GPU the
-    engine was built on (None for a TensorRT-RTX build without one); ``compute_capabilities`` are those it runs on
-    (TensorRT: the build GPU's; TensorRT-RTX: its targets, and with ``compute_capabilities_and_later`` newer GPUs
-    too), ``compute_capabilities_source`` where they were read. ``quantization``: what the engine's precision came
-    from (:data:`QUANTIZATION_SOURCES`); ``compute_precision``: what it computes in, as far as the library says."""
-    from ..core.hashing import sha256_bytes
-    from ..data.preprocess import SPEC
-
-    spec = preprocess or SPEC
-    engine_path = Path(engine_path)
-    if engine_sha256 is not None:
-        engine_sha = engine_sha256
-    elif engine_data is not None:
-        engine_sha, engine_size = sha256_bytes(engine_data), memoryview(engine_data).nbytes
-    elif engine_path.exists():
-        engine_sha, engine_size = sha256_file(engine_path), engine_path.stat().st_size
-    else:
-        engine_sha = engine_size = None
-    return {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "engine": engine_path.name,
-        "engine_sha256": engine_sha,
-        "engine_bytes": engine_size,
-        "model": model,
-        "precision": precision,
-        "int8_mode": int8_mode,
-        "quantization": quantization,
-        "compute_precision": compute_precision,
-        "engine_family": engine_family,
-        "library_version": library_version,
-        "compute_capabilities": [normalize_cc(cc) for cc in compute_capabilities],
-        "compute_capabilities_and_later": bool(compute_capabilities_and_later),
-        "compute_capabilities_source": compute_capabilities_source,
-        "gpu": gpu.to_manifest() if hasattr(gpu, "to_manifest") else (dict(gpu) if gpu else None),
-        "caveats": list(caveats or []),
-        "onnx": str(onnx_path),
-        "onnx_sha256": onnx_sha256,
-        "fp32_onnx_sha256": fp32_onnx_sha256,
-        "io": io,
-        "outputs_probabilities": bool(outputs_probabilities),
-        "profiles": profiles,
-        "calibration": calibration,
-        "preprocess": spec.to_dict(),
-        "preprocess_sha256": spec.sha256(),
-        "build_options": build_options,
-        "build_time_s": round(float(build_time_s), 3),
-        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "system": platform.system(),
-                 "python": platform.python_version()},
-        "trt_res2net_version": __version__,
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
-    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -186,7 +220,17 @@ def normalize_cc(cc) -> str:
     raise ValueError(f"not a compute capability: {cc!r}")
 
 
-def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engine: str | None = None) -> None:
+def _built_version(manifest: EngineManifest):
+    from . import trt_compat as tc
+
+    try:
+        return tc.parse_version(str(manifest.library_version or "?"), manifest.engine_family)
+    except ValueError:
+        return None
+
+
+def check_engine_compatible(manifest: EngineManifest, version, gpu_name: str, cc, *,
+                            engine: str | None = None) -> None:
     """Refuse an engine of another family, built under another release, or not built for this GPU, naming what
     differs. ``version`` is the running library's ``trt_compat.TrtVersion`` (its family included).
 
@@ -198,29 +242,26 @@ def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engin
     """
     from . import trt_compat as tc
 
-    what = engine or manifest.get("engine", "the engine")
-    built_family = manifest.get("engine_family", tc.TENSORRT.key)
-    built_label = tc.FAMILIES[built_family].label if built_family in tc.FAMILIES else built_family
+    what = engine or manifest.engine or "the engine"
+    built_family = manifest.engine_family
+    if built_family not in tc.FAMILIES:
+        raise UserError(f"{what} has an unknown engine family {built_family!r}")
     if built_family != version.family:
-        raise UserError(f"{what} is a {built_label} engine; {version.label} cannot run it (each family runs only "
-                        f"its own engines): install {tc.FAMILIES[built_family].install}"
-                        if built_family in tc.FAMILIES else f"{what} has an unknown engine family {built_family!r}")
+        raise UserError(f"{what} is a {tc.FAMILIES[built_family].label} engine; {version.label} cannot run it (each "
+                        f"family runs only its own engines): install {tc.FAMILIES[built_family].install}")
     cc = normalize_cc(cc)
-    built = str(manifest.get("library_version") or "?")
-    try:
-        built_v = tc.parse_version(built, built_family)
-    except ValueError:
-        built_v = None
+    built = str(manifest.library_version or "?")
+    built_v = _built_version(manifest)
     if built_family == tc.TENSORRT_RTX.key:
         if built_v is None or tuple(built_v[:3]) != tuple(version[:3]):
             raise UserError(f"{what} was built with TensorRT-RTX {built}, but this machine has TensorRT-RTX "
                             f"{version}, and TensorRT-RTX engines run only on the release that built them: rebuild "
-                            f"it with build.py --engine-family tensorrt-rtx here (or install TensorRT-RTX {built})")
-        targets = [normalize_cc(c) for c in manifest.get("compute_capabilities") or []]
-        later = bool(manifest.get("compute_capabilities_and_later"))
+                            f"it here with this TensorRT-RTX (or install TensorRT-RTX {built})")
+        targets = list(manifest.compute_capabilities)
+        later = manifest.compute_capabilities_and_later
         if targets and not tc.rtx_runs_on(cc, targets, later):
-            fix = (f"rebuild it with --compute-capability {cc}" if cc in tc.RTX_TARGETS else
-                   "this GPU is not a TensorRT-RTX target: build with TensorRT (--engine-family tensorrt)")
+            fix = (f"rebuild it for compute capability {cc}" if cc in tc.RTX_TARGETS else
+                   "this GPU is not a TensorRT-RTX target: build the engine with TensorRT (engine family tensorrt)")
             raise UserError(f"{what} runs on GPUs of {tc.rtx_targets_sentence(targets, later)}, but this GPU "
                             f"({gpu_name}) is {cc}; {fix}")
         return
@@ -228,19 +269,17 @@ def check_engine_compatible(manifest: dict, version, gpu_name: str, cc, *, engin
     if built_v is None or tuple(built_v[:3]) != tuple(version[:3]):
         raise UserError(f"{what} was built with TensorRT {built}, but this machine has TensorRT "
                         f"{version}{rebuild}")
-    gpu = manifest.get("gpu") or {}
-    built_cc = gpu.get("compute_capability")
-    if built_cc is not None and normalize_cc(built_cc) != cc:
-        raise UserError(f"{what} was built for compute capability {normalize_cc(built_cc)} "
-                        f"({gpu.get('name', '?')}), but this GPU ({gpu_name}) is {cc}{rebuild}")
-    built_name = gpu.get("name")
-    if built_name is not None and built_name.strip() != str(gpu_name).strip():
-        raise UserError(f"{what} was built on GPU {built_name!r}, but this GPU is {gpu_name!r}{rebuild}")
+    gpu = manifest.gpu or BuildGpu()
+    if gpu.compute_capability is not None and normalize_cc(gpu.compute_capability) != cc:
+        raise UserError(f"{what} was built for compute capability {normalize_cc(gpu.compute_capability)} "
+                        f"({manifest.gpu_name}), but this GPU ({gpu_name}) is {cc}{rebuild}")
+    if gpu.name is not None and gpu.name.strip() != str(gpu_name).strip():
+        raise UserError(f"{what} was built on GPU {gpu.name!r}, but this GPU is {gpu_name!r}{rebuild}")
 
 
-def check_engine_file(manifest: dict, engine_path: str | os.PathLike) -> None:
+def check_engine_file(manifest: EngineManifest, engine_path: str | os.PathLike) -> None:
     """Refuse an engine file that is not the one the manifest describes (replaced or truncated)."""
-    expected = manifest.get("engine_sha256")
+    expected = manifest.engine_sha256
     if expected and sha256_file(engine_path) != expected:
         raise UserError(f"{engine_path} does not match its manifest {manifest_path_for(engine_path)} "
                         "(engine_sha256 differs); rebuild it with build.py")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..data.calibration_set import CalibrationImages
+from .rtx_targets import parse_compute_capabilities
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("auto", "qdq", "calibrator")
@@ -64,21 +65,19 @@ class EngineOptions:
             object.__setattr__(self, name, _optional_path(getattr(self, name)))
         object.__setattr__(self, "engine_dir", Path(self.engine_dir))
         if self.compute_capabilities is not None:  # "8.6,8.9" or ("8.6", "8.9"): checked, sorted, "current" alone
-            from .trt_compat import parse_compute_capabilities
-
             ccs = self.compute_capabilities
             text = ccs if isinstance(ccs, str) else ",".join(map(str, ccs))
             object.__setattr__(self, "compute_capabilities", tuple(parse_compute_capabilities(text)))
         if self.int8_mode not in INT8_MODES:
-            raise UserError(f"--int8-mode must be one of {', '.join(INT8_MODES)}, not {self.int8_mode!r}")
+            raise UserError(f"EngineOptions.int8_mode must be one of {', '.join(INT8_MODES)}, not {self.int8_mode!r}")
         if self.high_precision not in HIGH_PRECISIONS:
-            raise UserError(f"--high-precision must be fp16 or fp32, not {self.high_precision!r}")
+            raise UserError(f"EngineOptions.high_precision must be fp16 or fp32, not {self.high_precision!r}")
         if self.log_level not in LOG_LEVELS:
-            raise UserError(f"--trt-log must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+            raise UserError(f"EngineOptions.log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.workspace_mib is not None and self.workspace_mib < 1:
-            raise UserError(f"--workspace must be ≥ 1 MiB, not {self.workspace_mib}")
+            raise UserError(f"EngineOptions.workspace_mib must be ≥ 1 MiB, not {self.workspace_mib}")
         if self.dla_core is not None and self.dla_core < 0:
-            raise UserError(f"--dla-core must be ≥ 0, not {self.dla_core}")
+            raise UserError(f"EngineOptions.dla_core must be ≥ 0, not {self.dla_core}")
 
     @property
     def workspace_bytes(self) -> int | None:
@@ -90,8 +89,8 @@ class EngineOptions:
 
     @property
     def calibrator_options_given(self) -> tuple[str, ...]:
-        """The options that only TensorRT's INT8 calibrator reads, as build.py's flags (refused where none exists)."""
-        given = (("--calib-batch", self.calib_batch), ("--trt-calib-cache", self.calib_cache))
+        """The options that only TensorRT's INT8 calibrator reads, as their fields (refused where none exists)."""
+        given = (("EngineOptions.calib_batch", self.calib_batch), ("EngineOptions.calib_cache", self.calib_cache))
         return tuple(flag for flag, value in given if value is not None)
 
     def batch_profile(self, onnx_batch: int | None = None) -> BatchProfile:
@@ -121,16 +120,17 @@ def resolve_batch_profile(
     max_batch: int | None = None,
     onnx_batch: int | None = None,
 ) -> BatchProfile:
-    """``--batch N`` (a fixed-batch engine) or ``--min/--opt/--max-batch`` (one optimization profile);
+    """``batch`` (a fixed-batch engine) or ``min/opt/max_batch`` (one optimization profile);
     defaults 1/8/32. A fixed batch written in the ONNX file (``onnx_batch``) is the only batch there is."""
-    ranged = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch}
+    ranged = {"EngineOptions.min_batch": min_batch, "EngineOptions.opt_batch": opt_batch,
+              "EngineOptions.max_batch": max_batch}
     given = {k: v for k, v in ranged.items() if v is not None}
-    for name, value in [("--batch", batch), *given.items()]:
+    for name, value in [("EngineOptions.batch", batch), *given.items()]:
         if value is not None and int(value) < 1:
             raise UserError(f"{name} must be ≥ 1, not {value}")
     if batch is not None and given:
-        raise UserError(f"--batch and {', '.join(given)} exclude each other: --batch N builds a fixed "
-                        "batch N")
+        raise UserError(f"EngineOptions.batch and {', '.join(given)} exclude each other: EngineOptions.batch=N "
+                        "builds a fixed batch N")
     if onnx_batch is not None:
         asked = {b for b in [batch, *given.values()] if b is not None}
         if asked - {onnx_batch}:
@@ -143,8 +143,8 @@ def resolve_batch_profile(
     mx = max_batch or max(DEFAULT_MAX_BATCH, opt_batch or 0, mn)
     opt = opt_batch or min(max(DEFAULT_OPT_BATCH, mn), mx)
     if not mn <= opt <= mx:
-        raise UserError(f"batch profile needs min ≤ opt ≤ max, got --min-batch {mn} --opt-batch {opt} "
-                        f"--max-batch {mx}")
+        raise UserError(f"batch profile needs min ≤ opt ≤ max, got EngineOptions.min_batch={mn} "
+                        f"EngineOptions.opt_batch={opt} EngineOptions.max_batch={mx}")
     return BatchProfile(mn, opt, mx)
 
 

@@ -1,155 +1,59 @@
-"""Pure planning of an engine build, no TensorRT: which ONNX to build from and how (the precision path per library
-and release), which options the library refuses, the default workspace, the RTX targets.
+"""The engine stage's plan: every check and decision before TensorRT builds anything (``plan_engine``), made once.
 
-============  ==========================================  =================================================
-library       fp16                                        int8
-============  ==========================================  =================================================
-8.6           BuilderFlag.FP16 on the FP32 ONNX            entropy calibrator (+FP16) on the FP32 ONNX
-10.x          BuilderFlag.FP16 on the FP32 ONNX            Q/DQ ONNX, strongly typed; or the calibrator
-11.x          AutoCast FP16 ONNX (always strongly typed)  Q/DQ ONNX only
-RTX 1.x       AutoCast FP16 ONNX (always strongly typed)  Q/DQ ONNX only (documented for weight-only GEMMs)
-============  ==========================================  =================================================
+The plan has two parts, because build.py must refuse a build before its long work (the export, the calibration)
+while the ONNX the engine is built from does not exist yet:
+
+- :func:`plan_target` → :class:`EngineTarget`, what needs no ONNX but its batch: the request itself, the library
+  and what it refuses, the GPU or the TensorRT-RTX targets, the batch profile, the default workspace, the engine's
+  path (and the lock on it). ``onnx`` is the FP32 ONNX when it exists, else None: the zoo model's export, whose batch
+  is dynamic and whose classifier head is an FP32 Gemm.
+- :func:`plan_engine` → :class:`EnginePlan`, the target with the ONNX to build from: the precision path
+  (``precision_path.plan_build``), the ONNX's I/O, the Turing FP32-GEMM check and the calibrator's batch. Given the
+  ``target`` planned earlier it checks nothing twice; without one it plans the target first.
+
+Both are pure apart from reading the ONNX's header, importing the library and asking the GPU what it is;
+``build.run_engine`` does the work.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from ..core.errors import MissingDependency, UserError
 from ..model.contract import OnnxIO, inspect_onnx
 from . import trt_compat
-from .options import PRECISIONS, EngineOptions, GiB, MiB
-
-
-@dataclass
-class BuildPlan:
-    """Which ONNX to build from and how, for one precision on one TensorRT release (of either family)."""
-
-    precision: str
-    onnx_path: Path
-    int8_mode: str | None = None  # "qdq" | "calibrator" for int8
-    flags: tuple[str, ...] = ()  # BuilderFlag names to set ("FP16", "INT8")
-    strongly_typed: bool = False  # the network takes the precisions written in the ONNX
-    explicit_batch: bool = False  # 8.x needs EXPLICIT_BATCH for ONNX
-    calibrator: bool = False
-    notes: list[str] = field(default_factory=list)
-    caveats: list[str] = field(default_factory=list)  # warned about and recorded in the manifest
-
-
-# TensorRT-RTX's documented INT8 is weight-only quantization of GEMMs (support matrix); a Q/DQ ONNX builds, but
-# nothing promises INT8 convolutions. Printed as a warning and kept in the manifest.
-RTX_INT8_CAVEAT = (
-    "TensorRT-RTX documents INT8 only as weight-only quantization of GEMMs: the Q/DQ ONNX builds, but nothing "
-    "promises INT8 convolutions or a speed-up over FP16 (the recommended TensorRT-RTX precision); measure it "
-    "on the target GPU"
+from .manifest import manifest_path_for
+from .options import EngineOptions, GiB, MiB, engine_path_for
+from .precision_path import (  # noqa: F401  (engine_label, precision_onnx_needed: read through here too)
+    RTX_INT8_CAVEAT,
+    BuildPlan,
+    check_precision,
+    engine_label,
+    plan_build,
+    precision_onnx_needed,
+    same_file,
 )
 
-
-def engine_label(precision: str, version=None) -> str:
-    """The precision as an engine's file name says it: ``int8qdq`` for a TensorRT-RTX engine built from an INT8 Q/DQ
-    ONNX — built from INT8 Q/DQ, computing in what the library decides on the user's GPU (its manifest's
-    ``compute_precision``) — else the precision itself."""
-    if precision == "int8" and version is not None and trt_compat.is_rtx(version):
-        return "int8qdq"
-    return precision
+if TYPE_CHECKING:
+    from ..core.commit import PathLock
+    from ..cuda.device import DeviceInfo
+    from ..precision.convert import ConvertedOnnx
+    from .options import BatchProfile
 
 
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return str(a) == str(b)
-
-
-def plan_build(
-    precision: str,
-    version,
-    *,
-    onnx_path: str | os.PathLike,
-    fp32_onnx_path: str | os.PathLike,
-    onnx_io: OnnxIO | None = None,
-    int8_mode: str = "auto",
-    high_precision: str = "fp16",
-) -> BuildPlan:
-    """Decide the precision path (see the module table). ``onnx_path`` is what the precision step produced
-    (FP16 AutoCast or Q/DQ ONNX, or the FP32 ONNX itself); ``onnx_io`` describes it (read when None)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    v = trt_compat.TrtVersion(*version) if isinstance(version, tuple) else trt_compat.parse_version(version)
-    trt_compat.require_supported(v)
-    onnx_path, fp32_onnx_path = Path(onnx_path), Path(fp32_onnx_path)
-    converted = not same_file(onnx_path, fp32_onnx_path)
-    explicit = trt_compat.needs_explicit_batch_flag(v)
-    typed = trt_compat.always_strongly_typed(v)
-    rel = f"{trt_compat.FAMILIES[v.family].label} {v.major}.{v.minor}"
-    fp16_hint = ("no FP16 builder flag" if trt_compat.is_rtx(v) else "no FP16 builder flag since 11.0")
-
-    if precision == "fp32":
-        return BuildPlan("fp32", fp32_onnx_path, explicit_batch=explicit, strongly_typed=typed)
-
-    if precision == "fp16":
-        io = onnx_io or inspect_onnx(onnx_path)
-        if io.has_fp16 and not converted:  # the given ONNX is FP16 already (converted elsewhere): its types rule
-            if trt_compat.has_strongly_typed_flag(v):
-                return BuildPlan("fp16", onnx_path, strongly_typed=True, explicit_batch=explicit,
-                                 notes=[f"{rel}: the FP16 ONNX as given, strongly typed"])
-            return BuildPlan("fp16", onnx_path, flags=("FP16",), explicit_batch=explicit,
-                             notes=[f"{rel}: the FP16 ONNX as given, FP16 builder flag"])
-        if trt_compat.fp16_source(v) == "flag":
-            return BuildPlan("fp16", fp32_onnx_path, flags=("FP16",), explicit_batch=explicit,
-                             notes=[f"{rel}: FP16 builder flag on the FP32 ONNX"])
-        if not converted or not io.has_fp16:
-            raise UserError(f"{rel} builds FP16 only from an FP16 ONNX ({fp16_hint}): "
-                            "let build.py make it with ModelOpt AutoCast (pip install -e .[quant])")
-        return BuildPlan("fp16", onnx_path, strongly_typed=True, explicit_batch=explicit,
-                         notes=[f"{rel}: AutoCast FP16 ONNX, strongly typed"])
-
-    io = onnx_io if onnx_io is not None else inspect_onnx(onnx_path)
-    have_qdq = io.has_qdq  # made by the precision step, or the given ONNX is Q/DQ already
-    if have_qdq and not converted and trt_compat.resolve_int8_mode(int8_mode, v, have_qdq_onnx=True) != "qdq":
-        raise UserError(f"{onnx_path} is already INT8 (Q/DQ nodes), which {rel} builds only as explicit "
-                        "quantization: use --int8-mode qdq (TensorRT 10 or later, TensorRT-RTX); its calibrator "
-                        "quantizes an FP32 ONNX")
-    mode = trt_compat.resolve_int8_mode(int8_mode, v, have_qdq_onnx=have_qdq)
-    if mode == "qdq":
-        if not have_qdq:
-            raise UserError(f"--int8-mode qdq needs the Q/DQ ONNX from the precision step (ModelOpt: "
-                            f"pip install -e .[quant]); {onnx_path} has no QuantizeLinear/DequantizeLinear "
-                            "nodes")
-        limit = trt_compat.max_onnx_opset(v)
-        if limit is not None and io.opset > limit:
-            raise UserError(f"{rel} reads ONNX opset ≤ {limit}; {onnx_path} is opset {io.opset}")
-        return BuildPlan("int8", onnx_path, int8_mode="qdq", strongly_typed=True, explicit_batch=explicit,
-                         notes=[f"{rel}: explicit quantization (Q/DQ ONNX), strongly typed"],
-                         caveats=[RTX_INT8_CAVEAT] if trt_compat.is_rtx(v) else [])
-    flags = ("INT8",) if high_precision == "fp32" else ("INT8", "FP16")
-    return BuildPlan("int8", fp32_onnx_path, int8_mode="calibrator", flags=flags, calibrator=True,
-                     explicit_batch=explicit,
-                     notes=[f"{rel}: implicit quantization, TensorRT entropy calibrator on the FP32 ONNX"
-                            + (" (+FP16 for layers without INT8 kernels)" if "FP16" in flags else "")])
-
-
-def precision_onnx_needed(precision: str, int8_mode: str = "auto", version=None) -> bool:
-    """Whether the engine step will build from the precision step's converted ONNX (AutoCast FP16 or Q/DQ),
-    so the build knows whether to run that step. ``version=None`` (no TensorRT here): True for fp16 and for int8
-    unless ``--int8-mode calibrator`` — the converted ONNX is then what this machine can produce."""
-    if precision == "fp32":
-        return False
-    if version is None:
-        return precision == "fp16" or int8_mode != "calibrator"
-    if precision == "fp16":
-        return trt_compat.fp16_source(version) == "onnx"
-    return trt_compat.resolve_int8_mode(int8_mode, version, have_qdq_onnx=None) == "qdq"
+# --------------------------------------------------------------------------------------------------------
+# The checks
 
 
 def check_engine_request(options: EngineOptions, precision: str) -> None:
     """What can be refused without knowing the library: the precision, DLA in FP32, the batch profile."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_precision(precision)
     if options.dla_core is not None and precision == "fp32":
-        raise UserError("DLA runs FP16 or INT8 only: use --precision fp16 or int8 with --dla-core")
+        raise UserError("DLA runs FP16 or INT8 only: use build_engine.precision fp16 or int8 with "
+                        "EngineOptions.dla_core")
     options.batch_profile()
 
 
@@ -158,16 +62,17 @@ def refuse_inapplicable_options(options: EngineOptions, version, precision: str)
     v = version
     label = trt_compat.FAMILIES[v.family].label
     if options.dla_core is not None and not trt_compat.has_dla(v):
-        raise UserError(f"--dla-core: {label} has no DLA (DLA cores exist on Jetson, which needs TensorRT: "
-                        "--engine-family tensorrt)")
+        raise UserError(f"EngineOptions.dla_core: {label} has no DLA (DLA cores exist on Jetson, which needs "
+                        "TensorRT: EngineOptions.family='tensorrt')")
     if options.timing_cache is not None and not trt_compat.has_timing_cache(v):
-        raise UserError(f"--timing-cache: {label} times no tactics ahead of time (its runtime cache beside "
-                        "the engine keeps the kernels compiled on the user's GPU); drop the option")
+        raise UserError(f"EngineOptions.timing_cache: {label} times no tactics ahead of time (its runtime cache "
+                        "beside the engine keeps the kernels compiled on the user's GPU); drop the option")
     if options.compute_capabilities and not trt_compat.has_compute_capability_targets(v):
-        raise UserError(f"--compute-capability is for TensorRT-RTX engines; {label} builds for this machine's "
-                        "GPU (use --engine-family tensorrt-rtx for an engine that runs on a list of GPUs)")
+        raise UserError(f"EngineOptions.compute_capabilities is for TensorRT-RTX engines; {label} builds for this "
+                        "machine's GPU (use EngineOptions.family='tensorrt-rtx' for an engine that runs on a list "
+                        "of GPUs)")
     if precision == "int8":
-        trt_compat.resolve_int8_mode(options.int8_mode, v)  # e.g. --int8-mode calibrator on TensorRT-RTX / 11.x
+        trt_compat.resolve_int8_mode(options.int8_mode, v)  # e.g. the calibrator on TensorRT-RTX / 11.x
     given = options.calibrator_options_given
     if given and not trt_compat.has_int8_calibrator(v):
         raise UserError(f"{' and '.join(given)}: only for TensorRT's INT8 calibrator, which "
@@ -183,44 +88,25 @@ def rtx_targets(options: EngineOptions, gpu, written: str | None = None, why: st
     if gpu is None:
         head = f"wrote {written}; " if written else ""
         because = f" ({why})" if why else ""
-        raise MissingDependency(f"{head}--compute-capability current needs an NVIDIA GPU on this "
-                                f"machine{because}; name the targets instead (e.g. --compute-capability 8.9)")
+        raise MissingDependency(f"{head}EngineOptions.compute_capabilities='current' needs an NVIDIA GPU on this "
+                                f"machine{because}; name the targets instead (e.g. "
+                                "EngineOptions.compute_capabilities='8.9')")
     cc = gpu.cc
     if cc not in trt_compat.RTX_TARGETS and trt_compat.cc_key(cc) < trt_compat.cc_key("12.1"):
         raise UserError(f"this GPU ({gpu.name}, compute capability {cc}) is not a TensorRT-RTX target; build "
-                        "with TensorRT (--engine-family tensorrt)")
+                        "with TensorRT (EngineOptions.family='tensorrt')")
     return ccs
 
 
-def check_targets_early(options: EngineOptions, version, precision: str, *, onnx_path=None,
-                        zoo_model: bool = False) -> None:
-    """TensorRT-RTX targets that cannot work, refused before any long work: ``current`` without a GPU here, and
-    Turing (7.5) for an FP32 classifier head (its FP32 GEMM does not compile there) — a zoo model's always is."""
-    if not trt_compat.is_rtx(version) or not options.compute_capabilities:
-        return
-    targets = list(options.compute_capabilities)
-    if targets == ["current"]:
-        from ..cuda.device import detect_gpu
-
-        try:
-            gpu = detect_gpu(options.device)
-        except MissingDependency as e:
-            rtx_targets(options, None, why=str(e))
-        else:
-            rtx_targets(options, gpu)
-        return
-    if "7.5" in targets and precision == "fp32":
-        gemm = fp32_gemm_nodes(onnx_path) if onnx_path else []
-        detail = ("the zoo model computes its classifier head (Gemm) in FP32" if zoo_model
-                  else f"{onnx_path} computes {gemm[0]!r} in FP32" if gemm else None)
-        if detail:
-            raise UserError(f"TensorRT-RTX cannot compile FP32 GEMM for Turing (compute capability 7.5), and "
-                            f"{detail}: build --precision fp16 for 7.5, or leave 7.5 out of --compute-capability")
+def refuse_fp32_gemm_on_turing(detail: str) -> NoReturn:
+    raise UserError(f"TensorRT-RTX cannot compile FP32 GEMM for Turing (compute capability 7.5), and {detail}: "
+                    "build build_engine.precision='fp16' for 7.5, or leave 7.5 out of "
+                    "EngineOptions.compute_capabilities")
 
 
 def default_workspace_bytes(free_bytes: int | None, total_bytes: int, integrated: bool) -> int:
-    """Workspace limit when ``--workspace`` is not given: half the free device memory on a discrete GPU
-    (capped at 16 GiB: more buys a Res2Net nothing), a quarter on a Jetson, whose GPU shares memory with the
+    """Workspace limit when ``EngineOptions.workspace_mib`` is not given: half the free device memory on a discrete
+    GPU (capped at 16 GiB: more buys a Res2Net nothing), a quarter on a Jetson, whose GPU shares memory with the
     OS (capped at 4 GiB), and never below 256 MiB."""
     free = free_bytes if free_bytes is not None else total_bytes
     share, cap = (0.25, 4 * GiB) if integrated else (0.5, 16 * GiB)
@@ -242,3 +128,227 @@ def fp32_gemm_nodes(path: str | os.PathLike) -> list[str]:
     types.update({t.name: t.data_type for t in g.initializer})
     return [n.name or n.output[0] for n in g.node
             if n.op_type in ("Gemm", "MatMul") and types.get(n.input[0]) == onnx.TensorProto.FLOAT]
+
+
+def nvidia_driver_present() -> bool:
+    """Whether this Linux machine has an NVIDIA kernel driver loaded (its /proc entry or device nodes); without
+    one no GPU can answer, and an ahead-of-time TensorRT-RTX build need not load CUDA to find that out."""
+    import glob
+
+    return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*")) or \
+        os.path.exists("/dev/dxg")  # WSL 2
+
+
+def gpu_for_build(version, device: int, *, asked: bool = False) -> tuple[DeviceInfo | None, str | None]:
+    """(the GPU to build on, why there is none): TensorRT builds for a GPU (its absence is reported by
+    :func:`plan_engine`, once it can say what the run wrote); TensorRT-RTX needs none and takes this machine's GPU
+    when there is one (without loading CUDA where no NVIDIA driver is, unless the build ``asked`` for this GPU)."""
+    if trt_compat.builds_without_gpu(version) and not nvidia_driver_present() and not asked:
+        return None, None
+    from ..cuda.device import detect_gpu
+
+    try:
+        return detect_gpu(device), None
+    except MissingDependency as e:
+        return None, str(e)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Part 1: the target
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """What an engine build is for, known before its ONNX: see the module docstring. ``options`` has the default
+    workspace filled in; ``requested`` is what was asked."""
+
+    requested: EngineOptions
+    options: EngineOptions
+    precision: str
+    model_name: str
+    library: trt_compat.Library
+    gpu: DeviceInfo | None
+    gpu_missing: str | None  # why a standard TensorRT build has no GPU here (refused by plan_engine)
+    targets: tuple[str, ...] | None  # TensorRT-RTX compute capabilities; None: the library's default
+    profile: BatchProfile
+    engine_path: Path
+
+    @property
+    def version(self) -> trt_compat.TrtVersion:
+        return self.library.version
+
+    @property
+    def caveats(self) -> tuple[str, ...]:
+        """What to warn about before the long work (the manifest records them after it)."""
+        return (RTX_INT8_CAVEAT,) if self.precision == "int8" and trt_compat.is_rtx(self.version) else ()
+
+    def lock(self) -> PathLock:
+        """The lock against a second build of this engine (re-entrant: build.py holds it across the export and the
+        precision step, ``run_engine`` takes it again)."""
+        from ..core.commit import PathLock
+
+        return PathLock(self.engine_path, "build")
+
+
+def planned_engine_path(model_name: str, precision: str, options: EngineOptions, version,
+                        profile: BatchProfile) -> Path:
+    """``options.engine_path``, else ``<engine_dir>/<model>_<label>_b<max>[.rtx].engine``."""
+    if options.engine_path is not None:
+        return options.engine_path
+    return engine_path_for(model_name, engine_label(precision, version), profile.max, options.engine_dir,
+                           family=version.family)
+
+
+def plan_target(options: EngineOptions, precision: str, *, model_name: str, onnx: str | os.PathLike | None = None,
+                onnx_io: OnnxIO | None = None, written: str | None = None) -> EngineTarget:
+    """Part 1 of the plan (module docstring). ``onnx_io`` describes ``onnx`` (read when None); ``written`` names
+    what the run wrote before the engine, for the one line that says the library is missing."""
+    from ..core.files import check_input_file, check_writable_folder
+
+    check_engine_request(options, precision)
+    if onnx is not None and onnx_io is None:
+        onnx_io = inspect_onnx(onnx)
+    library = trt_compat.import_library(options.family, what_was_written=written)
+    version = library.version
+    refuse_inapplicable_options(options, version, precision)
+    gpu, gpu_missing = gpu_for_build(version, options.device, asked=options.compute_capabilities == ("current",))
+    targets = None
+    if trt_compat.is_rtx(version):
+        targets = rtx_targets(options, gpu, written, why=gpu_missing)
+        if targets and "7.5" in targets and precision == "fp32":  # other precisions: checked by plan_engine
+            if onnx is None:
+                refuse_fp32_gemm_on_turing("the zoo model computes its classifier head (Gemm) in FP32")
+            gemm = fp32_gemm_nodes(onnx)
+            if gemm:
+                refuse_fp32_gemm_on_turing(f"{onnx} computes {gemm[0]!r} in FP32")
+    profile = options.batch_profile(onnx_batch=onnx_io.batch if onnx_io is not None else None)
+    planned = options
+    if options.workspace_bytes is None and gpu is not None:
+        workspace = default_workspace_bytes(gpu.free_memory, gpu.total_memory, gpu.integrated)
+        planned = replace(options, workspace_mib=max(1, workspace // MiB))
+    engine_path = planned_engine_path(model_name, precision, options, version, profile)
+    check_writable_folder(engine_path.parent, "EngineOptions.engine_path" if options.engine_path is not None
+                          else "EngineOptions.engine_dir")
+    if options.timing_cache is not None and options.timing_cache.exists():
+        check_input_file(options.timing_cache, "EngineOptions.timing_cache")
+    if precision == "int8" and options.int8_mode == "calibrator":
+        _check_calibrator_inputs(options, model_name, version)
+    return EngineTarget(options, planned, precision, model_name, library, gpu, gpu_missing,
+                        None if targets is None else tuple(targets), profile, engine_path)
+
+
+def _check_calibrator_inputs(options: EngineOptions, model_name: str, version) -> None:
+    """TensorRT's own calibrator: its images (when given) readable, its cache readable or its folder writable."""
+    from ..core.files import check_input_file, check_writable_folder
+    from .calibrator import default_cache_path
+
+    cache = options.calib_cache or default_cache_path(model_name, version)
+    if options.calib_cache is not None and os.path.lexists(cache):
+        check_input_file(cache, "EngineOptions.calib_cache")
+    check_writable_folder(cache.parent, "the calibration cache folder")
+    if options.calibration.directory is not None:
+        options.calibration.check()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Part 2: the engine plan
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """Everything an engine build will do, decided (``plan_engine``); ``build.run_engine`` does it."""
+
+    target: EngineTarget
+    onnx_path: Path  # the ONNX given to the build (converted or FP32)
+    fp32_onnx_path: Path  # its FP32 source (the same file for an FP32 build)
+    build: BuildPlan  # the precision path: which ONNX, builder flags, strongly typed, calibrator
+    io: OnnxIO  # of build.onnx_path
+    calibration_batch: int | None  # images per batch of TensorRT's calibrator; None: no calibrator
+
+    # what the target decided, read through the plan
+    @property
+    def precision(self) -> str:
+        return self.target.precision
+
+    @property
+    def model_name(self) -> str:
+        return self.target.model_name
+
+    @property
+    def options(self) -> EngineOptions:
+        return self.target.options
+
+    @property
+    def library(self) -> trt_compat.Library:
+        return self.target.library
+
+    @property
+    def version(self) -> trt_compat.TrtVersion:
+        return self.target.library.version
+
+    @property
+    def gpu(self) -> DeviceInfo | None:
+        return self.target.gpu
+
+    @property
+    def targets(self) -> tuple[str, ...] | None:
+        return self.target.targets
+
+    @property
+    def profile(self) -> BatchProfile:
+        return self.target.profile
+
+    @property
+    def engine_path(self) -> Path:
+        return self.target.engine_path
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path_for(self.engine_path)
+
+
+def _written(onnx_path: Path, fp32_onnx_path: Path) -> str:
+    """The ONNX files that exist before the engine, for the lines that say what is missing to build it."""
+    return str(fp32_onnx_path) + ("" if same_file(onnx_path, fp32_onnx_path) else f" and {onnx_path}")
+
+
+def plan_engine(onnx: str | os.PathLike | ConvertedOnnx, options: EngineOptions | None = None, *,
+                precision: str | None = None, fp32_onnx_path: str | os.PathLike | None = None,
+                model_name: str | None = None, target: EngineTarget | None = None) -> EnginePlan:
+    """The plan of the engine of ``onnx`` (what ``trt_res2net.convert_precision`` returned, or a path; see
+    ``build_engine``), every refusal made; ``target`` is part 1, planned before ``onnx`` existed (build.py)."""
+    from ..precision.convert import ConvertedOnnx
+
+    if isinstance(onnx, ConvertedOnnx):
+        if precision is not None and precision != onnx.precision:
+            raise UserError(f"build_engine.precision={precision!r} given for {onnx.path}, which convert_precision "
+                            f"made {onnx.precision}")
+        precision = onnx.precision
+        fp32_onnx_path = onnx.source if fp32_onnx_path is None else fp32_onnx_path
+    precision = precision or (target.precision if target is not None else "fp32")
+    onnx_path = Path(onnx)
+    fp32_onnx_path = Path(fp32_onnx_path) if fp32_onnx_path is not None else onnx_path
+    model_name = model_name or (target.model_name if target is not None else fp32_onnx_path.stem)
+    written = _written(onnx_path, fp32_onnx_path)
+    given_io = inspect_onnx(onnx_path)
+    if target is None:
+        target = plan_target(options or EngineOptions(), precision, model_name=model_name, onnx=fp32_onnx_path,
+                             onnx_io=given_io if same_file(onnx_path, fp32_onnx_path) else None, written=written)
+    elif (target.precision, target.model_name) != (precision, model_name) or options not in (None, target.requested):
+        raise ValueError("plan_engine: the target was planned for another build")
+    if target.gpu_missing is not None:
+        raise MissingDependency(f"wrote {written}; {target.gpu_missing}; to build the engine "
+                                f"{trt_compat.INSTALL_HINT} (or EngineOptions.family='tensorrt-rtx', which builds "
+                                "without a GPU)")
+    opts = target.options
+    build = plan_build(precision, target.version, onnx_path=onnx_path, fp32_onnx_path=fp32_onnx_path,
+                       onnx_io=given_io, int8_mode=opts.int8_mode, high_precision=opts.high_precision)
+    io = given_io if same_file(build.onnx_path, onnx_path) else inspect_onnx(build.onnx_path)
+    if precision != "fp32" and target.targets and "7.5" in target.targets:  # FP32: checked by plan_target
+        gemm = fp32_gemm_nodes(build.onnx_path)
+        if gemm:
+            refuse_fp32_gemm_on_turing(f"{build.onnx_path} computes {gemm[0]!r} in FP32")
+    if opts.batch_profile(onnx_batch=io.batch) != target.profile:
+        raise ValueError(f"plan_engine: {build.onnx_path} has another batch than the target was planned for")
+    calibration_batch = (opts.calibrator_batch if io.batch is None else io.batch) if build.calibrator else None
+    return EnginePlan(target, onnx_path, fp32_onnx_path, build, io, calibration_batch)

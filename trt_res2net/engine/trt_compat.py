@@ -24,6 +24,20 @@ from types import ModuleType
 from typing import NamedTuple
 
 from ..core.errors import MissingDependency, UserError
+from .rtx_targets import (  # noqa: F401  the TensorRT-RTX targets and plan header, asked of trt_compat too
+    RTX_DOCUMENTED_DEFAULT_TARGETS,
+    RTX_HEADER_LAYOUTS,
+    RTX_PLAN_MAGIC,
+    RTX_TARGET_EXAMPLES,
+    RTX_TARGETS,
+    RtxPlanHeader,
+    cc_key,
+    parse_compute_capabilities,
+    read_rtx_plan_header,
+    rtx_plan_header_problem,
+    rtx_runs_on,
+    rtx_targets_sentence,
+)
 
 
 class Family(NamedTuple):
@@ -356,7 +370,7 @@ def require_supported(v) -> None:
 
 
 def resolve_int8_mode(requested: str, v, *, have_qdq_onnx: bool | None = None) -> str:
-    """``--int8-mode qdq|calibrator|auto`` → the path this library takes, or UserError saying why not.
+    """``EngineOptions.int8_mode`` (qdq, calibrator or auto) → the path this library takes, or UserError saying why not.
 
     ``auto``: the only path there is (8.6 → calibrator; 11.x, TensorRT-RTX → qdq); on 10.x, Q/DQ when a Q/DQ
     ONNX is at hand (``have_qdq_onnx``; None = not known yet, e.g. before the precision step, → qdq), else
@@ -370,102 +384,17 @@ def resolve_int8_mode(requested: str, v, *, have_qdq_onnx: bool | None = None) -
             return modes[0]
         return "calibrator" if have_qdq_onnx is False else "qdq"
     if requested not in ("qdq", "calibrator"):
-        raise UserError(f"--int8-mode must be qdq, calibrator or auto, not {requested!r}")
+        raise UserError(f"EngineOptions.int8_mode must be qdq, calibrator or auto, not {requested!r}")
     if requested not in modes:
         if requested == "qdq":
             why = (f"{label}'s ONNX parser reads opset ≤ {max_onnx_opset(v)} and ModelOpt's Q/DQ ONNX is opset "
-                   "19; use --int8-mode calibrator (or auto)")
+                   "19; use EngineOptions.int8_mode='calibrator' (or auto)")
         else:
             removed = "never had one" if fam == TENSORRT_RTX.key else "removed in 11.0"
-            why = (f"{label} has no INT8 calibrator ({removed}); use --int8-mode qdq (or auto), which needs the "
-                   "Q/DQ ONNX from ModelOpt (pip install -e .[quant])")
+            why = (f"{label} has no INT8 calibrator ({removed}); use EngineOptions.int8_mode='qdq' (or auto), "
+                   "which needs the Q/DQ ONNX from ModelOpt (pip install -e .[quant])")
         raise UserError(why)
     return requested
-
-
-# --------------------------------------------------------------------------------------------------------
-# TensorRT-RTX build targets and plan header
-
-# ComputeCapability members by "major.minor"; "current" asks for the GPU of the building machine.
-RTX_TARGETS = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120", "12.1": "SM121"}
-
-# The plan header, as observed on TensorRT-RTX 1.7.1 (undocumented; docs/tensorrt_rtx.md): magic at offset
-# 0, the plan's size as a little-endian u64 at 16, the library version as three bytes at 24, and a bitmask of
-# target compute capabilities at 32 whose bits follow RTX_TARGETS's order; bit 6 is set only by the default
-# targets, which "run on 12.0 and later". The layout is read only for the releases it was observed on
-# (RTX_HEADER_LAYOUTS); any other is "unknown" and the build falls back to what it asked for.
-RTX_PLAN_MAGIC = b"vtrt"
-_RTX_SIZE_OFFSET, _RTX_VERSION_OFFSET, _RTX_MASK_OFFSET, _RTX_LATER_BIT = 16, 24, 32, 6
-RTX_HEADER_LAYOUTS = {(1, 7): "1.7"}  # (major, minor) of the library that wrote the plan → layout name
-# What NVIDIA documents as the default targets of an ahead-of-time build ("8.0, 8.6, 8.9, 12.0, and later"): the
-# fallback when the plan header cannot be read and no targets were asked for.
-RTX_DOCUMENTED_DEFAULT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
-
-
-def parse_compute_capabilities(text: str) -> list[str]:
-    """``--compute-capability 8.6,8.9,12.0`` → ["8.6", "8.9", "12.0"]; ``current`` → ["current"]; sorted,
-    without repeats; UserError for anything TensorRT-RTX cannot target."""
-    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise UserError("--compute-capability needs a list such as 8.6,8.9,12.0 (or current)")
-    if "current" in items:
-        if len(items) > 1:
-            raise UserError("--compute-capability current means this machine's GPU alone; list no others with it")
-        return ["current"]
-    out = []
-    for item in items:
-        m = re.fullmatch(r"(?:sm_?)?(\d+)\.?(\d)", item)
-        cc = f"{int(m.group(1))}.{m.group(2)}" if m else item
-        if cc not in RTX_TARGETS:
-            hint = " (Hopper: build with TensorRT)" if cc == "9.0" else ""
-            raise UserError(f"--compute-capability {item}: TensorRT-RTX targets {', '.join(RTX_TARGETS)} or "
-                            f"current{hint}")
-        if cc not in out:
-            out.append(cc)
-    return sorted(out, key=lambda c: tuple(map(int, c.split("."))))
-
-
-@dataclass(frozen=True)
-class RtxPlanHeader:
-    version: tuple[int, int, int]
-    compute_capabilities: tuple[str, ...]
-    and_later: bool  # also runs on GPUs newer than the newest listed (the library's default targets)
-    layout: str = "1.7"  # the header layout it was read with (RTX_HEADER_LAYOUTS)
-
-
-def rtx_plan_header_problem(data: bytes, size: int | None = None) -> str | None:
-    """Why :func:`read_rtx_plan_header` cannot read ``data`` (a plan's first bytes; ``size`` the whole plan's, when
-    known), or None when it can."""
-    if len(data) <= _RTX_MASK_OFFSET:
-        return f"only {len(data)} bytes"
-    if not data.startswith(RTX_PLAN_MAGIC):
-        return "no TensorRT-RTX plan magic"
-    version = tuple(data[_RTX_VERSION_OFFSET:_RTX_VERSION_OFFSET + 3])
-    if tuple(version[:2]) not in RTX_HEADER_LAYOUTS:
-        known = ", ".join(f"{a}.{b}" for a, b in RTX_HEADER_LAYOUTS)
-        return f"written by TensorRT-RTX {'.'.join(map(str, version))}, whose header layout is unknown here ({known})"
-    recorded = int.from_bytes(data[_RTX_SIZE_OFFSET:_RTX_SIZE_OFFSET + 8], "little")
-    if size is not None and recorded != size:
-        return f"the header gives a plan size of {recorded} bytes, the plan has {size}"
-    mask = data[_RTX_MASK_OFFSET]
-    if mask >> (len(RTX_TARGETS) + 1):
-        return f"unknown target bits in 0x{mask:02x}"
-    if not mask & ((1 << len(RTX_TARGETS)) - 1):
-        return "no target bit set"
-    return None
-
-
-def read_rtx_plan_header(data: bytes, size: int | None = None) -> RtxPlanHeader | None:
-    """The targets and version written in a TensorRT-RTX plan's first bytes (``size``: the whole plan's, checked
-    against the header when given); None when ``data`` does not start like one, or was written in a header layout
-    this code does not know (:func:`rtx_plan_header_problem` says why)."""
-    if rtx_plan_header_problem(data, size) is not None:
-        return None
-    mask = data[_RTX_MASK_OFFSET]
-    targets = tuple(cc for bit, cc in enumerate(RTX_TARGETS) if mask >> bit & 1)
-    version = tuple(data[_RTX_VERSION_OFFSET:_RTX_VERSION_OFFSET + 3])
-    return RtxPlanHeader(version, targets, bool(mask >> _RTX_LATER_BIT & 1),  # type: ignore[arg-type]
-                         RTX_HEADER_LAYOUTS[tuple(version[:2])])
 
 
 def engine_family_of(path: str | Path) -> str:
@@ -473,33 +402,3 @@ def engine_family_of(path: str | Path) -> str:
     with open(path, "rb") as f:
         head = f.read(len(RTX_PLAN_MAGIC))
     return TENSORRT_RTX.key if head == RTX_PLAN_MAGIC else TENSORRT.key
-
-
-def cc_key(cc: str) -> tuple[int, int]:
-    major, minor = str(cc).split(".")
-    return int(major), int(minor)
-
-
-# Example GPUs per TensorRT-RTX target, for messages.
-RTX_TARGET_EXAMPLES = {
-    "7.5": "T4, RTX 20", "8.0": "A100, A30", "8.6": "A10, A40, RTX 30, RTX A6000", "8.9": "L4, L40S, RTX 40",
-    "12.0": "RTX 50, RTX PRO Blackwell", "12.1": "GB10",
-}
-
-
-def rtx_targets_sentence(targets, and_later: bool) -> str:
-    """``compute capability 8.6 (A10, ...), 8.9 (...) and later`` for people; never an empty list (no targets
-    recorded: the library's documented default set)."""
-    targets = list(targets)
-    if not targets:
-        return rtx_targets_sentence(RTX_DOCUMENTED_DEFAULT_TARGETS, True) + " (the library's documented default)"
-    parts = [f"{cc} ({RTX_TARGET_EXAMPLES[cc]})" if cc in RTX_TARGET_EXAMPLES else cc for cc in targets]
-    return "compute capability " + ", ".join(parts) + (" and later" if and_later else "")
-
-
-def rtx_runs_on(cc: str, targets, and_later: bool) -> bool:
-    """Whether an engine built for ``targets`` runs on a GPU of compute capability ``cc``."""
-    targets = list(targets)
-    if cc in targets:
-        return True
-    return and_later and bool(targets) and cc_key(cc) > max(map(cc_key, targets))

@@ -209,7 +209,7 @@ def load_weights(path: str | os.PathLike, spec: ModelSpec) -> dict[str, np.ndarr
 
 
 def state_sha256(state: dict[str, np.ndarray]) -> str:
-    """A digest of weights held in memory (for --random-weights, which have no file)."""
+    """A digest of weights held in memory (random weights, which have no file)."""
     h = hashlib.sha256()
     for k, v in state.items():
         h.update(k.encode())
@@ -288,8 +288,8 @@ def download(url: str, dest: str | os.PathLike, progress: bool = True, timeout: 
         part.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise UserError(
-            f"could not download {url} ({reason}). Offline? Pass --weights PATH to a .pdparams file, "
-            "or --random-weights for a smoke test"
+            f"could not download {url} ({reason}). Offline? Pass ExportOptions.weights=PATH to a .pdparams file, "
+            "or ExportOptions.random_weights=True for a smoke test"
         ) from None
     except BaseException:
         part.unlink(missing_ok=True)
@@ -297,12 +297,22 @@ def download(url: str, dest: str | os.PathLike, progress: bool = True, timeout: 
     return dest
 
 
-def fetch_pretrained(spec: ModelSpec, progress: bool = True) -> Path:
-    """The model's PaddleClas weights from the cache, downloading them once."""
+def published_weights(spec: ModelSpec) -> tuple[str, Path]:
+    """Where the model's PaddleClas weights are published, and where the cache keeps them."""
     url = spec.weights_url
     if url is None:
-        raise UserError(f"{spec.name} has no published weights; pass --weights or --random-weights")
-    dest = cache_dir() / url.rsplit("/", 1)[1]
+        raise UserError(f"{spec.name} has no published weights; pass ExportOptions.weights or "
+                        "ExportOptions.random_weights=True")
+    return url, cache_dir() / url.rsplit("/", 1)[1]
+
+
+def fetch(url: str, dest: Path, progress: bool = True) -> Path:
+    """``dest``, downloaded from ``url`` the first time."""
     if not dest.exists():
         download(url, dest, progress=progress)
     return dest
+
+
+def fetch_pretrained(spec: ModelSpec, progress: bool = True) -> Path:
+    """The model's PaddleClas weights from the cache, downloading them once."""
+    return fetch(*published_weights(spec), progress=progress)

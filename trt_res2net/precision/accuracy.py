@@ -25,7 +25,7 @@ import numpy as np
 from ..core.errors import EXIT_SOME_FAILED, UserError
 from ..data.metrics import accuracy, compare_predictions, read_val_list
 from ..data.preprocess import SPEC, PreprocessSpec
-from .options import DEFAULT_EVAL_IMAGES
+from .options import DATA_ROOT_ALONE, DEFAULT_EVAL_IMAGES, TWO_HELD_OUT_SETS
 
 EVAL_BATCH = 16
 TWIN_NOTE = ("evaluated with FP32 arithmetic on its FP16-rounded constants: this ONNX Runtime rounds float16 "
@@ -33,7 +33,8 @@ TWIN_NOTE = ("evaluated with FP32 arithmetic on its FP16-rounded constants: this
 
 
 class AccuracyBudgetExceeded(UserError):
-    """The converted model misses the --max-top1-drop budget (exit status 1: the build ran, its result failed)."""
+    """The converted model misses the ``PrecisionOptions.max_top1_drop`` budget (exit status 1: the build ran, its
+    result failed)."""
 
     exit_code = EXIT_SOME_FAILED
 
@@ -61,7 +62,7 @@ def load_eval_set(eval_dir=None, eval_list=None, data_root=None, limit: int = DE
     from ..data.calibration_set import select_calibration_images
 
     if eval_dir and eval_list:
-        raise UserError("pass either --eval-dir DIR or --eval LIST --data-root DIR, not both")
+        raise UserError(TWO_HELD_OUT_SETS)
     if eval_dir:
         paths = select_calibration_images(eval_dir, n=limit or 10**9, seed=seed)
         return EvalSet(paths, None, f"{len(paths)} images from {eval_dir}")
@@ -76,7 +77,7 @@ def load_eval_set(eval_dir=None, eval_list=None, data_root=None, limit: int = DE
             items = [it for i, it in enumerate(items) if i in keep]
         return EvalSet([p for p, _ in items], [lab for _, lab in items], f"{len(items)} labelled images of {eval_list}")
     if data_root:
-        raise UserError("--data-root goes with --eval LIST")
+        raise UserError(DATA_ROOT_ALONE)
     return None
 
 

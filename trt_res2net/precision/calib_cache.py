@@ -17,9 +17,10 @@ in the form TensorRT's calibrators write and read and ModelOpt's ``calibration_c
   digits (``bytes.fromhex``). :meth:`CalibrationCache.to_bytes` always writes eight digits, so any cache
   that passes through :func:`read_cache` / :func:`write_cache` is readable by both.
 
-Validity is not in the cache but in its sidecar ``<cache>.json`` (:func:`write_cache_key`): ONNX SHA-256,
-preprocessing spec, calibration-image manifest hash, method, tool versions. :func:`check_cache_key` refuses a
-cache whose key differs from the build's, naming the first field that differs.
+Validity is not in the cache but in its sidecar ``<cache>.json`` (:class:`CacheKeyFile`, written by
+:func:`write_cache_key`): ONNX SHA-256, preprocessing spec, calibration-image manifest hash, method, tool versions
+(:class:`CacheKey`), and how the cache was made (:class:`CacheInfo`). :func:`check_cache_key` refuses a cache whose
+key differs from the build's, naming the first field that differs.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
+from ..core.artifact import check_format, header
 from ..core.errors import UserError
 from ..core.files import read_json, write_bytes, write_json
 
 MODELOPT_VERSION_TAG = "modelopt"
 SIDECAR_FORMAT = "trt_res2net.calibration-cache-key"
 SIDECAR_VERSION = 1
+RECALIBRATE_HINT = "; delete it or pass CalibrationImages.directory to recalibrate"  # ends a stale cache's refusal
 # The order in which keys are compared (so the message names the most fundamental difference first).
 KEY_FIELDS = (
     "onnx_sha256",
@@ -155,23 +160,83 @@ def read_cache(path: str | os.PathLike) -> CalibrationCache:
 # The sidecar: what a cache was made for
 
 
-@dataclass
+@dataclass(frozen=True)
 class CacheKey:
-    """What calibration ranges depend on. Any difference makes a cache invalid for a build."""
+    """What calibration ranges depend on. Any difference makes a cache invalid for a build; a field left None is
+    not known to the build (a cache reused without its images: the manifest hash) and not compared."""
 
     onnx_sha256: str
     preprocess_sha256: str
-    calibration_manifest_sha256: str | None
-    method: str
-    tools: dict[str, str] = field(default_factory=dict)  # e.g. {"modelopt": "0.47.0", "onnxruntime": ...}
-    preprocess: dict | None = None  # the spec itself, for people reading the file (keyed by its sha)
+    calibration_manifest_sha256: str | None = None
+    method: str | None = None
+    tools: Mapping[str, str] = field(default_factory=dict)  # e.g. {"modelopt": "0.47.0", "onnxruntime": ...}
+    preprocess: Mapping | None = None  # the spec itself, for people reading the file (keyed by its sha)
 
-    def to_dict(self) -> dict:
+    def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in KEY_FIELDS}
         d["tools"] = dict(self.tools)
         if self.preprocess is not None:
-            d["preprocess"] = self.preprocess
+            d["preprocess"] = dict(self.preprocess)
         return d
+
+    def expected(self) -> dict:
+        """The fields a cache must match (:func:`check_cache_key`): those this key knows."""
+        return {k: v for k, v in self.to_json().items() if k in KEY_FIELDS and v is not None}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> CacheKey:
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in KEY_FIELDS[:2]):
+            raise UserError(f"{where} is not a trt_res2net calibration-cache sidecar")
+        return cls(data["onnx_sha256"], data["preprocess_sha256"], data.get("calibration_manifest_sha256"),
+                   data.get("method"), dict(data.get("tools") or {}), data.get("preprocess"))
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """How a cache was made — what does not decide its validity: by ModelOpt here (``model`` ... ``activation_scales``)
+    or by TensorRT's calibrator (``tool`` ... ``batches``). Fields left None are not written."""
+
+    model: str | None = None
+    source_onnx: str | None = None
+    images: int | None = None
+    unreadable_images: int | None = None
+    manifest: str | None = None  # the image manifest's file name, beside the cache
+    synthetic: bool | None = None  # calibrated on generated images (scales only for trying the pipeline)
+    calibration_seconds: float | None = None
+    activation_scales: int | None = None
+    tool: str | None = None  # "tensorrt": written by TensorRT's calibrator
+    algorithm: str | None = None
+    cache_header_tag: str | None = None
+    calibration_batch: int | None = None
+    batches: int | None = None
+    created: str | None = None
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_json(cls, data) -> CacheInfo:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+@dataclass(frozen=True)
+class CacheKeyFile:
+    """The sidecar ``<cache>.json``: the key that decides validity and how the cache was made."""
+
+    FORMAT: ClassVar[str] = SIDECAR_FORMAT
+    SCHEMA_VERSION: ClassVar[int] = SIDECAR_VERSION
+
+    key: CacheKey
+    info: CacheInfo = field(default_factory=CacheInfo)
+
+    def to_json(self) -> dict:
+        return {**header(self.FORMAT, self.SCHEMA_VERSION), "key": self.key.to_json(), "info": self.info.to_json()}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> CacheKeyFile:
+        check_format(data, cls.FORMAT, cls.SCHEMA_VERSION, where, "calibration-cache sidecar")
+        return cls(CacheKey.from_json(data.get("key"), where), CacheInfo.from_json(data.get("info")))
 
 
 def sidecar_path(cache_path: str | os.PathLike) -> Path:
@@ -180,33 +245,35 @@ def sidecar_path(cache_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def key_document(key: CacheKey | dict, info: dict | None = None) -> dict:
+def _as_key(key: CacheKey | Mapping) -> CacheKey:
+    return key if isinstance(key, CacheKey) else CacheKey(**key)
+
+
+def _as_info(info: CacheInfo | Mapping | None) -> CacheInfo:
+    return info if isinstance(info, CacheInfo) else CacheInfo(**(info or {}))
+
+
+def key_document(key: CacheKey | Mapping, info: CacheInfo | Mapping | None = None) -> dict:
     """The sidecar's content: ``{"format", "format_version", "key": {...}, "info": {...}}``."""
-    key_dict = key.to_dict() if isinstance(key, CacheKey) else dict(key)
-    return {"format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "key": key_dict, "info": info or {}}
+    return CacheKeyFile(_as_key(key), _as_info(info)).to_json()
 
 
-def write_cache_key(cache_path: str | os.PathLike, key: CacheKey | dict, info: dict | None = None) -> Path:
+def write_cache_key(cache_path: str | os.PathLike, key: CacheKey | Mapping,
+                    info: CacheInfo | Mapping | None = None) -> Path:
     """Write ``<cache>.json`` atomically (:func:`key_document`).
 
-    ``info`` holds what does not decide validity (model name, image count, timings, accuracy ...)."""
+    ``info`` holds what does not decide validity (model name, image count, timings ...)."""
     return write_json(sidecar_path(cache_path), key_document(key, info))
 
 
-def read_cache_key(cache_path: str | os.PathLike) -> dict:
-    """The sidecar document of a cache; UserError when it is missing or damaged."""
+def read_cache_key(cache_path: str | os.PathLike) -> CacheKeyFile:
+    """The sidecar of a cache; UserError when it is missing, damaged or of a newer release."""
     cache_path = Path(cache_path)
     side = sidecar_path(cache_path)
     doc = read_json(side, "calibration cache sidecar", missing=(
         f"calibration cache {cache_path} has no sidecar {side.name}, so what it was made for is unknown; "
-        "delete it or pass --calib-dir to recalibrate"))
-    is_sidecar = isinstance(doc, dict) and doc.get("format") == SIDECAR_FORMAT
-    if not (is_sidecar and isinstance(doc.get("key"), dict)):
-        raise UserError(f"{side} is not a trt_res2net calibration-cache sidecar")
-    if int(doc.get("format_version", 0)) > SIDECAR_VERSION:
-        raise UserError(f"{side} has sidecar format {doc.get('format_version')}; this trt_res2net reads "
-                        f"≤ {SIDECAR_VERSION} — upgrade trt_res2net")
-    return doc
+        f"{RECALIBRATE_HINT[2:]}"))
+    return CacheKeyFile.from_json(doc, str(side))
 
 
 def _short(value) -> str:
@@ -218,13 +285,13 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "…"
 
 
-def _first_difference(stored: dict, expected: dict, prefix: str = "") -> tuple[str, object, object] | None:
+def _first_difference(stored: Mapping, expected: Mapping, prefix: str = "") -> tuple[str, object, object] | None:
     order = [k for k in KEY_FIELDS if k in expected] + sorted(k for k in expected if k not in KEY_FIELDS)
     for name in order:
         want = expected[name]
         have = stored.get(name)
-        if isinstance(want, dict):
-            sub = _first_difference(have if isinstance(have, dict) else {}, want, f"{prefix}{name}.")
+        if isinstance(want, Mapping):
+            sub = _first_difference(have if isinstance(have, Mapping) else {}, want, f"{prefix}{name}.")
             if sub:
                 return sub
         elif have != want:
@@ -232,18 +299,24 @@ def _first_difference(stored: dict, expected: dict, prefix: str = "") -> tuple[s
     return None
 
 
-def check_cache_key(cache_path: str | os.PathLike, expected: dict) -> None:
-    """Raise UserError unless the cache's sidecar matches ``expected`` in every field ``expected`` names.
+def cache_key_mismatch(cache_path: str | os.PathLike, expected: CacheKey | Mapping) -> str | None:
+    """Why the cache's sidecar does not match ``expected`` (its first differing field), None when it matches.
 
-    Fields absent from ``expected`` are not compared (e.g. the calibration manifest hash when a build
-    reuses a cache without having the images). Nested dicts (``tools``) are compared per entry, so a
-    cache made by ModelOpt is not refused for lacking a TensorRT version, but one made by TensorRT 8.6.1
-    is refused by a build that expects ``tools.tensorrt = 10.3.0``."""
-    stored = read_cache_key(cache_path)["key"]
-    diff = _first_difference(stored, expected)
-    if diff:
-        name, have, want = diff
-        raise UserError(
-            f"calibration cache {cache_path} was made for {name}={_short(have)}, this build has "
-            f"{_short(want)}; delete it or pass --calib-dir to recalibrate"
-        )
+    Only the fields ``expected`` names are compared (a :class:`CacheKey`: those it knows), e.g. not the
+    calibration manifest hash when a build reuses a cache without having the images. Nested mappings (``tools``)
+    are compared per entry, so a cache made by ModelOpt is not refused for lacking a TensorRT version, but one made
+    by TensorRT 8.6.1 is refused by a build that expects ``tools.tensorrt = 10.3.0``. UserError when the sidecar
+    is missing or damaged."""
+    stored = read_cache_key(cache_path).key.to_json()
+    diff = _first_difference(stored, expected.expected() if isinstance(expected, CacheKey) else expected)
+    if diff is None:
+        return None
+    name, have, want = diff
+    return f"calibration cache {cache_path} was made for {name}={_short(have)}, this build has {_short(want)}"
+
+
+def check_cache_key(cache_path: str | os.PathLike, expected: CacheKey | Mapping) -> None:
+    """Raise UserError unless the cache's sidecar matches ``expected`` (:func:`cache_key_mismatch`)."""
+    reason = cache_key_mismatch(cache_path, expected)
+    if reason:
+        raise UserError(f"{reason}{RECALIBRATE_HINT}")

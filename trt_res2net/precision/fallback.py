@@ -12,15 +12,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import UserError
-from .modelopt_bridge import QUANTIZABLE_WEIGHTED_OPS
+from ..core.files import temp_name
+from .modelopt.qdq import QUANTIZABLE_WEIGHTED_OPS, quantized_nodes
 
 SWITCH_PREFIX = "__fallback_switch_"
+SENSITIVITY_IMAGES = 8  # enough for a continuous error measure; each layer costs one inference of them
 
 
 def switchable_model(qdq_model, candidates: Sequence[str]):
@@ -81,8 +85,6 @@ def layer_sensitivity(qdq_model, images: np.ndarray, reference_logits: np.ndarra
     sensitive first. ``reference_logits`` are the FP32 model's outputs on ``images``."""
     import onnxruntime as ort
     from tqdm import tqdm
-
-    from .modelopt_bridge import quantized_nodes
 
     names = list(candidates) if candidates is not None else quantized_nodes(qdq_model, QUANTIZABLE_WEIGHTED_OPS)
     if not names:
@@ -146,7 +148,7 @@ def search_exclusions(ranking: Sequence[str], try_excluding: Callable[[list[str]
             worst = trials[-1]["drop_pp"]
             raise UserError(
                 f"the accuracy budget is not met even with the {limit} most sensitive layers kept out of "
-                f"quantization (drop {worst:.2f} pp); raise --max-top1-drop, or build FP16 instead"
+                f"quantization (drop {worst:.2f} pp); raise PrecisionOptions.max_top1_drop, or build FP16 instead"
             )
         k *= 2
     while hi - lo > 1:
@@ -156,3 +158,80 @@ def search_exclusions(ranking: Sequence[str], try_excluding: Callable[[list[str]
         else:
             lo = mid
     return FallbackResult(list(ranking[:hi]), reports[hi], trials)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The precision step's fallback: rank, search, rebuild
+
+
+def _ranking_images(calib, evaluator):
+    """The images the layers are ranked on: calibration images when a folder was given, else held-out ones (then
+    said: they also decide the budget); returns (images, what they are)."""
+    from ..core import log
+    from ..data.calibration_set import iter_batches
+
+    if calib.images is not None:
+        arrays = [a for a, _, _ in iter_batches(calib.images[:SENSITIVITY_IMAGES], SENSITIVITY_IMAGES) if len(a)]
+        return np.concatenate(arrays), f"{SENSITIVITY_IMAGES} calibration images"
+    evaluator.prepare()
+    source = f"{SENSITIVITY_IMAGES} held-out images (no CalibrationImages.directory given)"
+    log.note(f"note: ranking layers on {source}; pass CalibrationImages.directory to keep the held-out images out of "
+             "the choice")
+    return np.concatenate([evaluator.images[:SENSITIVITY_IMAGES]]), source
+
+
+def _rank(opts, fp32_onnx: Path, model, calib, evaluator):
+    """The quantized layers, most sensitive first, on :func:`_ranking_images`: (ranking, what they were ranked on)."""
+    from ..core import log
+    from .accuracy import open_session, run_session
+    from .calibration import minutes
+
+    images, source = _ranking_images(calib, evaluator)
+    session, _ = open_session(fp32_onnx)
+    reference = run_session(session, images)
+    del session
+    t0 = time.perf_counter()
+    ranking = layer_sensitivity(model, images, reference, progress=opts.progress)
+    log.note(f"note: auto-fallback: {len(ranking)} layers ranked on {source} in {minutes(time.perf_counter() - t0)}; "
+             "most sensitive: " + ", ".join(f"{n} ({g:.2e})" for n, g in ranking[:5]))
+    return ranking, source
+
+
+def auto_fallback(opts, fp32_onnx: Path, model, calib, evaluator, out: Path, staged: Path, log_path: Path,
+                  full_drop: float):
+    """``PrecisionOptions.auto_fallback``: the fewest most sensitive layers kept out of INT8 for the model to meet
+    the budget, rebuilt from the same calibration cache into ``staged``; returns (excluded layers, their accuracy
+    report, the record of the ranking and the trials)."""
+    from ..core import log
+    from .accuracy import format_report, top1_drop_pp, within_budget
+    from .modelopt.int8 import quantize_from_cache
+
+    log.note(f"note: auto-fallback: the fully quantized model misses the budget ({full_drop:.2f} pp > "
+             f"{opts.max_top1_drop:g}); ranking layers by sensitivity")
+    ranking, source = _rank(opts, fp32_onnx, model, calib, evaluator)
+    names = [n for n, _ in ranking]
+
+    def try_excluding(layers: list[str]):
+        candidate = temp_name(out.with_name(f"{out.stem}.fallback.onnx"))
+        try:
+            m = quantize_from_cache(fp32_onnx, calib.cache, candidate, high_precision=opts.high_precision,
+                                    nodes_to_exclude=layers, log_path=log_path)
+            report = evaluator.evaluate(m, f"INT8 without {len(layers)} layers")
+        finally:
+            candidate.unlink(missing_ok=True)
+        drop = top1_drop_pp(report)
+        ok = within_budget(report, opts.max_top1_drop)
+        log.note(f"note: auto-fallback: {len(layers):3d} layers excluded → drop {drop:.2f} pp "
+                 f"({'meets' if ok else 'misses'} the budget)")
+        return report, ok, drop
+
+    t0 = time.perf_counter()
+    result = search_exclusions(names, try_excluding)
+    quantize_from_cache(fp32_onnx, calib.cache, staged, high_precision=opts.high_precision,
+                        nodes_to_exclude=result.excluded, log_path=log_path)
+    log.result(f"auto-fallback: kept {len(result.excluded)} of {len(names)} quantized layers in "
+               f"{opts.high_precision.upper()}: {', '.join(result.excluded)}")
+    log.result(format_report(result.report, f"INT8 {out.name} (after fallback)"))
+    doc = {"ranking_images": source, "ranking": [{"layer": n, "error_removed": g} for n, g in ranking],
+           "trials": result.trials, "search_seconds": round(time.perf_counter() - t0, 1)}
+    return result.excluded, result.report, doc

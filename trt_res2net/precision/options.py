@@ -14,6 +14,10 @@ HIGH_PRECISIONS = ("fp16", "fp32")
 DEFAULT_HIGH_PRECISION = "fp16"
 DEFAULT_EVAL_IMAGES = 500
 MIN_QDQ_OPSET = 19  # ModelOpt's INT8 Q/DQ output (QuantizeLinear/DequantizeLinear of opset 19)
+# Refusals the held-out set's loader (precision.accuracy) makes too
+DATA_ROOT_ALONE = "PrecisionOptions.data_root goes with PrecisionOptions.eval_list=LIST"
+TWO_HELD_OUT_SETS = ("pass either PrecisionOptions.eval_dir=DIR or PrecisionOptions.eval_list=LIST "
+                      "PrecisionOptions.data_root=DIR, not both")
 
 
 @dataclass(frozen=True)
@@ -45,23 +49,26 @@ class PrecisionOptions:
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else Path(value))
         if self.calib_method not in CALIB_METHODS:
-            raise UserError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, not {self.calib_method!r}")
+            raise UserError(f"PrecisionOptions.calib_method must be one of {', '.join(CALIB_METHODS)}, not "
+                            f"{self.calib_method!r}")
         if self.high_precision not in HIGH_PRECISIONS:
-            raise UserError(f"--high-precision must be fp16 or fp32, not {self.high_precision!r}")
+            raise UserError(f"PrecisionOptions.high_precision must be fp16 or fp32, not {self.high_precision!r}")
         if self.eval_images < 0:
-            raise UserError(f"--eval-images must be 0 (all) or more, got {self.eval_images}")
+            raise UserError(f"PrecisionOptions.eval_images must be 0 (all) or more, got {self.eval_images}")
         if not 0 < self.calib_percentile <= 100:
-            raise UserError(f"--calib-percentile must be in (0, 100], got {self.calib_percentile}")
+            raise UserError(f"PrecisionOptions.calib_percentile must be in (0, 100], got {self.calib_percentile}")
         if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise UserError(f"--max-top1-drop must be ≥ 0 percentage points, got {self.max_top1_drop}")
+            raise UserError(f"PrecisionOptions.max_top1_drop must be ≥ 0 percentage points, got {self.max_top1_drop}")
         if self.data_root and not self.eval_list:
-            raise UserError("--data-root goes with --eval LIST")
+            raise UserError(DATA_ROOT_ALONE)
         if self.eval_dir and self.eval_list:
-            raise UserError("pass either --eval-dir DIR or --eval LIST --data-root DIR, not both")
+            raise UserError(TWO_HELD_OUT_SETS)
         if self.max_top1_drop is not None and not self.has_held_out_images:
-            raise UserError("--max-top1-drop needs held-out images: --eval-dir DIR or --eval LIST --data-root DIR")
+            raise UserError("PrecisionOptions.max_top1_drop needs held-out images: PrecisionOptions.eval_dir=DIR or "
+                            "PrecisionOptions.eval_list=LIST PrecisionOptions.data_root=DIR")
         if self.auto_fallback and self.max_top1_drop is None:
-            raise UserError("--auto-fallback needs a budget: --max-top1-drop PP (and held-out images)")
+            raise UserError("PrecisionOptions.auto_fallback needs a budget: PrecisionOptions.max_top1_drop=PP "
+                            "(and held-out images)")
 
     @property
     def has_held_out_images(self) -> bool:
@@ -72,16 +79,20 @@ class PrecisionOptions:
         return f"percentile{self.calib_percentile:g}" if self.calib_method == "percentile" else self.calib_method
 
 
-def check_precision_request(precision: str, options: PrecisionOptions, opset: int | None = None) -> None:
-    """What depends on the precision asked for (and, for INT8, on an ONNX opset the user asked for)."""
+def check_precision_request(precision: str, options: PrecisionOptions) -> None:
+    """What depends on the precision asked for."""
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise UserError(f"convert_precision.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if options.auto_fallback and precision != "int8":
-        raise UserError("--auto-fallback applies to --precision int8")
+        raise UserError("PrecisionOptions.auto_fallback applies to convert_precision.precision='int8'")
+
+
+def check_qdq_opset(precision: str, opset: int | None) -> None:
+    """An opset asked for the export, which an INT8 Q/DQ ONNX cannot keep (it is written at opset 19)."""
     if precision == "int8" and opset is not None and opset < MIN_QDQ_OPSET:
         raise UserError(
             f"INT8 Q/DQ needs ONNX opset ≥ {MIN_QDQ_OPSET} (ModelOpt writes QuantizeLinear/DequantizeLinear "
-            f"of opset 19), but --opset {opset} was asked; drop --opset (the Q/DQ ONNX is written at "
-            f"{MIN_QDQ_OPSET}) or pass --opset {MIN_QDQ_OPSET}. TensorRT 8.6 (opset ≤ 17) calibrates the FP32 "
-            "ONNX with its own calibrator instead"
+            f"of opset 19), but ExportOptions.opset={opset} was asked; drop ExportOptions.opset (the Q/DQ ONNX is "
+            f"written at {MIN_QDQ_OPSET}) or pass ExportOptions.opset={MIN_QDQ_OPSET}. TensorRT 8.6 (opset ≤ 17) "
+            "calibrates the FP32 ONNX with its own calibrator instead"
         )

@@ -28,8 +28,11 @@ import contextlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from .modelopt.qdq import activation_scales, usable_scale
 
 # Activation elements (per image) that one segment outputs at most, before the next one starts: about 16 MB per
 # image in float32, 128 MB for a batch of 8.
@@ -274,14 +277,80 @@ def unused_outputs(model, wanted: set[str], quantized_nodes: set[str], groups: d
             and t not in read_by_quantized and t not in grouped and t not in original_outputs}
 
 
+def _histogram_collector(calibrator):
+    """The calibrator's HistogramCollector, made as ONNX Runtime makes it when it has none yet."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    if not calibrator.collector:
+        calibrator.collector = HistogramCollector(
+            method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
+            num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
+            scenario=calibrator.scenario)
+    return calibrator.collector
+
+
+class _BatchFold:
+    """One batch's tensors folded into the histograms: a tensor once it and the others of its group are there
+    (ModelOpt: ``merged_dict[cur] = [cur, *the others of its group]``), each array freed once every tensor that
+    needs it is folded."""
+
+    def __init__(self, collector, needs: dict[str, list[str]], needed_by: dict[str, set[str]]):
+        self.collector, self.needs, self.needed_by = collector, needs, needed_by
+        self.held: dict[str, np.ndarray] = {}
+        self.folded: set[str] = set()
+
+    def offer(self, name: str, array) -> None:
+        self.held[name] = array
+        ready = {}
+        for t in self.needed_by.get(name, ()):
+            if t not in self.folded and all(d in self.held for d in self.needs[t]):
+                ready[t] = [self.held[d] for d in self.needs[t]]
+                self.folded.add(t)
+        if ready:
+            collect_value(self.collector, ready)
+        for d in [d for d in self.held if all(t in self.folded for t in self.needed_by.get(d, ()))]:
+            del self.held[d]
+
+
+def _group_needs(wanted: set[str], groups: dict, outputs: set[str]) -> tuple[dict, dict]:
+    """For each tensor to fold, the tensors folded with it (itself first); and for each tensor, who needs it."""
+    needs = {t: [t, *[o for o in groups.get(t, ()) if o != t and o in outputs]] for t in wanted}
+    needed_by: dict[str, set[str]] = {}
+    for t, deps in needs.items():
+        for d in deps:
+            needed_by.setdefault(d, set()).add(t)
+    return needs, needed_by
+
+
+def _run_batch(segments: list[Segment], inputs: dict, graph_inputs: list[str], fold: _BatchFold) -> None:
+    """One batch through the segments, each tensor offered to ``fold`` as it is made and dropped when no later
+    segment reads it."""
+    read_by_segments = {name for segment in segments for name in segment.inputs}
+    live = dict(inputs)
+    for name in graph_inputs:
+        if name in fold.needed_by and name in live:
+            fold.offer(name, np.array(live[name]))  # a copy, as ONNX Runtime's collector makes (onnxruntime#21922)
+    for segment in segments:
+        for name, array in zip(segment.outputs, segment.run(live), strict=True):
+            live[name] = array
+        for name in segment.outputs:
+            if name in fold.needed_by:
+                fold.offer(name, live[name])
+        for name in segment.done:
+            live.pop(name, None)
+        for name in segment.outputs:  # what no segment reads is only held for its group, if at all
+            if name not in read_by_segments:
+                live.pop(name, None)
+    live.clear()
+    fold.held.clear()
+
+
 def collect_streaming(calibrator, data_reader, providers: list, budget: int = SEGMENT_BUDGET_ELEMENTS,
                       skip_unused: bool = True) -> None:
     """``HistogramCalibrater.collect_data`` as ModelOpt patches it (batch by batch, tensors grouped for one scale
     folded together), with the forward pass in segments and each tensor folded in and freed as soon as it (and
     its group) exists; with ``skip_unused``, :func:`unused_outputs` are neither output nor folded in (their ranges
     are placeholders, ``calibrator.skipped_tensors``)."""
-    from onnxruntime.quantization.calibrate import HistogramCollector
-
     model = calibrator.model  # the augmented model: every tensor to calibrate is an output
     wanted = set(calibrator.tensors_to_calibrate or ())
     outputs = {o.name for o in model.graph.output}
@@ -294,58 +363,13 @@ def collect_streaming(calibrator, data_reader, providers: list, budget: int = SE
     calibrator.skipped_tensors = skipped
     segments = segment_model(model, wanted, providers, budget)
     calibrator.model = None  # ModelOpt's copy is no longer needed: the segments hold the weights now
-    if not calibrator.collector:
-        calibrator.collector = HistogramCollector(
-            method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
-            num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
-            scenario=calibrator.scenario)
-    collector = calibrator.collector
-    # a tensor is folded in with its group's (ModelOpt: merged_dict[cur] = [cur, *the others of its group])
-    needs = {t: [t, *[o for o in groups.get(t, ()) if o != t and o in outputs]] for t in wanted}
-    needed_by: dict[str, set[str]] = {}
-    for t, deps in needs.items():
-        for d in deps:
-            needed_by.setdefault(d, set()).add(t)
+    collector = _histogram_collector(calibrator)
+    needs, needed_by = _group_needs(wanted, groups, outputs)
     graph_inputs = [i.name for i in model.graph.input]
-    read_by_segments = {name for segment in segments for name in segment.inputs}
     batches = 0
-    while True:
-        inputs = data_reader.get_next()
-        if not inputs:
-            break
+    while inputs := data_reader.get_next():
         batches += 1
-        live = dict(inputs)
-        held: dict[str, np.ndarray] = {}
-        folded: set[str] = set()
-
-        def offer(name: str, array, held=held, folded=folded) -> None:
-            held[name] = array
-            ready = {}
-            for t in needed_by.get(name, ()):
-                if t not in folded and all(d in held for d in needs[t]):
-                    ready[t] = [held[d] for d in needs[t]]
-                    folded.add(t)
-            if ready:
-                collect_value(collector, ready)
-            for d in [d for d in held if all(t in folded for t in needed_by.get(d, ()))]:
-                del held[d]
-
-        for name in graph_inputs:
-            if name in needed_by and name in live:
-                offer(name, np.array(live[name]))  # a copy, as ONNX Runtime's collector makes (onnxruntime#21922)
-        for segment in segments:
-            for name, array in zip(segment.outputs, segment.run(live), strict=True):
-                live[name] = array
-            for name in segment.outputs:
-                if name in needed_by:
-                    offer(name, live[name])
-            for name in segment.done:
-                live.pop(name, None)
-            for name in segment.outputs:  # what no segment reads is only held for its group, if at all
-                if name not in read_by_segments:
-                    live.pop(name, None)
-        live.clear()
-        held.clear()
+        _run_batch(segments, inputs, graph_inputs, _BatchFold(collector, needs, needed_by))
     if batches == 0:
         raise ValueError("No data is collected.")
 
@@ -354,28 +378,15 @@ def collect_streaming(calibrator, data_reader, providers: list, budget: int = SE
 # The hooks
 
 
-@contextlib.contextmanager
-def streaming_calibration(providers: list | None = None, budget: int = SEGMENT_BUDGET_ELEMENTS,
-                          skip_unused: bool = True) -> Iterator[dict]:
-    """While the body runs ModelOpt's ``quantize``: histogram (entropy) calibration streams (module docstring), on
-    ``providers`` (ONNX Runtime's names; default CPU). The yielded dict gets ``"activation_scales"``: the scales of
-    the Q/DQ model before ModelOpt converts it to its high precision (the FP32 scales, whatever
-    ``high_precision_dtype`` is) — what a calibration cache keeps — and ``"skipped"``: the tensors left out
-    (:func:`unused_outputs`); the caller checks that none of them has a scale in the result (else calibrates again
-    with ``skip_unused=False``)."""
-    from modelopt.onnx.quantization import int8 as mo_int8
-    from modelopt.onnx.quantization import ort_utils
+def _streaming_patch(original_patch, saved_compute, providers: list, budget: int, skip_unused: bool,
+                     captured: Captured):
+    """ModelOpt's ``ort_utils.patch_ort_modules``, then ours over two of its patches: no whole-model session for a
+    histogram calibrator, its data collected by :func:`collect_streaming`, the skipped tensors given placeholder
+    ranges."""
     from onnxruntime.quantization.calibrate import CalibraterBase, HistogramCalibrater, TensorData, TensorsData
 
-    providers = list(providers or ["CPUExecutionProvider"])
-    captured: dict = {"skipped": set()}
-    saved = {"patch": ort_utils.patch_ort_modules, "convert": mo_int8._convert_to_runtime_precision,
-             "collect": HistogramCalibrater.collect_data, "session": CalibraterBase.create_inference_session,
-             "compute": HistogramCalibrater.compute_data}
-    original_patch, original_convert = saved["patch"], saved["convert"]
-
     def patch(*args, **kwargs):
-        original_patch(*args, **kwargs)  # ModelOpt's own patches first, then ours over two of them
+        original_patch(*args, **kwargs)
         modelopt_session = CalibraterBase.create_inference_session
 
         def create_session(self, **extra):
@@ -389,10 +400,10 @@ def streaming_calibration(providers: list | None = None, budget: int = SEGMENT_B
 
         def collect(self, reader):
             collect_streaming(self, reader, getattr(self, "stream_providers", providers), budget, skip_unused)
-            captured["skipped"] |= self.skipped_tensors
+            captured.skipped |= self.skipped_tensors
 
         def compute(self):
-            data = saved["compute"](self)
+            data = saved_compute(self)
             lo, hi = PLACEHOLDER_RANGE
             placeholders = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
                             for t in sorted(getattr(self, "skipped_tensors", ())) if t not in data}
@@ -402,20 +413,56 @@ def streaming_calibration(providers: list | None = None, budget: int = SEGMENT_B
         HistogramCalibrater.collect_data = collect
         HistogramCalibrater.compute_data = compute
 
+    return patch
+
+
+def _capturing_convert(original_convert, captured: Captured):
+    """ModelOpt's ``_convert_to_runtime_precision``, after the model's FP32 activation scales are kept in
+    ``captured.activation_scales`` and written back as ModelOpt writes a cache's (``replace_scale_values``), zero
+    ones made usable as ``quantize_from_cache`` makes them: the model is then, to the byte, the one built from its
+    cache."""
+
     def convert(onnx_model, *args, **kwargs):
         from modelopt.onnx.quantization.qdq_utils import replace_scale_values
 
-        from .modelopt_bridge import activation_scales, usable_scale
-
         scales = activation_scales(onnx_model)
-        captured["activation_scales"] = scales
-        # the scales written as ModelOpt writes a cache's (replace_scale_values), zero ones made usable as
-        # quantize_from_cache makes them: the model is then, to the byte, the one built from its cache
+        captured.activation_scales = scales
         replace_scale_values(onnx_model.graph, {f"{name}_scale": usable_scale(v) for name, v in scales.items()})
         return original_convert(onnx_model, *args, **kwargs)
 
-    ort_utils.patch_ort_modules = patch
-    mo_int8._convert_to_runtime_precision = convert
+    return convert
+
+
+@dataclass
+class Captured:
+    """What one ModelOpt ``quantize`` call under :func:`streaming_calibration` gave on the way: the FP32 activation
+    scales of its Q/DQ model (None until it made one) and the tensors left out of calibration."""
+
+    activation_scales: dict[str, float] | None = None
+    skipped: set[str] = field(default_factory=set)
+
+
+@contextlib.contextmanager
+def streaming_calibration(providers: list | None = None, budget: int = SEGMENT_BUDGET_ELEMENTS,
+                          skip_unused: bool = True) -> Iterator[Captured]:
+    """While the body runs ModelOpt's ``quantize``: histogram (entropy) calibration streams (module docstring), on
+    ``providers`` (ONNX Runtime's names; default CPU). The yielded :class:`Captured` gets ``activation_scales``:
+    the scales of the Q/DQ model before ModelOpt converts it to its high precision (the FP32 scales, whatever
+    ``high_precision_dtype`` is) — what a calibration cache keeps — and ``skipped``: the tensors left out
+    (:func:`unused_outputs`); the caller checks that none of them has a scale in the result (else calibrates again
+    with ``skip_unused=False``)."""
+    from modelopt.onnx.quantization import int8 as mo_int8
+    from modelopt.onnx.quantization import ort_utils
+    from onnxruntime.quantization.calibrate import CalibraterBase, HistogramCalibrater
+
+    providers = list(providers or ["CPUExecutionProvider"])
+    captured = Captured()
+    saved = {"patch": ort_utils.patch_ort_modules, "convert": mo_int8._convert_to_runtime_precision,
+             "collect": HistogramCalibrater.collect_data, "session": CalibraterBase.create_inference_session,
+             "compute": HistogramCalibrater.compute_data}
+    ort_utils.patch_ort_modules = _streaming_patch(saved["patch"], saved["compute"], providers, budget, skip_unused,
+                                                   captured)
+    mo_int8._convert_to_runtime_precision = _capturing_convert(saved["convert"], captured)
     try:
         yield captured
     finally:

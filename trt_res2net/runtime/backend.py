@@ -15,7 +15,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..core import log
 from ..core.errors import MissingDependency, UserError
+from ..data.preprocess import SPEC
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -88,3 +90,15 @@ def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
 def backend_preprocesses_on_gpu(backend: Backend) -> bool:
     """Whether ``backend`` takes decoded images and preprocesses them on the GPU (``classify_bgr``)."""
     return isinstance(backend, GpuBackend) and backend.gpu_preprocessing
+
+
+def warn_about_metadata(backend: Backend, model: str | os.PathLike) -> None:
+    """Warn when the model's metadata says its predictions are not to be trusted here: our exporter records the
+    preprocessing spec (a different one means the model was made for other inputs than the ones this version
+    feeds it) and random weights."""
+    metadata = backend.metadata  # an ONNX's metadata properties (strings)
+    recorded = metadata.get("preprocessing")
+    if recorded and recorded != SPEC.to_json():
+        log.warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
+    if str(metadata.get("weights", "")).startswith("random"):
+        log.warn(f"{model} was built with {metadata['weights']} weights: its predictions mean nothing")

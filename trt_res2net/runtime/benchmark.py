@@ -15,8 +15,9 @@ with specialised ones (its lazy default compiles them in the background and swap
 variation above 2.5 % makes a warning: the figures are then not stable enough to compare (clocks, other GPU work,
 too few iterations).
 
-The statistics, table, JSON, plot and the equivalent polygraphy/trtexec commands are plain Python and run
-without a GPU; only :func:`run_benchmark` needs a target that can time things (``TensorRTBackend``).
+The statistics (``runtime/latency.py``), table, JSON report (:class:`BenchmarkReport`), plot and the equivalent
+polygraphy/trtexec commands are plain Python and run without a GPU; only :func:`run_benchmark` needs a target
+that can time things (``TensorRTBackend``).
 """
 
 from __future__ import annotations
@@ -28,96 +29,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from ..core import log
+from ..core.artifact import check_format, header
 from ..core.errors import UserError
+from .latency import CV_WARN_THRESHOLD, BatchResult, LatencyStats, latency_stats  # noqa: F401 - re-exported
 
-CV_WARN_THRESHOLD = 0.025
 DEFAULT_BATCHES = (1, 8, 32)
 DEFAULT_ITERATIONS = 200
 DEFAULT_WARMUP = 20
 SYNTHETIC_SIZE = (500, 375)  # width, height: the typical ImageNet validation photo
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Summary of latency samples in milliseconds."""
-
-    count: int
-    mean: float
-    std: float  # sample standard deviation (ddof=1; 0 for one sample)
-    min: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
-
-    @property
-    def cv(self) -> float:
-        """Coefficient of variation, std / mean."""
-        return self.std / self.mean if self.mean > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        keys = ("count", "mean", "std", "min", "p50", "p90", "p99", "max")
-        return {**{k: getattr(self, k) for k in keys}, "cv": self.cv}
-
-
-def latency_stats(samples_ms) -> LatencyStats:
-    x = np.asarray(list(samples_ms), dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("no latency samples")
-    p50, p90, p99 = np.percentile(x, [50, 90, 99])  # linear interpolation between order statistics
-    return LatencyStats(
-        count=int(x.size),
-        mean=float(x.mean()),
-        std=float(x.std(ddof=1)) if x.size > 1 else 0.0,
-        min=float(x.min()),
-        p50=float(p50),
-        p90=float(p90),
-        p99=float(p99),
-        max=float(x.max()),
-    )
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    batch: int
-    gpu_compute: LatencyStats
-    end_to_end: LatencyStats
-    first_run_ms: float | None = None  # the first, lazily initialising (TensorRT-RTX: compiling) run
-
-    @property
-    def throughput(self) -> float:
-        """End-to-end images per second."""
-        return self.batch * 1000.0 / self.end_to_end.mean
-
-    @property
-    def gpu_throughput(self) -> float:
-        """Images per second of the engine alone (GPU compute)."""
-        return self.batch * 1000.0 / self.gpu_compute.mean
-
-    def warnings(self, threshold: float = CV_WARN_THRESHOLD) -> list[str]:
-        out = []
-        for label, stats in (("GPU compute", self.gpu_compute), ("end-to-end", self.end_to_end)):
-            if stats.cv > threshold:
-                out.append(
-                    f"batch {self.batch}: {label} latency varies too much to compare (CV {stats.cv:.1%} > "
-                    f"{threshold:.1%}); stop other GPU work, lock clocks or raise --iterations"
-                )
-        return out
-
-    def to_dict(self, threshold: float = CV_WARN_THRESHOLD) -> dict:
-        return {
-            "batch": self.batch,
-            "first_run_ms": self.first_run_ms,
-            "gpu_compute_ms": self.gpu_compute.to_dict(),
-            "end_to_end_ms": self.end_to_end.to_dict(),
-            "throughput_images_per_s": self.throughput,
-            "gpu_throughput_images_per_s": self.gpu_throughput,
-            "warnings": self.warnings(threshold),
-        }
 
 
 _BATCH_ERROR = "batch sizes are positive integers like 1,8,32, not {!r}"
@@ -157,16 +81,27 @@ def synthetic_images(count: int, size: tuple[int, int] = SYNTHETIC_SIZE, seed: i
     return images
 
 
-def run_benchmark(target, batches, images, iterations: int = DEFAULT_ITERATIONS,
+class BenchmarkTarget(Protocol):
+    """What :func:`run_benchmark` times (``TensorRTBackend``): GPU compute of one batch size, end to end on decoded
+    images, and the host time of each batch size's first run."""
+
+    first_run_ms: dict[int, float]
+
+    def time_compute_ms(self, batch: int) -> float: ...
+
+    def classify_bgr(self, images: Sequence[np.ndarray], k: int = 5): ...
+
+
+def run_benchmark(target: BenchmarkTarget, batches, images, iterations: int = DEFAULT_ITERATIONS,
                   warmup: int = DEFAULT_WARMUP, k: int = 5, progress: bool = True) -> list[BatchResult]:
     """Time ``target`` (``time_compute_ms(batch)``, ``classify_bgr(images, k)``) at each batch size.
 
     ``images`` are decoded BGR arrays, cycled to fill the largest batch.
     """
     if iterations < 1:
-        raise UserError("--iterations must be at least 1")
+        raise UserError(f"run_benchmark.iterations must be at least 1, not {iterations}")
     if warmup < 0:
-        raise UserError("--warmup must not be negative")
+        raise UserError(f"run_benchmark.warmup must not be negative, not {warmup}")
     if not images:
         raise UserError("no images to benchmark with")
     from tqdm import tqdm
@@ -193,7 +128,7 @@ def run_benchmark(target, batches, images, iterations: int = DEFAULT_ITERATIONS,
                 target.classify_bgr(chunk, k)
                 e2e.append((time.perf_counter() - t0) * 1000.0)
                 bar.update(1)
-            first = getattr(target, "first_run_ms", {}).get(batch)
+            first = target.first_run_ms.get(batch)
             results.append(BatchResult(batch, latency_stats(compute), latency_stats(e2e), first))
     return results
 
@@ -311,14 +246,15 @@ def engine_summary(engine) -> dict:
     name, batch = "input", [1, 1, 2]  # unknown: assume our exporter's name and a dynamic batch
     family_key = engine_family_of(engine)
     try:
-        doc = find_manifest(engine) or {}
-        family_key = doc.get("engine_family", family_key)
-        name = doc["io"]["input"]["name"]
-        first = int(doc["io"]["input"]["shape"][0])
-        if first > 0:
-            batch = [first, first, first]
-    except (UserError, KeyError, TypeError, ValueError, IndexError):
-        pass
+        manifest = find_manifest(engine)
+    except UserError:  # a damaged manifest: what the file shows
+        manifest = None
+    if manifest is not None:
+        family_key = manifest.engine_family
+        if manifest.io is not None:
+            name, shape = manifest.io.input.name, manifest.io.input.shape
+            if shape and shape[0] > 0:
+                batch = [shape[0]] * 3
     return {"input": {"name": name, "batch": batch}, "engine_family": family_key}
 
 
@@ -334,7 +270,7 @@ class CrossCheck:
 def cross_check_commands(engine, info: dict, batches, iterations: int = DEFAULT_ITERATIONS) -> CrossCheck:
     name = info["input"]["name"]
     dynamic = info["input"]["batch"][0] != info["input"]["batch"][2]
-    family_key = info.get("engine_family", "tensorrt")
+    family_key = info["engine_family"]
     rtx = family_key == "tensorrt-rtx"
     tool = "tensorrt_rtx" if rtx else "trtexec"
     commands = []
@@ -364,22 +300,51 @@ class BenchmarkOptions:
     def __post_init__(self):
         object.__setattr__(self, "batches", tuple(parse_batch_list(self.batches)))
         if self.kernel_specialization not in ("lazy", "eager", "none"):
-            raise UserError(f"kernel specialisation must be lazy, eager or none, not {self.kernel_specialization!r}")
+            raise UserError("BenchmarkOptions.kernel_specialization must be lazy, eager or none, not "
+                            f"{self.kernel_specialization!r}")
         if self.iterations < 1:
-            raise UserError("--iterations must be at least 1")
+            raise UserError("BenchmarkOptions.iterations must be at least 1")
         if self.warmup < 0:
-            raise UserError("--warmup must not be negative")
+            raise UserError("BenchmarkOptions.warmup must not be negative")
 
 
-@dataclass
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """How a benchmark ran: the batch sizes timed, runs per size, the top-k, the images, and the engine settings
+    that applied (``kernel_specialization`` None for a TensorRT engine)."""
+
+    batches: tuple[int, ...]
+    iterations: int
+    warmup: int
+    topk: int
+    images: str
+    cuda_graph: bool
+    kernel_specialization: str | None
+
+    def to_json(self) -> dict:
+        return {"batches": list(self.batches), "iterations": self.iterations, "warmup": self.warmup,
+                "topk": self.topk, "images": self.images, "cuda_graph": self.cuda_graph,
+                "kernel_specialization": self.kernel_specialization}
+
+    @classmethod
+    def from_json(cls, data: dict) -> BenchmarkSettings:
+        return cls(tuple(int(b) for b in data["batches"]), int(data["iterations"]), int(data["warmup"]),
+                   int(data["topk"]), str(data["images"]), bool(data["cuda_graph"]), data["kernel_specialization"])
+
+
+@dataclass(frozen=True)
 class BenchmarkReport:
-    """What :func:`benchmark_engine` measured: per batch size, with the engine and GPU and the settings."""
+    """What :func:`benchmark_engine` measured: per batch size, with the engine and GPU (``info``: the backend's
+    description, JSON-ready) and the settings. ``to_json`` is ``infer.py --benchmark --json``'s document."""
+
+    FORMAT: ClassVar[str] = "trt_res2net.benchmark"
+    SCHEMA_VERSION: ClassVar[int] = 1  # 0: the first release's document, without format, engine and skipped
 
     engine: Path
-    results: list[BatchResult]
+    results: tuple[BatchResult, ...]
     info: dict
-    settings: dict
-    skipped_batches: list[int]
+    settings: BenchmarkSettings
+    skipped_batches: tuple[int, ...] = ()
 
     def table(self) -> str:
         return format_table(self.results)
@@ -388,7 +353,25 @@ class BenchmarkReport:
         return [w for r in self.results for w in r.warnings()]
 
     def to_json(self) -> dict:
-        return results_json(self.results, self.info, self.settings)
+        return {**header(self.FORMAT, self.SCHEMA_VERSION),
+                **results_json(self.results, self.info, self.settings.to_json()),
+                "engine": str(self.engine), "skipped_batches": list(self.skipped_batches)}
+
+    @classmethod
+    def from_json(cls, data, where: str) -> BenchmarkReport:
+        """A report ``to_json`` wrote (or the first release's, which has no header); UserError (one line) for
+        another document, a newer format or a damaged one."""
+        if isinstance(data, dict) and "format" not in data and data.get("benchmark") == "trt_res2net":
+            data = {**header(cls.FORMAT, 0), **data}
+        version = check_format(data, cls.FORMAT, cls.SCHEMA_VERSION, where, "benchmark report", oldest=0)
+        try:
+            if version == 0:  # the engine was only in the backend's info; skipped sizes were not kept
+                data = {**data, "engine": data["info"]["engine"], "skipped_batches": []}
+            return cls(Path(data["engine"]), tuple(BatchResult.from_dict(r) for r in data["results"]),
+                       dict(data["info"]), BenchmarkSettings.from_json(data["settings"]),
+                       tuple(int(b) for b in data["skipped_batches"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{where}: a damaged benchmark report ({type(e).__name__}: {e})") from None
 
     def plot(self, path) -> Path:
         return plot_results(self.results, path,
@@ -405,7 +388,7 @@ def benchmark_engine(engine: str | os.PathLike, images: Sequence[np.ndarray] | N
     options = options or BenchmarkOptions()
     engine = Path(engine)
     if engine.suffix.lower() not in (".engine", ".plan"):
-        raise UserError(f"--benchmark runs TensorRT engines (.engine, .plan), not {engine}")
+        raise UserError(f"benchmark_engine.engine must be a TensorRT engine (.engine, .plan), not {engine}")
     if not engine.is_file():
         raise UserError(f"engine not found: {engine}")
     with TensorRTBackend(engine, cuda_graph=options.cuda_graph, check_manifest=options.check_manifest,
@@ -424,8 +407,7 @@ def benchmark_engine(engine: str | os.PathLike, images: Sequence[np.ndarray] | N
         results = run_benchmark(backend, usable, images, iterations=options.iterations, warmup=options.warmup, k=k,
                                 progress=options.progress)
         info = backend.info()
-    settings = {"batches": usable, "iterations": options.iterations, "warmup": options.warmup, "topk": k,
-                "images": source, "cuda_graph": info.get("cuda_graph", False),
-                "kernel_specialization": (options.kernel_specialization
-                                          if info.get("engine_family") == "tensorrt-rtx" else None)}
-    return BenchmarkReport(engine, results, info, settings, skipped)
+    rtx = info["engine_family"] == "tensorrt-rtx"
+    settings = BenchmarkSettings(tuple(usable), options.iterations, options.warmup, k, source, info["cuda_graph"],
+                                 options.kernel_specialization if rtx else None)
+    return BenchmarkReport(engine, tuple(results), info, settings, tuple(skipped))

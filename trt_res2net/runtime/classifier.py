@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.images import Batch, ImageBatcher
+from ..data.images import ImageBatcher
 from ..data.postprocess import is_probability, load_labels, softmax, topk, topk_entries
 from ..data.preprocess import DEFAULT_LIMITS, ImageLimits
 from .backend import Backend, backend_preprocesses_on_gpu, open_backend
@@ -22,7 +22,8 @@ class Classifier:
 
     ``classify(items)`` yields one result per item in input order (``{"image", "topk"}`` or ``{"image",
     "error"}``), decoding ahead in threads; ``classify_image(item)`` is one item's top-k (ImageDecodeError for an
-    unreadable one); ``predict(batch)`` gives the probabilities [n, classes] of a preprocessed float32 NCHW batch.
+    unreadable one); ``predict(batch)`` gives the probabilities [n, classes] of a preprocessed float32 NCHW batch;
+    ``classify_batch(inputs, k)`` is one prepared batch's top-k on whichever path ``preprocessing`` names.
 
     ``labels``: a labels file (``--labels``), a list of names, or None (ImageNet's for 1000 classes, else
     ids). Softmax is applied unless the model already outputs probabilities (a Softmax at the end of the
@@ -51,8 +52,9 @@ class Classifier:
         gpu_preprocess: bool = True,
         limits: ImageLimits = DEFAULT_LIMITS,
     ):
-        if batch < 1 or topk < 1:
-            raise UserError("--batch and --topk must be at least 1")
+        for name, value in (("batch", batch), ("topk", topk)):
+            if value < 1:
+                raise UserError(f"Classifier.{name} must be at least 1, not {value}")
         self.model_path = Path(model_path)
         self.backend = backend if backend is not None else open_backend(model_path)
         n = self.backend.num_classes
@@ -120,12 +122,22 @@ class Classifier:
     def batches(self, items: Sequence, exact_batches: bool = False) -> ImageBatcher:
         return ImageBatcher(items, self.batch, threads=self.threads, exact_batches=exact_batches, limits=self.limits)
 
-    def _topk(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) [n, k] of a batch: on the GPU from decoded images, else from preprocessed ones."""
+    def classify_batch(self, inputs, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) [n, k] of one batch, best first — the one place that picks the path: on the GPU path
+        ``inputs`` are decoded BGR images (``backend.classify_bgr`` preprocesses, runs and takes the top-k there),
+        else a preprocessed float32 NCHW array (the CPU reference, then softmax and top-k here)."""
         if self.preprocessing == "gpu":
-            top = self.backend.classify_bgr(batch.images, self.topk)
+            top = self.backend.classify_bgr(inputs, k)
             return top.ids, top.scores
-        return topk(self.probabilities(self.infer(batch.array)), self.topk)
+        return topk(self.probabilities(self.infer(inputs)), k)
+
+    def batch_probabilities(self, inputs) -> np.ndarray:
+        """Every class's score [n, classes] of one batch (``classify_batch``'s inputs): the top-k of all classes,
+        put back in class order."""
+        ids, scores = self.classify_batch(inputs, self.num_classes)
+        probabilities = np.zeros((len(ids), self.num_classes), np.float32)
+        np.put_along_axis(probabilities, np.asarray(ids, np.int64), scores, axis=1)
+        return probabilities
 
     def classify_image(self, image) -> list[dict]:
         """One image (a path, encoded bytes or a decoded BGR uint8 array) → its top-k entries
@@ -149,7 +161,8 @@ class Classifier:
                 for i, (path, reason) in zip(batch.failure_indices, batch.failures, strict=True)
             ]
             if len(batch):
-                ids, vals = self._topk(batch)
+                prepared = batch.array if batch.array is not None else batch.images  # decode_only: images
+                ids, vals = self.classify_batch(prepared, self.topk)
                 for row, (i, path) in enumerate(zip(batch.indices, batch.paths, strict=True)):
                     entries = topk_entries(ids[row], vals[row], self.labels)
                     results.append((i, {"image": path, "topk": entries}))

@@ -65,8 +65,6 @@ def evaluate(
     Unreadable images are skipped and listed in ``failures``; each image is decoded once for all models.
     ``progress``: a tqdm bar with the running figures (None: only on a terminal).
     """
-    from tqdm import tqdm
-
     from .classifier import Classifier
 
     items = read_val_list(list_path, data_root)
@@ -77,6 +75,23 @@ def evaluate(
         Classifier(p, batch=batch, threads=threads, backend=backends[i] if backends else None)
         for i, p in enumerate(model_paths)
     ]
+    _check_labels(classifiers, items, list_path)
+    result = Evaluation(str(list_path), root, len(items))
+    try:
+        acc, agree = _measure(classifiers, items, result, progress)
+    finally:
+        for c in classifiers if not backends else []:  # backends passed in belong to the caller
+            c.close()
+    for c, accuracy in zip(classifiers, acc, strict=True):
+        result.models.append({"model": str(c.model_path), **accuracy.summary()})
+    for c, agreement in zip(classifiers[1:], agree, strict=True):
+        result.agreement.append({"reference": str(classifiers[0].model_path), "model": str(c.model_path),
+                                 **agreement.summary()})
+    return result
+
+
+def _check_labels(classifiers: list, items: list[tuple[Path, int]], list_path) -> None:
+    """The models have one class count, and every listed label is one of their classes."""
     n_classes = {c.num_classes for c in classifiers}
     if len(n_classes) != 1:
         raise UserError(f"the models have different class counts ({sorted(n_classes)}); cannot compare them")
@@ -84,33 +99,30 @@ def evaluate(
     worst = max(label for _, label in items)
     if worst >= classes:
         raise UserError(f"{list_path}: label {worst} is out of range for a {classes}-class model")
+
+
+def _measure(classifiers: list, items: list[tuple[Path, int]], result: Evaluation,
+             progress: bool | None) -> tuple[list[AccuracyMeter], list[AgreementMeter]]:
+    """Every model over the list, each batch decoded once: the accuracy meters (one per model), the agreement
+    meters (each later model against the first); unreadable images go to ``result.failures``."""
+    from tqdm import tqdm
+
     labels = np.array([label for _, label in items], np.int64)
     acc = [AccuracyMeter() for _ in classifiers]
     agree = [AgreementMeter() for _ in classifiers[1:]]
-    result = Evaluation(str(list_path), root, len(items))
     disable = None if progress is None else not progress
-    bar = tqdm(total=len(items), unit="img", desc="eval", disable=disable, dynamic_ncols=True)
-    try:
+    with tqdm(total=len(items), unit="img", desc="eval", disable=disable, dynamic_ncols=True) as bar:
         for b in classifiers[0].batches([p for p, _ in items]):
             result.failures += [{"image": p, "error": r} for p, r in b.failures]
             if len(b):
                 outs = [c.infer(b.array) for c in classifiers]
-                for meter, out in zip(acc, outs, strict=True):
-                    meter.update(out, labels[b.indices])
-                for meter, out in zip(agree, outs[1:], strict=True):
-                    meter.update(outs[0], out)
+                for accuracy, out in zip(acc, outs, strict=True):
+                    accuracy.update(out, labels[b.indices])
+                for agreement, out in zip(agree, outs[1:], strict=True):
+                    agreement.update(outs[0], out)
             bar.update(len(b) + len(b.failures))
             postfix = {"top1": f"{100 * acc[0].top1:.2f}%", "top5": f"{100 * acc[0].top5:.2f}%"}
             if agree:
                 postfix["agree"] = f"{100 * agree[0].top1_agreement:.2f}%"
             bar.set_postfix(postfix, refresh=False)
-    finally:
-        bar.close()
-        for c in classifiers if not backends else []:  # backends passed in belong to the caller
-            c.close()
-    for c, meter in zip(classifiers, acc, strict=True):
-        result.models.append({"model": str(c.model_path), **meter.summary()})
-    for c, meter in zip(classifiers[1:], agree, strict=True):
-        result.agreement.append({"reference": str(classifiers[0].model_path), "model": str(c.model_path),
-                                 **meter.summary()})
-    return result
+    return acc, agree

@@ -37,10 +37,6 @@ class TopK(NamedTuple):
     scores: np.ndarray  # float32 [n, k]: softmax probabilities (or the model's own when it outputs them)
 
 
-def _warn(message: str) -> None:
-    log.warn(message)
-
-
 def topk_numpy(outputs: np.ndarray, k: int, apply_softmax: bool) -> TopK:
     """The CPU equivalent of the top-k kernel (ranked by the raw output, ties in class order)."""
     x = np.asarray(outputs, dtype=np.float32)
@@ -266,14 +262,14 @@ class TensorRTBackend:
         if self.rtx:  # the library captures its graphs itself; whether it can is known for the shapes now set
             if not context.is_stream_capturable(self.stream.handle):
                 self._graph_failed = True
-                _warn(f"{self.engine_path}: TensorRT-RTX cannot capture this engine's enqueue at batch {b.batch}; "
-                      "running without CUDA graphs")
+                log.warn(f"{self.engine_path}: TensorRT-RTX cannot capture this engine's enqueue at batch {b.batch}; "
+                         "running without CUDA graphs")
             return
         try:
             b.graph = cu.Graph(self.stream, lambda: self._execute(context))  # capture only: this run is done
         except (cu.CudaError, UserError) as e:
             self._graph_failed = True
-            _warn(f"CUDA graph capture is not possible for this engine ({e}); running without graphs")
+            log.warn(f"CUDA graph capture is not possible for this engine ({e}); running without graphs")
 
     def _chunks(self, n: int):
         """(start, count, batch to run) over n items: at most max_batch each, padded up to min_batch."""

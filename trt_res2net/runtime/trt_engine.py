@@ -28,6 +28,7 @@ from ..core.files import write_bytes
 from ..data.preprocess import SPEC
 from ..engine import manifest as manifest_mod
 from ..engine import trt_compat
+from ..engine.manifest import EngineManifest
 from ..model.contract import TensorSpec, check_classifier_io
 
 if TYPE_CHECKING:  # the API the code below is written against (trt-api-check reads this import); at run time
@@ -37,18 +38,14 @@ if TYPE_CHECKING:  # the API the code below is written against (trt-api-check re
 _NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16}
 
 
-def _warn(message: str) -> None:
-    log.warn(message)
-
-
 # --------------------------------------------------------------------------------------------------
 # The engine's manifest and library
 
 
-def engine_family(engine_path: Path, manifest: dict | None) -> str:
+def engine_family(engine_path: Path, manifest: EngineManifest | None) -> str:
     """The family named by the manifest, else the one the file's first bytes show."""
-    if manifest and manifest.get("engine_family"):
-        return str(manifest["engine_family"])
+    if manifest is not None:
+        return manifest.engine_family
     return trt_compat.engine_family_of(engine_path)
 
 
@@ -62,26 +59,24 @@ def import_engine_library(engine_path: Path, family_key: str) -> trt_compat.Libr
                                 "with ONNX Runtime") from e
 
 
-def check_engine_manifest(manifest: dict, version: trt_compat.TrtVersion, gpu_name: str, compute_capability: str,
-                          engine_path: Path | None = None) -> None:
+def check_engine_manifest(manifest: EngineManifest, version: trt_compat.TrtVersion, gpu_name: str,
+                          compute_capability: str, engine_path: Path | None = None) -> None:
     """Refuse (UserError naming the difference) an engine of another family, built for another release or GPU,
     or a file that is not the engine its manifest describes; warn when it was built for other preprocessing."""
     manifest_mod.check_engine_compatible(manifest, version, gpu_name, compute_capability,
                                          engine=str(engine_path) if engine_path else None)
     if engine_path is not None:
         manifest_mod.check_engine_file(manifest, engine_path)
-    recorded = manifest.get("preprocess_sha256")
+    recorded = manifest.preprocess_sha256
     if recorded and recorded != SPEC.sha256():
-        _warn(f"{engine_path or 'the engine'} was built for other preprocessing than this trt_res2net's "
-              "(preprocess_sha256 differs); inputs are preprocessed with this version's spec")
+        log.warn(f"{engine_path or 'the engine'} was built for other preprocessing than this trt_res2net's "
+                 "(preprocess_sha256 differs); inputs are preprocessed with this version's spec")
 
 
-def _outputs_probabilities(manifest: dict | None, output_name: str) -> bool:
+def _outputs_probabilities(manifest: EngineManifest | None, output_name: str) -> bool:
     """Whether the engine's output is already softmax probabilities: the manifest says so, else the name."""
-    if manifest:
-        for key in ("outputs_probabilities", "softmax"):
-            if isinstance(manifest.get(key), bool):
-                return manifest[key]
+    if manifest is not None and manifest.outputs_probabilities is not None:
+        return manifest.outputs_probabilities
     lowered = output_name.lower()
     return "prob" in lowered or "softmax" in lowered
 
@@ -141,7 +136,7 @@ def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path, library_log
     names = rtx_validity_diagnostics(trt, diagnostics)
     why = ", ".join(names) or "no diagnostic given"
     if validity == trt.EngineValidity.SUBOPTIMAL:
-        _warn(f"TensorRT-RTX says {engine_path} runs suboptimally on this GPU ({why})")
+        log.warn(f"TensorRT-RTX says {engine_path} runs suboptimally on this GPU ({why})")
         return
     if not names:
         logged = " ".join(library_log.messages()) if library_log is not None else ""
@@ -154,7 +149,7 @@ def check_rtx_validity(trt, runtime, data: bytes, engine_path: Path, library_log
             + (f"; {package} needs a driver for {needs}" if needs else ""))
     fixes = "; ".join(f"{name}: {RTX_DIAGNOSTIC_REMEDIES[name]}" for name in names if name in RTX_DIAGNOSTIC_REMEDIES)
     raise UserError(f"TensorRT-RTX says {engine_path} cannot run here ({why})"
-                    + (f" — {fixes}" if fixes else "; rebuild it with build.py --engine-family tensorrt-rtx here"))
+                    + (f" — {fixes}" if fixes else "; rebuild it here with build.py, for TensorRT-RTX"))
 
 
 def _slug(text: str) -> str:
@@ -178,7 +173,7 @@ class RuntimeCacheFile:
         except FileNotFoundError:
             self.loaded = b""
         except OSError as e:
-            _warn(f"runtime cache {self.path} is unreadable ({e.strerror or e}); kernels are compiled again")
+            log.warn(f"runtime cache {self.path} is unreadable ({e.strerror or e}); kernels are compiled again")
             self.loaded = b""
         return self.loaded
 
@@ -190,7 +185,7 @@ class RuntimeCacheFile:
         try:
             write_bytes(self.path, data)
         except OSError as e:
-            _warn(f"could not write the runtime cache {self.path} ({e.strerror or e})")
+            log.warn(f"could not write the runtime cache {self.path} ({e.strerror or e})")
             return False
         self.loaded = data
         return True
@@ -250,13 +245,14 @@ def read_engine_io(trt, engine, where: str) -> EngineIO:
 KERNEL_SPECIALIZATIONS = ("lazy", "eager", "none")  # TensorRT-RTX DynamicShapesKernelSpecializationStrategy
 
 
-def require_manifest(engine_path: Path, manifest: dict | None) -> None:
+def require_manifest(engine_path: Path, manifest: EngineManifest | None) -> None:
     """Refuse an engine without its manifest (one line): nothing then says which library, release and GPUs it was
     built for, nor that it is the file the build wrote."""
     if manifest is None:
         raise UserError(f"no manifest next to {engine_path} ({manifest_mod.manifest_path_for(engine_path).name}): "
                         "build.py writes the engine and its manifest together, so it was made elsewhere or its "
-                        "manifest was removed; rebuild it, or run it unchecked with --no-manifest-check")
+                        "manifest was removed; rebuild it, or run it unchecked with "
+                        "TensorRTBackend.check_manifest=False")
 
 
 class LoadedEngine:
@@ -267,7 +263,7 @@ class LoadedEngine:
 
     def __init__(self, engine_path, device: int = 0, *, check_manifest: bool = True):
         from ..cuda.device import init_device
-        from ..engine.builder import make_logger
+        from ..engine.trt_callbacks import make_logger
 
         self.path = Path(engine_path)
         if not self.path.is_file():
@@ -287,8 +283,8 @@ class LoadedEngine:
         if self.manifest is not None and check_manifest:
             check_engine_manifest(self.manifest, self.library.version, device_info.name, device_info.cc, self.path)
         elif not check_manifest:
-            _warn(f"{self.path}: manifest not checked (--no-manifest-check): nothing confirms it was built for "
-                  f"{self.library.label} on {device_info.name}")
+            log.warn(f"{self.path}: manifest not checked (TensorRTBackend.check_manifest=False): nothing confirms "
+                     f"it was built for {self.library.label} on {device_info.name}")
         trt = self.library.module
         self.log = log.Collapsed(self.library.family.label)
         self._logger = make_logger(trt, "warning", self.log)
@@ -330,8 +326,8 @@ class LoadedEngine:
                 cache = config.create_runtime_cache()
                 blob = self.runtime_cache.load()
                 if blob and not cache.deserialize(blob):
-                    _warn(f"runtime cache {self.runtime_cache.path} does not fit this GPU, driver or TensorRT-RTX; "
-                          "kernels are compiled again and the cache replaced")
+                    log.warn(f"runtime cache {self.runtime_cache.path} does not fit this GPU, driver or TensorRT-RTX; "
+                             "kernels are compiled again and the cache replaced")
                     self.runtime_cache.loaded = b""
                 config.set_runtime_cache(cache)
                 self._runtime_cache_object = cache  # the config holds a pointer only: keep the object alive

@@ -58,7 +58,8 @@ def _modules(protocol: str):
 
 
 def _message(e: BaseException) -> str:
-    text = e.message() if callable(getattr(e, "message", None)) else str(e)
+    message = getattr(e, "message", None)  # tritonclient's InferenceServerException.message()
+    text = message() if callable(message) else str(e)
     return (str(text).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -69,7 +70,7 @@ class TritonClassifier:
 
     def __init__(self, model: str, url: str | None = None, protocol: str = "http", timeout: float = 120.0):
         if protocol not in DEFAULT_PORTS:
-            raise UserError(f"protocol must be http or grpc, not {protocol!r}")
+            raise UserError(f"TritonClassifier.protocol must be http or grpc, not {protocol!r}")
         self.model, self.protocol, self.timeout = model, protocol, timeout
         self.url = url or f"127.0.0.1:{DEFAULT_PORTS[protocol]}"
         self._client_module, self._error = _modules(protocol)
@@ -161,7 +162,8 @@ class TritonClassifier:
             live = self._client().is_server_live()
         except Exception as e:  # connection refused, no such host, timeout
             raise NotServed(f"no Triton server answers at {self.url} over {self.protocol} ({_message(e)}): start one "
-                            "with serve.py REPO_DIR (README, \"Serving with Triton\"), or pass --url") from None
+                            "with serve.py REPO_DIR (README, \"Serving with Triton\"), or pass TritonClassifier.url"
+                            ) from None
         if not live:
             raise NotServed(f"the Triton server at {self.url} is not live (it is starting or stopping)")
         try:
@@ -171,7 +173,7 @@ class TritonClassifier:
             served = self.served_image_models()
         except self._error as e:
             raise NotServed(f"the Triton server at {self.url}: {_message(e)}") from None
-        hint = (f"it serves {', '.join(served)}: pass --model {served[0]}" if served
+        hint = (f"it serves {', '.join(served)}: pass TritonClassifier.model='{served[0]}'" if served
                 else "it serves no model that takes images")
         entry = index.get(self.model)
         if entry is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -58,7 +58,8 @@ class Preprocessing:
         if recorded and recorded != SPEC.sha256():  # raised in initialize: Triton fails the load with this line
             raise RuntimeError(
                 f"the vendored preprocessing spec {SPEC.to_json()} is not the one this repository was exported "
-                f"with (sha256 {recorded}); export the repository again with build.py --triton-repo")
+                f"with (sha256 {recorded}); export the repository again (trt_res2net.write_triton_repository, which "
+                "build.py runs)")
         defaults = ImageLimits()
         self.limits = ImageLimits(
             max_pixels=int(params.get("max_image_pixels") or defaults.max_pixels),
@@ -105,14 +106,14 @@ class Preprocessing:
     def run(self, requests: list[np.ndarray]) -> list[np.ndarray | StepError]:
         """Per request (an array of encoded images), its pixels or why it fails; the requests are independent.
         Every request is checked before any is decoded, so a refused one never reaches the decoding threads."""
-        jobs = []
+        jobs: list[Future | StepError] = []
         for images in requests:
             try:
                 self.check(images)
                 jobs.append(self.pool.submit(self._decode, images))
             except StepError as e:
                 jobs.append(e)
-        results = []
+        results: list[np.ndarray | StepError] = []
         for job in jobs:
             try:
                 results.append(job if isinstance(job, StepError) else job.result())
@@ -133,7 +134,7 @@ class OnnxClassifier:
     def __init__(self, path: str, threads: int, gpu_device: int | None = None):
         import onnxruntime as ort
 
-        providers = ["CPUExecutionProvider"]
+        providers: list = ["CPUExecutionProvider"]
         self.on_gpu = gpu_device is not None and "CUDAExecutionProvider" in ort.get_available_providers()
         if self.on_gpu:
             providers = [("CUDAExecutionProvider", {"device_id": gpu_device}), "CPUExecutionProvider"]
