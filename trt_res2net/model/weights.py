@@ -1,13 +1,15 @@
 """PaddleClas ``.pdparams`` weights: read safely, validate against the architecture, download, or generate.
 
 A ``.pdparams`` file is a pickle of ``{structured key: float32 ndarray}`` (what ``paddle.save`` writes). Pickle is
-code, so it is read with an unpickler that admits only what numpy arrays need and refuses everything else.
+code, so it is read by ``pickle_guard``: its opcodes are scanned and bounded first, then an unpickler that admits
+only what numpy arrays need builds it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import sys
@@ -18,6 +20,7 @@ from ..core import files as atomic
 from ..core.errors import UserError
 from ..core.lazy import lazy_import
 from ..core.paths import cache_dir
+from . import pickle_guard as guard
 from .zoo import ModelSpec, block_layouts, feature_channels, stem_units
 
 np = lazy_import("numpy")
@@ -88,73 +91,81 @@ def param_attr_names(spec: ModelSpec) -> dict[str, str]:
 
 # --- reading ----------------------------------------------------------------------------------------------
 
-def _numpy2() -> bool:
-    return int(np.__version__.split(".")[0]) >= 2
+def _limits(size: int, spec: ModelSpec | None) -> guard.Limits:
+    if spec is None:
+        return guard.Limits.for_file(size)
+    shapes = expected_shapes(spec)
+    return guard.Limits.for_file(size, params=sum(math.prod(s) for s in shapes.values()), keys=len(shapes))
 
 
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("collections", "OrderedDict"),
-    ("_codecs", "encode"),  # protocol-2 pickles made by Python 3 spell bytes as _codecs.encode(str, "latin1")
-}
+def read_pdparams(source: str | os.PathLike | bytes, spec: ModelSpec | None = None) -> dict[str, np.ndarray]:
+    """Unpickle a .pdparams safely into ``{key: ndarray}`` (name table dropped, split params joined).
 
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: a weight file may only contain numpy arrays"
-            )
-        if module.startswith("numpy.core"):  # numpy 1 pickles; numpy 2 moved the module
-            module = "numpy._core" + module[len("numpy.core"):] if _numpy2() else module
-        return super().find_class(module, name)
-
-
-def _unpickle(f, label: str):
-    try:
-        return _ArraysOnlyUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        if "truncated" in str(e):
-            raise UserError(f"weights file {label} is truncated or corrupt ({e})") from None
-        raise UserError(f"weights file {label} is not a PaddleClas .pdparams: {e}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
-        raise UserError(f"weights file {label} is truncated or corrupt ({type(e).__name__}: {e})") from None
-
-
-def read_pdparams(source: str | os.PathLike | bytes) -> dict[str, np.ndarray]:
-    """Unpickle a .pdparams safely into ``{key: ndarray}`` (name table dropped, split params joined)."""
+    The pickle is bounded by its own size and, given ``spec``, by the model's parameter and key counts
+    (``pickle_guard.Limits``); anything malformed raises one-line UserError naming the file."""
     label = "<bytes>" if isinstance(source, bytes) else str(source)
     try:  # unpickle from the open file: the arrays are built without a second copy of the file in memory
         f = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     except OSError as e:
         raise UserError(f"cannot read weights file {label}: {e.strerror or e}") from None
     with f:
-        if not f.read(1):
-            raise UserError(f"weights file {label} is empty")
+        size = f.seek(0, os.SEEK_END)
         f.seek(0)
-        obj = _unpickle(f, label)
+        if not size:
+            raise UserError(f"weights file {label} is empty")
+        try:
+            obj = guard.load(f, size, _limits(size, spec))
+        except guard.PickleRefused as e:
+            raise UserError(f"weights file {label}: {e}") from None
     if not isinstance(obj, dict):
         raise UserError(f"weights file {label} holds a {type(obj).__name__}, not a dict of arrays")
     obj = dict(obj)
+    for key in obj:
+        if not isinstance(key, str):
+            raise UserError(f"weights file {label}: a key is a {type(key).__name__}, not a str")
     obj.pop(NAME_TABLE_KEY, None)
     big = obj.pop(BIG_PARAM_KEY, None)
-    if big:
-        for key, info in big.items():
-            parts = [np.asarray(obj.pop(s)).ravel() for s in info["slices"]]
-            obj[key] = np.concatenate(parts).reshape(info["OriginShape"])
+    if big is not None:
+        try:
+            _join_big_params(obj, big)
+        except ValueError as e:
+            raise UserError(f"weights file {label}: {BIG_PARAM_KEY} {e}") from None
     state = {}
     for key, value in obj.items():
         if isinstance(value, tuple):  # paddle.save of non-state-dict objects: (name, ndarray)
             value = next((v for v in value if isinstance(v, np.ndarray)), None)
         if not isinstance(value, np.ndarray):
             raise UserError(f"weights file {label}: key '{key}' holds a {type(value).__name__}, not an array")
-        state[str(key)] = value
+        state[key] = np.asarray(value)  # a plain ndarray, not the unpickler's checked subclass
     return state
+
+
+def _join_big_params(obj: dict, big) -> None:
+    """Join the params paddle.save split into slices, in place; ValueError says which entry is malformed."""
+    if not isinstance(big, dict):
+        raise ValueError(f"is a {type(big).__name__}, not a dict")
+    for key, info in big.items():
+        if not isinstance(info, dict) or not isinstance(info.get("slices"), (list, tuple)):
+            raise ValueError(f"entry {str(key)[:80]!r} is not a dict with a list of slices")
+        shape, names = info.get("OriginShape"), info["slices"]
+        if not isinstance(key, str) or key in obj:
+            raise ValueError(f"entry {str(key)[:80]!r} is not a new str key")
+        if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"entry {key!r} has OriginShape {shape!r:.80}, not a list of sizes")
+        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"entry {key!r} needs distinct slice names, has {names!r:.80}")
+        parts = [obj.get(n) for n in names]
+        missing = [n for n, p in zip(names, parts, strict=True) if not isinstance(p, np.ndarray)]
+        if missing:
+            raise ValueError(f"entry {key!r}: slice {missing[0]!r} is not an array in the file")
+        if len({p.dtype for p in parts}) != 1:
+            raise ValueError(f"entry {key!r}: slices of dtypes {sorted({str(p.dtype) for p in parts})} do not join")
+        if sum(p.size for p in parts) != math.prod(shape):
+            raise ValueError(f"entry {key!r}: slices of {sum(p.size for p in parts)} values do not make "
+                             f"shape {tuple(shape)}")
+        for n in names:
+            del obj[n]
+        obj[key] = np.concatenate([p.ravel() for p in parts]).reshape(shape)
 
 
 def _first(items, n=3):
@@ -205,7 +216,7 @@ def validate_state(state: dict[str, np.ndarray], spec: ModelSpec, label: str = "
 
 
 def load_weights(path: str | os.PathLike, spec: ModelSpec) -> dict[str, np.ndarray]:
-    return validate_state(read_pdparams(path), spec, label=f"weights {path}")
+    return validate_state(read_pdparams(path, spec), spec, label=f"weights {path}")
 
 
 def state_sha256(state: dict[str, np.ndarray]) -> str:
