@@ -86,6 +86,15 @@ def test_cut_short_or_unknown_headers_say_nothing(data):
     assert image_size(data) is None
 
 
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM12", b"RIFF\0\0\0\0WEBPVP8X",
+                                  b"II*\x00\xff\xff\xff\x00", b"P6\n# c"])
+def test_a_known_format_whose_header_says_nothing_is_refused_not_passed_through(data):
+    with pytest.raises(ImageDecodeError) as e:
+        check_encoded(data)
+    assert "\n" not in str(e.value) and ("does not say its size" in str(e.value) or "truncated" in str(e.value))
+    assert check_encoded(imf.text()) is None and check_encoded(imf.random_bytes()) is None  # the decoder judges them
+
+
 def test_the_bomb_is_refused_in_microseconds_without_decoding():
     bomb = imf.png_bomb()
     assert 1_000_000 < len(bomb) < 1_300_000 and image_size(bomb) == ("PNG", 20000, 20000)

@@ -1,13 +1,19 @@
-"""How large an encoded image says it is, read from its header before anything is decoded.
+"""How large an encoded image says it is, read from its header before anything is decoded, the way its decoder reads it.
 
 ``image_size(data)`` gives ``(format, width, height)`` as the header declares them — what the decoder will
 allocate — for every format the OpenCV builds this project uses decode: JPEG (the frame header, SOF), PNG (IHDR),
 BMP, WebP (VP8, VP8L, VP8X), GIF, TIFF and BigTIFF (the first IFD: the page ``imdecode`` reads), JPEG 2000 (JP2's
 ``ihdr`` or the codestream's SIZ), PNM/PAM/PFM, Sun raster, Radiance HDR, AVIF/HEIF (``ispe``) and OpenEXR
-(``dataWindow``). ``None`` when the data is in none of these formats or its header is cut short (the decoder then
-judges it). Reading is a few slices of the first bytes (a JPEG's segments are skipped by their lengths), so a
-refusal costs microseconds however large the image claims to be. Only the standard library: the Triton
-preprocessing model runs a copy of this file (``trt_res2net_vendored/data/``).
+(``dataWindow``). Each reader follows its decoder where a second parser could read otherwise: TIFF as libtiff (the
+first of duplicated ImageWidth / ImageLength entries, every integer type, values it refuses refused), PNM as
+OpenCV's ReadNumber and Radiance HDR as its RGBE_ReadHeader (comments and header lines of any length, read to the
+end of the data if need be). ``None`` when the data is in none of these formats (``image_format`` says which) or its
+header does not say: cut short, or a value the decoder refuses; the caller then refuses the image
+(``preprocess.check_encoded``). ``jpeg_scans`` counts a JPEG's scans (a CPU-time bound), and the truncation walks
+say whether a JPEG or PNG ends before its end marker. Reading is slices and regular expressions over the bytes
+(a JPEG's segments are skipped by their lengths, at most ``MAX_JPEG_SEGMENTS``), so a refusal costs microseconds to
+milliseconds however large the image claims to be. Only the standard library: the Triton preprocessing model runs a
+copy of this file (``trt_res2net_vendored/data/``).
 """
 
 from __future__ import annotations
@@ -25,11 +31,19 @@ def _u32(b, pos: int, big: bool = True) -> int:
     return int.from_bytes(b[pos : pos + 4], "big" if big else "little")
 
 
+# Segments walked before the frame header, and in all (``jpeg_scans``): real files have tens (a progressive one at the
+# scan limit about a thousand); past this the structure is refused, so that walking it stays a matter of milliseconds.
+MAX_JPEG_SEGMENTS = 10_000
+_JPEG_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker ending entropy-coded data
+
+
 def _jpeg(b) -> tuple[int, int] | None:
     """The first frame header's dimensions. Bytes between segments are skipped the way libjpeg skips them (to
     the next 0xFF that starts a marker), so garbage cannot hide a frame header that the decoder would find."""
     n, pos = len(b), 2
-    while pos + 4 <= n:
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if pos + 4 > n:
+            return None
         if b[pos] != 0xFF:
             pos = b.find(b"\xff", pos)
             if pos < 0:
@@ -49,6 +63,85 @@ def _jpeg(b) -> tuple[int, int] | None:
             return (width, height) if height else None  # height 0 (DNL): libjpeg refuses it
         else:
             pos += 2 + _u16(b, pos + 2)
+    return None
+
+
+def jpeg_scans(data) -> int | None:
+    """How many scans (SOS segments) a JPEG holds up to its end-of-image marker: segments are skipped by their
+    lengths and entropy-coded data up to the next marker, as libjpeg reads them. None when there are more than
+    ``MAX_JPEG_SEGMENTS`` segments, or the data is not a JPEG."""
+    b = data if isinstance(data, (bytes, bytearray)) else bytes(memoryview(data))
+    if bytes(b[:3]) != b"\xff\xd8\xff":
+        return None
+    n, pos, scans = len(b), 2, 0
+    for _ in range(MAX_JPEG_SEGMENTS):
+        if pos < n and b[pos] != 0xFF:  # garbage where a marker belongs: libjpeg skips it to the next 0xFF
+            pos = b.find(b"\xff", pos)
+            if pos < 0:
+                return scans
+        while pos + 1 < n and b[pos] == 0xFF and b[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 4 > n or b[pos + 1] == 0xD9:
+            return scans  # the end, or end of image
+        marker = b[pos + 1]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 2
+            continue
+        pos += 2 + _u16(b, pos + 2)
+        if marker == 0xDA:
+            scans += 1
+            m = _JPEG_ENTROPY_END.search(b, pos)
+            if m is None:
+                return scans
+            pos = m.start()
+    return None
+
+
+def jpeg_is_truncated(data: bytes) -> bool:
+    """Walk the JPEG's markers from SOI; True when the data ends before the end-of-image marker.
+
+    Segments (with embedded EXIF thumbnails) are skipped by their lengths and entropy-coded data by a
+    regex, so this is quick; data after EOI (e.g. a motion photo's video) is ignored.
+    """
+    n, pos = len(data), 2
+    while True:
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes
+        if pos + 2 > n or data[pos] != 0xFF:
+            return pos + 2 > n  # ran out: truncated; garbage instead of a marker: let the decoder judge
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 2
+            continue
+        if pos + 4 > n:
+            return True
+        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data up to the next marker
+            m = _JPEG_ENTROPY_END.search(data, pos)
+            if m is None:
+                return True
+            pos = m.start()
+
+
+def png_is_truncated(data: bytes) -> bool:
+    """Walk the PNG's chunks; True when the data ends before IEND (checked before libpng, which would
+    print to stderr)."""
+    n, pos = len(data), 8
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return False
+        pos += 12 + length
+    return True
+
+
+def truncation_reason(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff" and jpeg_is_truncated(data):
+        return "truncated JPEG (ends before its end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and png_is_truncated(data):
+        return "truncated PNG (ends before its IEND chunk)"
     return None
 
 
@@ -74,27 +167,49 @@ def _webp(b) -> tuple[int, int] | None:
     return None
 
 
-def _tiff(b) -> tuple[int, int] | None:
-    big = bytes(b[:2]) == b"MM"
-    bigtiff = _u16(b, 2, big) == 43
-    if bigtiff:
-        ifd, count_size, entry_size, value_at = int.from_bytes(b[8:16], "big" if big else "little"), 8, 20, 12
-    else:
-        ifd, count_size, entry_size, value_at = _u32(b, 4, big), 2, 12, 8
-    if ifd + count_size > len(b):
+# TIFF field types libtiff reads an ImageWidth / ImageLength of (TIFFReadDirEntryLong): size, signed.
+_TIFF_INTEGERS = {1: (1, False), 3: (2, False), 4: (4, False), 6: (1, True), 8: (2, True), 9: (4, True),
+                  13: (4, False), 16: (8, False), 17: (8, True), 18: (8, False)}
+_TIFF_MAX_ENTRIES = 4096  # libtiff refuses a directory of more entries ("Sanity check on directory count failed")
+
+
+def _tiff_value(b, entry: int, value_at: int, inline: int, order: str) -> int | None:
+    """An ImageWidth / ImageLength entry's value as libtiff reads it: one integer of any integer type, inline or at
+    its offset when it does not fit; None where libtiff refuses it (another type, a count other than 1, a negative
+    or over 32-bit value, an offset past the end)."""
+    kind = int.from_bytes(b[entry + 2 : entry + 4], order)
+    count = int.from_bytes(b[entry + 4 : entry + value_at], order)
+    if kind not in _TIFF_INTEGERS or count != 1:
         return None
-    count = int.from_bytes(b[ifd : ifd + count_size], "big" if big else "little")
-    dims: dict[int, int] = {}
-    for i in range(min(count, 4096)):
+    size, signed = _TIFF_INTEGERS[kind]
+    at = entry + value_at
+    if size > inline:  # LONG8 in a classic TIFF: the entry holds its offset
+        at = int.from_bytes(b[at : at + inline], order)
+    if at + size > len(b):
+        return None
+    value = int.from_bytes(b[at : at + size], order, signed=signed)
+    return value if 0 <= value <= 0xFFFFFFFF else None
+
+
+def _tiff(b) -> tuple[int, int] | None:
+    """The first IFD's ImageWidth and ImageLength as libtiff reads them: of a tag that appears twice the first entry
+    counts (libtiff ignores the later ones), every integer type; None when either is missing or one libtiff refuses."""
+    order = "big" if bytes(b[:2]) == b"MM" else "little"
+    if int.from_bytes(b[2:4], order) == 43:  # BigTIFF
+        ifd, count_size, entry_size, value_at, inline = int.from_bytes(b[8:16], order), 8, 20, 12, 8
+    else:
+        ifd, count_size, entry_size, value_at, inline = int.from_bytes(b[4:8], order), 2, 12, 8, 4
+    count = int.from_bytes(b[ifd : ifd + count_size], order)
+    if ifd + count_size > len(b) or count > _TIFF_MAX_ENTRIES or ifd + count_size + count * entry_size > len(b):
+        return None  # libtiff cannot read the whole directory: it refuses the file
+    dims: dict[int, int | None] = {}
+    for i in range(count):
         entry = ifd + count_size + i * entry_size
-        if entry + entry_size > len(b):
-            break
-        tag, kind = _u16(b, entry, big), _u16(b, entry + 2, big)
-        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or LONG8
-            size = {3: 2, 4: 4, 16: 8}.get(kind)
-            if size is not None:
-                dims[tag] = int.from_bytes(b[entry + value_at : entry + value_at + size], "big" if big else "little")
-    return (dims[256], dims[257]) if len(dims) == 2 else None
+        tag = int.from_bytes(b[entry : entry + 2], order)
+        if tag in (256, 257) and tag not in dims:  # ImageWidth, ImageLength: the first entry wins
+            dims[tag] = _tiff_value(b, entry, value_at, inline, order)
+    width, height = dims.get(256), dims.get(257)
+    return (width, height) if width is not None and height is not None else None
 
 
 def _jp2(b) -> tuple[int, int] | None:
@@ -124,35 +239,111 @@ def _j2k(b) -> tuple[int, int] | None:
     return _u32(b, 8) - _u32(b, 16), _u32(b, 12) - _u32(b, 20)
 
 
-_PNM_TOKEN = re.compile(rb"(?:\s|#[^\n]*\n?)*(\S+)")
+# OpenCV's ReadNumber (grfmt_pxm.cpp) skips whitespace and comments ("#" up to a CR or LF) before a number.
+_PNM_SPACE = re.compile(rb"[ \t\n\v\f\r]*")
+_PNM_COMMENT = re.compile(rb"#[^\n\r]*[\n\r]")
+_PNM_DIGITS = re.compile(rb"[0-9]+")
+MAX_PNM_COMMENTS = 4096  # before one number; more is refused (an abusive header), not read one by one
+_INT_MAX = 2**31 - 1
+
+
+def _pnm_skip(b, pos: int) -> int | None:
+    """Where the next number starts after whitespace and comments; None past MAX_PNM_COMMENTS comments."""
+    for _ in range(MAX_PNM_COMMENTS + 1):
+        pos = _PNM_SPACE.match(b, pos).end()
+        comment = _PNM_COMMENT.match(b, pos)
+        if comment is None:
+            return pos
+        pos = comment.end()
+    return None
+
+
+def _pnm_number(b, pos: int) -> tuple[int, int] | None:
+    """OpenCV's ReadNumber at ``pos``: (the number, where the next one starts: the byte after the number's
+    terminating byte, which ReadNumber consumes); None where it fails (another byte, the end, over INT_MAX, more
+    than MAX_PNM_COMMENTS comments before it)."""
+    start = _pnm_skip(b, pos)
+    if start is None:
+        return None
+    pos = start
+    m = _PNM_DIGITS.match(b, pos)
+    if m is None or m.end() >= len(b) or m.end() - pos > 10 or int(m.group()) > _INT_MAX:
+        return None
+    return int(m.group()), m.end() + 1
+
+
+def _pam(b) -> tuple[int, int] | None:
+    """PAM: ``WIDTH`` and ``HEIGHT`` lines up to ``ENDHDR``; None unless each appears exactly once."""
+    end = b.find(b"\nENDHDR")
+    if end < 0:
+        return None
+    fields = re.findall(rb"^[ \t]*(WIDTH|HEIGHT)[ \t]+([0-9]{1,10})[ \t\r]*$", bytes(b[: end + 1]), flags=re.M)
+    named = dict(fields)
+    if len(fields) != 2 or len(named) != 2 or max(int(v) for v in named.values()) > _INT_MAX:
+        return None
+    return int(named[b"WIDTH"]), int(named[b"HEIGHT"])
+
+
+def _pfm(b) -> tuple[int, int] | None:
+    """PFM: ``Pf`` / ``PF``, then width and height as plain decimal tokens (anything else: None)."""
+    m = re.match(rb"P[fF]\s+([0-9]{1,10})\s+([0-9]{1,10})\s", bytes(b[:64]))
+    if m is None or max(int(m.group(1)), int(m.group(2))) > _INT_MAX:
+        return None
+    return int(m.group(1)), int(m.group(2))
 
 
 def _pnm(b) -> tuple[int, int] | None:
-    head = bytes(b[:1024])
-    if head[:2] == b"P7":  # PAM: WIDTH and HEIGHT lines up to ENDHDR
-        fields = dict(re.findall(rb"^(WIDTH|HEIGHT)\s+(\d+)", head, flags=re.M))
-        return (int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])) if len(fields) == 2 else None
-    tokens, pos = [], 2
-    while len(tokens) < 2:
-        m = _PNM_TOKEN.match(head, pos)
-        if m is None or not m.group(1).isdigit():
+    """P1–P6 read as OpenCV reads them, over the whole header however long its comments (P7: ``_pam``)."""
+    if b[1:2] == b"7":
+        return _pam(b)
+    if b[1:2] in b"fF":
+        return _pfm(b)
+    width = _pnm_number(b, 2)
+    height = _pnm_number(b, width[1]) if width is not None else None
+    return (width[0], height[0]) if height is not None else None
+
+
+_HDR_FORMAT = b"FORMAT=32-bit_rle_rgbe"
+# A header line that needs a closer look: empty, starting with NUL, long enough for more than one fgets() chunk, or
+# the FORMAT line. Others (short, not FORMAT) are skipped as OpenCV's RGBE_ReadHeader skips them.
+_HDR_LINE = re.compile(rb"^(?:\n|\x00|[^\n]{127}|" + _HDR_FORMAT + rb"\n)", re.M)
+_HDR_SIZE = re.compile(rb"-Y\s*([-+]?[0-9]+)\s*\+X\s*([-+]?[0-9]+)")
+_HDR_CHUNK = 127  # RGBE_ReadHeader reads lines with fgets() into 128 bytes
+
+
+def _hdr_format_end(b) -> int | None:
+    """Where the header line after ``FORMAT=32-bit_rle_rgbe`` starts, as RGBE_ReadHeader finds it: lines are read in
+    chunks of 127 bytes, and an empty chunk or one starting with NUL before the FORMAT chunk is an error."""
+    pos = 0
+    while True:
+        m = _HDR_LINE.search(b, pos)
+        if m is None or b[m.start()] in (0x0A, 0x00):
             return None
-        tokens.append(int(m.group(1)))
-        pos = m.end()
-    return tokens[0], tokens[1]
+        start = m.start()
+        if m.end() - start < _HDR_CHUNK:  # the FORMAT line itself
+            return m.end()
+        eol = b.find(b"\n", start)
+        if eol < 0 or 0 in b[start:eol:_HDR_CHUNK]:
+            return None
+        tail = start + (eol - start) // _HDR_CHUNK * _HDR_CHUNK  # where the line's last chunk starts
+        if tail == eol:  # a line of a multiple of 127 bytes: its last chunk is "\n", an empty line
+            return None
+        if b[tail : eol + 1] == _HDR_FORMAT + b"\n":
+            return eol + 1
+        pos = eol + 1
 
 
 def _hdr(b) -> tuple[int, int] | None:
-    """Radiance: header lines, an empty line, then e.g. ``-Y 512 +X 768`` (rows first)."""
-    head = bytes(b[:8192])
-    end = head.find(b"\n\n")
-    if end < 0:
+    """Radiance, as OpenCV's RGBE_ReadHeader reads it: header lines up to ``FORMAT=32-bit_rle_rgbe``, an empty
+    line, then ``-Y <rows> +X <columns>`` (the only orientation it reads); the header may be of any length."""
+    pos = _hdr_format_end(b)
+    if pos is None or b[pos : pos + 1] != b"\n":
         return None
-    m = re.match(rb"\s*([-+])([XY])\s+(\d+)\s+([-+])([XY])\s+(\d+)", head[end + 2 :])
-    if m is None:
+    line = bytes(b[pos + 1 : pos + 1 + _HDR_CHUNK]).split(b"\n", 1)[0].split(b"\x00", 1)[0]
+    m = _HDR_SIZE.match(line)
+    if m is None or max(abs(int(m.group(1))), abs(int(m.group(2)))) > _INT_MAX:
         return None
-    first, second = int(m.group(3)), int(m.group(6))
-    return (second, first) if m.group(2) == b"Y" else (first, second)
+    return int(m.group(2)), int(m.group(1))
 
 
 def _isobmff(b) -> tuple[int, int] | None:
@@ -199,38 +390,51 @@ def _exr(b) -> tuple[int, int] | None:
     return None
 
 
+def _png(b) -> tuple[int, int] | None:
+    return (_u32(b, 16), _u32(b, 20)) if len(b) >= 24 and bytes(b[12:16]) == b"IHDR" else None
+
+
+def _gif(b) -> tuple[int, int] | None:
+    return (_u16(b, 6, False), _u16(b, 8, False)) if len(b) >= 10 else None
+
+
+def _sun(b) -> tuple[int, int] | None:
+    return (_u32(b, 4), _u32(b, 8)) if len(b) >= 12 else None
+
+
+# Each format: its name, whether the first 16 bytes are its signature (as the decoder recognises it), its reader.
+_FORMATS = (
+    ("PNG", lambda h: h[:8] == b"\x89PNG\r\n\x1a\n", _png),
+    ("JPEG", lambda h: h[:3] == b"\xff\xd8\xff", _jpeg),
+    ("BMP", lambda h: h[:2] == b"BM", _bmp),
+    ("WebP", lambda h: h[:4] == b"RIFF" and h[8:12] == b"WEBP", _webp),
+    ("GIF", lambda h: h[:6] in (b"GIF87a", b"GIF89a"), _gif),
+    ("TIFF", lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff),
+    ("JPEG 2000", lambda h: h[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n", _jp2),
+    ("JPEG 2000", lambda h: h[:2] == b"\xff\x4f", _j2k),
+    ("PNM", lambda h: h[:1] == b"P" and h[1:2] in b"1234567fF" and h[2:3] in b" \t\n\v\f\r" and len(h) > 2, _pnm),
+    ("Sun raster", lambda h: h[:4] == b"\x59\xa6\x6a\x95", _sun),
+    ("Radiance HDR", lambda h: h[:2] == b"#?", _hdr),
+    ("AVIF/HEIF", lambda h: h[4:8] == b"ftyp", _isobmff),
+    ("OpenEXR", lambda h: h[:4] == b"\x76\x2f\x31\x01", _exr),
+)
+
+
+def image_format(data) -> str | None:
+    """The name of the format whose signature ``data`` starts with (``image_size`` reads its header), or None."""
+    head = bytes(data[:16])
+    return next((name for name, signed, _ in _FORMATS if signed(head)), None)
+
+
 def image_size(data) -> tuple[str, int, int] | None:
-    """``(format, width, height)`` declared by an encoded image's header, or None (another format, or cut short)."""
+    """``(format, width, height)`` declared by an encoded image's header, or None (another format, or a header that
+    does not say: cut short, or one its decoder refuses)."""
     b = data if isinstance(data, (bytes, bytearray)) else bytes(memoryview(data))
     head = bytes(b[:16])
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        dims, name = (_u32(b, 16), _u32(b, 20)) if len(b) >= 24 and bytes(b[12:16]) == b"IHDR" else None, "PNG"
-    elif head[:3] == b"\xff\xd8\xff":
-        dims, name = _jpeg(b), "JPEG"
-    elif head[:2] == b"BM":
-        dims, name = _bmp(b), "BMP"
-    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        dims, name = _webp(b), "WebP"
-    elif head[:6] in (b"GIF87a", b"GIF89a"):
-        dims, name = ((_u16(b, 6, False), _u16(b, 8, False)) if len(b) >= 10 else None), "GIF"
-    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        dims, name = _tiff(b), "TIFF"
-    elif head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":
-        dims, name = _jp2(b), "JPEG 2000"
-    elif head[:2] == b"\xff\x4f":
-        dims, name = _j2k(b), "JPEG 2000"
-    elif head[:1] == b"P" and head[1:2] in b"1234567fF" and len(head) > 2:
-        dims, name = _pnm(b), "PNM"
-    elif head[:4] == b"\x59\xa6\x6a\x95":
-        dims, name = ((_u32(b, 4), _u32(b, 8)) if len(b) >= 12 else None), "Sun raster"
-    elif head[:2] == b"#?":
-        dims, name = _hdr(b), "Radiance HDR"
-    elif head[4:8] == b"ftyp":
-        dims, name = _isobmff(b), "AVIF/HEIF"
-    elif head[:4] == b"\x76\x2f\x31\x01":
-        dims, name = _exr(b), "OpenEXR"
-    else:
-        return None
-    if dims is None or dims[0] < 0 or dims[1] < 0:
-        return None
-    return name, int(dims[0]), int(dims[1])
+    for name, signed, read in _FORMATS:
+        if signed(head):
+            dims = read(b)
+            if dims is None or dims[0] < 0 or dims[1] < 0:
+                return None
+            return name, int(dims[0]), int(dims[1])
+    return None

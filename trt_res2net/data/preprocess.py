@@ -9,8 +9,10 @@ composited), 16-bit samples keep their high byte, CMYK JPEGs are converted by li
 applied. docs/preprocessing.md lists each case with what was measured.
 
 Decoding is bounded (``ImageLimits``): an input over ``max_bytes`` is refused before it is read, and an image whose
-header (``data.image_header``) declares more than ``max_pixels`` before it is decoded — one line naming the limit
-and the option that raises it, in microseconds, without the memory the decode would take.
+header (``data.image_header``) declares more than ``max_pixels``, a JPEG of too many scans, or a known format whose
+header does not say its size, before it is decoded — one line naming the limit and the option that raises it, in
+microseconds, without the memory or time the decode would take. Behind that, OpenCV's own limit
+(``OPENCV_PIXELS_VARIABLE``, set when this module is imported) bounds every decoder by the size it parses itself.
 
 The implementation is faster than the straight recipe but gives the same float32 values bit for bit:
 ``cv2.resize`` works per channel, so resizing BGR and reversing afterwards equals reversing first; only the
@@ -23,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
+import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,7 +33,9 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..core.lazy import lazy_import
-from .image_header import image_size
+from .image_header import image_format, image_size, jpeg_scans, truncation_reason
+from .image_header import jpeg_is_truncated as _jpeg_is_truncated
+from .image_header import png_is_truncated as _png_is_truncated
 
 np = lazy_import("numpy")
 
@@ -113,24 +117,79 @@ SPEC = PreprocessSpec()
 # ~1 MB) is refused. Stated once here: infer.py's --max-image-* flags and the Triton preprocessing default to them.
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 DEFAULT_MAX_IMAGE_BYTES = 50_000_000
+# Every scan of a progressive JPEG is a pass over the whole image: a few hundred make a small file a CPU bomb. 500 is
+# the limit libjpeg-turbo's own fuzzers set (TJPARAM_SCANLIMIT); an ordinary progressive JPEG has about 10. At the
+# largest sizes 500 passes still take tens of seconds, so the scans are also bounded by their total pixels: as many
+# as JPEG_FULL_SIZE_SCANS passes over an image of ``max_pixels`` (32 scans at 64 MP, the 500 at 4 MP and below).
+DEFAULT_MAX_JPEG_SCANS = 500
+JPEG_FULL_SIZE_SCANS = 32
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """The largest image decoded: ``max_pixels`` (width × height, as the header declares it) and ``max_bytes`` (the
-    encoded file or bytes). ``pixels_option`` / ``bytes_option`` name what raises each limit in the refusal."""
+    """The largest image decoded: ``max_pixels`` (width × height, as the header declares it), ``max_bytes`` (the
+    encoded file or bytes) and ``max_jpeg_scans`` (a JPEG's SOS segments). ``pixels_option`` / ``bytes_option``
+    name what raises each limit in the refusal."""
 
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     pixels_option: str = "ImageLimits(max_pixels=...)"
     bytes_option: str = "ImageLimits(max_bytes=...)"
+    max_jpeg_scans: int = DEFAULT_MAX_JPEG_SCANS
 
     def __post_init__(self):
-        if self.max_pixels < 1 or self.max_bytes < 1:
-            raise UserError(f"image limits must be ≥ 1 (max_pixels {self.max_pixels}, max_bytes {self.max_bytes})")
+        if self.max_pixels < 1 or self.max_bytes < 1 or self.max_jpeg_scans < 1:
+            raise UserError(f"image limits must be ≥ 1 (max_pixels {self.max_pixels}, max_bytes {self.max_bytes}, "
+                            f"max_jpeg_scans {self.max_jpeg_scans})")
 
 
 DEFAULT_LIMITS = ImageLimits()
+
+# OpenCV's own pixel limit: every OpenCV decoder checks the size it parsed from the header against it before it
+# allocates, so it bounds what this module's header reader might misjudge. OpenCV reads the variable once, when
+# ``cv2`` is first imported in the process (imgcodecs' static initialisation; setting it later has no effect), so it
+# is set here, when this module is imported: every decode path (infer.py, the library, calibration, streams' image
+# folders, the served models) imports this module before anything imports cv2. A value already in the environment
+# is the user's and is kept.
+OPENCV_PIXELS_VARIABLE = "OPENCV_IO_MAX_IMAGE_PIXELS"
+_OPENCV_DEFAULT_PIXELS = 1 << 30  # what OpenCV uses when the variable is not set
+_OPENCV_PIXELS_OURS = False  # whether this module set the variable (and may still raise it, before cv2 is imported)
+_OPENCV_PIXELS: int | None = None  # the limit cv2 was imported under, once a decode has imported it
+
+
+def limit_opencv_pixels(max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
+    """Set OpenCV's own pixel limit for this process to ``max_pixels``; False (nothing changes) once cv2 is
+    imported, since OpenCV has read it then."""
+    global _OPENCV_PIXELS_OURS
+    if "cv2" in sys.modules:
+        return False
+    os.environ[OPENCV_PIXELS_VARIABLE] = str(max_pixels)
+    _OPENCV_PIXELS_OURS = True
+    return True
+
+
+def _environment_pixels() -> int:
+    try:
+        return int(os.environ.get(OPENCV_PIXELS_VARIABLE, _OPENCV_DEFAULT_PIXELS))
+    except ValueError:
+        return _OPENCV_DEFAULT_PIXELS
+
+
+if OPENCV_PIXELS_VARIABLE not in os.environ:
+    limit_opencv_pixels()
+
+
+def _import_cv2(limits: ImageLimits):
+    """cv2, imported under OpenCV's pixel limit: raised to ``limits.max_pixels`` first when this module set it and
+    cv2 is not imported yet (a decode with a larger limit is the first)."""
+    global _OPENCV_PIXELS
+    if _OPENCV_PIXELS_OURS and "cv2" not in sys.modules and limits.max_pixels > _environment_pixels():
+        limit_opencv_pixels(limits.max_pixels)
+    import cv2
+
+    if _OPENCV_PIXELS is None:
+        _OPENCV_PIXELS = _environment_pixels()
+    return cv2
 
 
 class ImageTooLarge(ImageDecodeError):
@@ -144,15 +203,31 @@ def _megabytes(n: int) -> str:
 
 
 def check_encoded(data, limits: ImageLimits = DEFAULT_LIMITS, where=None) -> tuple[int, int] | None:
-    """Refuse (ImageTooLarge) encoded bytes over ``limits.max_bytes``, or whose header declares more than
-    ``limits.max_pixels``; else the declared (width, height), None when the header is not one ``image_header`` reads.
-    Reads only the header: a refusal costs microseconds and no memory."""
+    """Refuse (ImageTooLarge) encoded bytes over ``limits.max_bytes``, whose header declares more than
+    ``limits.max_pixels``, or a JPEG of more than ``limits.max_jpeg_scans`` scans; refuse (ImageDecodeError) a known
+    format whose header does not say its size (cut short, or malformed where its decoder would read it otherwise).
+    Else the declared (width, height); None for data in no format ``image_header`` knows (the decoder judges it,
+    under OpenCV's own pixel limit). Reads only the header and the marker structure: no decoding, no memory."""
     _check_bytes(len(data), limits, where)
+    scans = jpeg_scans(data)  # None: not a JPEG, or one of too many segments
+    if scans is None and bytes(data[:3]) == b"\xff\xd8\xff":
+        raise ImageDecodeError("JPEG of too many segments (an abusive marker structure)", where)
     declared = image_size(data)
     if declared is None:
-        return None
+        fmt = image_format(data)
+        if fmt is None:
+            return None
+        raise ImageDecodeError(truncation_reason(bytes(data)) or f"{fmt} whose header does not say its size "
+                               "(cut short or malformed): refused rather than decoded unchecked", where)
     fmt, w, h = declared
     _check_pixels(w, h, limits, where, fmt)
+    if scans is not None and scans > limits.max_jpeg_scans:
+        raise ImageTooLarge(f"JPEG of {scans} scans is over the limit of {limits.max_jpeg_scans} (each scan is a "
+                            "pass over the whole image; ImageLimits(max_jpeg_scans=...) raises it)", where)
+    if scans is not None and scans * w * h > JPEG_FULL_SIZE_SCANS * limits.max_pixels:
+        raise ImageTooLarge(f"JPEG of {scans} scans at {w}×{h} pixels is over the limit of "
+                            f"{JPEG_FULL_SIZE_SCANS * limits.max_pixels // (w * h)} scans at that size (each scan is "
+                            f"a pass over the whole image; {limits.pixels_option} raises it)", where)
     return w, h
 
 
@@ -197,57 +272,6 @@ def _source(src) -> str | None:
     return str(src) if isinstance(src, (str, os.PathLike)) else None
 
 
-_JPEG_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker ending entropy-coded data
-
-
-def _jpeg_is_truncated(data: bytes) -> bool:
-    """Walk the JPEG's markers from SOI; True when the data ends before the end-of-image marker.
-
-    Segments (with embedded EXIF thumbnails) are skipped by their lengths and entropy-coded data by a
-    regex, so this is quick; data after EOI (e.g. a motion photo's video) is ignored.
-    """
-    n, pos = len(data), 2
-    while True:
-        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes
-        if pos + 2 > n or data[pos] != 0xFF:
-            return pos + 2 > n  # ran out: truncated; garbage instead of a marker: let the decoder judge
-        marker = data[pos + 1]
-        if marker == 0xD9:
-            return False
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
-            pos += 2
-            continue
-        if pos + 4 > n:
-            return True
-        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
-        if marker == 0xDA:  # start of scan: skip the entropy-coded data up to the next marker
-            m = _JPEG_ENTROPY_END.search(data, pos)
-            if m is None:
-                return True
-            pos = m.start()
-
-
-def _png_is_truncated(data: bytes) -> bool:
-    """Walk the PNG's chunks; True when the data ends before IEND (checked before libpng, which would
-    print to stderr)."""
-    n, pos = len(data), 8
-    while pos + 8 <= n:
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        if data[pos + 4 : pos + 8] == b"IEND":
-            return False
-        pos += 12 + length
-    return True
-
-
-def _truncation_reason(data: bytes) -> str | None:
-    if data[:3] == b"\xff\xd8\xff" and _jpeg_is_truncated(data):
-        return "truncated JPEG (ends before its end-of-image marker)"
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and _png_is_truncated(data):
-        return "truncated PNG (ends before its IEND chunk)"
-    return None
-
-
 def _from_array(img: np.ndarray) -> np.ndarray:
     """An in-memory image → what ``IMREAD_COLOR`` would have made of it: BGR uint8, three channels."""
     import cv2
@@ -280,10 +304,10 @@ def decode_image(src, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
     """A file path, encoded bytes or a decoded array → BGR uint8 H×W×3, decoded exactly as PaddleClas does.
 
     Raises ImageDecodeError with a one-line reason (no such file, empty, truncated, not an image), ImageTooLarge
-    for an input over ``limits`` (checked on the file size and the header, before reading and decoding).
+    for an input over ``limits`` (checked on the file size and the header, before reading and decoding; and by
+    OpenCV itself, under ``OPENCV_PIXELS_VARIABLE``, before it allocates).
     """
-    import cv2
-
+    cv2 = _import_cv2(limits)
     global _OPENCV_MAJOR
     if _OPENCV_MAJOR is None:
         _OPENCV_MAJOR = _opencv_major()
@@ -312,21 +336,34 @@ def decode_image(src, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
         raise ImageDecodeError("empty file", where)
     _check_bytes(len(data), limits, where)
     data = bytes(data)
-    check_encoded(data, limits, where)
+    declared = check_encoded(data, limits, where)
+    if declared is not None and declared[0] * declared[1] > _OPENCV_PIXELS:
+        _over_opencv_limit(where, declared)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and _png_is_truncated(data):
         raise ImageDecodeError("truncated PNG (ends before its IEND chunk)", where)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:  # e.g. over OpenCV's pixel limit
+    except cv2.error as e:
+        if "CV_IO_MAX_IMAGE" in str(e):  # OpenCV's own limits, checked on the header it parsed
+            _over_opencv_limit(where)
         raise ImageDecodeError(f"not a decodable image ({_first_line(e)})", where) from None
     if img is None or img.size == 0:
-        raise ImageDecodeError(_truncation_reason(data) or "not a decodable image", where)
+        raise ImageDecodeError(truncation_reason(data) or "not a decodable image", where)
     # OpenCV 5 refuses a truncated JPEG, as PaddleClas's decode then does; OpenCV 4 returns the part it
     # could decode (grey below), so there the file is checked to report it rather than classify half of it.
     if _OPENCV_MAJOR < 5 and data[:3] == b"\xff\xd8\xff" and _jpeg_is_truncated(data):
         raise ImageDecodeError("truncated JPEG (ends before its end-of-image marker)", where)
     _check_pixels(img.shape[1], img.shape[0], limits, where)  # a format whose header is not read here
     return img
+
+
+def _over_opencv_limit(where, declared: tuple[int, int] | None = None):
+    if declared is None:  # OpenCV's limits on the size its decoder parsed: the pixels, or 2^20 a side
+        raise ImageTooLarge(f"the size its header gives OpenCV is over OpenCV's own limits ({_OPENCV_PIXELS} pixels "
+                            f"in this process, from {OPENCV_PIXELS_VARIABLE}; 2^20 a side)", where)
+    raise ImageTooLarge(f"{declared[0]}×{declared[1]} pixels is over OpenCV's own limit of {_OPENCV_PIXELS} pixels in "
+                        f"this process (the environment variable {OPENCV_PIXELS_VARIABLE}, read when cv2 is first "
+                        "imported)", where)
 
 
 def _first_line(e: BaseException) -> str:

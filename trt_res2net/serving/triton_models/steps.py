@@ -9,13 +9,19 @@ postprocessing it imports (relative imports: the same code runs as ``trt_res2net
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from ...data.postprocess import is_probability, softmax, topk
-from ...data.preprocess import SPEC, ImageDecodeError, ImageLimits, check_encoded, preprocess
+from ...data.preprocess import (
+    SPEC,
+    ImageDecodeError,
+    ImageLimits,
+    check_encoded,
+    limit_opencv_pixels,
+    preprocess,
+)
 
 
 class StepError(Exception):
@@ -49,9 +55,9 @@ def instance_threads(config: dict, key: str) -> int:
 class Preprocessing:
     """Encoded images → float32 [n, 3, 224, 224], ``infer.py``'s preprocessing bit for bit.
 
-    Every image is checked against the limits (its size, and the pixels its header declares) before anything is
-    decoded: an image bomb is refused in microseconds and never reaches the decoding threads, so it delays no
-    other request. The accepted images are decoded on ``threads`` threads (OpenCV releases the GIL)."""
+    Every image is checked against the limits (its size, the pixels its header declares, a JPEG's scans) before
+    anything is decoded: an image bomb is refused in microseconds and never reaches the decoding threads, so it
+    delays no other request. The accepted images are decoded on ``threads`` threads (OpenCV releases the GIL)."""
 
     def __init__(self, params: dict[str, str], threads: int, model_name: str):
         recorded = params.get("preprocess_sha256")
@@ -66,10 +72,9 @@ class Preprocessing:
             max_bytes=int(params.get("max_image_bytes") or defaults.max_bytes),
             pixels_option=f"parameter max_image_pixels of {model_name}; build.py --triton-max-image-pixels",
             bytes_option=f"parameter max_image_bytes of {model_name}; build.py --triton-max-image-bytes")
-        if "cv2" not in sys.modules:
-            # OpenCV reads this once, when it is first imported (next, by the first decode): its own check of the
-            # header, before it allocates, then bounds the formats whose header image_header does not read.
-            os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(self.limits.max_pixels)
+        # OpenCV's own pixel limit at this model's (cv2 is imported by the first decode, after this): OpenCV checks
+        # the size its decoder parsed, before it allocates, whatever image_header makes of the header.
+        limit_opencv_pixels(self.limits.max_pixels)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     def check(self, images: np.ndarray) -> None:
