@@ -303,7 +303,8 @@ def test_engine_dir_naming_a_file_a_loop_and_onnx_naming_a_fifo_or_a_loop(tmp_pa
 
 
 def test_disk_full(tmp_path, tiny_onnx):
-    """A small tmpfs as the engine folder (root only): the engine does not fit — one line, no temporary left."""
+    """A small tmpfs as the engine folder (root only): the engine does not fit — one line naming the engine (not a
+    hidden temporary), no temporary left."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a small file system needs root")
     disk = tmp_path / "small"
@@ -314,7 +315,8 @@ def test_disk_full(tmp_path, tiny_onnx):
     try:
         proc = _run(["--onnx", str(tiny_onnx), "--engine-dir", str(disk), "--quiet", *RTX], tmp_path)
         line = _one_error_line(proc)
-        assert "No space left on device (the disk is full)" in line and "cannot write the engine" in line
+        assert line.startswith(f"error: cannot write the engine {disk}{os.sep}") and \
+            line.endswith(".rtx.engine: No space left on device (the disk is full)"), line
         assert list(disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=False)

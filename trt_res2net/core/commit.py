@@ -7,10 +7,17 @@ the final names and removes the journal and the backups. So:
 
 - Ctrl-C before the commit point removes the temporaries; Ctrl-C during the renames is honoured once they are done,
   by putting the backups back: the previous files stay as they were, and KeyboardInterrupt is raised.
+- An OSError at any step (a full disk at a write, an fsync, a link, a rename) leaves the previous files and no
+  temporary, journal or backup: before the commit point they are removed, after it the backups are put back. The
+  error names the file of the unit it was writing.
 - SIGKILL at any moment leaves either the previous files (no journal: only temporaries, which carry the dead
   process's id and are removed by the next writer) or a journal from which :func:`recover` completes the new set
   (or finishes a rollback that had begun). The next writer recovers first; so does a reader that can take the lock
   (:func:`ensure_complete`, which the engine runtime calls before it reads a manifest).
+
+A rollback writes nothing (a full disk cannot stop it): the journal records each temporary's inode, so a file set
+in which one entry is neither its temporary nor the new file is one whose rollback had begun, and :func:`recover`
+finishes it.
 
 :class:`PathLock` is an advisory ``flock`` on ``.<name>.lock`` beside the file: a second build of the same engine is
 refused in one line, naming the process that holds it. Linux and macOS (``fcntl``).
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import clean_stale_temps, fsync_dir, remove_path, temp_name
+from .files import clean_stale_temps, fsync_dir, name_the_path, remove_path, temp_name, temp_owner
 
 JOURNAL_FORMAT = "trt_res2net.commit-journal"
 
@@ -111,8 +118,9 @@ class PathLock:
             if not same:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            with contextlib.suppress(OSError):  # the holder's pid is for the message only (a full disk refuses it)
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
             with _HELD_GUARD:
                 _HELD[key] = [fd, 1]
             return self
@@ -178,40 +186,64 @@ class _Entry:
     temp: Path
     backup: Path | None = None
     existed: bool = False
+    temp_inode: int | None = None  # the temporary's, so that recovery can tell the new file from the previous one
 
     def to_json(self) -> dict:
         return {"final": self.final.name, "temp": self.temp.name,
-                "backup": self.backup.name if self.backup else None, "existed": self.existed}
+                "backup": self.backup.name if self.backup else None, "existed": self.existed,
+                "temp_inode": self.temp_inode}
 
     @classmethod
     def from_json(cls, directory: Path, doc: dict) -> _Entry:
         return cls(directory / doc["final"], directory / doc["temp"],
-                   directory / doc["backup"] if doc.get("backup") else None, bool(doc.get("existed")))
+                   directory / doc["backup"] if doc.get("backup") else None, bool(doc.get("existed")),
+                   doc.get("temp_inode"))
+
+    def undone(self) -> bool:
+        """Neither the temporary nor the new file is there: a rollback has begun (journals that record inodes)."""
+        if self.temp_inode is None or os.path.lexists(self.temp):
+            return False
+        try:
+            return os.lstat(self.final).st_ino != self.temp_inode
+        except FileNotFoundError:
+            return True
 
 
 def _write_journal(journal: Path, state: str, entries: list[_Entry]) -> None:
     tmp = temp_name(journal)
-    with open(tmp, "w") as f:
-        json.dump({"format": JOURNAL_FORMAT, "pid": os.getpid(), "state": state,
-                   "entries": [e.to_json() for e in entries]}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, journal)
+    try:
+        with open(tmp, "x") as f:
+            json.dump({"format": JOURNAL_FORMAT, "pid": os.getpid(), "state": state,
+                       "entries": [e.to_json() for e in entries]}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, journal)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise name_the_path(e, entries[0].final, tmp) from None
+        raise
     fsync_dir(journal.parent)
 
 
 def write_new_file(path: str | os.PathLike, data: bytes | memoryview) -> None:
     """``data`` to the new file ``path`` (never an existing one), flushed to the disk; nothing is left behind when
     it fails. What a commit's temporaries are written with, and what a writer stages a file for a commit with."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # open()'s permissions, less the umask
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # open()'s permissions, less the umask
+    except OSError as e:
+        raise name_the_path(e, temp_owner(path), path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        if isinstance(e, OSError):  # named as the file it stands for, not as a hidden temporary
+            raise name_the_path(e, temp_owner(path), path) from None
         raise
 
 
@@ -219,7 +251,10 @@ def _write_temp(final: Path, source) -> Path:
     """``source`` (bytes, memoryview, or a Path on the same filesystem to move) → a temporary beside ``final``."""
     tmp = temp_name(final)
     if isinstance(source, (str, os.PathLike)):
-        _rename(source, tmp)
+        try:
+            _rename(source, tmp)
+        except OSError as e:
+            raise name_the_path(e, final, tmp) from None
     else:
         write_new_file(tmp, source)
     return tmp
@@ -256,19 +291,31 @@ def _roll_forward(entries: list[_Entry]) -> None:
                 os.unlink(e.backup)
 
 
+def clean_commit_temps(paths: list[Path]) -> list[Path]:
+    """Remove what killed commits of the unit whose files are ``paths`` left (their temporaries, backups and the
+    journal's temporaries, named with a process id that no longer runs); returns what was removed. Run after
+    :func:`recover`, which may still need a backup."""
+    removed = []
+    for p in [*paths, journal_path_for(paths[0])]:
+        removed += clean_stale_temps(p)
+    return removed
+
+
 def recover(path: str | os.PathLike) -> str | None:
     """Finish what a killed :func:`commit_files` whose first file is ``path`` left: the new set when its journal was
     written (``"completed"``), the previous one when a rollback had begun (``"rolled back"``); None when there was
-    nothing to do. The caller holds the lock."""
+    nothing to do. Then remove the temporaries of killed writers of the unit. The caller holds the lock."""
+    path = Path(path)
     journal = journal_path_for(path)
     try:
         doc = json.loads(journal.read_text())
     except FileNotFoundError:
+        clean_commit_temps([path])
         return None
     except (OSError, ValueError) as e:
         raise UserError(f"{journal}: an unreadable commit journal ({e}); remove it and rebuild {path}") from None
     entries = [_Entry.from_json(journal.parent, d) for d in doc.get("entries", [])]
-    if doc.get("state") == "rollback":
+    if doc.get("state") == "rollback" or any(e.undone() for e in entries):
         _roll_back(entries)
         outcome = "rolled back"
     else:
@@ -277,6 +324,7 @@ def recover(path: str | os.PathLike) -> str | None:
     fsync_dir(journal.parent)
     journal.unlink()
     fsync_dir(journal.parent)
+    clean_commit_temps([path, *(e.final for e in entries)])
     return outcome
 
 
@@ -314,15 +362,16 @@ def commit_files(files: Mapping[str | os.PathLike, object], *, lock: bool = True
     lock_cm = PathLock(finals[0], "write") if lock else contextlib.nullcontext()
     with lock_cm:
         recover(finals[0])
-        for p in finals:
-            clean_stale_temps(p)
+        clean_commit_temps(finals)
         entries: list[_Entry] = []
         try:
             for p, source in zip(finals, files.values(), strict=True):
                 entries.append(_Entry(p, _write_temp(p, source)))
-        except BaseException:
-            for e in entries:
-                remove_path(e.temp)
+        except BaseException as e:
+            for entry in entries:
+                remove_path(entry.temp)
+            if isinstance(e, OSError):
+                raise name_the_path(e, finals[len(entries)]) from None
             raise
         journal = journal_path_for(finals[0])
         with sigint_deferred() as interrupted:
@@ -340,17 +389,22 @@ def _prepare(entries: list[_Entry], journal: Path, interrupted: list) -> None:
         if interrupted:
             raise KeyboardInterrupt
         for e in entries:
+            e.temp_inode = os.lstat(e.temp).st_ino
             if os.path.lexists(e.final):
                 e.existed = True
                 backup = temp_name(e.final, "old")
                 try:
                     os.link(e.final, backup)
                     e.backup = backup
-                except OSError:  # no hard links here: the previous file cannot be restored after Ctrl-C
+                except OSError as err:  # no hard links here: the previous file cannot be restored after Ctrl-C
+                    if err.errno not in _NO_HARD_LINKS:
+                        raise name_the_path(err, e.final, backup) from None
                     e.backup = None
         fsync_dir(journal.parent)
         _write_journal(journal, "prepared", entries)  # the commit point
     except BaseException:
+        with contextlib.suppress(FileNotFoundError):  # first: a journal without its temporaries means nothing
+            journal.unlink()
         for e in entries:
             remove_path(e.temp)
             if e.backup is not None:
@@ -358,21 +412,56 @@ def _prepare(entries: list[_Entry], journal: Path, interrupted: list) -> None:
         raise
 
 
+# os.link's errors that say the filesystem has no hard links (rather than a full disk, say)
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV})
+
+
 def _switch(entries: list[_Entry], journal: Path, interrupted: list) -> None:
     """Rename the temporaries onto the final names; then, when Ctrl-C came meanwhile and every previous file has its
-    backup, put the previous set back (``interrupted`` stays set), else keep the new set (``interrupted`` cleared)."""
+    backup, put the previous set back (``interrupted`` stays set), else keep the new set (``interrupted`` cleared).
+    An OSError on the way puts the previous set back and is raised (without backups: the new set is completed)."""
     directory = journal.parent
-    for e in entries:
-        _rename(e.temp, e.final)
-    fsync_dir(directory)
-    if interrupted and all(e.backup is not None or not e.existed for e in entries):
-        _write_journal(journal, "rollback", entries)
-        _roll_back(entries)
+    restorable = all(e.backup is not None or not e.existed for e in entries)
+    current = entries[0]
+    try:
+        for current in entries:
+            _rename(current.temp, current.final)
         fsync_dir(directory)
-        journal.unlink()
-        fsync_dir(directory)
+    except OSError as e:
+        if restorable:
+            with contextlib.suppress(OSError):  # what cannot be undone here, the next writer or reader finishes
+                _undo(entries, journal)
+            raise name_the_path(e, current.final, current.temp) from None
+        # without backups only the new set can stand: a second try, and else the journal for the next writer
+        interrupted.clear()
+        _finish(entries, journal)
+        return
+    if interrupted and restorable:
+        _undo(entries, journal)
     else:
         interrupted.clear()  # nothing to restore to: the new set stands
-        _roll_forward(entries)  # removes the backups
-        journal.unlink()
+        _finish(entries, journal)
+
+
+def _undo(entries: list[_Entry], journal: Path) -> None:
+    """The previous set back, the journal removed. It writes nothing: its first step marks the set as being rolled
+    back (:meth:`_Entry.undone`), so a process killed during it leaves what :func:`recover` rolls back."""
+    _roll_back(entries)
+    _try_sync(journal.parent)
+    journal.unlink()
+    _try_sync(journal.parent)
+
+
+def _finish(entries: list[_Entry], journal: Path) -> None:
+    """The new set in place (the temporaries not renamed yet renamed), the backups and the journal removed."""
+    _roll_forward(entries)
+    journal.unlink()
+    _try_sync(journal.parent)
+
+
+def _try_sync(directory: Path) -> None:
+    """Renames and removals made durable where the folder lets it. A disk that refuses even this (full) does not
+    stop an undo or the end of a commit: the files are already what they stay, and a journal that a crash brings
+    back finds its work done (or finishes the undo)."""
+    with contextlib.suppress(OSError):
         fsync_dir(directory)

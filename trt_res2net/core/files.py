@@ -3,7 +3,9 @@
 An interrupted run therefore never leaves a file under the final name that looks complete. Temporaries are named
 ``.<name>.<pid>-<random>.<kind>`` (kind ``part``, ``old`` or ``tmpdir``): a later write of the same file removes
 those whose process is gone (:func:`clean_stale_temps`), so a run killed with SIGKILL leaves nothing that later runs
-do not clean. Several files written as one unit: :mod:`trt_res2net.core.commit`.
+do not clean. A write that fails (a full disk, a failing fsync) removes its temporary and raises an OSError that
+names the file it was writing (:func:`name_the_path`). Several files written as one unit:
+:mod:`trt_res2net.core.commit`.
 """
 
 from __future__ import annotations
@@ -77,6 +79,16 @@ def stale_temps(path: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+def name_the_path(e: OSError, path: str | os.PathLike, temp: str | os.PathLike | None = None) -> OSError:
+    """``e`` naming ``path`` — a new OSError of the same errno — where the system raised it without a file name (a
+    write, an fsync) or named ``temp``, the temporary that stands for ``path``; else ``e`` itself. So every OS error
+    a user sees names the file. Raise it ``from None``."""
+    names = {os.fspath(n) for n in (e.filename, e.filename2) if n is not None}
+    if e.filename is None or (temp is not None and os.fspath(temp) in names):
+        return OSError(e.errno, e.strerror or os.strerror(e.errno or 0), os.fspath(path))
+    return e
+
+
 def remove_path(path: str | os.PathLike) -> None:
     """Remove a file, link or folder tree; nothing when it is already gone."""
     path = Path(path)
@@ -120,7 +132,7 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.fsync(fd)
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.EBADF):
-            raise
+            raise name_the_path(e, directory) from None
     finally:
         os.close(fd)
 
@@ -132,16 +144,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", suffix: str = ".part"
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path)
     tmp = temp_name(path, suffix.lstrip(".") if suffix.lstrip(".") in TEMP_KINDS else "part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # open()'s permissions, less the umask
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # open()'s permissions, less the umask
+    except OSError as e:
+        raise name_the_path(e, path, tmp) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise name_the_path(e, path, tmp) from None
         raise
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..core import files as atomic
+from ..core.errors import user_error_from_os_error
 from ..core.lazy import lazy_import
 from ..core.version import __version__
 from ..data.preprocess import SPEC
@@ -181,7 +182,8 @@ def _varint(n: int) -> bytes:
 def write_onnx(spec: ModelSpec, weights: dict[str, np.ndarray], path: str | os.PathLike, *,
                 opset: int = DEFAULT_OPSET, softmax: bool = False, metadata: dict | None = None,
                 image_size: int | None = SPEC.crop_size, progress: bool = False) -> Path:
-    """Write the model to ``path`` atomically; the bytes equal ``build_onnx(...).SerializeToString()``.
+    """Write the model to ``path`` atomically; the bytes equal ``build_onnx(...).SerializeToString()``. An OSError
+    (a full disk, say) is a one-line UserError naming ``path``, and leaves no temporary.
 
     Protobuf writes fields in field-number order, so the file is: model fields before ``graph`` (7), the graph
     (nodes and name, then each initializer (field 5) serialised one at a time, then inputs/outputs), then the
@@ -206,14 +208,17 @@ def write_onnx(spec: ModelSpec, weights: dict[str, np.ndarray], path: str | os.P
         entries.append((name, shape, make, size))
     graph_len = len(head) + len(tail) + sum(1 + len(_varint(e[3])) + e[3] for e in entries)
     path = Path(path)
-    with atomic.atomic_open(path, "wb") as f:
-        f.write(before + b"\x3a" + _varint(graph_len) + head)  # field 7 (graph), length-delimited
-        for name, shape, make, size in tqdm(entries, desc=f"export {path.name}", unit="tensor",
-                                            disable=not progress, leave=False):
-            data = _tensor(name, shape, make, weights).SerializeToString()
-            assert len(data) == size, (name, len(data), size)
-            f.write(b"\x2a" + _varint(size) + data)  # field 5 (initializer), length-delimited
-        f.write(tail + after)
+    try:
+        with atomic.atomic_open(path, "wb") as f:
+            f.write(before + b"\x3a" + _varint(graph_len) + head)  # field 7 (graph), length-delimited
+            for name, shape, make, size in tqdm(entries, desc=f"export {path.name}", unit="tensor",
+                                                disable=not progress, leave=False):
+                data = _tensor(name, shape, make, weights).SerializeToString()
+                assert len(data) == size, (name, len(data), size)
+                f.write(b"\x2a" + _varint(size) + data)  # field 5 (initializer), length-delimited
+            f.write(tail + after)
+    except OSError as e:  # a full disk, a folder that refuses the file: one line naming it (the temporary is gone)
+        raise user_error_from_os_error(atomic.name_the_path(e, path), "write") from None
     return path
 
 
