@@ -2,11 +2,12 @@
 
     python tests/signal_runner.py SIGNAL TARGET WHEN [MATCH] -- build.py-arguments...
 
-``TARGET`` is ``module:function`` or ``module:Class.method``; the signal (``INT`` or ``KILL``) is sent to this process
-``before`` or ``after`` its Nth call (``WHEN`` = ``before:N`` / ``after:N``), counting only the calls whose last
-positional argument ends with ``MATCH`` when one is given (e.g. ``.rtx.engine``: the rename of the engine). The
-rest is build.py's ``main`` in this process, so the moment is exact: inside TensorRT's progress callback, between
-two renames of a commit, in the middle of a calibration.
+``TARGET`` is ``module:function`` or ``module:Class.method``; the signal (``INT``, ``TERM``, ``HUP`` or ``KILL``) is
+sent to this process ``before`` or ``after`` its Nth call (``WHEN`` = ``before:N`` / ``after:N``), counting only the
+calls whose last positional argument ends with ``MATCH`` when one is given (e.g. ``.rtx.engine``: the rename of the
+engine). The rest is build.py's (or, when the arguments start with ``infer.py``, infer.py's) ``main`` in this
+process, so the moment is exact: inside TensorRT's progress callback, between two renames of a commit, in the middle
+of a calibration, after the Nth annotated frame of a stream.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> int:
     head, argv = args[:split], args[split + 1:]
     signame, target, when = head[:3]
     match = head[3] if len(head) > 3 else None
-    signum = {"INT": signal.SIGINT, "KILL": signal.SIGKILL, "TERM": signal.SIGTERM}[signame]
+    signum = {"INT": signal.SIGINT, "KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "HUP": signal.SIGHUP}[signame]
     moment, _, nth = when.partition(":")
     nth = int(nth or 1)
     module_name, _, attr = target.partition(":")

@@ -169,3 +169,60 @@ def test_four_sources_of_every_kind_batched(tiny, clip, rtsp, tmp_path):
         for a, b in zip(mine, alone, strict=True):
             assert a.topk == b.topk or np.allclose([e["score"] for e in a.topk], [e["score"] for e in b.topk],
                                                    atol=1e-5)
+
+
+def test_a_live_source_that_comes_up_late_is_waited_for_and_classified(tiny, clip, tmp_path, capsys):
+    """An HTTP camera that starts 3 s after infer.py, beside a file that ends long before: waited for ("waiting for
+    …"), then classified; the file's frames are classified meanwhile."""
+    st.require_ffmpeg()
+    stream = st.FfmpegStream(clip, "http")
+    late = threading.Timer(3.0, stream.start)
+    late.start()
+    started = time.monotonic()
+    try:
+        out = tmp_path / "o.jsonl"
+        code = main([str(tiny), str(clip), stream.url, "--max-frames", "20", "--reconnect-timeout", "30",
+                     "--jsonl", str(out), "-q", "--json", str(tmp_path / "summary.json")])
+    finally:
+        late.join()
+        stream.stop()
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    assert f"waiting for {stream.url} …" in err and f"{stream.url}: connected after" in err
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {r["source"] for r in records} == {str(clip), stream.url}
+    file_stats, live_stats = json.loads((tmp_path / "summary.json").read_text())["sources"]
+    assert file_stats["classified"] == 10 and live_stats["read"] == 20 and live_stats["reconnects"] == 0
+    assert time.monotonic() - started < 20
+
+
+def test_a_live_resolution_change_is_reopened_and_classified_at_its_real_size(tiny):
+    """A UDP camera whose encoder restarts at another size (ffmpeg: 320×240 for 2 s, then 1280×720): the timestamps
+    restart, the stream is reopened, and the new frames come at 1280×720, not squashed to 320×240."""
+    import subprocess
+
+    ffmpeg = st.require_ffmpeg()
+    port = st.free_port()
+
+    def send() -> None:
+        for size, seconds in (("320x240", "2"), ("1280x720", "6")):
+            subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i",
+                            f"testsrc=size={size}:rate=25", "-t", seconds, "-c:v", "libx264", "-preset", "ultrafast",
+                            "-tune", "zerolatency", "-g", "5", "-pix_fmt", "yuv420p", "-f", "mpegts",
+                            f"udp://127.0.0.1:{port}?pkt_size=1316"], check=False, timeout=60)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    events: list[str] = []
+    sizes: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 20
+    options = StreamOptions(keep_frames=True, read_timeout=2, reconnect_timeout=10)
+    with open_streams(tiny, [f"udp://127.0.0.1:{port}"], options, on_event=events.append) as run:
+        for r in run:
+            sizes.append(r.frame_bgr.shape[:2])
+            if sizes.count((720, 1280)) >= 10 or time.monotonic() > deadline:
+                break
+    assert sizes[0] == (240, 320) and sizes.count((720, 1280)) >= 10, (set(sizes), events)
+    assert set(sizes) == {(240, 320), (720, 1280)}  # nothing in between: no frame scaled to the old size
+    assert any("timestamps restart at frame" in e and "reopened" in e for e in events), events
+    assert any("resolution changed from 320×240 to 1280×720" in e for e in events), events

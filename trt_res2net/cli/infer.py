@@ -7,7 +7,8 @@
 
 Exit status: 0 every image classified, 1 some images could not be read (the others are still reported),
 2 usage or input error (a path the operating system refuses included), 3 a TensorRT engine was given but TensorRT /
-a GPU is missing, 130 interrupted.
+a GPU is missing, 130 interrupted (Ctrl-C); in stream mode also 143 stopped by SIGTERM and 129 by SIGHUP, each after
+the summary and --json are written (docs/streams.md).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify images with an ONNX model (ONNX Runtime, CUDA if present, else CPU) or a "
         "TensorRT engine (.engine/.plan). Preprocessing is PaddleClas's evaluation recipe.",
         epilog="Exit status: 0 all classified, 1 some images unreadable, 2 usage or input error (a path the OS "
-        "refuses included), 3 TensorRT missing, 130 interrupted.",
+        "refuses included), 3 TensorRT missing, 130 interrupted (Ctrl-C); stream mode: 143 stopped by SIGTERM, 129 by "
+        "SIGHUP (the summary and --json written first).",
     )
     p.add_argument("model", metavar="MODEL_FILE", help="a classifier .onnx, or a TensorRT .engine/.plan")
     p.add_argument(

@@ -12,10 +12,13 @@ infer.py classifies images (cli/infer.py).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.errors import EXIT_OK, EXIT_SOME_FAILED, UserError
@@ -27,6 +30,22 @@ from ..runtime.stream import StreamOptions, StreamResult, StreamRunner, plan_str
 from .common import FieldFlags, positive_int, write_json_output
 
 _FPS_WINDOW_S = 2.0
+# What a service manager stops a service with (systemd, Docker, Kubernetes: SIGTERM; a closed terminal: SIGHUP):
+# handled as Ctrl-C is, with exit status 128 + the signal's number (143, 129), as a shell reports a process it
+# ended.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+EXIT_SIGTERM = 128 + signal.SIGTERM
+EXIT_SIGHUP = 128 + signal.SIGHUP
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during stream mode, raised in the main thread as Ctrl-C's KeyboardInterrupt is, so that the
+    same clean-up runs (the runner stops and joins, the videos are finished, the summary and --json written)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(self.signal_name)
 
 # Stream mode's part of infer.py's table from option fields to flags (cli/infer.py FLAGS).
 STREAM_FIELDS = {
@@ -70,7 +89,8 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
         "video and streams",
         "SOURCE positionals: video files, image folders or globs, /dev/videoN or a camera index, v4l2://, "
         "rtsp:// http:// udp:// rtp://, csi://N (Jetson), GStreamer pipelines (docs/streams.md). Many sources "
-        "are batched on one model; a summary goes to stderr at the end and on Ctrl-C; --json writes it too.")
+        "are batched on one model; a summary goes to stderr at the end and on Ctrl-C, SIGTERM or SIGHUP "
+        "(exit 130, 143, 129); --json writes it too.")
     g.add_argument("--jsonl", metavar="PATH",
                    help="one JSON record per classified frame (source, frame, timestamp, latency_ms, topk), "
                    "written and flushed as it comes ('-' for stdout)")
@@ -86,7 +106,8 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
                    help="deliver video files at their frame rate, as a camera would (frames dropped when the model "
                    "is slower)")
     g.add_argument("--reconnect-timeout", type=_seconds, metavar="S",
-                   help="seconds a lost network stream or camera is retried, with backoff, before giving up (30)")
+                   help="seconds a network stream or camera that is lost, or not up yet at start, is retried, with "
+                   "backoff, before giving up (30)")
     g.add_argument("--decoder", choices=DECODERS,
                    help="cpu: OpenCV's FFmpeg (default); nvv4l2: Jetson hardware decoding of RTSP and video files "
                    "through GStreamer (JetPack's OpenCV)")
@@ -136,11 +157,54 @@ def _line(r) -> str:
     return f"{r.source} frame {r.frame_index}{where}: {classes}"
 
 
+@contextmanager
+def _stop_signals() -> Iterator[_Hold]:
+    """SIGTERM and SIGHUP raise :class:`Stopped` in the main thread while the block runs (elsewhere, e.g. infer.py
+    called from a thread, they are left alone); ``hold()`` ignores them, and Ctrl-C, from then on — during the
+    clean-up, which a second signal must not cut short. The previous handlers are restored at the end."""
+    hold = _Hold()
+    if threading.current_thread() is not threading.main_thread():
+        yield hold
+        return
+
+    def on_signal(signum, frame):
+        raise Stopped(signum)
+
+    previous = {s: signal.getsignal(s) for s in (*STOP_SIGNALS, signal.SIGINT)}
+    for s in STOP_SIGNALS:
+        signal.signal(s, on_signal)
+    hold.active = True
+    try:
+        yield hold
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+class _Hold:
+    active = False
+
+    def hold(self) -> None:
+        if self.active:
+            for s in (*STOP_SIGNALS, signal.SIGINT):
+                signal.signal(s, signal.SIG_IGN)
+
+
 def run_streams(args: argparse.Namespace, limits: ImageLimits, flags: FieldFlags) -> int:
     """Stream mode: the sources planned, the outputs checked, then every classified frame to the outputs and the
-    summary to stderr (also on Ctrl-C). ``flags`` shows the library's events with infer.py's flags."""
+    summary to stderr — also on Ctrl-C (exit 130 by run_main), SIGTERM (exit 143) and SIGHUP (exit 129). ``flags``
+    shows the library's events with infer.py's flags."""
     if not args.inputs:
         raise UserError("no sources given (SOURCE...)")
+    try:
+        with _stop_signals() as hold:
+            return _run_streams(args, limits, flags, hold)
+    except Stopped as e:
+        print(f"stopped by {e.signal_name}", file=sys.stderr)
+        return 128 + e.signum
+
+
+def _run_streams(args: argparse.Namespace, limits: ImageLimits, flags: FieldFlags, hold: _Hold) -> int:
     plan = plan_streams(args.inputs, stream_options(args, limits))
     _check_outputs(args)
     print_lock = threading.Lock()
@@ -164,6 +228,7 @@ def run_streams(args: argparse.Namespace, limits: ImageLimits, flags: FieldFlags
                 if outputs.write(r):
                     break  # q or Esc in a window
     finally:
+        hold.hold()  # a second signal must not cut the clean-up short
         outputs.close()
         if started:
             report(runner.summary().format())

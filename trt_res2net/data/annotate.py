@@ -83,8 +83,10 @@ class VideoFileWriter:
         self.frames += 1
 
     def close(self) -> Path | None:
-        """Finish the file; its path, or None when no frame was written."""
+        """Finish the file; its path, or None when no frame was written (then no partial file is left either: one
+        whose writer was being opened when the run was interrupted is removed)."""
         if self._writer is None:
+            self.partial.unlink(missing_ok=True)
             return None
         self._writer.release()
         self._writer = None

@@ -337,6 +337,11 @@ class FrameError(Exception):
     """One unreadable frame of an image source (the source goes on)."""
 
 
+class SourceUnavailable(UserError):
+    """A live source that did not answer when opened (a camera or server not up yet): worth retrying, unlike a
+    wrong scheme, a missing file or a missing backend."""
+
+
 class Capture:
     """An open source: ``read()`` → the next frame, BGR uint8 H×W×3, or None at its end (or when the stream
     failed); ``release()`` frees it. ``fps`` (0.0 when unknown) and ``frame_count`` (0 when unknown) come from
@@ -345,6 +350,7 @@ class Capture:
     fps: float = 0.0
     frame_count: int = 0
     image: str | None = None
+    restarted: bool = False  # the last frame's timestamp went back: a new stream segment began there
 
     def read(self) -> np.ndarray | None:
         raise NotImplementedError
@@ -383,6 +389,11 @@ class ImageSequenceCapture(Capture):
         return True
 
 
+# How far back a frame's timestamp must go to count as a restart: more than the jitter of a camera's clock, less
+# than any real segment.
+_RESTART_MS = 100.0
+
+
 class VideoCaptureSource(Capture):
     """OpenCV's ``VideoCapture`` on one backend."""
 
@@ -396,6 +407,7 @@ class VideoCaptureSource(Capture):
             self.fps = 0.0
         count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if count and np.isfinite(count) and count > 0 else 0
+        self._last_ms: float | None = None
 
     def read(self) -> np.ndarray | None:
         import cv2
@@ -411,11 +423,26 @@ class VideoCaptureSource(Capture):
                 frame = decode_image(frame)  # gray or BGRA cameras → BGR, as IMREAD_COLOR does
             except ImageDecodeError as e:
                 raise FrameError(str(e)) from None
+        self._check_timestamp()
         return frame
+
+    def _check_timestamp(self) -> None:
+        """``restarted`` when this frame's timestamp is before the last one's: concatenated MPEG-TS segments, or an
+        encoder that restarted. OpenCV's FFmpeg backend keeps the first segment's frame size for every later frame
+        (it scales the others to it, and CAP_PROP_FRAME_WIDTH still says the first), so this is where a
+        resolution change can hide."""
+        import cv2
+
+        ms = float(self.cap.get(cv2.CAP_PROP_POS_MSEC))
+        if not np.isfinite(ms):
+            return
+        self.restarted = self._last_ms is not None and ms < self._last_ms - _RESTART_MS
+        self._last_ms = ms
 
     def rewind(self) -> bool:
         import cv2
 
+        self._last_ms = None
         return self._rewindable and bool(self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0))
 
     def release(self) -> None:
@@ -457,7 +484,8 @@ def open_capture(source: Source, open_timeout: float = 10.0, read_timeout: float
         why = {"video": "not a video OpenCV can decode", "camera": "no such camera, or it is busy",
                "network": "no answer, or no video stream there",
                "csi": "no CSI camera, or nvargus-daemon not running"}.get(source.kind, "it did not start")
-        raise UserError(f"{source.uri}: cannot open with {source.backend_name} ({why})")
+        error = SourceUnavailable if source.reconnect else UserError
+        raise error(f"{source.uri}: cannot open with {source.backend_name} ({why})")
     return VideoCaptureSource(cap, rewindable=source.kind == "video")
 
 

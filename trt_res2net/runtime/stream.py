@@ -14,8 +14,12 @@
   when it has one, else the CPU reference (``preprocess_bgr``), which runs in the batcher thread while the
   model runs on the previous batch.
 - **Reconnects.** A network stream or camera that stops delivering is reopened with backoff (0.25 s doubling to
-  4 s), counted, for up to ``reconnect_timeout`` seconds; the other sources go on meanwhile. A file ends at its
-  end (``loop`` rewinds it).
+  4 s), counted, for up to ``reconnect_timeout`` seconds; the other sources go on meanwhile. One that does not
+  answer when the run starts is waited for the same way ("waiting for …"). A file ends at its end (``loop``
+  rewinds it).
+- **Resolution changes.** OpenCV scales every frame to the size it found at opening; where a stream's timestamps
+  restart (a new segment, an encoder restarted at another size), a live source is reopened so that its new size
+  is read, and a file's event says that its later frames may be scaled.
 - **Smoothing** (``smooth`` = N > 1) is *windowed*: a source's reported probabilities are the mean of its last N
   classified frames' probabilities (its own, whichever batches they were in), then top-k and ``threshold``.
 
@@ -52,7 +56,8 @@ __all__ = ["PlannedSource", "SourceStats", "StreamOptions", "StreamPlan", "Strea
 
 class StreamRunner:
     """Classify frames from many sources with one model, batched. A context manager: entering opens every source
-    (each that cannot be opened is reported; UserError when none can) and starts the threads — a capture per
+    (each that cannot be opened is reported; UserError when none can; a live one that does not answer yet is
+    waited for by its capture thread, as a lost one is) and starts the threads — a capture per
     source (``streams.capture``), the batcher (``streams.batching``) and the inference (``streams.inference``);
     leaving (or ``close()``), also on Ctrl-C, stops them, joins every thread and releases every capture. Iterate it
     for :class:`StreamResult` s as they come; ``summary()`` any time.
@@ -81,10 +86,11 @@ class StreamRunner:
         self._inference = BatchInference(self.classifier, options, self._states, self._batcher, self._control)
         self._threads: list[threading.Thread] = []
         self._started = self._closed = self._interrupted = False
+        self._stop_signal: str | None = None
 
     def summary(self) -> StreamSummary:
         return StreamSummary([st.stats for st in self._states], self._control.seconds(), self.batch,
-                             self.preprocessing, self._interrupted, list(self._control.events))
+                             self.preprocessing, self._interrupted, list(self._control.events), self._stop_signal)
 
     @property
     def names(self) -> list[str]:
@@ -143,8 +149,9 @@ class StreamRunner:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is KeyboardInterrupt:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):  # Ctrl-C, or a stop signal as one
             self._interrupted = True
+            self._stop_signal = getattr(exc, "signal_name", None) or "SIGINT"
         self.close()
 
     # -- consuming and stopping -----------------------------------------------------------------------

@@ -81,6 +81,7 @@ class StreamSummary:
     preprocessing: str
     interrupted: bool = False
     events: list[str] = field(default_factory=list)
+    stop_signal: str | None = None  # the signal that interrupted the run (SIGINT, SIGTERM, SIGHUP), when one did
 
     @property
     def classified(self) -> int:
@@ -102,7 +103,8 @@ class StreamSummary:
     def to_dict(self) -> dict:
         return {"sources": [s.to_dict() for s in self.sources], "seconds": round(self.seconds, 3),
                 "classified": self.classified, "frames_per_second": round(self.fps, 3), "batch": self.batch,
-                "preprocessing": self.preprocessing, "interrupted": self.interrupted, **self.latency()}
+                "preprocessing": self.preprocessing, "interrupted": self.interrupted, "stop_signal": self.stop_signal,
+                **self.latency()}
 
     def format(self) -> str:
         width = max([len(s.uri) for s in self.sources] + [6])
@@ -119,5 +121,6 @@ class StreamSummary:
                 "result)" if lat["latency_p50_ms"] is not None else "")
         lines.append(f"{self.classified} frames classified in {self.seconds:.1f} s: {self.fps:.1f} frames/s at "
                      f"batch {self.batch}, preprocessing on the {self.preprocessing.upper()}{tail}"
-                     + ("; interrupted" if self.interrupted else ""))
+                     + (f"; interrupted{f' ({self.stop_signal})' if self.stop_signal else ''}"
+                        if self.interrupted else ""))
         return "\n".join(lines)
