@@ -133,7 +133,7 @@ def test_ctrl_c_at_each_step_keeps_the_previous_outputs(int8_workspace, step, si
     else:
         pair = [str(ws["engine"]), str(mf.manifest_path_for(ws["engine"]))]
         assert [after[k] for k in pair] == [before[k] for k in pair], step  # the engine and its manifest
-        from trt_res2net.precision.convert import read_precision_sidecar
+        from trt_res2net.precision.sidecar import read_precision_sidecar
 
         int8 = root / "engines" / "tiny_int8.onnx"  # the finished precision step's new output, complete
         assert read_precision_sidecar(int8, hashlib.sha256(int8.read_bytes()).hexdigest()) is not None

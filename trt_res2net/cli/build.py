@@ -99,7 +99,7 @@ FLAGS = FieldFlags({
 def calibration_images(args: argparse.Namespace) -> CalibrationImages:
     synthetic = args.calib_synthetic
     if synthetic:
-        from ..precision.convert import CALIB_DIR
+        from ..precision.calibration import CALIB_DIR
 
         if args.calib_dir:
             raise usage_error("--calib-dir and --calib-synthetic exclude each other: real images, or generated ones")

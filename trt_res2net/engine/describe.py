@@ -34,7 +34,7 @@ def describe_quantization(plan: EnginePlan, onnx_sha: str, calibration: Calibrat
                           ) -> Quantization:
     """Where the engine's precision came from (``QUANTIZATION_SOURCES``): the ONNX it was built from (what it
     declares), and the precision step's sidecar beside it when that sidecar describes these very bytes."""
-    from ..precision.convert import read_precision_sidecar
+    from ..precision.sidecar import read_precision_sidecar
 
     path, precision, io = plan.build, plan.precision, plan.io
     built_from_fp16 = io.has_fp16 and not io.has_qdq

@@ -40,17 +40,9 @@ from ..core.commit import commit_files
 from ..core.errors import UserError
 from ..core.files import temp_name
 from ..core.hashing import sha256_file
-from .calibration import (  # noqa: F401  (CALIB_DIR, check_calibration_source, default_cache_path: build.py's)
-    CALIB_DIR,
-    Calibration,
-    cache_path_of,
-    check_cache_or_images,
-    check_calibration_source,
-    default_cache_path,
-    minutes,
-)
+from .calibration import Calibration, cache_path_of, check_calibration_source, minutes
 from .options import MIN_QDQ_OPSET, PrecisionOptions, check_precision_request
-from .sidecar import ONNX_SIDECAR_FORMAT, PrecisionSidecar, now, read_precision_sidecar  # noqa: F401
+from .sidecar import PrecisionSidecar, now
 
 if TYPE_CHECKING:
     from .accuracy import EvalSet
