@@ -8,6 +8,7 @@ import importlib.util
 import json
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -114,12 +115,25 @@ def images(*items) -> np.ndarray:
     return np.array([[b] for b in items], dtype=object)
 
 
+def answers(requests, timeout=60) -> list:
+    """Each request's one response, sent from the model's threads."""
+    for r in requests:
+        assert r.done.wait(timeout), "no final response"
+    return [r.sent[0] for r in requests]
+
+
+def execute(model, requests) -> list:
+    """``execute`` hands the requests over (it returns None); their responses, sent from the model's threads."""
+    assert model.execute(requests) is None
+    return answers(requests)
+
+
 def test_preprocess_model_batches_requests_and_fails_a_corrupt_one_alone(repo, pb_utils, monkeypatch):
     model = load(repo, "tiny_preprocess", monkeypatch)
     photos = [p.read_bytes() for p in imf.PHOTOS]
     requests = [Request(IMAGE=images(photos[0], photos[1])), Request(IMAGE=images(imf.truncated_jpeg())),
                 Request(IMAGE=images(photos[2]))]
-    first, bad, last = model.execute(requests)
+    first, bad, last = execute(model, requests)
     assert first.error is None and last.error is None
     assert np.array_equal(first.outputs["PIXELS"], np.stack([preprocess(photos[0]), preprocess(photos[1])]))
     assert np.array_equal(last.outputs["PIXELS"][0], preprocess(photos[2]))
@@ -135,7 +149,7 @@ def test_preprocess_model_refuses_oversized_images_before_decoding(repo, pb_util
     monkeypatch.setattr(model.step.pool, "submit", lambda *a, **k: submitted.append(a) or real_submit(*a, **k))
     photo = imf.PHOTOS[0].read_bytes()
     bomb, big = imf.png_bomb(), imf.oversized_jpeg(60_000_000)
-    good, refused, too_big, server_fault = model.execute([
+    good, refused, too_big, server_fault = execute(model, [
         Request(IMAGE=images(photo)), Request(IMAGE=images(photo, bomb)), Request(IMAGE=images(big)),
         Request(IMAGE=images(photo))])
     assert good.error is None and len(submitted) == 2  # only the two accepted requests reach the decoding threads
@@ -160,17 +174,10 @@ def test_an_unexpected_failure_is_a_server_error_for_its_request_only(repo, pb_u
         return real(data, *args)
 
     monkeypatch.setitem(namespace, "preprocess", preprocess)
-    failed, fine = model.execute([Request(IMAGE=images(photo)), Request(IMAGE=images(imf.PHOTOS[1].read_bytes()))])
+    failed, fine = execute(model, [Request(IMAGE=images(photo)), Request(IMAGE=images(imf.PHOTOS[1].read_bytes()))])
     assert failed.error.code == "INTERNAL" and "MemoryError" in str(failed.error)
     assert fine.error is None
     model.finalize()
-
-
-def answers(requests, timeout=60) -> list:
-    """Each request's one response, sent from the pipeline's threads."""
-    for r in requests:
-        assert r.done.wait(timeout), "no final response"
-    return [r.sent[0] for r in requests]
 
 
 def test_the_pipeline_gives_infer_pys_numbers_and_fails_a_bad_image_alone(repo, tiny_onnx, pb_utils, monkeypatch):
@@ -192,9 +199,9 @@ def test_the_pipeline_gives_infer_pys_numbers_and_fails_a_bad_image_alone(repo, 
     assert np.array_equal(got["TOPK_IDS"], ids)
     np.testing.assert_allclose(got["TOPK_SCORES"], vals, rtol=1e-5, atol=1e-6)
     assert [[b.decode() for b in row] for row in got["TOPK_LABELS"]] == [[labels[i] for i in r] for r in ids]
-    # The batch as one ONNX Runtime run (a GPU's way): the same answers, returned from execute.
+    # The batch as one ONNX Runtime run (a GPU's way): the same answers.
     model.runs = None
-    first_b, bad_b, rest_b, _ = model.execute([Request(IMAGE=r.tensors["IMAGE"].array) for r in requests])
+    first_b, bad_b, rest_b, _ = execute(model, [Request(IMAGE=r.tensors["IMAGE"].array) for r in requests])
     assert bad_b.error.code == "INVALID_ARG"
     np.testing.assert_allclose(np.concatenate([first_b.outputs["PROBABILITIES"], rest_b.outputs["PROBABILITIES"]]),
                                probs, rtol=1e-5, atol=1e-6)
@@ -238,3 +245,71 @@ def test_preprocess_model_refuses_another_spec(repo, pb_utils, monkeypatch, tmp_
     cfg.write_text(text.replace(SPEC.sha256(), "0" * 64))
     with pytest.raises(RuntimeError, match="not the one this repository was exported with"):
         load(copy, "tiny_preprocess", monkeypatch)
+
+
+def scan_bomb() -> bytes:
+    """A progressive JPEG within the limits but costly: 400×400 pixels × 200 scans (32 M pixel passes)."""
+    import crafted_images as ci
+
+    return ci.progressive_jpeg(400, 400, 200, flat=True)
+
+
+def held_decoding(step, monkeypatch, data: bytes) -> threading.Event:
+    """The vendored preprocessing (``step``'s) made to wait on the returned Event whenever it decodes ``data``."""
+    namespace = vars(sys.modules[type(step).__module__])
+    real, release = namespace["preprocess"], threading.Event()
+
+    def preprocess(encoded, *args):
+        if encoded == data:
+            assert release.wait(30)
+        return real(encoded, *args)
+
+    monkeypatch.setitem(namespace, "preprocess", preprocess)
+    return release
+
+
+@pytest.mark.parametrize("model_name", ["tiny_preprocess", "tiny_python"])
+def test_costly_images_decode_in_their_own_lane_and_hold_back_no_one(repo, pb_utils, monkeypatch, model_name):
+    """A request declaring more decoding work than ``costly_pixels`` decodes in the lane: while the lane is busy,
+    good requests are answered, requests past its backlog get UNAVAILABLE (503) at once, and one not started within
+    the deadline gets UNAVAILABLE undecoded; once free, a costly request gives infer.py's pixels."""
+    model = load(repo, model_name, monkeypatch)
+    step = model.preprocessing if model_name == "tiny_python" else model.step
+    bomb, photo = scan_bomb(), imf.PHOTOS[0].read_bytes()
+    assert step.check(images(bomb)) == 400 * 400 * 200 > step.costly_pixels > step.check(images(photo))
+    release = held_decoding(step, monkeypatch, bomb)
+    step.lane.deadline_s = 0.5
+    slots = step.lane.workers + 8  # the default backlog
+    held = [Request(IMAGE=images(bomb)) for _ in range(slots)]
+    assert model.execute(held) is None
+    over, good = Request(IMAGE=images(bomb)), Request(IMAGE=images(photo))
+    (busy, fine) = execute(model, [over, good])  # answered while every lane slot is taken
+    assert busy.error.code == "UNAVAILABLE" and "retry later" in str(busy.error)
+    assert fine.error is None
+    time.sleep(0.6)
+    release.set()
+    responses = answers(held)
+    assert responses[0].error is None  # the one decoding when the others came
+    late = [r for r in responses[1:] if r.error is not None]
+    assert late and all(r.error.code == "UNAVAILABLE" and "not started decoding within 500 ms" in str(r.error)
+                        for r in late)
+    (done,) = execute(model, [Request(IMAGE=images(bomb))])
+    assert done.error is None
+    if model_name == "tiny_preprocess":
+        assert np.array_equal(done.outputs["PIXELS"][0], preprocess(bomb))
+    model.finalize()
+
+
+def test_a_costly_request_in_a_gpu_batch_holds_back_none_of_the_others(repo, pb_utils, monkeypatch):
+    model = load(repo, "tiny_python", monkeypatch)
+    model.runs = None  # the GPU's way: the batch as one ONNX Runtime run
+    bomb, photo = scan_bomb(), imf.PHOTOS[0].read_bytes()
+    release = held_decoding(model.preprocessing, monkeypatch, bomb)
+    costly, good = Request(IMAGE=images(bomb)), Request(IMAGE=images(photo))
+    assert model.execute([costly, good]) is None
+    (fine,) = answers([good])
+    assert fine.error is None and not costly.done.is_set()
+    release.set()
+    (late,) = answers([costly])
+    assert late.error is None and late.outputs["TOPK_IDS"].shape == (1, 5)
+    model.finalize()

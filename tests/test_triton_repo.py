@@ -469,7 +469,8 @@ def test_build_maps_the_serving_flags(tiny_onnx, tmp_path):
     proc = run_build("--onnx", tiny_onnx, "--onnx-only", "--triton-repo", tmp_path / "repo", "--triton-instances", 2,
                      "--triton-preprocess-instances", 3, "--triton-intra-op-threads", 1, "--triton-max-queue-size", 7,
                      "--triton-queue-timeout-ms", 250, "--triton-max-image-pixels", 1000000,
-                     "--triton-max-image-bytes", 123456, "--triton-queue-delay-us", 100, cwd=tmp_path)
+                     "--triton-max-image-bytes", 123456, "--triton-queue-delay-us", 100,
+                     "--triton-costly-image-pixels", 5000000, "--triton-decode-deadline-ms", 750, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     cfg = configs(tmp_path / "repo")
     stem = Path(tiny_onnx).stem
@@ -484,6 +485,8 @@ def test_build_maps_the_serving_flags(tiny_onnx, tmp_path):
     for c in (pre, py):
         assert c.parameters["max_image_pixels"].string_value == "1000000"
         assert c.parameters["max_image_bytes"].string_value == "123456"
+        assert c.parameters["costly_pixels"].string_value == "5000000"
+        assert c.parameters["decode_deadline_ms"].string_value == "750"
     proc = run_build("--onnx", tiny_onnx, "--onnx-only", "--triton-repo", tmp_path / "r2", "--triton-max-queue-size",
                      0, cwd=tmp_path)
     assert proc.returncode == 2 and "--triton-max-queue-size" in proc.stderr and "Traceback" not in proc.stderr

@@ -274,6 +274,30 @@ def test_hostile_requests_are_client_errors_refused_fast_and_delay_no_one(server
     assert max(during) < baseline + 2000, (baseline, during)
 
 
+def test_costly_images_in_flight_hold_back_no_good_request(server, tmp_path):
+    """Eight clients each keep a scan bomb in flight (a progressive JPEG within the limits, 2000×2000 pixels × 500
+    scans: about a second of a core each), for 8 s: they decode in their own lane at a lower priority, or are
+    answered 503 / UNAVAILABLE (not started within the deadline); a good request sent meanwhile, one at a time,
+    answers within 3× its latency alone."""
+    import crafted_images as ci
+
+    bomb = tmp_path / "scans.jpg"
+    bomb.write_bytes(ci.progressive_jpeg(2000, 2000, 500, flat=True))
+    result = probe("scanbombs", f"127.0.0.1:{server.http}", f"127.0.0.1:{server.grpc}", SERVED, imf.PHOTOS[0],
+                   bomb, 8, 8, tmp_path / "s.json")
+    baseline, during, bombs = statistics.median(result["baseline_ms"]), result["during"], result["bombs"]
+    statuses = {r["status"] for r in bombs}
+    busy = [r for r in bombs if r["status"] != "ok"]
+    print(f"scan bombs: {len(bombs)} answered ({sum(r['status'] == 'ok' for r in bombs)} decoded, {len(busy)} "
+          f"busy); a good request alone {baseline:.0f} ms, meanwhile median "
+          f"{statistics.median(r['ms'] for r in during):.0f}, max {max(r['ms'] for r in during):.0f} ms")
+    assert statuses <= {"ok", "503", "UNAVAILABLE"}, bombs
+    assert "ok" in statuses and busy, bombs  # the lane decodes some, and turns the rest away
+    assert all("retry later" in r["message"] for r in busy), busy
+    assert all(r["status"] == "ok" for r in during), during
+    assert statistics.median(r["ms"] for r in during) < 3 * baseline, (baseline, during)
+
+
 def test_the_client_says_in_one_line_when_there_is_no_server_or_no_such_model(server, repo):
     (port,) = free_ports(1)
     for proto in ("http", "grpc"):

@@ -3,6 +3,7 @@
     python tests/triton_hostile_probe.py warmup HTTP_URL MODEL IMAGE OUT.json
     python tests/triton_hostile_probe.py hostile HTTP_URL GRPC_URL MODEL GOOD BOMB BIG CORRUPT OUT.json
     python tests/triton_hostile_probe.py flood HTTP_URL GRPC_URL MODEL IMAGE N OUT.json
+    python tests/triton_hostile_probe.py scanbombs HTTP_URL GRPC_URL MODEL GOOD BOMB N SECONDS OUT.json
 
 warmup: the first request a client sends a fresh server, then more, one at a time (milliseconds each, at the
 client and in the server).
@@ -10,6 +11,8 @@ hostile: a good image's latency alone (its baseline), then again while another p
 bomb and the corrupt image (REPEAT times each) and the big request, over HTTP and gRPC (each refusal's status,
 message and milliseconds).
 flood: N requests at once over each protocol; each one's status and message.
+scanbombs: a good image's latency alone (its baseline), then for SECONDS while N clients (half HTTP, half gRPC) each
+keep a costly image (BOMB) in flight, sending the next as soon as one is answered; each bomb's status and time.
 """
 
 import json
@@ -121,5 +124,39 @@ def flood(http_url, grpc_url, model, image, n, out):
     Path(out).write_text(json.dumps(results))
 
 
+def scanbombs(http_url, grpc_url, model, good, bomb, n, seconds, out):
+    http = httpclient.InferenceServerClient(http_url, network_timeout=120)
+    good_data, bomb_data = Path(good).read_bytes(), Path(bomb).read_bytes()
+    for _ in range(3):
+        request(httpclient, http, model, good_data)  # connections, caches
+    baseline = [request(httpclient, http, model, good_data)["ms"] for _ in range(10)]
+    stop, bombs, lock = threading.Event(), [], threading.Lock()
+
+    def keep_one_in_flight(proto):
+        if proto == "http":
+            module, client = httpclient, httpclient.InferenceServerClient(http_url, network_timeout=120)
+        else:
+            module, client = grpcclient, grpcclient.InferenceServerClient(grpc_url)
+        while not stop.is_set():
+            r = request(module, client, model, bomb_data)
+            with lock:
+                bombs.append({"protocol": proto, **r})
+
+    threads = [threading.Thread(target=keep_one_in_flight, args=("http" if i % 2 else "grpc",))
+               for i in range(int(n))]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # all in flight
+    during, end = [], time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        during.append(request(httpclient, http, model, good_data))
+    stop.set()
+    for t in threads:
+        t.join()
+    Path(out).write_text(json.dumps({"baseline_ms": baseline, "during": during, "bombs": bombs}))
+    http.close()
+
+
 if __name__ == "__main__":
-    {"warmup": warmup, "hostile": hostile, "attack": attack, "flood": flood}[sys.argv[1]](*sys.argv[2:])
+    {"warmup": warmup, "hostile": hostile, "attack": attack, "flood": flood,
+     "scanbombs": scanbombs}[sys.argv[1]](*sys.argv[2:])

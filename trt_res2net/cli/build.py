@@ -92,6 +92,8 @@ FLAGS = FieldFlags({
     "TritonOptions.queue_timeout_ms": "--triton-queue-timeout-ms",
     "TritonOptions.max_image_pixels": "--triton-max-image-pixels",
     "TritonOptions.max_image_bytes": "--triton-max-image-bytes",
+    "TritonOptions.costly_image_pixels": "--triton-costly-image-pixels",
+    "TritonOptions.decode_deadline_ms": "--triton-decode-deadline-ms",
     "plan_repository.out_dir": "--triton-repo",
 }, dests={"--eval": "eval_list"})
 

@@ -199,6 +199,12 @@ def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{defaults.max_image_pixels})")
     g.add_argument("--triton-max-image-bytes", type=positive_int, default=defaults.max_image_bytes, metavar="N",
                    help=f"larger encoded images are refused with HTTP 400 (default {defaults.max_image_bytes})")
+    g.add_argument("--triton-costly-image-pixels", type=positive_int, default=defaults.costly_image_pixels,
+                   metavar="N", help="a request declaring more decoding work (pixels × a JPEG's scans) decodes in a "
+                                     f"lane of its own, apart from the others (default {defaults.costly_image_pixels})")
+    g.add_argument("--triton-decode-deadline-ms", type=positive_int, default=defaults.decode_deadline_ms,
+                   metavar="MS", help="a costly request not started decoding this long after it came is answered "
+                                      f"HTTP 503 (default {defaults.decode_deadline_ms} ms)")
     g.add_argument("--triton-topk", type=positive_int, default=DEFAULT_TOPK, metavar="K",
                    help=f"top-k classes the image models return (default {DEFAULT_TOPK})")
     g.add_argument("--triton-labels", metavar="FILE",

@@ -119,7 +119,8 @@ def preprocess_config(plan: RepositoryPlan) -> tuple[Any, str]:
     _instances(config, o.preprocess_instances, "KIND_CPU")
     _warmup(config, [Warmup("a JPEG (OpenCV's first decode)", 1, IMAGE, "TYPE_STRING", (1,), WARMUP_SAMPLE)])
     _parameters(config, {"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(), "threads": "0",
-                         "max_image_pixels": o.max_image_pixels, "max_image_bytes": o.max_image_bytes})
+                         "max_image_pixels": o.max_image_pixels, "max_image_bytes": o.max_image_bytes,
+                         "costly_pixels": o.costly_image_pixels, "decode_deadline_ms": o.decode_deadline_ms})
     return config, ("Encoded image bytes → float32 [3,224,224]: trt_res2net.data.preprocess, vendored in 1/"
                     + VENDORED_PACKAGE)
 
@@ -200,6 +201,7 @@ def pipeline_config(plan: RepositoryPlan) -> tuple[Any, str]:
     _warmup(config, [image] + ([twice] if plan.max_batch > 1 else []))
     _parameters(config, {"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(),
                          "max_image_pixels": o.max_image_pixels, "max_image_bytes": o.max_image_bytes,
+                         "costly_pixels": o.costly_image_pixels, "decode_deadline_ms": o.decode_deadline_ms,
                          "intra_op_threads": o.intra_op_threads,
                          "outputs_probabilities": _flag(plan.io.outputs_probabilities)})
     return config, ("Image bytes → infer.py's answer in one process: trt_res2net.data.preprocess, "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from .triton_models.decode_lane import DEFAULT_COSTLY_PIXELS, DEFAULT_DECODE_DEADLINE_MS
 
 DEFAULT_MAX_BATCH = 32
 # With no delay a busy instance still gets batches (the requests that queued while it ran), and an idle one
@@ -33,7 +34,10 @@ class TritonOptions:
     the serving machine's cores ÷ ``instances``, so that instances × threads ≤ cores); ``max_queue_size``:
     requests each model queues before rejecting more (None: ``QUEUE_SIZE_PER_BATCH`` × its max_batch_size);
     ``queue_timeout_ms``: a request queued longer is rejected (0: never); ``max_image_pixels`` /
-    ``max_image_bytes``: the largest image the preprocessing decodes (data/preprocess.py's defaults)."""
+    ``max_image_bytes``: the largest image the preprocessing decodes (data/preprocess.py's defaults);
+    ``costly_image_pixels``: a request declaring more decoding work (pixels × a JPEG's scans) decodes in its own
+    lane, and one the lane has not started ``decode_deadline_ms`` after it came is answered 503
+    (serving/triton_models/decode_lane.py)."""
 
     max_batch: int | None = None
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
@@ -46,6 +50,8 @@ class TritonOptions:
     queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    costly_image_pixels: int = DEFAULT_COSTLY_PIXELS
+    decode_deadline_ms: int = DEFAULT_DECODE_DEADLINE_MS
 
     def __post_init__(self):
         if self.labels is not None:
@@ -56,7 +62,8 @@ class TritonOptions:
         if self.max_batch is not None and self.max_batch < 1:
             raise UserError(f"TritonOptions.max_batch must be ≥ 1, not {self.max_batch}")
         for name, low in (("preprocess_instances", 1), ("intra_op_threads", 0), ("max_queue_size", 1),
-                          ("queue_timeout_ms", 0), ("max_image_pixels", 1), ("max_image_bytes", 1)):
+                          ("queue_timeout_ms", 0), ("max_image_pixels", 1), ("max_image_bytes", 1),
+                          ("costly_image_pixels", 1), ("decode_deadline_ms", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise UserError(f"TritonOptions.{name} must be ≥ {low}, not {value}")

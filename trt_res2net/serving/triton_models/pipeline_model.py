@@ -14,8 +14,9 @@ requests are in the process at once; past that ``execute`` waits, and the rest q
 queue policy. On a GPU the batch the dynamic batcher formed runs as one ONNX Runtime run.
 
 An image that is refused (over the limits, checked from its header before anything is decoded) or cannot be decoded
-fails its own request with ``INVALID_ARG`` (HTTP 400 / gRPC ``INVALID_ARGUMENT``); the server's faults are
-``INTERNAL``. Each instance is its own process with its own session: ``intra_op_threads`` 0 gives each the machine's
+fails its own request with ``INVALID_ARG`` (HTTP 400 / gRPC ``INVALID_ARGUMENT``); a costly image (``decode_lane``)
+that its lane cannot take in time, with ``UNAVAILABLE`` (503: retry later); the server's faults are ``INTERNAL``.
+Each instance is its own process with its own session: ``intra_op_threads`` 0 gives each the machine's
 cores ÷ the instance count, so instances × threads ≤ cores.
 """
 
@@ -31,6 +32,7 @@ from trt_res2net_vendored.serving.triton_models.steps import (
     Postprocessing,
     Preprocessing,
     StepError,
+    decoded,
     instance_threads,
     parameters,
     triton_response,
@@ -73,9 +75,30 @@ class TritonPythonModel:
         return None
 
     def _one(self, images, sender):
+        """A request on a request thread: its images decoded here (costly ones in their lane, which hands the
+        request back to these threads when done, so that none of them waits for it), classified, answered."""
         try:
+            job = self.preprocessing.submit(images, inline=True)
+        except BaseException:
+            self.in_process.release()
+            raise
+        if job.costly:
+            job.future.add_done_callback(lambda f: self._resume(f, sender))
+        else:
+            self._answer(job.future, sender)
+
+    def _resume(self, future, sender):
+        try:
+            self.runs.submit(self._answer, future, sender)
+        except RuntimeError:  # the model is being unloaded: answered from here
+            self._answer(future, sender)
+
+    def _answer(self, future, sender):
+        try:
+            result = decoded(future)
             try:
-                result = self.postprocessing.run(self.classifier.run(self.preprocessing.one(images)))
+                if not isinstance(result, StepError):
+                    result = self.postprocessing.run(self.classifier.run(result))
             except StepError as e:
                 result = e
             except Exception as e:  # anything else is the server's fault, answered, never lost
@@ -85,15 +108,31 @@ class TritonPythonModel:
             self.in_process.release()
 
     def _batch(self, requests):
-        """The requests the batcher queued together as one ONNX Runtime run (a GPU)."""
-        images = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
-        results = self.preprocessing.run(images)
+        """The requests the batcher queued together as one ONNX Runtime run (a GPU); a request of costly images
+        runs alone when its lane has decoded it, so that it holds back none of the others."""
+        batch = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            job, sender = self.preprocessing.submit(images), request.get_response_sender()
+            if job.costly:
+                job.future.add_done_callback(lambda f, sender=sender: self._classify([(decoded(f), sender)]))
+            else:
+                batch.append((job.future, sender))
+        self._classify([(decoded(f), sender) for f, sender in batch])
+        return None
+
+    def _classify(self, decodes):
+        """(pixels or StepError, response sender) per request → one ONNX Runtime run of the pixels; each response
+        sent."""
+        results = [d for d, _ in decodes]
         accepted = [i for i, r in enumerate(results) if not isinstance(r, StepError)]
         if accepted:
             try:
                 scores = self.classifier.run(np.concatenate([results[i] for i in accepted]))
             except StepError as e:
                 scores = e
+            except Exception as e:  # anything else is the server's fault, answered, never lost
+                scores = StepError(f"{type(e).__name__}: {str(e)[:300]}", client=False)
             start = 0
             for i in accepted:
                 n = len(results[i])
@@ -104,7 +143,8 @@ class TritonPythonModel:
                 except StepError as e:
                     results[i] = e
                 start += n
-        return [triton_response(pb_utils, r) for r in results]
+        for result, (_, sender) in zip(results, decodes, strict=True):
+            sender.send(triton_response(pb_utils, result), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def finalize(self):
         if self.runs is not None:

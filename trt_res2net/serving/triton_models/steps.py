@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,15 +23,17 @@ from ...data.preprocess import (
     limit_opencv_pixels,
     preprocess,
 )
+from .decode_lane import DEFAULT_COSTLY_PIXELS, DEFAULT_DECODE_DEADLINE_MS, DecodeLane, LaneBusy, decode_work
 
 
 class StepError(Exception):
     """A request that fails: ``client`` when the request is at fault (Triton's INVALID_ARG: HTTP 400 / gRPC
-    INVALID_ARGUMENT), else the server (INTERNAL: 500)."""
+    INVALID_ARGUMENT), ``busy`` when the server cannot take it now (UNAVAILABLE: 503, retry later), else the server
+    (INTERNAL: 500)."""
 
-    def __init__(self, message: str, client: bool):
+    def __init__(self, message: str, client: bool, busy: bool = False):
         super().__init__(message)
-        self.client = client
+        self.client, self.busy = client, busy
 
 
 def cores() -> int:
@@ -52,12 +55,22 @@ def instance_threads(config: dict, key: str) -> int:
     return int(parameters(config).get(key, "0") or 0) or max(1, cores() // instances)
 
 
+@dataclass(frozen=True)
+class DecodeJob:
+    """A request's decoding: its Future (of the pixels) and whether it decodes in the costly images' lane."""
+
+    future: Future
+    costly: bool
+
+
 class Preprocessing:
     """Encoded images → float32 [n, 3, 224, 224], ``infer.py``'s preprocessing bit for bit.
 
     Every image is checked against the limits (its size, the pixels its header declares, a JPEG's scans) before
-    anything is decoded: an image bomb is refused in microseconds and never reaches the decoding threads, so it
-    delays no other request. The accepted images are decoded on ``threads`` threads (OpenCV releases the GIL)."""
+    anything is decoded: an image bomb is refused in microseconds and never reaches the decoding threads. A request
+    whose declared work is over ``costly_pixels`` decodes in its own lane (``decode_lane``, under the deadline
+    ``decode_deadline_ms``), so that costly images delay no other request; the others decode on ``threads`` threads
+    (OpenCV releases the GIL), or on the caller's (``one``)."""
 
     def __init__(self, params: dict[str, str], threads: int, model_name: str):
         recorded = params.get("preprocess_sha256")
@@ -75,23 +88,43 @@ class Preprocessing:
         # OpenCV's own pixel limit at this model's (cv2 is imported by the first decode, after this): OpenCV checks
         # the size its decoder parsed, before it allocates, whatever image_header makes of the header.
         limit_opencv_pixels(self.limits.max_pixels)
+        self.costly_pixels = int(params.get("costly_pixels") or DEFAULT_COSTLY_PIXELS)
+        deadline_ms = int(params.get("decode_deadline_ms") or DEFAULT_DECODE_DEADLINE_MS)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self.lane = DecodeLane(deadline_s=deadline_ms / 1e3)
 
-    def check(self, images: np.ndarray) -> None:
-        """StepError (the client's) when an image of a request is over the limits, from its size and header."""
-        refused = []
+    def check(self, images: np.ndarray) -> int:
+        """A request's declared decoding work (pixel passes); StepError (the client's) when one of its images is
+        over the limits, from its size and header."""
+        refused, work = [], 0
         for i, data in enumerate(images.reshape(-1)):
             try:
-                check_encoded(data, self.limits)  # the size and the header's dimensions: microseconds
+                declared = check_encoded(data, self.limits)  # the size and the header's dimensions: microseconds
+                work += decode_work(data, declared)
             except ImageDecodeError as e:
                 refused.append(f"image {i} of the request: {e.reason}")
         if refused:
             raise StepError("; ".join(refused), client=True)
+        return work
 
-    def one(self, images: np.ndarray) -> np.ndarray:
-        """A request's images (checked) → its pixels, decoded on the calling thread; StepError when one fails."""
-        self.check(images)
-        return self._decode(images)
+    def submit(self, images: np.ndarray, inline: bool = False) -> DecodeJob:
+        """A request's images → its decoding job (``decoded`` reads it): in the lane when they are costly, else on
+        the decoding threads, or at once on the caller's (``inline``)."""
+        future: Future = Future()
+        try:
+            work = self.check(images)
+        except StepError as e:
+            future.set_exception(e)
+            return DecodeJob(future, False)
+        if work > self.costly_pixels:
+            return DecodeJob(self.lane.submit(self._decode, images), True)
+        if not inline:
+            return DecodeJob(self.pool.submit(self._decode, images), False)
+        try:
+            future.set_result(self._decode(images))
+        except Exception as e:
+            future.set_exception(e)
+        return DecodeJob(future, False)
 
     def _decode(self, images: np.ndarray) -> np.ndarray:
         images = images.reshape(-1)
@@ -111,23 +144,29 @@ class Preprocessing:
     def run(self, requests: list[np.ndarray]) -> list[np.ndarray | StepError]:
         """Per request (an array of encoded images), its pixels or why it fails; the requests are independent.
         Every request is checked before any is decoded, so a refused one never reaches the decoding threads."""
-        jobs: list[Future | StepError] = []
-        for images in requests:
-            try:
-                self.check(images)
-                jobs.append(self.pool.submit(self._decode, images))
-            except StepError as e:
-                jobs.append(e)
-        results: list[np.ndarray | StepError] = []
-        for job in jobs:
-            try:
-                results.append(job if isinstance(job, StepError) else job.result())
-            except StepError as e:
-                results.append(e)
-        return results
+        return [decoded(job) for job in [self.submit(images).future for images in requests]]
 
     def close(self) -> None:
+        self.lane.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def pixels(job: Future) -> np.ndarray:
+    """A decoding job's pixels; StepError when it failed (the lane's refusals as the server being busy)."""
+    try:
+        return job.result()
+    except LaneBusy as e:
+        raise StepError(str(e), client=False, busy=True) from None
+
+
+def decoded(job: Future) -> np.ndarray | StepError:
+    """A decoding job's pixels, or its StepError (anything unexpected as the server's)."""
+    try:
+        return pixels(job)
+    except StepError as e:
+        return e
+    except Exception as e:
+        return StepError(f"{type(e).__name__}: {str(e)[:300]}", client=False)
 
 
 class OnnxClassifier:
@@ -189,6 +228,7 @@ def triton_response(pb_utils, result: dict[str, np.ndarray] | StepError):
     TritonError carries its code where this Triton's backend has codes."""
     if not isinstance(result, StepError):
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in result.items()])
-    code = getattr(pb_utils.TritonError, "INVALID_ARG" if result.client else "INTERNAL", None)
+    name = "UNAVAILABLE" if result.busy else "INVALID_ARG" if result.client else "INTERNAL"
+    code = getattr(pb_utils.TritonError, name, None)
     error = pb_utils.TritonError(str(result)) if code is None else pb_utils.TritonError(str(result), code)
     return pb_utils.InferenceResponse(error=error)
