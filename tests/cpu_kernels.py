@@ -93,8 +93,8 @@ class CpuKernels:
         """``res2net_preprocess_bgr(pixels, descs, out)`` for ``n`` images, on GpuKernels' grid and block."""
         if n == 0:
             return
-        crop, block = self.spec.crop_size, kernels.PREPROCESS_BLOCK
-        grid = (-(-crop // block[0]), -(-crop // block[1]), n)
+        (crop_h, crop_w), block = self.spec.crop_hw, kernels.PREPROCESS_BLOCK
+        grid = (-(-crop_w // block[0]), -(-crop_h // block[1]), n)
         self.lib.cpu_preprocess(_address(pixels), _address(descs), _address(out), self._u3(*grid),
                                 self._u3(*block))
 
@@ -110,13 +110,12 @@ class CpuKernels:
                           TOPK_MODES[threads])
 
     def preprocess(self, images) -> np.ndarray:
-        """float32 [n, 3, crop, crop] of BGR uint8 images, packed by staging_layout + fill_staging as the GPU
-        path packs them (descriptors at the base, pixels from base + desc_bytes)."""
+        """float32 [n, 3, H, W] (the spec's crop) of BGR uint8 images, packed by staging_layout + fill_staging as
+        the GPU path packs them (descriptors at the base, pixels from base + desc_bytes)."""
         descs, windows, desc_bytes, pixel_bytes = kernels.staging_layout(images, self.spec)
         staging = np.zeros(desc_bytes + pixel_bytes, np.uint8)  # exactly the bytes the GPU copy would move
         kernels.fill_staging(staging, images, descs, windows, desc_bytes)
-        crop = self.spec.crop_size
-        out = np.full((len(images), 3, crop, crop), np.nan, np.float32)  # NaN marks anything left unwritten
+        out = np.full((len(images), 3, *self.spec.crop_hw), np.nan, np.float32)  # NaN marks anything left unwritten
         base = int(staging.ctypes.data)
         self.launch_preprocess(base + desc_bytes, base, out, len(images))
         return out

@@ -22,6 +22,7 @@ def make_classifier(
     classes_dim: int | str | None = None,
     input_dtype: str = "float32",
     hw: int | str = 224,
+    input_width: int | str | None = None,
 ) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -58,7 +59,7 @@ def make_classifier(
     graph = helper.make_graph(
         nodes,
         "tiny_classifier",
-        [helper.make_tensor_value_info(input_name, elem, [batch, 3, hw, hw])],
+        [helper.make_tensor_value_info(input_name, elem, [batch, 3, hw, hw if input_width is None else input_width])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, classes_dim or num_classes])],
         inits,
     )

@@ -134,7 +134,7 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
 
 def test_spec_numbers_are_written_into_the_source_exactly():
     src = cp.kernel_source()
-    assert f"#define CROP {SPEC.crop_size}" in src
+    assert f"#define CROP_H {SPEC.crop_size}" in src and f"#define CROP_W {SPEC.crop_size}" in src
     for value in (*SPEC.mean, *SPEC.std, SPEC.scale):
         literal = float(np.float32(value)).hex() + "f"
         assert literal in src
@@ -145,7 +145,7 @@ def test_spec_numbers_are_written_into_the_source_exactly():
 
 def test_source_follows_the_spec_which_refuses_what_nothing_implements():
     small = dataclasses.replace(SPEC, crop_size=192)
-    assert "#define CROP 192" in cp.kernel_source(small)
+    assert "#define CROP_H 192" in cp.kernel_source(small)
     assert "PLANE[3] = {2, 1, 0}" in cp.kernel_source(SPEC)
     with pytest.raises(ValueError, match=r"PreprocessSpec.channel_order 'BGR': .* implements RGB only"):
         dataclasses.replace(SPEC, channel_order="BGR")

@@ -251,3 +251,22 @@ def test_g_plus_plus_checks_the_descriptor_offsets(tmp_path):
     flags = [f for f in CXXFLAGS if f not in ("-shared", "-fPIC")]
     done = subprocess.run([_compiler(), *flags, "-fsyntax-only", str(path)], capture_output=True, text=True)
     assert done.returncode != 0 and "ImageDesc.scale_x" in done.stderr
+
+
+@pytest.mark.parametrize(("height", "width"), [(288, 288), (224, 320), (320, 224)], ids=["288", "224x320", "320x224"])
+def test_preprocess_kernel_is_exact_at_other_input_sizes(height, width):
+    """A model's own input size (``spec_for_input``: the crop H×W, the short side at the recipe's ratio): the
+    kernel, its numpy port and OpenCV's preprocess_bgr agree bit for bit, square or not."""
+    from trt_res2net.data.preprocess_spec import spec_for_input
+
+    spec = spec_for_input(height, width)
+    assert spec.resize_short == max(height, width) * 8 // 7
+    cpu = compile_cpu_kernels(spec)
+    names = ["chelsea", "noise 333x517", "noise 517x333", "noise 1x200", "smooth 300x400", "ramp 300x400",
+             "noise 1023x769"]
+    names = [n for n in names if n in IMAGES] or NAMES[:6]
+    got = cpu.preprocess([IMAGES[n] for n in names])
+    assert got.shape == (len(names), 3, height, width)
+    for row, name in zip(got, names, strict=True):
+        assert_bits_equal(row, kernels.emulate_preprocess(IMAGES[name], spec), f"{name}: kernel vs numpy port")
+        assert_bits_equal(row, preprocess_bgr(IMAGES[name], spec), f"{name}: kernel vs preprocess_bgr")

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from trt_res2net.cli.build import main as build_main
+from trt_res2net.core import log
 from trt_res2net.core.errors import UserError
 from trt_res2net.engine import builder, trt_compat
 from trt_res2net.engine import manifest as mf
@@ -145,7 +146,8 @@ def test_fp16_engine_is_smaller_and_turing_takes_it(workdir, capsys, tiny_onnx):
     _check_manifest_against_file(workdir / "engines" / "turing.rtx.engine", ["7.5"])
 
 
-def test_int8_qdq_engine_carries_the_weight_only_caveat(workdir, capsys, tiny_onnx):
+def test_int8_qdq_engine_carries_the_weight_only_caveat(workdir, capsys, tiny_onnx, monkeypatch):
+    monkeypatch.setattr(log, "_warned", set())  # said once per process: an earlier test may have said it
     _modelopt()
     write_images(workdir / "calib", n=8, seed=3, size=(260, 240))
     code, _, err = _build(capsys, "--onnx", str(tiny_onnx), "--precision", "int8", "--calib-dir",

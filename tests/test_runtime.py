@@ -9,7 +9,8 @@ import pytest
 
 from trt_res2net.core.errors import EXIT_NO_TENSORRT, EXIT_USAGE, MissingDependency, UserError
 from trt_res2net.data.postprocess import load_labels, softmax
-from trt_res2net.data.preprocess import preprocess_batch
+from trt_res2net.data.preprocess import SPEC, preprocess_batch
+from trt_res2net.data.recipe import InputRecipe, PreprocessOptions
 from trt_res2net.runtime.backend import Backend, open_backend
 from trt_res2net.runtime.classifier import Classifier
 from trt_res2net.runtime.onnx_runtime import OnnxRuntimeBackend
@@ -70,9 +71,11 @@ def test_bad_model_files(tmp_path, models):
         with pytest.raises(UserError, match=match) as e:
             open_backend(path)
         assert "\n" not in str(e.value) and e.value.exit_code == EXIT_USAGE
-    wrong_size = onnx_models.make_classifier(tmp_path / "wrong.onnx", hw=256)
-    with pytest.raises(UserError, match="expected NCHW"):
-        open_backend(wrong_size)
+    other_size = onnx_models.make_classifier(tmp_path / "other.onnx", hw=256)
+    recipe = open_backend(other_size).recipe  # fed at its own size, with the recipe's ratio
+    assert recipe.spec.crop_hw == (256, 256) and recipe.spec.resize_short == 292
+    with pytest.raises(UserError, match=r"takes 256×256 inputs \(H×W\), but the preprocessing \(the crop as given"):
+        open_backend(other_size, preprocess=PreprocessOptions(crop=(224, 224)))
 
 
 def test_two_input_model_is_refused(tmp_path):
@@ -153,6 +156,7 @@ def test_probability_heuristic_when_the_graph_does_not_say(models):
         input_name, output_name, num_classes, max_batch, outputs_probabilities = "i", "o", 4, None, False
         fixed_batch = gpu_preprocessing = False
         metadata: dict = {}
+        recipe = InputRecipe(SPEC, "PaddleClas's recipe")
 
         def run(self, x):
             return np.tile(np.array([[0.1, 0.6, 0.2, 0.1]], np.float32), (len(x), 1))

@@ -147,7 +147,7 @@ class RecordingBackend:
         self.seconds = seconds
         self.batches: list[int] = []
         for name in ("input_name", "output_name", "num_classes", "max_batch", "fixed_batch", "outputs_probabilities",
-                     "gpu_preprocessing", "metadata", "describe", "close"):
+                     "gpu_preprocessing", "metadata", "recipe", "describe", "close"):
             setattr(self, name, getattr(self.inner, name))
 
     def run(self, batch):

@@ -282,6 +282,9 @@ def test_costly_images_decode_in_their_own_lane_and_hold_back_no_one(repo, pb_ut
     slots = step.lane.workers + 8  # the default backlog
     held = [Request(IMAGE=images(bomb)) for _ in range(slots)]
     assert model.execute(held) is None
+    deadline = time.monotonic() + 30
+    while step.lane.slots._value and time.monotonic() < deadline:  # the request threads hand them to the lane
+        time.sleep(0.01)
     over, good = Request(IMAGE=images(bomb)), Request(IMAGE=images(photo))
     (busy, fine) = execute(model, [over, good])  # answered while every lane slot is taken
     assert busy.error.code == "UNAVAILABLE" and "retry later" in str(busy.error)

@@ -3,6 +3,7 @@ chunking and padding, data types, CUDA-graph replay, manifest refusal, errors as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -195,13 +196,14 @@ def test_manifest_is_checked_before_loading(tmp_path, fake_trt):
     TensorRTBackend(path, check_manifest=False)
 
 
-def test_manifest_file_check_and_preprocessing_warning(tmp_path, fake_trt, capsys):
-    TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256=SPEC.sha256()))
-    assert capsys.readouterr().err == ""
+def test_manifest_file_check_and_the_preprocessing_it_records(tmp_path, fake_trt, capsys):
+    backend = TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256=SPEC.sha256(), preprocess=SPEC.to_dict()))
+    assert capsys.readouterr().err == "" and backend.recipe.spec == SPEC
     with pytest.raises(UserError, match="does not match its manifest"):
         TensorRTBackend(_with_manifest(tmp_path, engine_sha256="other"))
-    TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256="0" * 64))
-    assert "built for other preprocessing" in capsys.readouterr().err
+    own = dataclasses.replace(SPEC, resize_short=240)  # an engine built for its model's own recipe is fed that
+    backend = TensorRTBackend(_with_manifest(tmp_path, preprocess_sha256=own.sha256(), preprocess=own.to_dict()))
+    assert backend.recipe.spec == own and backend.recipe.source == "as the model records it"
 
 
 def test_manifest_can_say_the_output_is_probabilities(tmp_path, fake_trt):
@@ -259,7 +261,7 @@ def test_a_pair_a_killed_build_left_is_completed_before_loading(tmp_path, fake_t
                      "b": {"shape": [-1, 3, 224, 224], "dtype": "FLOAT", "profile": [[1, 3, 224, 224]] * 3}}},
          "has 2 inputs"),
         ({"inputs": {"x": {"shape": [-1, 224, 224], "dtype": "FLOAT", "profile": [[1, 224, 224]] * 3}}},
-         r"expected NCHW \[N, 3, 224, 224\]"),
+         r"expected NCHW \[N, 3, H, W\]"),
         ({"out_dtype": "INT8"}, "is int8; expected float32 or float16"),
         ({"outputs": {"y": {"shape": [-1, 10, 7], "dtype": "FLOAT"}}}, r"expected \[N, classes\]"),
     ],

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .data.calibration_set import CalibrationImages
     from .data.postprocess import load_labels
     from .data.preprocess import SPEC, ImageLimits, preprocess
+    from .data.preprocess_spec import PreprocessSpec, spec_for_input
+    from .data.recipe import InputRecipe, PreprocessOptions, choose_recipe
     from .data.sources import parse_source
     from .engine.build import BuiltEngine, build_engine, run_engine
     from .engine.manifest import EngineManifest
@@ -79,6 +81,11 @@ _API = {
     "run_export": "model.export",
     # data
     "SPEC": "data.preprocess",
+    "PreprocessSpec": "data.preprocess_spec",
+    "spec_for_input": "data.preprocess_spec",
+    "PreprocessOptions": "data.recipe",
+    "InputRecipe": "data.recipe",
+    "choose_recipe": "data.recipe",
     "preprocess": "data.preprocess",
     "ImageLimits": "data.preprocess",
     "load_labels": "data.postprocess",
@@ -141,7 +148,8 @@ __all__ = [  # the public API: the TYPE_CHECKING imports above and _API below na
     "plan_streams", "run_streams", "StreamOptions", "StreamPlan", "StreamRunner", "StreamResult", "StreamSummary",
     "open_streams", "parse_source",
     # running models
-    "SPEC", "preprocess", "ImageLimits", "load_labels", "Classifier", "TensorRTBackend", "open_backend",
+    "SPEC", "PreprocessSpec", "spec_for_input", "PreprocessOptions", "InputRecipe", "choose_recipe",
+    "preprocess", "ImageLimits", "load_labels", "Classifier", "TensorRTBackend", "open_backend",
     "benchmark_engine", "BenchmarkOptions", "BenchmarkReport", "ServerOptions", "TritonClassifier",
 ]
 

@@ -100,11 +100,19 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     engine = Path(args.model)
     options = benchmark_options(args)
-    if engine.suffix.lower() not in (".engine", ".plan"):
-        raise UserError(f"--benchmark runs TensorRT engines (.engine, .plan), not {engine}")
+    cpu = engine.suffix.lower() == ".xml"
+    if engine.suffix.lower() not in (".engine", ".plan", ".xml"):
+        raise UserError(f"--benchmark runs TensorRT engines (.engine, .plan) and CPU models (.xml), not {engine}")
+    if cpu and args.polygraphy:
+        raise UserError("--polygraphy cross-checks TensorRT engines; a CPU model (.xml) has no TensorRT to ask")
     images = load_images(args.inputs) if args.inputs else None
     try:
-        report = benchmark_engine(engine, images, options)
+        if cpu:
+            from ..runtime.cpu_benchmark import benchmark_cpu_model
+
+            report = benchmark_cpu_model(engine, images, options)
+        else:
+            report = benchmark_engine(engine, images, options)
     except MissingDependency:
         if args.polygraphy:  # the commands are still worth having for another machine
             _print_cross_check(engine, engine_summary(engine), options.batches, options.iterations, run=False)

@@ -17,6 +17,7 @@ from ..core import log
 from ..core.errors import EXIT_OK, MissingDependency
 from ..core.files import check_writable_folder
 from ..data.calibration_set import CalibrationImages, synthetic_calibration_images
+from ..data.recipe import PreprocessOptions
 from ..engine import trt_compat
 from ..engine.build import run_engine
 from ..engine.options import EngineOptions
@@ -27,7 +28,7 @@ from ..precision.convert import ConvertedOnnx, PrecisionPlan, plan_precision, ru
 from ..precision.options import PrecisionOptions, check_qdq_opset
 from ..serving.repository import TritonOptions
 from .build_parser import build_parser
-from .common import FieldFlags, run_main, usage_error
+from .common import PREPROCESS_FIELDS, FieldFlags, run_main, usage_error
 
 # --------------------------------------------------------------------------------------------------------
 # Flags → the library's options, one function per stage
@@ -94,6 +95,7 @@ FLAGS = FieldFlags({
     "TritonOptions.max_image_bytes": "--triton-max-image-bytes",
     "TritonOptions.costly_image_pixels": "--triton-costly-image-pixels",
     "TritonOptions.decode_deadline_ms": "--triton-decode-deadline-ms",
+    **PREPROCESS_FIELDS,
     "plan_repository.out_dir": "--triton-repo",
 }, dests={"--eval": "eval_list"})
 
@@ -149,16 +151,37 @@ def list_models(as_json: bool) -> int:
     return EXIT_OK
 
 
-def _write_triton_repository(args, fp32_path: Path, model_name: str, engine: Path | None = None) -> None:
-    """``--triton-repo``: the repository from what was built (the ONNX models alone without an engine)."""
+def _write_triton_repository(args, fp32_path: Path, model_name: str, engine: Path | None = None,
+                             cpu_model: Path | None = None) -> None:
+    """``--triton-repo``: the repository from what was built (the ONNX models alone without an engine or a CPU
+    model)."""
     if args.triton_repo is None:
         return
     from ..serving.repository import write_triton_repository
 
     result = write_triton_repository(args.triton_repo, fp32_path, model_name=model_name, engine_path=engine,
-                               options=triton_options(args))
+                                     options=triton_options(args), preprocess=preprocess_options(args),
+                                     cpu_model_path=cpu_model)
     print(f"wrote Triton model repository {args.triton_repo}: {', '.join(result.models)} "
           f"(on image bytes: {', '.join(result.image_models)})", flush=True)
+
+
+def preprocess_options(args) -> PreprocessOptions:
+    return FLAGS.options(PreprocessOptions, args)
+
+
+def _say_what_is_assumed(args, onnx_io) -> None:
+    """One line for an ONNX of the user's: the preprocessing it will be fed and its classes, so that a mismatch
+    shows before any work."""
+    from ..data.postprocess import IMAGENET_CLASSES
+    from ..model.contract import onnx_recipe
+
+    recipe = onnx_recipe(args.onnx, preprocess_options(args))
+    n = onnx_io.io.num_classes
+    labels = (f"labels from {args.triton_labels}" if args.triton_labels
+              else "ImageNet's labels" if n == IMAGENET_CLASSES else "class ids as labels")
+    classes = f"{n} classes" if n else "classes from the model's output"
+    print(f"preprocessing: {recipe.describe()}; {classes}, {labels}", flush=True)
 
 
 def _resolve_precision(asked: str | None, onnx_io, onnx_path: str | None) -> str:
@@ -221,6 +244,17 @@ def _main(argv) -> int:
         return list_models(args.json)
     if bool(args.model) == bool(args.onnx):
         raise usage_error("pass --model NAME or --onnx PATH (--list-models shows the names)")
+    if args.engine_family == "cpu":
+        from .build_cpu import run_cpu_build
+
+        def source(args):
+            export, _, fp32_onnx, model_name = _source(args)
+            return export, fp32_onnx, model_name
+
+        return run_cpu_build(args, build_parser(), source, precision_options, preprocess_options,
+                             _write_triton_repository)
+    if args.precision == "bf16":
+        raise usage_error("--precision bf16 is for --engine-family cpu (TensorRT's engines are fp32, fp16 or int8)")
     plans = _plan(args)
     if plans.target is None:
         return _run(args, plans)
@@ -230,9 +264,8 @@ def _main(argv) -> int:
         return _run(args, plans)
 
 
-def _plan(args) -> _Plans:
-    """Every stage planned, every refusal made, before any long work: the export (or the ONNX given), the engine's
-    target (``engine.plan.plan_target``: what needs no ONNX), the precision step."""
+def _source(args):
+    """(the export's plan or None, the ``--onnx``'s checked I/O or None, the FP32 ONNX, the model name)."""
     export, onnx_io = None, None
     if args.onnx:  # the contract both runtimes check, in their words, before any work
         from ..core.files import check_input_file
@@ -241,10 +274,19 @@ def _plan(args) -> _Plans:
         check_input_file(args.onnx, "--onnx", "an ONNX file")
         onnx_io = inspect_onnx(args.onnx)
         fp32_onnx, model_name = Path(args.onnx), _model_name_of(Path(args.onnx), onnx_io)
+        if not args.quiet:
+            _say_what_is_assumed(args, onnx_io)
     else:
         export = plan_export(FLAGS.options(ExportOptions, args, opset=args.opset or DEFAULT_OPSET, path=args.onnx_out,
                                            progress=not args.quiet))
         fp32_onnx, model_name = export.path, export.spec.name
+    return export, onnx_io, fp32_onnx, model_name
+
+
+def _plan(args) -> _Plans:
+    """Every stage planned, every refusal made, before any long work: the export (or the ONNX given), the engine's
+    target (``engine.plan.plan_target``: what needs no ONNX), the precision step."""
+    export, onnx_io, fp32_onnx, model_name = _source(args)
     precision = _resolve_precision(args.precision, onnx_io, args.onnx)
     eng_opts, prec_opts = engine_options(args), precision_options(args)
     version = trt_compat.installed_version(eng_opts.family)  # None: the ONNX is all this machine can make
@@ -261,7 +303,8 @@ def _plan(args) -> _Plans:
         if out is not None and not args.onnx_out and target is None:  # the engine folder, which no target checked
             check_writable_folder(eng_opts.engine_dir, "--engine-dir")
         precision_plan = plan_precision(fp32_onnx, precision, prec_opts, model_name=model_name, out_path=out,
-                                        exported_opset=None if export is None else export.opset)
+                                        exported_opset=None if export is None else export.opset,
+                                        preprocess=preprocess_options(args))
     return _Plans(precision, model_name, fp32_onnx, export, precision_plan, eng_opts, target)
 
 
@@ -279,7 +322,8 @@ def _run(args, plans: _Plans) -> int:
         return EXIT_OK
     try:  # the engine's plan completed with the ONNX it is built from (no library here: exit status 3)
         plan = plan_engine(onnx, None if plans.target else plans.engine, precision=plans.precision,
-                           fp32_onnx_path=fp32_path, model_name=model_name, target=plans.target)
+                           fp32_onnx_path=fp32_path, model_name=model_name, target=plans.target,
+                           preprocess=preprocess_options(args))
     except MissingDependency:
         _write_triton_repository(args, fp32_path, model_name)  # the ONNX-only repository, then exit status 3
         raise

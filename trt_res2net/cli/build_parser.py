@@ -28,7 +28,7 @@ from ..precision.options import (
 )
 from ..serving.repository import DEFAULT_MAX_BATCH as TRITON_DEFAULT_MAX_BATCH
 from ..serving.repository import DEFAULT_QUEUE_DELAY_US, DEFAULT_TOPK, QUEUE_SIZE_PER_BATCH, TritonOptions
-from .common import bounded_int, positive_int
+from .common import add_preprocess_arguments, bounded_int, positive_int
 
 
 def _triton_repo_dir(text: str) -> Path:
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", metavar="NAME", help="zoo model name (see --list-models)")
     src.add_argument("--onnx", metavar="PATH",
                      help="build from this classification ONNX instead of a zoo model (e.g. a paddle2onnx export)")
+    add_preprocess_arguments(src)
     src.add_argument("--list-models", action="store_true",
                      help="print every model with its parameters, GFLOPs and published accuracy, then exit")
     src.add_argument("--weights", metavar="PATH", help="PaddleClas .pdparams file (default: download once)")
@@ -71,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"ONNX opset (default {DEFAULT_OPSET}, which TensorRT 8.6 parses; INT8 Q/DQ needs 19)")
     onnx.add_argument("--softmax", action="store_true",
                       help="end the graph with Softmax (output 'probabilities') like PaddleClas's exported models")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
+    p.add_argument("--precision", choices=(*PRECISIONS, "bf16"), default=None,
                    help="engine precision (default fp32, or what an --onnx already is: int8 for a Q/DQ ONNX, fp16 for "
-                        "an FP16 one, built as it is); fp16/int8 of an FP32 model also write the converted ONNX")
+                        "an FP16 one, built as it is); fp16/int8 of an FP32 model also write the converted ONNX; "
+                        "with --engine-family cpu: int8 (default), bf16 (CPUs with BF16) or fp32")
     _add_precision_arguments(p)
     _add_engine_arguments(p)
     _add_triton_arguments(p)
@@ -126,11 +128,12 @@ def _add_precision_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("TensorRT engine")
-    g.add_argument("--engine-family", choices=trt_compat.FAMILY_CHOICES, default="auto",
+    g.add_argument("--engine-family", choices=(*trt_compat.FAMILY_CHOICES, "cpu"), default="auto",
                    help="tensorrt: standard TensorRT, builds for this machine's GPU (servers, Jetson); "
                         "tensorrt-rtx: TensorRT for RTX, builds without a GPU for compute capability 8.0/8.6/"
                         "8.9/12.0 and later (7.5 on request); auto: tensorrt when importable, else "
-                        "tensorrt-rtx (default)")
+                        "tensorrt-rtx (default); cpu: an OpenVINO model for CPUs (NNCF INT8, BF16 or FP32; "
+                        "the cpu extra), written with its manifest")
     g.add_argument("--compute-capability", metavar="LIST",
                    help="TensorRT-RTX targets, e.g. 8.6,8.9,12.0, or current (this machine's GPU); default "
                         "the library's portable set: 8.0, 8.6, 8.9, 12.0, 12.1 and later")

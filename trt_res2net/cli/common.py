@@ -116,3 +116,28 @@ def write_json_output(path, obj) -> None:
         write_json(path, obj)
     except OSError as e:
         raise UserError(f"{path}: cannot write the JSON ({e.strerror or e})") from None
+
+
+def crop_size(text: str) -> tuple[int, int]:
+    """``--crop``: ``S`` (square) or ``HxW`` pixels."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected S or HxW pixels (e.g. 288 or 224x320), not {text!r}")
+    return (values[0], values[-1])
+
+
+def add_preprocess_arguments(group) -> None:
+    """``--resize-short`` / ``--crop``: a model's own recipe (``data.recipe.PreprocessOptions``)."""
+    group.add_argument("--resize-short", type=positive_int, metavar="N",
+                       help="resize the short side to N before the centre crop (default: as the model records it, "
+                       "else its input size ÷ 0.875: 224 → 256, 288 → 329)")
+    group.add_argument("--crop", type=crop_size, metavar="S|HxW",
+                       help="centre crop to S×S or H×W (default: the model's input size; needed for a model whose "
+                       "input size is dynamic and not 224×224)")
+
+
+PREPROCESS_FIELDS = {"PreprocessOptions.resize_short": "--resize-short", "PreprocessOptions.crop": "--crop"}

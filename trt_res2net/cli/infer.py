@@ -22,7 +22,14 @@ from ..cuda.device import CudaUnavailable
 from ..data.preprocess import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from ..runtime.backend import GpuBackend, warn_about_metadata
 from .benchmark import BENCHMARK_FIELDS, add_benchmark_arguments, run_benchmark
-from .common import FieldFlags, positive_int, run_main, write_json_output
+from .common import (
+    PREPROCESS_FIELDS,
+    FieldFlags,
+    add_preprocess_arguments,
+    positive_int,
+    run_main,
+    write_json_output,
+)
 from .streams import STREAM_FIELDS, add_stream_arguments, run_streams, wants_streams
 
 
@@ -39,6 +46,7 @@ FLAGS = FieldFlags({
     "Classifier.batch": "--batch",
     "Classifier.topk": "--topk",
     "TensorRTBackend.check_manifest": "--no-manifest-check",
+    **PREPROCESS_FIELDS,
     **STREAM_FIELDS,
     **BENCHMARK_FIELDS,
 })
@@ -103,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "default: images are only decoded on the CPU; resize, crop, normalisation and top-k run "
                      "on the GPU), e.g. to cross-check the two; --eval always preprocesses on the CPU (it "
                      "needs every model's full outputs)")
+    add_preprocess_arguments(p.add_argument_group("preprocessing (PaddleClas's evaluation recipe at the model's size)"))
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval", metavar="LIST",
                     help="labelled list in PaddleClas val_list.txt form ('relative/path.jpg label' per "
@@ -117,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _progress_disable(args: argparse.Namespace, n: int) -> bool | None:
     """tqdm's ``disable``: None lets tqdm show the bar only on a terminal."""
     return None if args.progress and n >= PROGRESS_MIN_IMAGES else True
+
+
+def preprocess_options(args: argparse.Namespace):
+    from ..data.recipe import PreprocessOptions
+
+    return FLAGS.options(PreprocessOptions, args)
+
+
+def describe_inputs(clf) -> str:
+    """One line: the preprocessing a model is fed and its classes, so that a mismatch shows before the answers."""
+    n = clf.num_classes
+    labels = ("ImageNet's labels" if clf.labels_source is None and n == 1000 else "class ids as labels"
+              if clf.labels_source is None else f"labels from {clf.labels_source}")
+    return f"preprocessing: {clf.backend.recipe.describe()}; {n} classes, {labels}"
 
 
 def _one_batch_size(batch: list[int] | None) -> int:
@@ -144,14 +167,14 @@ def run_classify(args: argparse.Namespace) -> int:
     if args.no_manifest_check and Path(args.model).suffix.lower() in (".engine", ".plan"):
         from ..runtime.backend import open_backend
 
-        backend = open_backend(args.model, check_manifest=False)
+        backend = open_backend(args.model, check_manifest=False, preprocess=preprocess_options(args))
     clf = Classifier(args.model, labels=args.labels, topk=args.topk, batch=args.batch, threads=args.threads,
-                     backend=backend,
-                     limits=image_limits(args),
-                     gpu_preprocess=not args.cpu_preprocess)
+                     backend=backend, limits=image_limits(args), gpu_preprocess=not args.cpu_preprocess,
+                     preprocess=preprocess_options(args))
     if not args.quiet:
         print(f"{args.model}: {clf.backend.describe()}; preprocessing on the {clf.preprocessing.upper()}",
               file=sys.stderr)
+        print(describe_inputs(clf), file=sys.stderr)
     warn_about_metadata(clf.backend, args.model)
     results, failed = [], 0
     bar = tqdm(total=len(paths), unit="img", disable=_progress_disable(args, len(paths)), dynamic_ncols=True)
@@ -202,11 +225,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.no_manifest_check:  # engines run unchecked, as the user said; the backends are closed here
         from ..runtime.backend import open_backend
 
-        backends = [open_backend(m, check_manifest=False) if Path(m).suffix.lower() in ENGINE_SUFFIXES
-                    else open_backend(m) for m in models]
+        preprocess = preprocess_options(args)
+        backends = [open_backend(m, check_manifest=False, preprocess=preprocess)
+                    if Path(m).suffix.lower() in ENGINE_SUFFIXES else open_backend(m, preprocess=preprocess)
+                    for m in models]
     try:
         result = evaluate(models, args.eval, args.data_root, batch=args.batch, threads=args.threads,
-                          limit=args.limit, progress=None if args.progress else False, backends=backends)
+                          limit=args.limit, progress=None if args.progress else False, backends=backends,
+                          preprocess=preprocess_options(args))
     finally:
         for b in backends or []:
             b.close()

@@ -213,7 +213,10 @@ def _run_streams(args: argparse.Namespace, limits: ImageLimits, flags: FieldFlag
         with print_lock:
             print(flags.message(message), file=sys.stderr, flush=True)
 
-    runner = StreamRunner(args.model, plan, labels=args.labels, on_event=report)
+    from ..data.recipe import PreprocessOptions
+
+    runner = StreamRunner(args.model, plan, labels=args.labels, on_event=report,
+                          preprocess=flags.options(PreprocessOptions, args))
     outputs = _Outputs(args, runner, print_lock, report)
     started = False
     try:

@@ -1,10 +1,10 @@
 // The GPU preprocessing and top-k kernels of trt_res2net (NVRTC compiles them at first use).
 //
 // Not compiled on its own: trt_res2net.cuda.kernels.kernel_source() puts in front of it what comes from
-// trt_res2net.data.preprocess.SPEC and from kernels.py -- CROP, COEF_SCALE, the kernel names PREPROCESS_KERNEL and
+// the model's PreprocessSpec and from kernels.py -- CROP_H, CROP_W, COEF_SCALE, the kernel names PREPROCESS_KERNEL and
 // TOPK_KERNEL, the constants PLANE, SCALE, MEAN and STD -- and after it the checks that ImageDesc has the layout of
 // kernels.DESC_DTYPE. The tests compile the same text for the CPU with g++ (tests/cpu_kernels.py).
-#ifndef CROP
+#ifndef CROP_W
 #error "compile kernels.cu through trt_res2net.cuda.kernels.kernel_source()"
 #endif
 
@@ -45,7 +45,7 @@ PREPROCESS_KERNEL(const unsigned char* __restrict__ pixels, const ImageDesc* __r
 {
     const int ox = blockIdx.x * blockDim.x + threadIdx.x;
     const int oy = blockIdx.y * blockDim.y + threadIdx.y;
-    if (ox >= CROP || oy >= CROP) return;
+    if (ox >= CROP_W || oy >= CROP_H) return;
     const ImageDesc d = descs[blockIdx.z];
     int x0, x1, wx0, wx1, y0, y1, wy0, wy1;
     axis_coeffs(d.crop_x + ox, d.scale_x, d.width, true, &x0, &x1, &wx0, &wx1);
@@ -53,7 +53,7 @@ PREPROCESS_KERNEL(const unsigned char* __restrict__ pixels, const ImageDesc* __r
     const unsigned char* row0 = pixels + d.offset + (long long)(y0 - d.window_y) * d.pitch;
     const unsigned char* row1 = pixels + d.offset + (long long)(y1 - d.window_y) * d.pitch;
     const int c0 = (x0 - d.window_x) * 3, c1 = (x1 - d.window_x) * 3;
-    float* dst = out + (size_t)blockIdx.z * 3 * CROP * CROP + oy * CROP + ox;
+    float* dst = out + (size_t)blockIdx.z * 3 * CROP_H * CROP_W + oy * CROP_W + ox;
 #pragma unroll
     for (int c = 0; c < 3; ++c) {
         const int h0 = row0[c0 + c] * wx0 + row0[c1 + c] * wx1;
@@ -61,7 +61,7 @@ PREPROCESS_KERNEL(const unsigned char* __restrict__ pixels, const ImageDesc* __r
         int v = ((((h0 >> 4) * wy0) >> 16) + (((h1 >> 4) * wy1) >> 16) + 2) >> 2;
         v = min(max(v, 0), 255);
         const int p = PLANE[c];
-        dst[p * CROP * CROP] = __fdiv_rn(__fsub_rn(__fmul_rn((float)v, SCALE), MEAN[p]), STD[p]);
+        dst[p * CROP_H * CROP_W] = __fdiv_rn(__fsub_rn(__fmul_rn((float)v, SCALE), MEAN[p]), STD[p]);
     }
 }
 

@@ -156,7 +156,7 @@ class ImageBatcher:
         from concurrent.futures import ThreadPoolExecutor
 
         self.failures, self.dropped = [], 0
-        c = self.spec.crop_size
+        crop = self.spec.crop_hw
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
         pending: deque = deque()
         todo = iter(enumerate(self.items))
@@ -170,7 +170,7 @@ class ImageBatcher:
                 pending.append((i, item, pool.submit(self._load, item)))
 
         def new_batch() -> Batch:
-            return Batch(None if self.decode_only else np.empty((self.batch_size, 3, c, c), np.float32), [])
+            return Batch(None if self.decode_only else np.empty((self.batch_size, 3, *crop), np.float32), [])
 
         try:
             top_up()

@@ -1,7 +1,8 @@
 """PaddleClas's evaluation preprocessing (docs/preprocessing.md): the one spec and its CPU implementation.
 
 Every consumer — inference, calibration, evaluation, the ONNX metadata and the CUDA kernel — reads the
-numbers from ``SPEC`` below, so there is exactly one place where they live.
+numbers from the model's ``PreprocessSpec`` (``data.preprocess_spec``; ``SPEC`` for the 224×224 Res2Nets), so there
+is exactly one place where they live.
 
 Decoding is PaddleClas's: ``cv2.imdecode(bytes, cv2.IMREAD_COLOR)`` (what ``cv2.imread`` does too), so the
 awkward cases behave as they do there — grayscale is replicated to three channels, alpha is dropped (not
@@ -16,19 +17,17 @@ microseconds, without the memory or time the decode would take. Behind that, Ope
 
 The implementation is faster than the straight recipe but gives the same float32 values bit for bit:
 ``cv2.resize`` works per channel, so resizing BGR and reversing afterwards equals reversing first; only the
-224×224 crop is converted; and the normalisation ``(x * scale - mean) / std`` of an 8-bit value x has only
+crop is converted; and the normalisation ``(x * scale - mean) / std`` of an 8-bit value x has only
 256 possible results per channel, so it is a table lookup computed with the recipe's own float32 arithmetic.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import UserError
@@ -36,6 +35,9 @@ from ..core.lazy import lazy_import
 from .image_header import image_format, image_size, jpeg_scans, truncation_reason
 from .image_header import jpeg_is_truncated as _jpeg_is_truncated
 from .image_header import png_is_truncated as _png_is_truncated
+from .preprocess_spec import SPEC, PreprocessSpec, normalization_table
+
+__all__ = ["SPEC", "PreprocessSpec"]  # re-exported: the spec lives in preprocess_spec
 
 np = lazy_import("numpy")
 
@@ -52,66 +54,6 @@ class ImageDecodeError(UserError):
         self.source = None if source is None else str(source)
 
 
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """Decode (cv2, BGR) → RGB → resize short side → centre crop → scale, mean/std → CHW."""
-
-    resize_short: int = 256
-    crop_size: int = 224
-    interpolation: str = "cv2.INTER_LINEAR"  # PaddleClas ResizeImage, backend cv2; no antialiasing
-    channel_order: str = "RGB"  # the network sees RGB; cv2 decodes BGR
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    layout: str = "NCHW"
-
-    # What the CPU path, the CUDA kernel and the served models implement: the spec records these (they are part of
-    # its hash) but cannot change them.
-    SUPPORTED = {"interpolation": ("cv2.INTER_LINEAR",), "channel_order": ("RGB",), "layout": ("NCHW",)}
-
-    def __post_init__(self) -> None:
-        for name, supported in self.SUPPORTED.items():
-            if getattr(self, name) not in supported:
-                raise ValueError(f"PreprocessSpec.{name} {getattr(self, name)!r}: the preprocessing implements "
-                                 f"{' and '.join(supported)} only")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-
-    def sha256(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
-
-    def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """PaddleClas ResizeImage(resize_short): ``round`` is Python's (halves to even)."""
-        scale = self.resize_short / min(width, height)
-        return int(round(width * scale)), int(round(height * scale))
-
-    def crop_offsets(self, width: int, height: int) -> tuple[int, int]:
-        """PaddleClas CropImage: integer centre offsets (x0, y0) in the resized image."""
-        return (width - self.crop_size) // 2, (height - self.crop_size) // 2
-
-    def normalization_table(self) -> np.ndarray:
-        """float32 [3, 256]: row c, column x is what the recipe gives 8-bit value x of RGB channel c.
-
-        Computed with the recipe's own float32 operations, ``(float32(x) * float32(scale) - mean) / std``,
-        so a lookup in this table is exact. The CUDA kernel can use it too.
-        """
-        return _normalization_table(self)
-
-    def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
-        """float32 per-channel (a, b): ``x * a + b`` is the recipe fused (equal up to float32 rounding)."""
-        std = np.asarray(self.std, np.float64)
-        a = self.scale / std
-        b = -np.asarray(self.mean, np.float64) / std
-        return a.astype(np.float32), b.astype(np.float32)
-
-
-SPEC = PreprocessSpec()
 
 # What real photographs need (61 MP full-frame sensors; a 50 MP JPEG is 10–30 MB); a 20000×20000 PNG bomb (400 MP,
 # ~1 MB) is refused. Stated once here: infer.py's --max-image-* flags and the Triton preprocessing default to them.
@@ -249,19 +191,6 @@ def _check_pixels(w: int, h: int, limits: ImageLimits, where, fmt: str = "image"
 MAX_RESIZED_PIXELS = 1 << 27
 
 
-def _normalization_table(spec: PreprocessSpec) -> np.ndarray:
-    cached = _TABLES.get(spec)
-    if cached is None:
-        x = np.arange(256, dtype=np.float32)[:, None]
-        mean = np.asarray(spec.mean, np.float32)
-        std = np.asarray(spec.std, np.float32)
-        cached = np.ascontiguousarray(((x * np.float32(spec.scale) - mean) / std).T)  # [3 (RGB), 256]
-        cached.flags.writeable = False
-        _TABLES[spec] = cached
-    return cached
-
-
-_TABLES: dict[PreprocessSpec, np.ndarray] = {}
 _OPENCV_MAJOR: int | None = None
 
 
@@ -381,9 +310,9 @@ def _is_buffer(out: np.ndarray, trailing: tuple[int, ...]) -> bool:
 def preprocess_bgr(
     image_bgr: np.ndarray, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """A decoded 3-channel BGR uint8 image → float32 [3, crop, crop], exactly as PaddleClas evaluates.
+    """A decoded 3-channel BGR uint8 image → float32 [3, H, W] (the spec's crop), exactly as PaddleClas evaluates.
 
-    ``out`` (float32 [3, crop, crop], C-contiguous) receives the result when given.
+    ``out`` (float32 [3, H, W], C-contiguous) receives the result when given.
     """
     import cv2
 
@@ -392,13 +321,13 @@ def preprocess_bgr(
     # avoids the copy that a negatively strided view costs.
     resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     x0, y0 = spec.crop_offsets(new_w, new_h)
-    c = spec.crop_size
-    crop = resized[y0 : y0 + c, x0 : x0 + c]
+    h, w = spec.crop_hw
+    crop = resized[y0 : y0 + h, x0 : x0 + w]
     if out is None:
-        out = np.empty((3, c, c), np.float32)
-    elif out.shape != (3, c, c) or not _is_buffer(out, (c, c)):
-        raise ValueError(f"out must be C-contiguous float32 {(3, c, c)}, got {out.dtype} {out.shape}")
-    table = _normalization_table(spec)
+        out = np.empty((3, h, w), np.float32)
+    elif out.shape != (3, h, w) or not _is_buffer(out, (h, w)):
+        raise ValueError(f"out must be C-contiguous float32 {(3, h, w)}, got {out.dtype} {out.shape}")
+    table = normalization_table(spec)
     planes = cv2.split(crop)  # B, G, R (contiguous 8-bit planes)
     for ch in range(3):  # RGB output channel ch comes from BGR plane 2 - ch
         dst = out[ch]
@@ -432,7 +361,7 @@ def _one_line_errors(image):
 
 def preprocess(image, spec: PreprocessSpec = SPEC, out: np.ndarray | None = None,
                limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """A path, encoded bytes or BGR uint8 array → float32 [3, 224, 224] (raises ImageDecodeError)."""
+    """A path, encoded bytes or BGR uint8 array → float32 [3, H, W], the spec's crop (raises ImageDecodeError)."""
     with _one_line_errors(image):
         return preprocess_bgr(decode_image(image, limits), spec, out)
 
@@ -451,17 +380,17 @@ def preprocess_batch(
     images: Sequence, out: np.ndarray | None = None, threads: int = 2, spec: PreprocessSpec = SPEC,
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> np.ndarray:
-    """N images (paths, bytes or arrays) → float32 [N, 3, 224, 224], decoded in ``threads`` threads.
+    """N images (paths, bytes or arrays) → float32 [N, 3, H, W] (the spec's crop), decoded in ``threads`` threads.
 
     ``out`` may be a caller's buffer (e.g. pinned host memory) of at least N rows; the first N rows are
     written and that view returned. The first unreadable image raises ImageDecodeError naming it; use
     ``trt_res2net.data.images.ImageBatcher`` to skip bad images instead.
     """
-    n, c = len(images), spec.crop_size
+    n, (h, w) = len(images), spec.crop_hw
     if out is None:
-        out = np.empty((n, 3, c, c), np.float32)
-    elif out.shape[0] < n or not _is_buffer(out, (3, c, c)):
-        raise ValueError(f"out must be C-contiguous float32 [>={n},3,{c},{c}], not {out.dtype} {out.shape}")
+        out = np.empty((n, 3, h, w), np.float32)
+    elif out.shape[0] < n or not _is_buffer(out, (3, h, w)):
+        raise ValueError(f"out must be C-contiguous float32 [>={n},3,{h},{w}], not {out.dtype} {out.shape}")
     out = out[:n]
 
     def one(i: int) -> None:

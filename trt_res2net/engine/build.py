@@ -4,7 +4,8 @@
 GPU or the RTX targets, the precision path); :func:`run_engine` then does the work: under a lock against a second
 build of the same engine, the build (``builder``), and the engine and its manifest written as one unit
 (``core.commit``: the manifest hashes the serialized bytes; Ctrl-C leaves the previous pair, SIGKILL the previous
-or the new one).
+or the new one). The ONNX's hashes cover its external data files (``core.hashing.sha256_onnx``); the library's
+parser is given the ONNX's path, so that it reads them from the ONNX's folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..core import log
 from ..core.commit import commit_files, recover, write_new_file
 from ..core.errors import user_error_from_os_error
 from ..core.files import temp_name
-from ..core.hashing import sha256_file
+from ..core.hashing import sha256_onnx
 from . import trt_compat
 from .builder import BuildResult, build
 from .describe import build_manifest
@@ -73,9 +74,9 @@ def run_engine(plan: EnginePlan) -> BuiltEngine:
     pool = ThreadPoolExecutor(2, thread_name_prefix="engine-io")
     staged = temp_name(plan.engine_path)  # the engine's bytes, before the commit moves them in
     try:
-        onnx_sha = pool.submit(sha256_file, plan.build.onnx_path)
+        onnx_sha = pool.submit(sha256_onnx, plan.build.onnx_path)  # with its external data files, if any
         fp32_sha = (onnx_sha if same_file(plan.build.onnx_path, plan.fp32_onnx_path)
-                    else pool.submit(sha256_file, plan.fp32_onnx_path))
+                    else pool.submit(sha256_onnx, plan.fp32_onnx_path))
         result = _build(plan, onnx_sha)
         # the engine goes to the staged file while its bytes are hashed for the manifest (two cores, one pass
         # each); the two files then become visible together (commit_files)
@@ -101,7 +102,8 @@ def _build(plan: EnginePlan, onnx_sha: Future) -> BuildResult:
     for caveat in plan.build.caveats:
         log.warn_once(caveat)
     return build(plan.library, plan.build, plan.io, plan.profile, plan.options, engine_path=plan.engine_path,
-                 gpu=plan.gpu, targets=list(plan.targets) if plan.targets else None, calibration=calibration)
+                 gpu=plan.gpu, targets=list(plan.targets) if plan.targets else None, calibration=calibration,
+                 spec=plan.recipe.spec)
 
 
 def _calibration(plan: EnginePlan, onnx_sha256: str) -> CalibrationSetup:
@@ -112,7 +114,7 @@ def _calibration(plan: EnginePlan, onnx_sha256: str) -> CalibrationSetup:
     return prepare_calibration(model=plan.model_name, trt_version=plan.version, onnx_sha256=onnx_sha256,
                                batch=plan.calibration_batch, calib_dir=opts.calibration.directory,
                                calib_images=opts.calibration.count, seed=opts.calibration.seed,
-                               cache_path=opts.calib_cache)
+                               cache_path=opts.calib_cache, spec=plan.recipe.spec)
 
 
 def _commit(plan: EnginePlan, staging: Future, staged: Path, manifest: EngineManifest) -> None:

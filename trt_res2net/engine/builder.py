@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..core import log
 from ..core.errors import UserError
+from ..data.preprocess_spec import SPEC, PreprocessSpec
 from ..model.contract import OnnxIO
 from . import progress as build_progress
 from . import trt_compat
@@ -116,8 +117,9 @@ class ParsedNetwork:
 
 def parse_network(library: trt_compat.Library, plan: BuildPlan, log_level: str,
                   collapsed: log.Collapsed | None = None) -> ParsedNetwork:
-    """Parse ``plan.onnx_path`` (the ONNX contract was checked before: one input, one output). TensorRT's log goes
-    to ``collapsed`` (a new one when None; the caller flushes it when the build ends)."""
+    """Parse ``plan.onnx_path`` (the ONNX contract was checked before: one input, one output) from its path, so that
+    the parser finds external data files beside it (``parse`` of the bytes would not). TensorRT's log goes to
+    ``collapsed`` (a new one when None; the caller flushes it when the build ends)."""
     trt = library.module
     collapsed = collapsed if collapsed is not None else log.Collapsed(library.family.label)
     logger = make_logger(trt, log_level, collapsed)
@@ -368,12 +370,12 @@ def network_summary(trt, parsed: ParsedNetwork) -> dict:
 
 def build(library: trt_compat.Library, plan: BuildPlan, io: OnnxIO, profile: BatchProfile, options: EngineOptions,
           *, engine_path: Path, gpu=None, targets: list[str] | None = None, calibration=None,
-          device_buffer=None) -> BuildResult:
+          device_buffer=None, spec: PreprocessSpec = SPEC) -> BuildResult:
     """Parse, configure, build and describe; nothing is written but TensorRT's calibration and timing caches.
     ``gpu`` is None for an ahead-of-time TensorRT-RTX build on a machine without one; ``targets`` are its compute
     capabilities (None = the library's default). ``device_buffer`` replaces the CUDA allocation of calibration
-    batches (tests)."""
-    chw = io.chw()
+    batches (tests). ``spec``: the preprocessing the engine is fed (its crop sizes a dynamic H×W)."""
+    chw = io.chw(spec)
     collapsed = log.Collapsed(library.family.label)
     progress = build_progress.BuildProgress(enabled=options.progress)
 

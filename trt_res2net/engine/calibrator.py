@@ -25,6 +25,7 @@ from ..core.errors import UserError
 from ..core.files import write_bytes
 from ..cuda import device as cuda_util
 from ..data.calibration_set import DEFAULT_CALIB_IMAGES
+from ..data.preprocess_spec import SPEC, PreprocessSpec
 from .manifest import CalibrationRecord
 from .options import DEFAULT_CALIB_BATCH
 
@@ -40,12 +41,12 @@ def default_cache_path(model: str, trt_version, calib_root: str | os.PathLike = 
     return Path(calib_root) / f"{model}.trt{trt_version_tag(str(trt_version))}.cache"
 
 
-def calibration_key(*, onnx_sha256: str, trt_version, manifest_sha256: str | None = None) -> dict:
-    """What a TensorRT calibration cache is valid for. The manifest hash is left out when the build reuses
-    a cache without images (then it cannot be recomputed, and the sidecar's value stands)."""
-    from ..data.preprocess import SPEC
-
-    key = {"onnx_sha256": onnx_sha256, "preprocess_sha256": SPEC.sha256()}
+def calibration_key(*, onnx_sha256: str, trt_version, manifest_sha256: str | None = None,
+                    spec: PreprocessSpec = SPEC) -> dict:
+    """What a TensorRT calibration cache is valid for (the model's preprocessing, ``spec``, included). The manifest
+    hash is left out when the build reuses a cache without images (then it cannot be recomputed, and the sidecar's
+    value stands)."""
+    key = {"onnx_sha256": onnx_sha256, "preprocess_sha256": spec.sha256()}
     if manifest_sha256 is not None:
         key["calibration_manifest_sha256"] = manifest_sha256
     key.update({"method": METHOD, "tools": {"tensorrt": str(trt_version)}})
@@ -64,6 +65,7 @@ class CalibrationSetup:
     reuse_bytes: bytes | None = None
     image_manifest: dict | None = None  # calibration.build_manifest(...) of ``images``
     replaced_reason: str | None = None  # set when an existing cache did not match and is recalibrated
+    spec: PreprocessSpec = SPEC  # the model's preprocessing, which the images get
 
     @property
     def reuse(self) -> bool:
@@ -107,6 +109,7 @@ def prepare_calibration(
     calib_images: int = DEFAULT_CALIB_IMAGES,
     seed: int = 0,
     cache_path: str | os.PathLike | None = None,
+    spec: PreprocessSpec = SPEC,
 ) -> CalibrationSetup:
     """Decide between reusing the cache and calibrating; refuse a stale cache when there is nothing to
     recalibrate with, and say what to pass when there is neither cache nor images."""
@@ -125,9 +128,9 @@ def prepare_calibration(
         if len(images) < batch:
             raise UserError(f"CalibrationImages.directory='{calib_dir}' gave {len(images)} images, fewer than one "
                             f"calibration batch ({batch}); add images or lower EngineOptions.calib_batch")
-    key = calibration_key(onnx_sha256=onnx_sha256, trt_version=trt_version, manifest_sha256=manifest_sha)
+    key = calibration_key(onnx_sha256=onnx_sha256, trt_version=trt_version, manifest_sha256=manifest_sha, spec=spec)
     setup = CalibrationSetup(cache_path=cache_path, version_tag=tag, key=key, batch=batch, images=images,
-                             image_manifest=image_manifest)
+                             image_manifest=image_manifest, spec=spec)
 
     if cache_path.exists():
         reason = cache_mismatch(cache_path, tag, key)
@@ -179,12 +182,13 @@ def exact_batches(batches: Iterable[np.ndarray], batch_size: int) -> Iterator[np
             have = len(rest)
 
 
-def image_batches(images: list[Path], batch: int, *, threads: int = 2) -> Iterator[np.ndarray]:
+def image_batches(images: list[Path], batch: int, *, threads: int = 2, spec: PreprocessSpec = SPEC
+                  ) -> Iterator[np.ndarray]:
     """Preprocessed arrays from the shared batcher (``calibration.iter_batches`` → ``images.ImageBatcher`` →
     ``preprocess``); unreadable images are named and skipped."""
     from ..data.calibration_set import iter_batches
 
-    for array, _paths, failures in iter_batches(images, batch, threads=threads):
+    for array, _paths, failures in iter_batches(images, batch, spec, threads=threads):
         for path, error in failures:
             log.warn(f"calibration: skipped {path}: {error}")
         yield array
@@ -222,8 +226,8 @@ class CalibrationFeed:
     ):
         self.setup = setup
         self.shape = (setup.batch, *input_shape[1:])
-        self._make_batches = batches or (lambda: exact_batches(image_batches(setup.images, setup.batch),
-                                                                setup.batch))
+        self._make_batches = batches or (lambda: exact_batches(
+            image_batches(setup.images, setup.batch, spec=setup.spec), setup.batch))
         self._device_buffer = device_buffer or CudaDeviceBuffer  # looked up now: tests replace it
         self._buffer = None
         self._iter: Iterator[np.ndarray] | None = None

@@ -107,7 +107,6 @@ def build_manifest(plan: EnginePlan, result: BuildResult, *, onnx_sha256: str,
                    fp32_onnx_sha256: str) -> EngineManifest:
     """The manifest of the engine that ``result`` holds (serialized, not yet on disk: its bytes are hashed here),
     built as ``plan`` says; ``onnx_sha256`` / ``fp32_onnx_sha256`` hash the ONNX built from and its FP32 source."""
-    from ..data.preprocess import SPEC
 
     version = plan.version
     return EngineManifest(
@@ -121,7 +120,8 @@ def build_manifest(plan: EnginePlan, result: BuildResult, *, onnx_sha256: str,
         gpu=None if plan.gpu is None else BuildGpu.from_json(plan.gpu.to_manifest()), caveats=plan.build.caveats,
         onnx=str(plan.build.onnx_path), onnx_sha256=onnx_sha256, fp32_onnx_sha256=fp32_onnx_sha256,
         io=result.io, outputs_probabilities=plan.io.outputs_probabilities, profiles=result.profiles,
-        calibration=result.calibration, preprocess=SPEC.to_dict(), preprocess_sha256=SPEC.sha256(),
+        calibration=result.calibration, preprocess=plan.recipe.spec.to_dict(),
+        preprocess_sha256=plan.recipe.spec.sha256(),
         build_options=result.build_options, build_time_s=round(float(result.build_time_s), 3),
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         host={"machine": platform.machine(), "system": platform.system(), "python": platform.python_version()},

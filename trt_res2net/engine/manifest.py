@@ -13,6 +13,8 @@ library version and the compute capabilities), 3 (the same keys, written from th
 are upgraded when read; a newer one is refused in one line.
 
 The engine and its manifest are written as one unit (``core.commit``), the manifest hashing the serialized bytes.
+``onnx_sha256`` / ``fp32_onnx_sha256`` hash the ONNX files with their external data files
+(``core.hashing.sha256_onnx``): a data file changed alone changes them.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class EngineManifest:
     gpu: BuildGpu | None = None  # None: a TensorRT-RTX engine built ahead of time, on no GPU
     caveats: tuple[str, ...] = ()
     onnx: str | None = None
-    onnx_sha256: str | None = None
+    onnx_sha256: str | None = None  # core.hashing.sha256_onnx: the ONNX with its external data files, if any
     fp32_onnx_sha256: str | None = None
     io: EngineTensors | None = None
     outputs_probabilities: bool | None = None  # None: not recorded (the output's name decides)

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from ..core.errors import MissingDependency, UserError
-from ..model.contract import OnnxIO, inspect_onnx
+from ..core.onnx_files import check_onnx_files
+from ..data.recipe import FROM_MODEL, InputRecipe, PreprocessOptions
+from ..model.contract import OnnxIO, inspect_onnx, onnx_recipe
 from . import trt_compat
 from .manifest import manifest_path_for
 from .options import EngineOptions, GiB, MiB, engine_path_for
@@ -208,6 +210,8 @@ def plan_target(options: EngineOptions, precision: str, *, model_name: str, onnx
     check_engine_request(options, precision)
     if onnx is not None and onnx_io is None:
         onnx_io = inspect_onnx(onnx)
+    if onnx is not None:
+        check_onnx_files(onnx, "FP32 ONNX")  # its external data files: before the export or precision step's work
     library = trt_compat.import_library(options.family, what_was_written=written)
     version = library.version
     refuse_inapplicable_options(options, version, precision)
@@ -264,6 +268,7 @@ class EnginePlan:
     build: BuildPlan  # the precision path: which ONNX, builder flags, strongly typed, calibrator
     io: OnnxIO  # of build.onnx_path
     calibration_batch: int | None  # images per batch of TensorRT's calibrator; None: no calibrator
+    recipe: InputRecipe  # the preprocessing the engine is fed (data.recipe), recorded in its manifest
 
     # what the target decided, read through the plan
     @property
@@ -314,9 +319,11 @@ def _written(onnx_path: Path, fp32_onnx_path: Path) -> str:
 
 def plan_engine(onnx: str | os.PathLike | ConvertedOnnx, options: EngineOptions | None = None, *,
                 precision: str | None = None, fp32_onnx_path: str | os.PathLike | None = None,
-                model_name: str | None = None, target: EngineTarget | None = None) -> EnginePlan:
+                model_name: str | None = None, target: EngineTarget | None = None,
+                preprocess: PreprocessOptions = FROM_MODEL) -> EnginePlan:
     """The plan of the engine of ``onnx`` (what ``trt_res2net.convert_precision`` returned, or a path; see
-    ``build_engine``), every refusal made; ``target`` is part 1, planned before ``onnx`` existed (build.py)."""
+    ``build_engine``), every refusal made; ``target`` is part 1, planned before ``onnx`` existed (build.py);
+    ``preprocess``: the model's recipe where its user states it (``data.recipe``; else the FP32 ONNX's)."""
     from ..precision.convert import ConvertedOnnx
 
     if isinstance(onnx, ConvertedOnnx):
@@ -331,6 +338,7 @@ def plan_engine(onnx: str | os.PathLike | ConvertedOnnx, options: EngineOptions 
     model_name = model_name or (target.model_name if target is not None else fp32_onnx_path.stem)
     written = _written(onnx_path, fp32_onnx_path)
     given_io = inspect_onnx(onnx_path)
+    check_onnx_files(onnx_path)  # a data file missing: refused now, not by the parser after the precision step
     if target is None:
         target = plan_target(options or EngineOptions(), precision, model_name=model_name, onnx=fp32_onnx_path,
                              onnx_io=given_io if same_file(onnx_path, fp32_onnx_path) else None, written=written)
@@ -343,7 +351,11 @@ def plan_engine(onnx: str | os.PathLike | ConvertedOnnx, options: EngineOptions 
     opts = target.options
     build = plan_build(precision, target.version, onnx_path=onnx_path, fp32_onnx_path=fp32_onnx_path,
                        onnx_io=given_io, int8_mode=opts.int8_mode, high_precision=opts.high_precision)
-    io = given_io if same_file(build.onnx_path, onnx_path) else inspect_onnx(build.onnx_path)
+    if same_file(build.onnx_path, onnx_path):
+        io = given_io
+    else:
+        io = inspect_onnx(build.onnx_path)
+        check_onnx_files(build.onnx_path)
     if precision != "fp32" and target.targets and "7.5" in target.targets:  # FP32: checked by plan_target
         gemm = fp32_gemm_nodes(build.onnx_path)
         if gemm:
@@ -351,4 +363,5 @@ def plan_engine(onnx: str | os.PathLike | ConvertedOnnx, options: EngineOptions 
     if opts.batch_profile(onnx_batch=io.batch) != target.profile:
         raise ValueError(f"plan_engine: {build.onnx_path} has another batch than the target was planned for")
     calibration_batch = (opts.calibrator_batch if io.batch is None else io.batch) if build.calibrator else None
-    return EnginePlan(target, onnx_path, fp32_onnx_path, build, io, calibration_batch)
+    recipe = onnx_recipe(fp32_onnx_path, preprocess)
+    return EnginePlan(target, onnx_path, fp32_onnx_path, build, io, calibration_batch, recipe)

@@ -3,8 +3,8 @@ the Triton export, before any work is done on it.
 
 A classifier here has exactly one image input and one output:
 
-- input: float32 (or float16), rank 4, NCHW ``[N, 3, H, W]`` with ``H = W = 224`` (what the preprocessing makes);
-  any of N, C, H, W may be symbolic, and a symbolic C, H or W is fed 3, 224, 224;
+- input: float32 (or float16), rank 4, NCHW ``[N, 3, H, W]``, any H×W (``data.recipe`` fits the preprocessing to
+  it); any of N, C, H, W may be symbolic, and a symbolic C is fed 3, a symbolic H or W the recipe's crop;
 - output: float32 (or float16), ``[N, classes]``, optionally with trailing 1s (``[N, classes, 1, 1]``); the class
   count may be symbolic (a runtime then learns it from one probe batch).
 
@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import UserError
-from ..data.preprocess import SPEC
+from ..core.protobuf_wire import fields, varint
+from ..data.preprocess_spec import SPEC, PreprocessSpec
+from ..data.recipe import FROM_MODEL, InputRecipe, PreprocessOptions, choose_recipe
 
 FLOAT_TYPES = ("float32", "float16")
 # Ops that pass a tensor through unchanged in value: a Softmax behind them still makes the output probabilities.
@@ -58,10 +60,15 @@ class ClassifierIO:
     def num_classes(self) -> int | None:
         return self.output.shape[1]
 
-    def chw(self) -> tuple[int, int, int]:
-        """The input's C, H, W with symbolic dimensions filled in with what the preprocessing feeds."""
+    @property
+    def input_hw(self) -> tuple[int | None, int | None]:
+        """The input's H and W; None where dynamic."""
+        return self.input.shape[2], self.input.shape[3]
+
+    def chw(self, spec: PreprocessSpec = SPEC) -> tuple[int, int, int]:
+        """The input's C, H, W with symbolic dimensions filled in with what ``spec`` feeds."""
         c, h, w = self.input.shape[1:]
-        return (c or 3, h or SPEC.crop_size, w or SPEC.crop_size)
+        return (c or 3, h or spec.crop_hw[0], w or spec.crop_hw[1])
 
 
 def check_classifier_io(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], where: str,
@@ -80,11 +87,10 @@ def check_classifier_io(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
     inp, out = inputs[0], outputs[0]
     if inp.dtype not in dtypes:
         raise UserError(f"{where}: input {inp.name!r} is {inp.dtype}; expected {expected}")
-    c = SPEC.crop_size
     shape = list(inp.shape)
-    if len(shape) != 4 or shape[1] not in (3, None) or not set(shape[2:]) <= {c, None}:
-        raise UserError(f"{where}: input {inp.name!r} has shape {_show(shape)}; expected NCHW [N, 3, {c}, {c}] "
-                        f"(the preprocessing makes 3×{c}×{c})")
+    if len(shape) != 4 or shape[1] not in (3, None):
+        raise UserError(f"{where}: input {inp.name!r} has shape {_show(shape)}; expected NCHW [N, 3, H, W] (the "
+                        "preprocessing makes 3-channel RGB images)")
     oshape = list(out.shape)
     if len(oshape) < 2 or oshape[1] == 0 or any(d is not None and d != 1 for d in oshape[2:]):
         raise UserError(f"{where}: output {out.name!r} has shape {_show(oshape)}; expected [N, classes]")
@@ -135,8 +141,8 @@ class OnnxIO:
     def batch(self) -> int | None:
         return self.io.batch
 
-    def chw(self) -> tuple[int, int, int]:
-        return self.io.chw()
+    def chw(self, spec: PreprocessSpec = SPEC) -> tuple[int, int, int]:
+        return self.io.chw(spec)
 
 
 # ONNX's TensorProto.DataType numbers → numpy's dtype names (the names ONNX's own mapping gives), for the readers.
@@ -147,47 +153,8 @@ _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6:
 _FLOAT16 = 10
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("malformed varint")
-
-
-def _fields(buf, start: int, end: int):
-    """(field number, wire type, payload start, payload end) per field of the protocol-buffer message buf[start:end]
-    (a varint's payload is its bytes; a fixed64/fixed32's its 8/4 bytes; a length-delimited field's its data)."""
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")
-        payload = pos
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, payload = _varint(buf, pos)
-            pos = payload + length
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if pos > end:
-            raise ValueError("truncated field")
-        yield number, wire, payload, pos
-
-
 def _int(buf, payload: int) -> int:
-    value = _varint(buf, payload)[0]
+    value = varint(buf, payload)[0]
     return value - (1 << 64) if value >= 1 << 63 else value  # int64 fields: two's complement
 
 
@@ -197,7 +164,7 @@ def _str(buf, payload: int, end: int) -> str:
 
 def _messages(buf, start: int, end: int, number: int):
     """(start, end) of each length-delimited field ``number`` of a message."""
-    for n, wire, p, e in _fields(buf, start, end):
+    for n, wire, p, e in fields(buf, start, end):
         if n == number:
             if wire != 2:
                 raise ValueError(f"field {n} has wire type {wire}, expected a message")
@@ -208,17 +175,17 @@ def _value_info(buf, start: int, end: int) -> TensorSpec:
     """ValueInfoProto (name 1, type 2) → TypeProto.tensor_type (1) → elem_type (1), shape (2) → dim (1) →
     dim_value (1) or dim_param (2)."""
     name, elem_type, shape = "", 0, []
-    for n, wire, p, e in _fields(buf, start, end):
+    for n, wire, p, e in fields(buf, start, end):
         if n == 1 and wire == 2:
             name = _str(buf, p, e)
         elif n == 2 and wire == 2:
             for tp, te in _messages(buf, p, e, 1):
-                for tn, twire, q, qe in _fields(buf, tp, te):
+                for tn, twire, q, qe in fields(buf, tp, te):
                     if tn == 1 and twire == 0:
                         elem_type = _int(buf, q)
                     elif tn == 2 and twire == 2:
                         for dp, de in _messages(buf, q, qe, 1):
-                            values = [_int(buf, v) for dn, dw, v, _ in _fields(buf, dp, de) if dn == 1 and dw == 0]
+                            values = [_int(buf, v) for dn, dw, v, _ in fields(buf, dp, de) if dn == 1 and dw == 0]
                             shape.append(values[-1] if values and values[-1] > 0 else None)
     return TensorSpec(name, tuple(shape), _ONNX_DTYPES.get(elem_type, f"onnx type {elem_type}"))
 
@@ -243,12 +210,13 @@ class OnnxStructure:
     outputs: tuple[TensorSpec, ...]
     node: tuple[OnnxNode, ...]
     initializer_types: dict
+    metadata: dict  # the model's metadata_props, key → value
 
 
 def _node(buf, start: int, end: int) -> OnnxNode:
     """NodeProto: input 1, output 2, op_type 4, attribute 5 (AttributeProto: name 1, i 3)."""
     inputs, outputs, op_type, cast_to = [], [], "", None
-    for n, wire, p, e in _fields(buf, start, end):
+    for n, wire, p, e in fields(buf, start, end):
         if wire != 2:
             continue
         if n == 1:
@@ -259,19 +227,22 @@ def _node(buf, start: int, end: int) -> OnnxNode:
             op_type = _str(buf, p, e)
         elif n == 5:
             attr = {an: (_str(buf, ap, ae) if aw == 2 else _int(buf, ap) if aw == 0 else None)
-                    for an, aw, ap, ae in _fields(buf, p, e) if an in (1, 3)}
+                    for an, aw, ap, ae in fields(buf, p, e) if an in (1, 3)}
             if attr.get(1) == "to" and isinstance(attr.get(3), int):
                 cast_to = attr[3]
     return OnnxNode(op_type, tuple(inputs), tuple(outputs), cast_to if op_type == "Cast" else None)
 
 
 def _structure(buf) -> OnnxStructure:
-    """ModelProto: opset_import 8 (domain 1, version 2), graph 7. GraphProto: node 1, initializer 5 (TensorProto:
-    data_type 2, name 8), input 11, output 12."""
-    opset, graph = 0, None
-    for n, wire, p, e in _fields(buf, 0, len(buf)):
+    """ModelProto: opset_import 8 (domain 1, version 2), graph 7, metadata_props 14 (key 1, value 2). GraphProto:
+    node 1, initializer 5 (TensorProto: data_type 2, name 8), input 11, output 12."""
+    opset, graph, metadata = 0, None, {}
+    for n, wire, p, e in fields(buf, 0, len(buf)):
+        if n == 14 and wire == 2:
+            entry = {fn: _str(buf, fp, fe) for fn, fw, fp, fe in fields(buf, p, e) if fw == 2 and fn in (1, 2)}
+            metadata[entry.get(1, "")] = entry.get(2, "")
         if n == 8 and wire == 2:
-            entry = {fn: (_str(buf, fp, fe) if fw == 2 else _int(buf, fp)) for fn, fw, fp, fe in _fields(buf, p, e)
+            entry = {fn: (_str(buf, fp, fe) if fw == 2 else _int(buf, fp)) for fn, fw, fp, fe in fields(buf, p, e)
                      if (fn, fw) in ((1, 2), (2, 0))}
             if entry.get(1, "") in ("", "ai.onnx"):
                 opset = entry.get(2, 0)
@@ -282,14 +253,14 @@ def _structure(buf) -> OnnxStructure:
     if graph is None:
         raise ValueError("no graph")
     nodes, inputs, outputs, init_types = [], [], [], {}
-    for n, wire, p, e in _fields(buf, *graph):
+    for n, wire, p, e in fields(buf, *graph):
         if wire != 2:
             continue
         if n == 1:
             nodes.append(_node(buf, p, e))
         elif n == 5:
             name, dtype = "", 0
-            for tn, tw, q, qe in _fields(buf, p, e):  # reads past the data fields without copying them
+            for tn, tw, q, qe in fields(buf, p, e):  # reads past the data fields without copying them
                 if tn == 8 and tw == 2:
                     name = _str(buf, q, qe)
                 elif tn == 2 and tw == 0:
@@ -300,7 +271,7 @@ def _structure(buf) -> OnnxStructure:
         elif n == 12:
             outputs.append(_value_info(buf, p, e))
     return OnnxStructure(int(opset), tuple(i for i in inputs if i.name not in init_types), tuple(outputs),
-                         tuple(nodes), init_types)
+                         tuple(nodes), init_types, metadata)
 
 
 def read_structure(path: str | os.PathLike) -> OnnxStructure:
@@ -367,3 +338,10 @@ def onnx_output_is_softmax(path: str | os.PathLike, output_name: str) -> bool:
         return output_is_softmax(read_structure(path), output_name)
     except UserError:
         return False
+
+
+def onnx_recipe(path, options: PreprocessOptions = FROM_MODEL) -> InputRecipe:
+    """The recipe of an ONNX file (its input size and ``preprocessing`` metadata, read without its weights)."""
+    structure = read_structure(path)
+    io = check_classifier_io(structure.inputs, structure.outputs, str(path))
+    return choose_recipe(io.input_hw, str(path), options, structure.metadata.get("preprocessing"))

@@ -216,6 +216,11 @@ class Evaluator:
         """The comparison report of ``model`` (path or ModelProto) against the FP32 reference."""
         self.prepare()
         logits, note = self.run(model, what)
+        return self.report(logits, note)
+
+    def report(self, logits: np.ndarray, note: str | None = None) -> dict:
+        """The comparison report of a candidate's logits on ``images`` (run elsewhere, e.g. OpenVINO) against the
+        FP32 reference."""
         report = {"images": int(len(logits)), "source": self.eval_set.source, **{
             k: v for k, v in compare_predictions(self.reference_logits, logits).items()
             if k in ("top1_agreement", "mean_top5_overlap", "cosine_similarity", "max_abs_diff")}}

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..core import log
 from ..core.commit import commit_files, ensure_complete, journal_path_for
 from ..core.errors import UserError
+from ..data.preprocess_spec import SPEC, PreprocessSpec
 from .calib_cache import (
     CacheInfo,
     CacheKey,
@@ -84,24 +85,27 @@ class Calibration:
     synthetic: bool = False
     count: int | None = None  # images calibrated on (decoded)
     made_synthetic: bool = False  # a reused cache that was calibrated on synthetic images
+    spec: PreprocessSpec = SPEC  # the preprocessing the model is fed, and calibrated with
 
     @property
     def any_synthetic(self) -> bool:
         return self.synthetic or self.made_synthetic
 
 
-def expected_key(opts: PrecisionOptions, fp32_sha: str, manifest: dict | None) -> CacheKey:
-    from ..data.preprocess import SPEC
+def expected_key(opts: PrecisionOptions, fp32_sha: str, manifest: dict | None,
+                 spec: PreprocessSpec = SPEC) -> CacheKey:
     from .modelopt import tool_versions
     from .modelopt.int8 import calibration_providers
 
-    return CacheKey(onnx_sha256=fp32_sha, preprocess_sha256=SPEC.sha256(),
+    return CacheKey(onnx_sha256=fp32_sha, preprocess_sha256=spec.sha256(),
                     calibration_manifest_sha256=manifest["sha256"] if manifest is not None else None,
                     method=opts.method_tag, tools=tool_versions(calibration_providers()))
 
 
-def resolve_calibration(opts: PrecisionOptions, cache_path: Path, fp32_sha: str) -> Calibration:
-    """The cache to reuse (key matches), or what to calibrate (``cache`` None: the images and their manifest)."""
+def resolve_calibration(opts: PrecisionOptions, cache_path: Path, fp32_sha: str,
+                        spec: PreprocessSpec = SPEC) -> Calibration:
+    """The cache to reuse (key matches), or what to calibrate (``cache`` None: the images and their manifest), for a
+    model fed ``spec`` (part of the key: a cache of other preprocessing is not reused)."""
     from ..data import calibration_set as cal
 
     calib = opts.calibration
@@ -111,9 +115,9 @@ def resolve_calibration(opts: PrecisionOptions, cache_path: Path, fp32_sha: str)
     if calib.directory:
         images = calib.materialize().select()  # synthetic images are written when first needed
         manifest = cal.build_manifest(images, calib.directory, seed=calib.seed, requested=calib.count)
-    key = expected_key(opts, fp32_sha, manifest)
+    key = expected_key(opts, fp32_sha, manifest, spec)
     if cache_path.exists() and read_cache(cache_path).made_by_tensorrt:
-        return _tensorrt_cache(cache_path, key, images)
+        return dataclasses.replace(_tensorrt_cache(cache_path, key, images), spec=spec)
     if cache_path.exists():
         try:
             check_cache_key(cache_path, key)
@@ -125,10 +129,11 @@ def resolve_calibration(opts: PrecisionOptions, cache_path: Path, fp32_sha: str)
             cache = read_cache(cache_path)
             log.note(f"reusing calibration cache {cache_path} ({len(cache.scales)} activation scales; key matches)")
             return Calibration(cache_path, cache, key, images, reused=True,
-                               made_synthetic=bool(read_cache_key(cache_path).info.synthetic))
+                               made_synthetic=bool(read_cache_key(cache_path).info.synthetic), spec=spec)
     if calib.synthetic:
         log.warn_once(cal.SYNTHETIC_WARNING.format(n=len(images)))
-    return Calibration(cache_path, None, key, images, reused=False, manifest=manifest, synthetic=calib.synthetic)
+    return Calibration(cache_path, None, key, images, reused=False, manifest=manifest, synthetic=calib.synthetic,
+                       spec=spec)
 
 
 def _tensorrt_cache(cache_path: Path, key: CacheKey, images) -> Calibration:
@@ -157,14 +162,13 @@ def _reader(opts: PrecisionOptions, calib: Calibration, failures: list, decoded:
     from tqdm import tqdm
 
     from ..data import calibration_set as cal
-    from ..data.preprocess import SPEC
     from .modelopt.calibration_reader import CALIB_BATCH, make_reader
 
     bar = tqdm(total=len(calib.images), desc=f"calibrate ({opts.method_tag})", unit="img",
                disable=not opts.progress, dynamic_ncols=True)
 
     def batches():
-        for arr, _names, bad in cal.iter_batches(calib.images, CALIB_BATCH, SPEC):
+        for arr, _names, bad in cal.iter_batches(calib.images, CALIB_BATCH, calib.spec):
             for path, reason in bad:
                 if (path, reason) not in failures:
                     failures.append((path, reason))
@@ -207,13 +211,13 @@ def calibrate(opts: PrecisionOptions, calib: Calibration, fp32_onnx: Path, model
 def _store(calib: Calibration, fp32_onnx: Path, model_name: str, failures: list, decoded: int) -> None:
     """The cache, its key sidecar and the images' manifest, written as one unit."""
     from ..data import calibration_set as cal
-    from ..data.preprocess import SPEC
     from .calib_cache import sidecar_path
 
     manifest = calib.manifest
     manifest["unreadable"] = [{"path": p, "error": r} for p, r in failures]
     manifest_path = cal.manifest_path_for(calib.cache_path)
-    key = dataclasses.replace(calib.key, calibration_manifest_sha256=manifest["sha256"], preprocess=SPEC.to_dict())
+    key = dataclasses.replace(calib.key, calibration_manifest_sha256=manifest["sha256"],
+                              preprocess=calib.spec.to_dict())
     info = CacheInfo(model=model_name, source_onnx=str(fp32_onnx), images=decoded, unreadable_images=len(failures),
                      manifest=manifest_path.name, synthetic=calib.synthetic,
                      calibration_seconds=round(calib.seconds, 1), activation_scales=len(calib.cache.scales),

@@ -17,7 +17,9 @@ does the work; :func:`convert_precision` is the two in one call. INT8, in order:
 Outputs: ``<fp32 stem>_fp16.onnx`` / ``<fp32 stem>_int8.onnx`` beside the FP32 ONNX, or where ``out_path``
 says (build.py: the engine folder or ``--onnx-out`` for a user's ``--onnx``: nothing is written beside a user's
 file), each with its sidecar ``<onnx>.json`` (:class:`~trt_res2net.precision.sidecar.PrecisionSidecar`), written
-with it as one unit (``core.commit``). A model that misses its accuracy budget is kept as
+with it as one unit (``core.commit``) — and, when the FP32 ONNX keeps its weights in external data files, with the
+one data file ``<onnx>.data`` its weights are kept in (docs/own_classifier.md, "External data"; the hashes cover
+it: ``core.hashing.sha256_onnx``). A model that misses its accuracy budget is kept as
 ``<stem>.rejected.onnx`` and the build fails (exit status 1); the previous ``<stem>_int8.onnx`` stays as it was.
 
 An ONNX that is already INT8 Q/DQ or FP16 is not converted again (:func:`onnx_precision` names it; build.py builds
@@ -26,10 +28,12 @@ it as what it is).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +42,11 @@ from typing import TYPE_CHECKING
 from ..core import log
 from ..core.commit import commit_files
 from ..core.errors import UserError
-from ..core.files import temp_name
-from ..core.hashing import sha256_file
+from ..core.files import make_temp_dir
+from ..core.hashing import sha256_onnx
+from ..core.onnx_files import check_onnx_files, onnx_unit, remove_stale_data
+from ..data.preprocess_spec import SPEC, PreprocessSpec
+from ..data.recipe import FROM_MODEL, PreprocessOptions, choose_recipe
 from .calibration import Calibration, cache_path_of, check_calibration_source, minutes
 from .options import MIN_QDQ_OPSET, PrecisionOptions, check_precision_request
 from .sidecar import PrecisionSidecar, now
@@ -69,6 +76,20 @@ def onnx_precision(io) -> str:
     """What an ONNX already is, from ``model.contract.inspect_onnx``: ``"int8"`` (Q/DQ nodes), ``"fp16"`` (FP16
     weights or casts) or ``"fp32"``."""
     return "int8" if io.has_qdq else "fp16" if io.has_fp16 else "fp32"
+
+
+def _onnx_recipe(path: Path, options: PreprocessOptions):
+    """The recipe of an ONNX file (``data.recipe.choose_recipe``), read with ONNX's package without its weights'
+    data: its first graph input's H×W and its ``preprocessing`` metadata."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {t.name for t in model.graph.initializer}
+    image = next(i for i in model.graph.input if i.name not in weights)
+    dims = image.type.tensor_type.shape.dim
+    hw = tuple(d.dim_value or None for d in dims[2:4]) if len(dims) == 4 else (None, None)
+    metadata = {m.key: m.value for m in model.metadata_props}
+    return choose_recipe(hw, str(path), options, metadata.get("preprocessing"))
 
 
 def _read_onnx_header(path: Path) -> tuple[str, int]:
@@ -128,16 +149,18 @@ class PrecisionPlan:
     opset: int | None = None
     eval_set: EvalSet | None = None
     cache_path: Path | None = None
+    spec: PreprocessSpec = SPEC  # the preprocessing the model is fed (data.recipe): calibration's and the gate's
 
 
 def plan_precision(fp32_onnx_path: str | os.PathLike, precision: str, options: PrecisionOptions | None = None, *,
                    model_name: str | None = None, out_path: str | os.PathLike | None = None,
-                   exported_opset: int | None = None) -> PrecisionPlan:
+                   exported_opset: int | None = None,
+                   preprocess: PreprocessOptions = FROM_MODEL) -> PrecisionPlan:
     """The plan of :func:`convert_precision` (same parameters): the request checked against the options, the ONNX
     read (what it already is, its opset), the output's folder, the held-out set, for INT8 the calibration source
     (images or a cache) and the cache's folder, and ModelOpt installed. Raises what :func:`convert_precision` raises
     before any work. ``exported_opset``: the FP32 ONNX is still to be exported, as an FP32 ONNX of that opset (it is
-    not read)."""
+    not read). ``preprocess``: the model's recipe where its user states it (``data.recipe``)."""
     from ..core.files import check_input_file, check_writable_folder
     from .accuracy import load_eval_set
     from .modelopt import require_modelopt
@@ -158,6 +181,8 @@ def plan_precision(fp32_onnx_path: str | os.PathLike, precision: str, options: P
         raise UserError(f"FP32 ONNX {source} not found")
     else:
         already, opset = _read_onnx_header(source)
+        check_onnx_files(source, "FP32 ONNX")
+        plan = dataclasses.replace(plan, spec=_onnx_recipe(source, preprocess).spec)
     if already == precision:
         return dataclasses.replace(plan, note=f"{source} is already {precision.upper()}: nothing to convert")
     if already != "fp32":
@@ -214,7 +239,7 @@ def _evaluator(plan: PrecisionPlan):
 
     if plan.eval_set is None:
         return None
-    return Evaluator(plan.eval_set, plan.source, progress=plan.options.progress)
+    return Evaluator(plan.eval_set, plan.source, spec=plan.spec, progress=plan.options.progress)
 
 
 def _verdict(opts, report: dict | None, label: str, precision: str) -> str | None:
@@ -241,12 +266,25 @@ def _publish(opts, staged: Path, out: Path, sidecar: PrecisionSidecar, report: d
 
     why = _verdict(opts, report, label, precision)
     target = rejected_path(out) if why else out
-    sidecar = dataclasses.replace(sidecar, onnx_sha256=sha256_file(staged), created=now())
+    unit = onnx_unit(staged, target)  # with its data file, renamed for a rejected model
+    sidecar = dataclasses.replace(sidecar, onnx_sha256=sha256_onnx(unit[target]), created=now())
     text = json.dumps(sidecar.to_json(), indent=2) + "\n"
-    commit_files({target: staged, target.with_name(target.name + ".json"): text.encode()})
+    commit_files({**unit, target.with_name(target.name + ".json"): text.encode()})
+    remove_stale_data(target)
     if why:
         raise AccuracyBudgetExceeded(f"{why}; the model is kept as {target} for inspection")
     return out
+
+
+@contextlib.contextmanager
+def _staging(out: Path):
+    """Where the model is made before it is published: ``<scratch folder beside out>/<out's name>``, so that a data
+    file is named for ``out`` (``<out>.data``) from the start; the folder goes with whatever is left in it."""
+    stage = make_temp_dir(out)
+    try:
+        yield stage / out.name
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _print_report(report: dict | None, label: str) -> None:
@@ -267,9 +305,8 @@ def _make_fp16(plan: PrecisionPlan) -> Path:
     opts, out = plan.options, plan.out_path
     reference = None
     if opts.calibration.directory:  # real images decide which nodes must stay FP32 (AutoCast's data_max rule)
-        reference = _first_images(opts, 8)
-    staged = temp_name(out)
-    try:
+        reference = _first_images(opts, 8, plan.spec)
+    with _staging(out) as staged:
         t0 = time.perf_counter()
         model = autocast_fp16(plan.source, staged, reference_inputs=reference,
                               log_path=out.with_name(out.name + ".modelopt.log"))
@@ -282,26 +319,24 @@ def _make_fp16(plan: PrecisionPlan) -> Path:
         _print_report(report, f"FP16 {out.name}")
         sidecar = PrecisionSidecar(
             precision="fp16", model=plan.model_name, quantization_source="autocast-fp16",
-            source_onnx=str(plan.source), source_onnx_sha256=sha256_file(plan.source),
+            source_onnx=str(plan.source), source_onnx_sha256=sha256_onnx(plan.source),
             tool="modelopt.onnx.autocast (keep_io_types)", tools=tool_versions(),
             autocast_reference="calibration images" if reference is not None else "AutoCast random inputs",
             calibration_synthetic=bool(opts.calibration.synthetic) if reference is not None else None,
             accuracy=report)
         _publish(opts, staged, out, sidecar, report, f"FP16 {out.name}", "fp16")
-    finally:
-        staged.unlink(missing_ok=True)
     _say(f"wrote {out} (FP16 ONNX by ModelOpt AutoCast, float32 inputs/outputs kept, {kept} casts; "
          f"{minutes(seconds)})")
     return out
 
 
-def _first_images(opts: PrecisionOptions, n: int):
+def _first_images(opts: PrecisionOptions, n: int, spec: PreprocessSpec):
     import numpy as np
 
     from ..data.calibration_set import iter_batches
 
     paths = opts.calibration.materialize().select()[:n]
-    arrays = [a for a, _, _ in iter_batches(paths, n) if len(a)]
+    arrays = [a for a, _, _ in iter_batches(paths, n, spec) if len(a)]
     return np.concatenate(arrays) if arrays else None
 
 
@@ -349,15 +384,14 @@ def _make_int8(plan: PrecisionPlan) -> Path:
     from .modelopt.qdq import quantized_nodes
 
     opts, out = plan.options, plan.out_path
-    fp32_sha = sha256_file(plan.source)
-    calib = resolve_calibration(opts, plan.cache_path, fp32_sha)
+    fp32_sha = sha256_onnx(plan.source)
+    calib = resolve_calibration(opts, plan.cache_path, fp32_sha, plan.spec)
     if plan.eval_set is not None and calib.images is not None:
         warning = overlap_warning(plan.eval_set.paths, calib.images)
         if warning:
             _note(f"{warning}: the comparison flatters INT8 — use images calibration has not seen")
     log_path = out.with_name(out.name + ".modelopt.log")
-    staged = temp_name(out)
-    try:
+    with _staging(out) as staged:
         t0 = time.perf_counter()
         model = _int8_model(plan, calib, staged, log_path)
         seconds = time.perf_counter() - t0
@@ -375,8 +409,6 @@ def _make_int8(plan: PrecisionPlan) -> Path:
             calibration_synthetic=calib.any_synthetic, tools=tool_versions(), excluded_layers=tuple(excluded),
             auto_fallback=fallback_doc, accuracy=report)
         _publish(opts, staged, out, sidecar, report, f"INT8 {out.name}", "int8")
-    finally:
-        staged.unlink(missing_ok=True)
     _say(f"wrote {out} (INT8 Q/DQ ONNX by ModelOpt, opset {opset}, {n_q} layers quantized, the rest "
          f"{opts.high_precision.upper()}; {minutes(seconds)})")
     return out

@@ -17,10 +17,11 @@ import numpy as np
 
 from ..core import log
 from ..core.errors import MissingDependency, UserError
-from ..data.preprocess import SPEC
+from ..data.recipe import InputRecipe, recorded_spec
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan")
+CPU_MODEL_SUFFIXES = (".xml",)  # the CPU model (engine.cpu_build): OpenVINO IR with its manifest
 TRT_INSTALL_HINT = (
     "running engines needs cuda-python, an NVIDIA GPU and the engine's library: TensorRT (pip install "
     "'trt-res2net[trt]' on x86, JetPack's python3-libnvinfer on Jetson) or TensorRT-RTX (pip install "
@@ -33,8 +34,9 @@ class Backend(Protocol):
     """What a Classifier needs from an inference engine.
 
     ``max_batch`` is None for a dynamic batch dimension, else the most images one ``run`` takes; ``fixed_batch``:
-    it must get exactly ``max_batch`` images. ``run`` takes float32 [n, 3, 224, 224] and returns float32
-    [n, num_classes]. ``gpu_preprocessing``: whether ``classify_bgr`` (a :class:`GpuBackend`) takes decoded images
+    it must get exactly ``max_batch`` images. ``run`` takes float32 [n, 3, H, W] and returns float32
+    [n, num_classes]; ``recipe`` (``data.recipe.InputRecipe``) is the preprocessing that makes its H×W inputs.
+    ``gpu_preprocessing``: whether ``classify_bgr`` (a :class:`GpuBackend`) takes decoded images
     straight to the GPU. ``describe`` is one line for people; ``close`` releases what the backend holds;
     ``metadata``: the model's metadata properties (an ONNX's; empty for an engine, whose manifest is checked).
     """
@@ -47,6 +49,7 @@ class Backend(Protocol):
     outputs_probabilities: bool
     gpu_preprocessing: bool
     metadata: dict[str, str]
+    recipe: InputRecipe
 
     def run(self, batch_nchw_float32: np.ndarray) -> np.ndarray: ...
 
@@ -69,13 +72,17 @@ class GpuBackend(Backend, Protocol):
 
 def open_backend(path: str | os.PathLike, **kwargs) -> Backend:
     """The backend for a model file: ``.onnx`` → ONNX Runtime, ``.engine``/``.plan`` → TensorRT or TensorRT-RTX
-    (the engine's family decides)."""
+    (the engine's family decides), ``.xml`` → the CPU model on OpenVINO."""
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
-        raise UserError(f"{p}: unsupported model file; expected .onnx, .engine or .plan")
+    if suffix not in ONNX_SUFFIXES + ENGINE_SUFFIXES + CPU_MODEL_SUFFIXES:
+        raise UserError(f"{p}: unsupported model file; expected .onnx, .engine or .plan, or a CPU model's .xml")
     if not p.is_file():
         raise UserError(f"{p}: no such model file")
+    if suffix in CPU_MODEL_SUFFIXES:
+        from .openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(p, **kwargs)
     if suffix in ONNX_SUFFIXES:
         from .onnx_runtime import OnnxRuntimeBackend
 
@@ -94,11 +101,10 @@ def backend_preprocesses_on_gpu(backend: Backend) -> bool:
 
 def warn_about_metadata(backend: Backend, model: str | os.PathLike) -> None:
     """Warn when the model's metadata says its predictions are not to be trusted here: our exporter records the
-    preprocessing spec (a different one means the model was made for other inputs than the ones this version
-    feeds it) and random weights."""
+    preprocessing spec (fed unless the user states another: then it is said) and random weights."""
     metadata = backend.metadata  # an ONNX's metadata properties (strings)
-    recorded = metadata.get("preprocessing")
-    if recorded and recorded != SPEC.to_json():
-        log.warn(f"{model} records a different preprocessing than this version uses: {recorded} vs {SPEC.to_json()}")
+    recorded = recorded_spec(metadata.get("preprocessing"), str(model))
+    if recorded is not None and recorded != backend.recipe.spec:
+        log.warn(f"{model} records the preprocessing {recorded.describe()}; fed {backend.recipe.describe()}")
     if str(metadata.get("weights", "")).startswith("random"):
         log.warn(f"{model} was built with {metadata['weights']} weights: its predictions mean nothing")

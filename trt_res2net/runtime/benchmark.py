@@ -137,9 +137,16 @@ def run_benchmark(target: BenchmarkTarget, batches, images, iterations: int = DE
 # Reporting
 
 
-def format_table(results) -> str:
-    header = ("batch", "first run", "GPU mean", "p50", "p90", "p99", "e2e mean", "p50", "p90", "p99", "img/s",
-              "CV gpu/e2e")
+CPU_CAPTION = ("latency in ms (first run: the first, initialising run; compute: the model alone on a preprocessed "
+               "batch; e2e: CPU preprocessing of decoded images to top-k)")
+GPU_CAPTION = ("latency in ms (first run: host time of the first, initialising run; GPU compute: events around "
+               "the enqueue; e2e: preprocessing on GPU to top-k)")
+
+
+def format_table(results, on_cpu: bool = False) -> str:
+    compute = "compute" if on_cpu else "GPU"
+    header = ("batch", "first run", f"{compute} mean", "p50", "p90", "p99", "e2e mean", "p50", "p90", "p99", "img/s",
+              f"CV {compute.lower()}/e2e")
     rows = [header]
     for r in results:
         g, e = r.gpu_compute, r.end_to_end
@@ -151,18 +158,17 @@ def format_table(results) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return ("latency in ms (first run: host time of the first, initialising run; GPU compute: events around "
-            "the enqueue; e2e: preprocessing on GPU to top-k)\n" + "\n".join(lines))
+    return (CPU_CAPTION if on_cpu else GPU_CAPTION) + "\n" + "\n".join(lines)
 
 
 def results_json(results, info: dict | None = None, settings: dict | None = None,
-                 threshold: float = CV_WARN_THRESHOLD) -> dict:
+                 threshold: float = CV_WARN_THRESHOLD, on_cpu: bool = False) -> dict:
     return {
         "benchmark": "trt_res2net",
         "info": info or {},
         "settings": settings or {},
         "cv_warning_threshold": threshold,
-        "results": [r.to_dict(threshold) for r in results],
+        "results": [r.to_dict(threshold, on_cpu) for r in results],
     }
 
 
@@ -243,7 +249,7 @@ def engine_summary(engine) -> dict:
     from ..engine.manifest import find_manifest
     from ..engine.trt_compat import engine_family_of
 
-    name, batch = "input", [1, 1, 2]  # unknown: assume our exporter's name and a dynamic batch
+    name, batch, hw = "input", [1, 1, 2], [224, 224]  # unknown: assume our exporter's name, a dynamic batch, 224
     family_key = engine_family_of(engine)
     try:
         manifest = find_manifest(engine)
@@ -255,7 +261,9 @@ def engine_summary(engine) -> dict:
             name, shape = manifest.io.input.name, manifest.io.input.shape
             if shape and shape[0] > 0:
                 batch = [shape[0]] * 3
-    return {"input": {"name": name, "batch": batch}, "engine_family": family_key}
+            if shape and len(shape) == 4 and min(shape[2:]) > 0:
+                hw = list(shape[2:])
+    return {"input": {"name": name, "batch": batch, "hw": hw}, "engine_family": family_key}
 
 
 @dataclass(frozen=True)
@@ -273,10 +281,11 @@ def cross_check_commands(engine, info: dict, batches, iterations: int = DEFAULT_
     family_key = info["engine_family"]
     rtx = family_key == "tensorrt-rtx"
     tool = "tensorrt_rtx" if rtx else "trtexec"
+    hw = tuple(info["input"]["hw"])
     commands = []
     for b in batches:
-        commands.append((tool, trtexec_command(engine, name, b, dynamic=dynamic, rtx=rtx)))
-        commands.append(("polygraphy", polygraphy_command(engine, name, b, iterations=iterations, rtx=rtx)))
+        commands.append((tool, trtexec_command(engine, name, b, hw, dynamic=dynamic, rtx=rtx)))
+        commands.append(("polygraphy", polygraphy_command(engine, name, b, hw, iterations=iterations, rtx=rtx)))
     return CrossCheck(commands, _polygraphy_runnable(family_key), family_key)
 
 
@@ -347,14 +356,15 @@ class BenchmarkReport:
     skipped_batches: tuple[int, ...] = ()
 
     def table(self) -> str:
-        return format_table(self.results)
+        return format_table(self.results, on_cpu=self.info["engine_family"] == "cpu")
 
     def warnings(self) -> list[str]:
-        return [w for r in self.results for w in r.warnings()]
+        return [w for r in self.results for w in r.warnings(on_cpu=self.info["engine_family"] == "cpu")]
 
     def to_json(self) -> dict:
         return {**header(self.FORMAT, self.SCHEMA_VERSION),
-                **results_json(self.results, self.info, self.settings.to_json()),
+                **results_json(self.results, self.info, self.settings.to_json(),
+                               on_cpu=self.info["engine_family"] == "cpu"),
                 "engine": str(self.engine), "skipped_batches": list(self.skipped_batches)}
 
     @classmethod
@@ -374,8 +384,9 @@ class BenchmarkReport:
             raise UserError(f"{where}: a damaged benchmark report ({type(e).__name__}: {e})") from None
 
     def plot(self, path) -> Path:
-        return plot_results(self.results, path,
-                            title=f"{self.engine.name} — {self.info['library']}, {self.info['gpu']['name']}")
+        on_cpu = self.info["engine_family"] == "cpu"
+        device = self.info["cpu"]["name"] if on_cpu else self.info["gpu"]["name"]
+        return plot_results(self.results, path, title=f"{self.engine.name} — {self.info['library']}, {device}")
 
 
 def benchmark_engine(engine: str | os.PathLike, images: Sequence[np.ndarray] | None = None,

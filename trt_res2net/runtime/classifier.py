@@ -13,6 +13,7 @@ from ..core.errors import UserError
 from ..data.images import ImageBatcher
 from ..data.postprocess import is_probability, load_labels, softmax, topk, topk_entries
 from ..data.preprocess import DEFAULT_LIMITS, ImageLimits
+from ..data.recipe import FROM_MODEL, PreprocessOptions
 from .backend import Backend, backend_preprocesses_on_gpu, open_backend
 
 
@@ -37,6 +38,9 @@ class Classifier:
     ``outputs_probabilities`` (from the engine's manifest or output name), without the row heuristic.
     ``infer``/``batches`` (what evaluation uses) always preprocess on the CPU: they need the full outputs.
 
+    ``preprocess`` (``PreprocessOptions``): the model's recipe where its user states it, else it comes from the model
+    (``data.recipe``; ``self.spec`` is the one fed).
+
     ``limits`` (``ImageLimits``): an image over them (its file size, or the pixels its header declares) is skipped
     with one line, before it is read or decoded.
     """
@@ -51,19 +55,20 @@ class Classifier:
         backend: Backend | None = None,
         gpu_preprocess: bool = True,
         limits: ImageLimits = DEFAULT_LIMITS,
+        preprocess: PreprocessOptions = FROM_MODEL,
     ):
         for name, value in (("batch", batch), ("topk", topk)):
             if value < 1:
                 raise UserError(f"Classifier.{name} must be at least 1, not {value}")
         self.model_path = Path(model_path)
-        self.backend = backend if backend is not None else open_backend(model_path)
+        self.backend = backend if backend is not None else open_backend(model_path, preprocess=preprocess)
         n = self.backend.num_classes
         if isinstance(labels, list):
             if len(labels) != n:
                 raise UserError(f"{len(labels)} labels given, but the model has {n} classes")
-            self.labels = labels
+            self.labels, self.labels_source = labels, "the caller"
         else:
-            self.labels = load_labels(labels, n)
+            self.labels, self.labels_source = load_labels(labels, n), None if labels is None else str(labels)
         self.topk = topk
         self.batch = batch
         self.threads = threads
@@ -74,6 +79,11 @@ class Classifier:
     @property
     def num_classes(self) -> int:
         return self.backend.num_classes
+
+    @property
+    def spec(self):
+        """The preprocessing the model is fed (``backend.recipe``: from the model, or as its user states it)."""
+        return self.backend.recipe.spec
 
     def close(self) -> None:
         """Release the backend (a TensorRT-RTX engine saves its runtime cache then)."""
@@ -108,7 +118,8 @@ class Classifier:
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities [n, classes] of a preprocessed float32 [n, 3, 224, 224] batch (``trt_res2net.preprocess``)."""
+        """Probabilities [n, classes] of a preprocessed float32 [n, 3, H, W] batch (``trt_res2net.preprocess`` with
+        ``self.spec``)."""
         return self.probabilities(self.infer(np.asarray(batch, np.float32)))
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
@@ -120,7 +131,8 @@ class Classifier:
         return outputs.astype(np.float32, copy=False) if self._probabilities else softmax(outputs)
 
     def batches(self, items: Sequence, exact_batches: bool = False) -> ImageBatcher:
-        return ImageBatcher(items, self.batch, threads=self.threads, exact_batches=exact_batches, limits=self.limits)
+        return ImageBatcher(items, self.batch, threads=self.threads, exact_batches=exact_batches, limits=self.limits,
+                            spec=self.spec)
 
     def classify_batch(self, inputs, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) [n, k] of one batch, best first — the one place that picks the path: on the GPU path
@@ -154,7 +166,7 @@ class Classifier:
         or ``{"image", "error"}`` for an input that could not be read. Decoding (and on the CPU path
         preprocessing) of the next images runs in a thread pool while the model runs on the current batch."""
         batcher = ImageBatcher(list(items), self.batch, threads=self.threads,
-                               decode_only=self.preprocessing == "gpu", limits=self.limits)
+                               decode_only=self.preprocessing == "gpu", limits=self.limits, spec=self.spec)
         for batch in batcher:
             results: list[tuple[int, dict]] = [
                 (i, {"image": path, "error": reason})

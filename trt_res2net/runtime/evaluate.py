@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..data.metrics import AccuracyMeter, AgreementMeter, read_val_list
+from ..data.recipe import FROM_MODEL, PreprocessOptions
 
 
 @dataclass
@@ -59,6 +60,7 @@ def evaluate(
     limit: int | None = None,
     progress: bool | None = True,
     backends: list | None = None,
+    preprocess: PreprocessOptions = FROM_MODEL,
 ) -> Evaluation:
     """Top-1/top-5 of each model on the list, and each model's agreement with the first one.
 
@@ -72,10 +74,14 @@ def evaluate(
     if limit is not None:
         items = items[:limit]
     classifiers = [
-        Classifier(p, batch=batch, threads=threads, backend=backends[i] if backends else None)
+        Classifier(p, batch=batch, threads=threads, backend=backends[i] if backends else None, preprocess=preprocess)
         for i, p in enumerate(model_paths)
     ]
     _check_labels(classifiers, items, list_path)
+    specs = {c.spec for c in classifiers}
+    if len(specs) != 1:  # each batch is preprocessed once, for every model
+        raise UserError("the models are fed different preprocessing (" + "; ".join(
+            f"{c.model_path}: {c.backend.recipe.describe()}" for c in classifiers) + "): evaluate them one by one")
     result = Evaluation(str(list_path), root, len(items))
     try:
         acc, agree = _measure(classifiers, items, result, progress)

@@ -75,17 +75,19 @@ class BatchResult:
         """Images per second of the engine alone (GPU compute)."""
         return self.batch * 1000.0 / self.gpu_compute.mean
 
-    def warnings(self, threshold: float = CV_WARN_THRESHOLD) -> list[str]:
+    def warnings(self, threshold: float = CV_WARN_THRESHOLD, on_cpu: bool = False) -> list[str]:
+        """``on_cpu``: a CPU model's (its compute is the model's run on the CPU)."""
         out = []
-        for label, stats in (("GPU compute", self.gpu_compute), ("end-to-end", self.end_to_end)):
+        device = "CPU" if on_cpu else "GPU"
+        for label, stats in ((f"{device} compute", self.gpu_compute), ("end-to-end", self.end_to_end)):
             if stats.cv > threshold:
                 out.append(
                     f"batch {self.batch}: {label} latency varies too much to compare (CV {stats.cv:.1%} > "
-                    f"{threshold:.1%}); stop other GPU work, lock clocks or raise BenchmarkOptions.iterations"
+                    f"{threshold:.1%}); stop other {device} work, lock clocks or raise BenchmarkOptions.iterations"
                 )
         return out
 
-    def to_dict(self, threshold: float = CV_WARN_THRESHOLD) -> dict:
+    def to_dict(self, threshold: float = CV_WARN_THRESHOLD, on_cpu: bool = False) -> dict:
         return {
             "batch": self.batch,
             "first_run_ms": self.first_run_ms,
@@ -93,7 +95,7 @@ class BatchResult:
             "end_to_end_ms": self.end_to_end.to_dict(),
             "throughput_images_per_s": self.throughput,
             "gpu_throughput_images_per_s": self.gpu_throughput,
-            "warnings": self.warnings(threshold),
+            "warnings": self.warnings(threshold, on_cpu),
         }
 
     @classmethod

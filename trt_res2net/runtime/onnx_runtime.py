@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.preprocess import SPEC
+from ..data.recipe import FROM_MODEL, PreprocessOptions, choose_recipe
 from ..model.contract import TensorSpec, check_classifier_io, onnx_output_is_softmax
 
 # ONNX Runtime's type strings → numpy's names (what the contract speaks).
@@ -27,7 +27,8 @@ class OnnxRuntimeBackend:
     """ONNX Runtime on the CUDA execution provider when present, else the CPU.
 
     ``threads``: intra-op threads (0: ONNX Runtime's default, one per core); ``spinning``: let idle
-    intra-op threads spin-wait (off, so that image decoding running alongside gets the CPU).
+    intra-op threads spin-wait (off, so that image decoding running alongside gets the CPU); ``preprocess``: the
+    model's recipe where the user states it (``recipe``: the one it is fed, ``data.recipe.choose_recipe``).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class OnnxRuntimeBackend:
         providers: Sequence[str] | None = None,
         threads: int = 0,
         spinning: bool = False,
+        preprocess: PreprocessOptions = FROM_MODEL,
     ):
         import onnxruntime as ort
 
@@ -59,12 +61,13 @@ class OnnxRuntimeBackend:
             raise UserError(f"{self.path}: not a loadable ONNX model ({reason[:300]})") from None
         self.provider = self.session.get_providers()[0]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self._check_io()
+        self._check_io(preprocess)
         self.outputs_probabilities = onnx_output_is_softmax(self.path, self.output_name)
 
-    def _check_io(self) -> None:
+    def _check_io(self, preprocess: PreprocessOptions) -> None:
         io = check_classifier_io([_spec(i) for i in self.session.get_inputs()],
                                  [_spec(o) for o in self.session.get_outputs()], str(self.path))
+        self.recipe = choose_recipe(io.input_hw, str(self.path), preprocess, self.metadata.get("preprocessing"))
         self.input_name, self.output_name = io.input.name, io.output.name
         self._input_dtype = np.dtype(io.input.dtype)
         self.max_batch = io.batch
@@ -72,8 +75,8 @@ class OnnxRuntimeBackend:
         if io.num_classes:
             self.num_classes = io.num_classes
         else:  # a symbolic class dimension: one zero batch tells
-            c = SPEC.crop_size
-            self.num_classes = int(self.run(np.zeros((self.max_batch or 1, 3, c, c), np.float32)).shape[1])
+            h, w = self.recipe.spec.crop_hw
+            self.num_classes = int(self.run(np.zeros((self.max_batch or 1, 3, h, w), np.float32)).shape[1])
 
     def run(self, batch_nchw_float32: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch_nchw_float32, dtype=self._input_dtype)

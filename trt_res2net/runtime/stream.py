@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ..core.errors import UserError
+from ..data.recipe import FROM_MODEL, PreprocessOptions
 from ..data.sources import Source, unique_names
 from .classifier import Classifier
 from .streams.batching import Batcher
@@ -70,19 +71,20 @@ class StreamRunner:
     """
 
     def __init__(self, model, sources: Sequence | StreamPlan, options: StreamOptions | None = None, labels=None,
-                 on_event: Callable[[str], None] | None = None):
+                 on_event: Callable[[str], None] | None = None, preprocess: PreprocessOptions = FROM_MODEL):
         self.plan = sources if isinstance(sources, StreamPlan) else plan_streams(sources, options or StreamOptions())
         self.options = options = self.plan.options
         self._own_classifier = not isinstance(model, Classifier)
         self.classifier = (Classifier(model, labels=labels, topk=options.topk, batch=options.batch,
-                                      gpu_preprocess=options.gpu_preprocess)
+                                      gpu_preprocess=options.gpu_preprocess, preprocess=preprocess)
                            if self._own_classifier else model)
         backend = self.classifier.backend
         self.batch = min(options.batch, backend.max_batch) if backend.max_batch else options.batch
         self.preprocessing = self.classifier.preprocessing
         self._control = RunControl(on_event)
         self._states = [SourceState(i, p.uri) for i, p in enumerate(self.plan.sources)]
-        self._batcher = Batcher(self._states, self.batch, self.preprocessing, self._control)
+        self._batcher = Batcher(self._states, self.batch, self.preprocessing, self._control,
+                               self.classifier.spec)
         self._inference = BatchInference(self.classifier, options, self._states, self._batcher, self._control)
         self._threads: list[threading.Thread] = []
         self._started = self._closed = self._interrupted = False

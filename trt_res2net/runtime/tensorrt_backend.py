@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core import log
 from ..core.errors import UserError
-from ..data.preprocess import SPEC
+from ..data.recipe import FROM_MODEL, PreprocessOptions, choose_recipe
 from .trt_engine import LoadedEngine
 
 if TYPE_CHECKING:  # the API the code below is written against (trt-api-check reads this import); at run time
@@ -103,12 +103,15 @@ class TensorRTBackend:
 
     def __init__(self, engine_path, *, device: int = 0, cuda_graph: bool = False, check_manifest: bool = True,
                  outputs_probabilities: bool | None = None, runtime_cache: bool = True,
-                 kernel_specialization: str | None = None):
+                 kernel_specialization: str | None = None, preprocess: PreprocessOptions = FROM_MODEL):
         from ..cuda import device as cu
 
         self.device = device
         self.loaded = LoadedEngine(engine_path, device, check_manifest=check_manifest)
         self.device_info = self.loaded.device_info
+        manifest = self.loaded.manifest
+        self.recipe = choose_recipe(self.input_hw, str(engine_path), preprocess,
+                                    manifest.preprocess if manifest is not None else None)
         self.cuda_graph = cuda_graph
         self._graph_failed = False
         self.stream = cu.Stream()
@@ -171,10 +174,8 @@ class TensorRTBackend:
 
     @property
     def gpu_preprocessing(self) -> bool:
-        """Whether ``classify_bgr`` can run fully on the GPU (float32 I/O at the spec's crop size)."""
-        crop = SPEC.crop_size
-        return (self.input_hw == (crop, crop) and self.input_dtype == np.float32
-                and self.output_dtype == np.float32)
+        """Whether ``classify_bgr`` can run fully on the GPU (float32 I/O; the recipe's crop is the input's)."""
+        return self.input_dtype == np.float32 and self.output_dtype == np.float32
 
     def describe(self) -> str:
         """One line for people (infer.py prints it)."""
@@ -194,7 +195,7 @@ class TensorRTBackend:
             "library_version": self.library.version.full,
             "gpu": self.device_info.to_dict(),
             "input": {"name": self.input_name, "dtype": str(self.input_dtype),
-                      "batch": [self.min_batch, self.opt_batch, self.max_batch]},
+                      "batch": [self.min_batch, self.opt_batch, self.max_batch], "hw": list(self.input_hw)},
             "output": {"name": self.output_name, "dtype": str(self.output_dtype), "classes": self.num_classes,
                        "probabilities": self.outputs_probabilities},
             "manifest": str(self.manifest_path) if self.manifest_path else None,
@@ -303,13 +304,13 @@ class TensorRTBackend:
         if self._kernels is None:
             from ..cuda.kernels import GpuKernels
 
-            self._kernels = GpuKernels(self.stream, self.device_info.compute_capability)
+            self._kernels = GpuKernels(self.stream, self.device_info.compute_capability, self.recipe.spec)
         return self._kernels
 
     def classify_bgr(self, images, k: int = 5) -> TopK:
         """Top-k of decoded BGR uint8 images [H, W, 3] (any sizes): preprocessing, inference and top-k on
         the GPU; only k ids and scores per image come back. Falls back to the CPU reference preprocessing
-        when the engine's I/O is not float32 at the spec's crop size."""
+        when the engine's I/O is not float32."""
         from ..cuda import device as cu
 
         images = list(images)
@@ -320,7 +321,8 @@ class TensorRTBackend:
 
             if not images:
                 return TopK(np.empty((0, k), np.int32), np.empty((0, k), np.float32))
-            return topk_numpy(self.run(np.stack([preprocess_bgr(im) for im in images])), k, apply_softmax)
+            return topk_numpy(self.run(np.stack([preprocess_bgr(im, self.recipe.spec) for im in images])), k,
+                              apply_softmax)
         cu.set_device(self.device)
         kernels = self._gpu_kernels()
         ids = np.empty((len(images), k), np.int32)

@@ -25,7 +25,6 @@ import numpy as np
 from ..core import log
 from ..core.errors import MissingDependency, UserError
 from ..core.files import write_bytes
-from ..data.preprocess import SPEC
 from ..engine import manifest as manifest_mod
 from ..engine import trt_compat
 from ..engine.manifest import EngineManifest
@@ -62,15 +61,12 @@ def import_engine_library(engine_path: Path, family_key: str) -> trt_compat.Libr
 def check_engine_manifest(manifest: EngineManifest, version: trt_compat.TrtVersion, gpu_name: str,
                           compute_capability: str, engine_path: Path | None = None) -> None:
     """Refuse (UserError naming the difference) an engine of another family, built for another release or GPU,
-    or a file that is not the engine its manifest describes; warn when it was built for other preprocessing."""
+    or a file that is not the engine its manifest describes (the preprocessing it records is the one it is fed:
+    ``data.recipe``)."""
     manifest_mod.check_engine_compatible(manifest, version, gpu_name, compute_capability,
                                          engine=str(engine_path) if engine_path else None)
     if engine_path is not None:
         manifest_mod.check_engine_file(manifest, engine_path)
-    recorded = manifest.preprocess_sha256
-    if recorded and recorded != SPEC.sha256():
-        log.warn(f"{engine_path or 'the engine'} was built for other preprocessing than this trt_res2net's "
-                 "(preprocess_sha256 differs); inputs are preprocessed with this version's spec")
 
 
 def _outputs_probabilities(manifest: EngineManifest | None, output_name: str) -> bool:
@@ -233,7 +229,8 @@ def read_engine_io(trt, engine, where: str) -> EngineIO:
     else:
         lows, opts, highs = engine.get_tensor_profile_shape(io.input.name, 0)
         low, opt, high = int(lows[0]), int(opts[0]), int(highs[0])
-    _, h, w = io.chw()
+        shape = tuple(int(d) for d in opts)  # a dynamic H or W runs at the profile's size
+    h, w = shape[2], shape[3]
     return EngineIO(io.input.name, io.output.name, (h, w), low, opt, high, np.dtype(io.input.dtype),
                     np.dtype(io.output.dtype))
 

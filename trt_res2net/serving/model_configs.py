@@ -109,20 +109,18 @@ def _results(config, plan: RepositoryPlan) -> None:
 
 
 def preprocess_config(plan: RepositoryPlan) -> tuple[Any, str]:
-    from ..data.preprocess import SPEC
-
-    o, c = plan.options, SPEC.crop_size
+    o, spec = plan.options, plan.recipe.spec
     config = _config(plan.names.preprocess, plan.max_batch, backend="python")
     _tensor(config.input, IMAGE, "TYPE_STRING", [1])
-    _tensor(config.output, PIXELS, "TYPE_FP32", [3, c, c])
+    _tensor(config.output, PIXELS, "TYPE_FP32", [3, *spec.crop_hw])
     _batching(config, 0, o.queue_size(plan.max_batch), o.queue_timeout_ms)
     _instances(config, o.preprocess_instances, "KIND_CPU")
     _warmup(config, [Warmup("a JPEG (OpenCV's first decode)", 1, IMAGE, "TYPE_STRING", (1,), WARMUP_SAMPLE)])
-    _parameters(config, {"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(), "threads": "0",
+    _parameters(config, {"preprocess_sha256": spec.sha256(), "preprocess_spec": spec.to_json(), "threads": "0",
                          "max_image_pixels": o.max_image_pixels, "max_image_bytes": o.max_image_bytes,
                          "costly_pixels": o.costly_image_pixels, "decode_deadline_ms": o.decode_deadline_ms})
-    return config, ("Encoded image bytes → float32 [3,224,224]: trt_res2net.data.preprocess, vendored in 1/"
-                    + VENDORED_PACKAGE)
+    return config, (f"Encoded image bytes → float32 [3,{spec.crop_hw[0]},{spec.crop_hw[1]}]: "
+                    f"trt_res2net.data.preprocess, vendored in 1/{VENDORED_PACKAGE}")
 
 
 def postprocess_config(plan: RepositoryPlan) -> tuple[Any, str]:
@@ -166,14 +164,22 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def onnx_classifier_config(plan: RepositoryPlan) -> tuple[Any, str]:
+def _classifier(plan: RepositoryPlan, name: str, kind: str, **backend):
+    """A classifier model of the ONNX's I/O (float32 pixels in, scores out), batched and queued as the options say;
+    (config, input dims)."""
     o, io = plan.options, plan.io
     in_dims, out_dims = plan.classifier_dims
-    config = _config(plan.names.classifier_onnx, plan.max_batch, platform="onnxruntime_onnx")
+    config = _config(name, plan.max_batch, **backend)
     _tensor(config.input, io.input_name, "TYPE_FP32", in_dims)
     _tensor(config.output, io.output_name, "TYPE_FP32", out_dims)
     _batching(config, o.queue_delay_us, o.queue_size(plan.max_batch), o.queue_timeout_ms)
-    _instances(config, o.instances, "KIND_AUTO")
+    _instances(config, o.instances, kind)
+    return config, in_dims
+
+
+def onnx_classifier_config(plan: RepositoryPlan) -> tuple[Any, str]:
+    o, io = plan.options, plan.io
+    config, in_dims = _classifier(plan, plan.names.classifier_onnx, "KIND_AUTO", platform="onnxruntime_onnx")
     _warmup(config, [Warmup("zeros, batch 1 (the first run's allocations)", 1, io.input_name, "TYPE_FP32",
                             tuple(in_dims))])
     # Triton's ONNX Runtime backend runs its instances as threads of one process, each session with its own pool:
@@ -186,9 +192,7 @@ def onnx_classifier_config(plan: RepositoryPlan) -> tuple[Any, str]:
 
 def pipeline_config(plan: RepositoryPlan) -> tuple[Any, str]:
     """``M_python``: the ensembles' three steps in one Python-backend process, the ONNX on ONNX Runtime."""
-    from ..data.preprocess import SPEC
-
-    o = plan.options
+    o, spec = plan.options, plan.recipe.spec
     config = _config(plan.names.python, plan.max_batch, backend="python")
     _image_input_and_results(config, plan)
     _batching(config, o.queue_delay_us, o.queue_size(plan.max_batch), o.queue_timeout_ms)
@@ -199,14 +203,31 @@ def pipeline_config(plan: RepositoryPlan) -> tuple[Any, str]:
     twice = Warmup("the same JPEG twice, batch 2 (two requests side by side)", 2, IMAGE, "TYPE_STRING", (1,),
                    WARMUP_SAMPLE)
     _warmup(config, [image] + ([twice] if plan.max_batch > 1 else []))
-    _parameters(config, {"preprocess_sha256": SPEC.sha256(), "preprocess_spec": SPEC.to_json(),
+    _parameters(config, {"preprocess_sha256": spec.sha256(), "preprocess_spec": spec.to_json(),
                          "max_image_pixels": o.max_image_pixels, "max_image_bytes": o.max_image_bytes,
                          "costly_pixels": o.costly_image_pixels, "decode_deadline_ms": o.decode_deadline_ms,
                          "intra_op_threads": o.intra_op_threads,
-                         "outputs_probabilities": _flag(plan.io.outputs_probabilities)})
+                         "outputs_probabilities": _flag(plan.io.outputs_probabilities),
+                         # the CPU model, run in process instead of the ONNX where the repository has one
+                         "classifier": "openvino" if plan.cpu_model is not None else "onnx",
+                         "inference_precision": plan.cpu_manifest.inference_precision if plan.cpu_manifest else ""})
     return config, ("Image bytes → infer.py's answer in one process: trt_res2net.data.preprocess, "
                     f"{plan.onnx_path.name} on ONNX Runtime, trt_res2net.data.postprocess (vendored in 1/"
                     f"{VENDORED_PACKAGE}); any Triton with the Python backend")
+
+
+def openvino_classifier_config(plan: RepositoryPlan) -> tuple[Any, str]:
+    """The CPU model on Triton's OpenVINO backend (NVIDIA's containers): latency mode, one stream per instance;
+    BF16 inference for a bf16 model (``HINT_BF16``; the backend has no parameter forcing FP32, so an fp32 model on a
+    CPU with BF16 runs as OpenVINO's default there: BF16)."""
+    m = plan.cpu_manifest  # its I/O names are the ONNX's (OpenVINO keeps them)
+    config, _ = _classifier(plan, plan.names.classifier_openvino, "KIND_CPU", backend="openvino")
+    params = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    if m.inference_precision == "bf16":
+        params["HINT_BF16"] = "YES"
+    _parameters(config, params)
+    return config, (f"The CPU model ({m.precision.upper()}, OpenVINO {m.library_version.split('-')[0]}) on Triton's "
+                    "OpenVINO backend")
 
 
 def ensemble_config(plan: RepositoryPlan, name: str, classifier: str, max_batch: int,

@@ -7,7 +7,8 @@ For a model ``M`` (the zoo name, or the ONNX file's stem) the repository holds::
     M_preprocess/            python        image bytes (TYPE_STRING) → float32 [3,224,224]: trt_res2net.data.preprocess
     M_classifier_plan/       tensorrt_plan the TensorRT engine as 1/model.plan (only when a standard TensorRT
                                            engine was built; batch and dims from its manifest)
-    M_classifier_onnx/       onnxruntime_onnx   the ONNX as 1/model.onnx (always: CPU nodes, and the fallback)
+    M_classifier_onnx/       onnxruntime_onnx   the ONNX as 1/model.onnx (always: CPU nodes, and the fallback),
+                                           its external data files beside it under their own names
     M_postprocess/           python        outputs → PROBABILITIES, TOPK_IDS, TOPK_SCORES, TOPK_LABELS
     M_plan, M_onnx           ensemble      IMAGE → preprocess → that classifier → postprocess
     M                        ensemble      the same as M_plan when there is a plan, else as M_onnx
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from ..core import log
 from ..core.version import __version__
+from ..data.recipe import FROM_MODEL, PreprocessOptions
 from . import model_configs as mc
 from .model_configs import ENSEMBLE_OUTPUTS, VENDORED_PACKAGE
 from .repository_files import (
@@ -53,9 +55,16 @@ from .repository_files import (
     warmup_image,
     write_atomically,
 )
-from .repository_plan import ModelNames, RepositoryPlan, check_repository_target, plan_repository
+from .repository_plan import (
+    ModelNames,
+    RepositoryPlan,
+    check_repository_target,
+    data_location_clash,
+    plan_repository,
+)
 from .repository_record import (
     REPOSITORY_FILE,
+    RecordedCpuModel,
     RecordedEngine,
     RecordedEnsemble,
     RecordedOnnx,
@@ -105,11 +114,13 @@ def _ensembles(plan: RepositoryPlan) -> dict[str, tuple[str, int, str]]:
     ONNX's)."""
     n = plan.names
     classifiers = {"onnx": (n.classifier_onnx, plan.max_batch)}
+    if plan.cpu_model is not None:
+        classifiers = {"openvino": (n.classifier_openvino, plan.max_batch), **classifiers}
     if plan.engine is not None:
         classifiers = {"plan": (n.classifier_plan, plan.engine.max_batch), **classifiers}
     ensembles = {f"{plan.model_name}_{variant}": (name, min(plan.max_batch, cmax), variant)
                  for variant, (name, cmax) in classifiers.items()}
-    default_variant = "plan" if plan.engine is not None else "onnx"
+    default_variant = next(iter(classifiers))  # the engine, else the CPU model, else the ONNX
     ensembles[plan.model_name] = ensembles[f"{plan.model_name}_{default_variant}"]
     return ensembles
 
@@ -127,26 +138,34 @@ def _models(plan: RepositoryPlan, ensembles: dict) -> dict[str, ModelFolder]:
     if plan.engine is not None:
         models[n.classifier_plan] = ModelFolder(*mc.plan_classifier_config(plan, plan.engine),
                                                 [("1/model.plan", plan.engine.engine_path)])
-    models[n.classifier_onnx] = ModelFolder(*mc.onnx_classifier_config(plan), [("1/model.onnx", plan.onnx_path)])
+    for location in plan.onnx_data:  # (the plan checked the other names of the folder)
+        if location.replace("\\", "/").split("/")[0] == VENDORED_PACKAGE:
+            raise data_location_clash(plan.onnx_path, location)
+    onnx_files = [("1/model.onnx", plan.onnx_path),  # its data files beside it, where its locations say
+                  *((f"1/{location}", plan.onnx_path.parent / location) for location in plan.onnx_data)]
+    models[n.classifier_onnx] = ModelFolder(*mc.onnx_classifier_config(plan), onnx_files)
+    cpu_files = []
+    if plan.cpu_model is not None:  # Triton's OpenVINO backend reads 1/model.xml and 1/model.bin
+        cpu_files = [("1/model.xml", plan.cpu_model), ("1/model.bin", plan.cpu_model.with_suffix(".bin"))]
+        models[n.classifier_openvino] = ModelFolder(*mc.openvino_classifier_config(plan), cpu_files)
     for name, (classifier, max_batch, variant) in ensembles.items():
         models[name] = ModelFolder(*mc.ensemble_config(plan, name, classifier, max_batch, variant),
                                    [("1/.keep", ""), ("labels.txt", labels)])
     models[n.python] = ModelFolder(*mc.pipeline_config(plan),
-                                   [("1/model.py", template("pipeline")), ("1/model.onnx", plan.onnx_path),
+                                   [("1/model.py", template("pipeline")), *onnx_files, *cpu_files,
                                     (WARMUP_IMAGE, image), ("labels.txt", labels), *vendored])
     return models
 
 
 def _record(plan: RepositoryPlan, models: dict, ensembles: dict) -> RepositoryRecord:
-    from ..data.preprocess import SPEC
-
     o, engine, io = plan.options, plan.engine, plan.io
     return RepositoryRecord(
         model=plan.model_name, default_ensemble=plan.model_name,
         ensembles={name: RecordedEnsemble(classifier=e[0], variant=e[2]) for name, e in ensembles.items()},
         pipeline=plan.names.python, models=tuple(sorted(models)),
         onnx=RecordedOnnx(file=plan.onnx_path.name, sha256=plan.onnx_sha256, input=io.input_name,
-                          output=io.output_name, outputs_probabilities=io.outputs_probabilities),
+                          output=io.output_name, outputs_probabilities=io.outputs_probabilities,
+                          data_files=plan.onnx_data),
         engine=None if engine is None else RecordedEngine(
             file=engine.engine_path.name, sha256=engine.manifest.engine_sha256,
             tensorrt_version=engine.manifest.library_version, precision=engine.manifest.precision,
@@ -155,8 +174,11 @@ def _record(plan: RepositoryPlan, models: dict, ensembles: dict) -> RepositoryRe
         instances=o.instances, preprocess_instances=o.preprocess_instances, intra_op_threads=o.intra_op_threads,
         max_queue_size=o.queue_size(plan.max_batch), queue_timeout_ms=o.queue_timeout_ms,
         max_image_pixels=o.max_image_pixels, max_image_bytes=o.max_image_bytes, topk=plan.topk,
-        num_classes=plan.num_classes, preprocess=SPEC.to_dict(), preprocess_sha256=SPEC.sha256(),
-        trt_res2net_version=__version__,
+        num_classes=plan.num_classes, preprocess=plan.recipe.spec.to_dict(),
+        preprocess_sha256=plan.recipe.spec.sha256(),
+        trt_res2net_version=__version__, cpu_model=None if plan.cpu_model is None else RecordedCpuModel(
+            file=plan.cpu_model.name, sha256=plan.cpu_manifest.files[plan.cpu_model.name],
+            precision=plan.cpu_manifest.precision, openvino_version=plan.cpu_manifest.library_version),
         written_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -176,11 +198,15 @@ def run_repository(plan: RepositoryPlan) -> TritonRepository:
 
 def write_triton_repository(out_dir: str | os.PathLike, onnx_path: str | os.PathLike, *,
                             model_name: str | None = None, engine_path: str | os.PathLike | None = None,
-                            options: TritonOptions | None = None) -> TritonRepository:
+                            options: TritonOptions | None = None,
+                            preprocess: PreprocessOptions = FROM_MODEL,
+                            cpu_model_path: str | os.PathLike | None = None) -> TritonRepository:
     """Write the repository (module docstring) to ``out_dir``, atomically; returns what it holds.
 
     ``onnx_path`` is the FP32 ONNX (the ONNX models are the exact graph); ``engine_path`` a built engine with its
     manifest (None: ONNX models only) — a TensorRT-RTX engine, or one Triton's dynamic batcher cannot drive, is
-    left out with a one-line warning. ``model_name`` (default: the ONNX's stem) names the models."""
+    left out with a one-line warning. ``model_name`` (default: the ONNX's stem) names the models; ``preprocess``:
+    the model's recipe where its user states it (``data.recipe``); ``cpu_model_path``: the CPU model made from
+    the ONNX (``engine.cpu_build``), served by Triton's OpenVINO backend and run in process by the pipeline model."""
     return run_repository(plan_repository(out_dir, onnx_path, model_name=model_name, engine_path=engine_path,
-                                          options=options))
+                                          options=options, preprocess=preprocess, cpu_model_path=cpu_model_path))

@@ -23,7 +23,8 @@ from .triton_proto import config_text
 FileSource = Path | str | bytes
 # The modules copied byte for byte, in their subpackages (their relative imports keep working there).
 VENDORED_MODULES = (
-    "core/errors.py", "core/lazy.py", "data/image_header.py", "data/preprocess.py", "data/postprocess.py",
+    "core/errors.py", "core/lazy.py", "data/image_header.py", "data/preprocess.py", "data/preprocess_spec.py",
+    "data/postprocess.py",
     "serving/triton_models/decode_lane.py", "serving/triton_models/steps.py")
 TEMPLATES = {"preprocess": "preprocess_model.py", "postprocess": "postprocess_model.py",
              "pipeline": "pipeline_model.py"}

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
+from ..data.recipe import FROM_MODEL, PADDLECLAS_RECIPE, InputRecipe, PreprocessOptions
+from ..engine.cpu_manifest import CpuModelManifest
 from .repository_record import REPOSITORY_FILE
 from .served_engine import ServedEngine, dims, read_served_engine
 from .triton_options import DEFAULT_MAX_BATCH, TritonOptions
@@ -41,6 +43,10 @@ class ModelNames:
         return f"{self.model}_classifier_onnx"
 
     @property
+    def classifier_openvino(self) -> str:
+        return f"{self.model}_classifier_openvino"
+
+    @property
     def python(self) -> str:
         return f"{self.model}_python"
 
@@ -48,7 +54,8 @@ class ModelNames:
 @dataclass(frozen=True)
 class RepositoryPlan:
     """What :func:`run_repository` writes, checked: the target folder, the model name, the FP32 ONNX (its I/O,
-    classes and labels), the engine when Triton can serve it (else why not), the batch and the top-k."""
+    classes and labels, its external data files), the engine when Triton can serve it (else why not), the batch and
+    the top-k."""
 
     out_dir: Path
     onnx_path: Path
@@ -62,6 +69,10 @@ class RepositoryPlan:
     engine_skipped: str | None
     max_batch: int
     topk: int
+    onnx_data: tuple[str, ...] = ()  # the ONNX's external data files, relative to its folder (copied beside it)
+    recipe: InputRecipe = PADDLECLAS_RECIPE  # the preprocessing the served models feed it (data.recipe)
+    cpu_model: Path | None = None  # the CPU model (an OpenVINO .xml) made from the ONNX, served beside it
+    cpu_manifest: CpuModelManifest | None = None
 
     @property
     def names(self) -> ModelNames:
@@ -98,24 +109,48 @@ def _safe_name(name: str) -> bool:
     return bool(name) and all(ch.isalnum() or ch in "_-." for ch in name) and not name.startswith(".")
 
 
-def _num_classes(onnx_path: Path, io) -> int:
+def _num_classes(onnx_path: Path, io, preprocess: PreprocessOptions) -> int:
     if io.io.num_classes:
         return int(io.io.num_classes)
     from ..runtime.onnx_runtime import OnnxRuntimeBackend  # a symbolic class dimension: one probe batch tells
 
-    return int(OnnxRuntimeBackend(onnx_path).num_classes)
+    return int(OnnxRuntimeBackend(onnx_path, preprocess=preprocess).num_classes)
+
+
+# What a model's version folder holds besides the ONNX's data files (repository.py): no location may be one of them.
+_VERSION_FOLDER_FILES = ("model.onnx", "model.py", "model.plan")
+
+
+def _onnx_data(onnx_path: Path) -> tuple[str, ...]:
+    """The ONNX's external data files (relative locations), which go beside ``1/model.onnx`` under the same
+    names, so that its ``location`` fields hold there; checked to exist and to clash with no file of the folder."""
+    from ..core.onnx_files import check_onnx_files, external_data_locations
+
+    check_onnx_files(onnx_path)
+    locations = external_data_locations(onnx_path)
+    for location in locations:
+        if location in _VERSION_FOLDER_FILES:
+            raise data_location_clash(onnx_path, location)
+    return locations
+
+
+def data_location_clash(onnx_path: Path, location: str) -> UserError:
+    return UserError(f"{onnx_path} keeps its weights in {location!r}, a name the Triton model folder uses for its "
+                     "own file: save the ONNX with another external data location")
 
 
 def plan_repository(out_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, model_name: str | None = None,
                     engine_path: str | os.PathLike | None = None,
-                    options: TritonOptions | None = None) -> RepositoryPlan:
+                    options: TritonOptions | None = None,
+                    preprocess: PreprocessOptions = FROM_MODEL,
+                    cpu_model_path: str | os.PathLike | None = None) -> RepositoryPlan:
     """Check what :func:`write_triton_repository` gets, before anything is written: tritonclient is here, ``out_dir``
     is new, empty or a repository written before, the model name is a Triton name, the ONNX has a dynamic batch,
     the labels fit, the engine's manifest agrees with the ONNX (an engine Triton cannot drive is left out, why
     in ``engine_skipped``)."""
-    from ..core.hashing import sha256_file
+    from ..core.hashing import sha256_onnx
     from ..data.postprocess import load_labels
-    from ..model.contract import inspect_onnx
+    from ..model.contract import inspect_onnx, onnx_recipe
 
     options = options or TritonOptions()
     model_config_pb2()  # a missing tritonclient stops here
@@ -128,14 +163,32 @@ def plan_repository(out_dir: str | os.PathLike, onnx_path: str | os.PathLike, *,
     if io.batch is not None:
         raise UserError(f"{onnx_path}: input {io.input_name!r} has a fixed batch of {io.batch}; Triton's dynamic "
                         "batching needs a dynamic batch dimension (export it with one)")
-    num_classes = _num_classes(onnx_path, io)
+    recipe = onnx_recipe(onnx_path, preprocess)
+    num_classes = _num_classes(onnx_path, io, preprocess)
     labels = load_labels(options.labels, num_classes)
     if any("\n" in label or "\r" in label for label in labels):
         raise UserError("a class label contains a line break; Triton's label files hold one label per line")
-    onnx_sha = sha256_file(onnx_path)
+    onnx_data = _onnx_data(onnx_path)
+    onnx_sha = sha256_onnx(onnx_path)
     engine, skipped = (None, None) if engine_path is None else read_served_engine(engine_path, io, onnx_sha)
+    cpu_model, cpu_manifest = _served_cpu_model(cpu_model_path, onnx_path, onnx_sha)
     return RepositoryPlan(out_dir=out_dir, onnx_path=onnx_path, model_name=model_name, options=options,
                           onnx_sha256=onnx_sha, io=io, num_classes=num_classes, labels=tuple(labels), engine=engine,
                           engine_skipped=skipped,
                           max_batch=options.max_batch or (engine.max_batch if engine else DEFAULT_MAX_BATCH),
-                          topk=min(options.topk, num_classes))
+                          topk=min(options.topk, num_classes), onnx_data=onnx_data, recipe=recipe,
+                          cpu_model=cpu_model, cpu_manifest=cpu_manifest)
+
+
+def _served_cpu_model(path, onnx_path: Path, onnx_sha: str):
+    """The CPU model and its manifest, which must be of this ONNX; (None, None) without one."""
+    if path is None:
+        return None, None
+    from ..engine.cpu_manifest import read_manifest
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest.source_onnx_sha256 != onnx_sha:
+        raise UserError(f"{path} was made from another ONNX than {onnx_path} (its manifest's source_onnx_sha256 "
+                        "differs): make it again from this one")
+    return path, manifest

@@ -26,13 +26,15 @@ class RecordedEnsemble:
 
 @dataclass(frozen=True)
 class RecordedOnnx:
-    """The FP32 ONNX the classifiers and the pipeline run."""
+    """The FP32 ONNX the classifiers and the pipeline run: ``sha256`` covers its external data files
+    (``core.hashing.sha256_onnx``), which ``data_files`` names (copied beside each ``1/model.onnx``)."""
 
     file: str
     sha256: str
     input: str
     output: str
     outputs_probabilities: bool
+    data_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ class RecordedEngine:
     precision: str | None
     gpu: dict | None
     max_batch: int
+
+
+@dataclass(frozen=True)
+class RecordedCpuModel:
+    """The CPU model (OpenVINO IR) served by Triton's OpenVINO backend and run in process by the pipeline model."""
+
+    file: str
+    sha256: str
+    precision: str
+    openvino_version: str
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class RepositoryRecord:
     preprocess_sha256: str
     trt_res2net_version: str
     written_at: str
+    cpu_model: RecordedCpuModel | None = None  # left out of the JSON when None: records before it read the same
 
     def to_json(self) -> dict:
         data = header(self.FORMAT, self.SCHEMA_VERSION)
@@ -88,8 +101,15 @@ class RepositoryRecord:
                 value = {name: dataclasses.asdict(e) for name, e in value.items()}
             elif f.name == "models":
                 value = list(value)
-            elif isinstance(value, (RecordedOnnx, RecordedEngine)):
+            elif isinstance(value, RecordedOnnx):
                 value = dataclasses.asdict(value)
+                value["data_files"] = list(value["data_files"])
+                if not value["data_files"]:  # a one-file ONNX: the record as releases before data files wrote it
+                    del value["data_files"]
+            elif isinstance(value, (RecordedEngine, RecordedCpuModel)):
+                value = dataclasses.asdict(value)
+            elif f.name == "cpu_model":  # None
+                continue
             data[f.name] = value
         return data
 
@@ -97,10 +117,13 @@ class RepositoryRecord:
     def from_json(cls, data: Any, where: str) -> RepositoryRecord:
         check_format(data, cls.FORMAT, cls.SCHEMA_VERSION, where, KIND)
         try:
-            values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+            values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name != "cpu_model"}
+            if "cpu_model" in data:
+                values["cpu_model"] = RecordedCpuModel(**data["cpu_model"])
             values["ensembles"] = {name: RecordedEnsemble(**e) for name, e in values["ensembles"].items()}
             values["models"] = tuple(values["models"])
-            values["onnx"] = RecordedOnnx(**values["onnx"])
+            onnx = values["onnx"]
+            values["onnx"] = RecordedOnnx(**{**onnx, "data_files": tuple(onnx.get("data_files") or ())})
             values["engine"] = None if values["engine"] is None else RecordedEngine(**values["engine"])
         except (KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{where}: not a complete {KIND} ({type(e).__name__}: {e})") from None

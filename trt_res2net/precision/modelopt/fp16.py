@@ -9,7 +9,7 @@ import numpy as np
 
 from ...core.errors import UserError
 from .logs import captured_output, modelopt_failed
-from .onnx_utils import private_copy, workdir
+from .onnx_utils import keeps_external_data, private_copy, publish_result, workdir
 from .patches import fast_paths
 
 
@@ -17,8 +17,9 @@ def autocast_fp16(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, *,
                   reference_inputs: np.ndarray | None = None, log_path: Path | None = None):
     """ModelOpt AutoCast to FP16 with float32 graph inputs and outputs kept (TensorRT 11 builds it strongly
     typed). Nodes whose activations exceed FP16's safe range on ``reference_inputs`` (real images when
-    given, AutoCast's random data otherwise) stay FP32. Writes ``out_path`` atomically; returns the model."""
-    import onnx
+    given, AutoCast's random data otherwise) stay FP32. Writes ``out_path`` atomically, its weights where the FP32
+    ONNX keeps them (inside it, or in a data file ``<out_path>.data``: ``onnx_utils.publish_result``); returns the
+    model."""
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
@@ -37,7 +38,5 @@ def autocast_fp16(fp32_onnx: str | os.PathLike, out_path: str | os.PathLike, *,
             raise
         except Exception as e:
             raise modelopt_failed("convert the model to FP16", e, log_path) from e
-        tmp = work / out_path.name
-        onnx.save(model, str(tmp))
-        os.replace(tmp, out_path)
+        publish_result(model, None, out_path, external=keeps_external_data(fp32_onnx))
     return model

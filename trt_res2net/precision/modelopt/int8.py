@@ -32,9 +32,9 @@ from ..ort_calibration import Captured, available_providers, streaming_calibrati
 from .calibration_reader import CALIB_BATCH, one_batch_reader, probe_image
 from .histogram import percentile_scales
 from .logs import captured_output, modelopt_failed
-from .onnx_utils import private_copy, workdir
+from .onnx_utils import keeps_external_data, private_copy, publish_result, workdir
 from .patches import fast_paths
-from .qdq import activation_scales, check_scales_from, usable_scale
+from .qdq import activation_scales, check_scales_from, note_raised_in_fp16, note_unquantized, usable_scale
 
 # ModelOpt's GEMV rule keeps a MatMul/Gemm unquantized when a dimension is 1; a fixed shape makes the Q/DQ
 # placement independent of how the images were batched (deployment batches are > 1).
@@ -142,8 +142,10 @@ def calibrate_and_quantize(fp32_onnx: str | os.PathLike, reader, out_path: str |
                            log_path: Path | None = None) -> tuple[CalibrationCache, object]:
     """One ModelOpt call: calibrate on the reader's images (``entropy`` or ``max``) and make the Q/DQ model with
     ``high_precision`` elsewhere, written to ``out_path``'s scratch folder and returned with the cache of its FP32
-    activation scales: (cache, ModelProto). The model is what :func:`quantize_from_cache` makes from that cache
-    (checked here: every activation scale of the model is the cache's, rounded to the model's precision)."""
+    activation scales: (cache, ModelProto with its weights; written inline, or with a data file
+    ``<out_path>.data`` where the FP32 ONNX keeps its weights in data files). The model is what
+    :func:`quantize_from_cache` makes from that cache (checked here: every activation scale of the model is the
+    cache's, rounded to the model's precision)."""
     import onnx
 
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
@@ -158,16 +160,18 @@ def calibrate_and_quantize(fp32_onnx: str | os.PathLike, reader, out_path: str |
         if not scales:
             raise _no_ranges(fp32_onnx)
         cache = CalibrationCache(MODELOPT_VERSION_TAG, method, scales)
-        model = onnx.load(str(tmp_out), load_external_data=False)
+        model = onnx.load(str(tmp_out))  # with its weights (ModelOpt writes them inside unless over 2 GB)
         check_scales_from(model, scales, high_precision)
-        os.replace(tmp_out, out_path)
+        note_unquantized(model)
+        publish_result(model, tmp_out, out_path, external=keeps_external_data(fp32_onnx))
     return cache, model
 
 
 def quantize_from_cache(fp32_onnx: str | os.PathLike, cache: CalibrationCache, out_path: str | os.PathLike, *,
                         high_precision: str = "fp16", nodes_to_exclude: Iterable[str] = (),
                         log_path: Path | None = None):
-    """The Q/DQ ModelProto ModelOpt makes from ``cache`` (written to ``out_path`` atomically).
+    """The Q/DQ ModelProto ModelOpt makes from ``cache`` (written to ``out_path`` atomically, its weights where the
+    FP32 ONNX keeps them: ``onnx_utils.publish_result``).
 
     Zero or non-finite scales (TensorRT writes ``0`` for an all-zero tensor) are raised to the smallest
     normal float32, so a QuantizeLinear never divides by zero. Every activation scale of the result must
@@ -184,12 +188,15 @@ def quantize_from_cache(fp32_onnx: str | os.PathLike, cache: CalibrationCache, o
         tmp_out = work / out_path.name
         quantize(fp32_onnx, tmp_out, reader=one_batch_reader(probe_image()), method="max", cache_path=cache_file,
                  high_precision=high_precision, nodes_to_exclude=nodes_to_exclude, log_path=log_path)
-        model = onnx.load(str(tmp_out), load_external_data=False)
-        stray = [n for n in activation_scales(model) if n not in scales]
+        model = onnx.load(str(tmp_out))  # with its weights (ModelOpt writes them inside unless over 2 GB)
+        quantized = activation_scales(model)
+        stray = [n for n in quantized if n not in scales]
         if stray:
             raise UserError(
                 f"the calibration cache has no scale for {len(stray)} tensors the Q/DQ model quantizes "
                 f"(e.g. {stray[0]}); it was made for another model — recalibrate with CalibrationImages.directory"
             )
-        os.replace(tmp_out, out_path)
+        note_raised_in_fp16({n: scales[n] for n in quantized}, high_precision)
+        note_unquantized(model, skip=nodes_to_exclude)
+        publish_result(model, tmp_out, out_path, external=keeps_external_data(fp32_onnx))
     return model

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...data.preprocess import SPEC, ImageDecodeError, preprocess_bgr
+from ...data.preprocess import SPEC, ImageDecodeError, PreprocessSpec, preprocess_bgr
 from .control import END, Frame, RunControl, SourceState
 
 
@@ -17,8 +17,10 @@ class Batcher:
     """The batching thread (``run``): one batch prepared ahead of the one running, put on ``prepared`` as
     ``(frames, payload)`` — decoded images for GPU preprocessing, else the preprocessed float32 NCHW array."""
 
-    def __init__(self, states: Sequence[SourceState], batch: int, preprocessing: str, control: RunControl):
+    def __init__(self, states: Sequence[SourceState], batch: int, preprocessing: str, control: RunControl,
+                 spec: PreprocessSpec = SPEC):
         self.states, self.batch, self.preprocessing, self.control = list(states), batch, preprocessing, control
+        self.spec = spec  # the model's preprocessing (the CPU reference's numbers)
         self.prepared: queue.Queue = queue.Queue()
         self.slot = threading.Semaphore(1)  # released by the inference thread when it takes a batch
 
@@ -49,12 +51,11 @@ class Batcher:
 
     def _preprocess(self, frames: list[Frame]) -> tuple[list[Frame], np.ndarray]:
         """The CPU reference preprocessing of each frame; a frame it refuses is counted and skipped."""
-        c = SPEC.crop_size
-        payload = np.empty((len(frames), 3, c, c), np.float32)
+        payload = np.empty((len(frames), 3, *self.spec.crop_hw), np.float32)
         kept: list[Frame] = []
         for f in frames:
             try:
-                preprocess_bgr(f.image, out=payload[len(kept)])
+                preprocess_bgr(f.image, self.spec, out=payload[len(kept)])
                 kept.append(f)
             except ImageDecodeError as e:  # e.g. an absurd aspect ratio
                 st = self.states[f.source]

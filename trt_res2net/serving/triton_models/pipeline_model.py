@@ -29,6 +29,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from trt_res2net_vendored.serving.triton_models.steps import (
     OnnxClassifier,
+    OpenVinoClassifier,
     Postprocessing,
     Preprocessing,
     StepError,
@@ -48,8 +49,12 @@ class TritonPythonModel:
         threads = instance_threads(config, "intra_op_threads")
         self.preprocessing = Preprocessing(params, threads, config.get("name", "the pipeline model"))
         gpu = int(args.get("model_instance_device_id", 0)) if args.get("model_instance_kind") == "GPU" else None
-        self.classifier = OnnxClassifier(os.path.join(args["model_repository"], args["model_version"], "model.onnx"),
-                                         threads, gpu)
+        version = os.path.join(args["model_repository"], args["model_version"])
+        if params.get("classifier") == "openvino":  # the CPU model made from the ONNX, beside it
+            self.classifier = OpenVinoClassifier(os.path.join(version, "model.xml"), threads,
+                                                 params.get("inference_precision", ""))
+        else:
+            self.classifier = OnnxClassifier(os.path.join(version, "model.onnx"), threads, gpu)
         outputs = {o["name"]: o for o in config["output"]}
         self.postprocessing = Postprocessing(os.path.join(args["model_repository"], "labels.txt"),
                                              int(outputs["TOPK_IDS"]["dims"][0]),

@@ -1,4 +1,4 @@
-"""Triton Python-backend model: encoded image bytes (TYPE_STRING) → float32 [3, 224, 224].
+"""Triton Python-backend model: encoded image bytes (TYPE_STRING) → float32 [3, H, W] (the exported spec's crop).
 
 ``steps.Preprocessing``: ``infer.py``'s preprocessing bit for bit (``trt_res2net.data.preprocess``, vendored beside
 this file), each image checked against the limits (``max_image_bytes``, and the pixels its header declares against

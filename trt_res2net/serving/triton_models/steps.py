@@ -8,17 +8,20 @@ postprocessing it imports (relative imports: the same code runs as ``trt_res2net
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from ...core.errors import UserError
 from ...data.postprocess import is_probability, softmax, topk
 from ...data.preprocess import (
     SPEC,
     ImageDecodeError,
     ImageLimits,
+    PreprocessSpec,
     check_encoded,
     limit_opencv_pixels,
     preprocess,
@@ -34,6 +37,23 @@ class StepError(Exception):
     def __init__(self, message: str, client: bool, busy: bool = False):
         super().__init__(message)
         self.client, self.busy = client, busy
+
+
+def served_spec(params: dict[str, str]) -> PreprocessSpec:
+    """The preprocessing a model was exported with (its ``preprocess_spec`` parameter, checked against its
+    ``preprocess_sha256``): raised in ``initialize``, Triton fails the load with the line."""
+    recorded, text = params.get("preprocess_sha256"), params.get("preprocess_spec")
+    if not text:
+        return SPEC
+    try:
+        spec = PreprocessSpec.from_dict(json.loads(text), "parameter preprocess_spec")
+    except (ValueError, UserError) as e:
+        raise RuntimeError(f"{e}; export the repository again (build.py --triton-repo)") from None
+    if recorded and recorded != spec.sha256():
+        raise RuntimeError(f"the preprocessing spec {text} is not the one this repository was exported with (sha256 "
+                           f"{recorded}); export the repository again (trt_res2net.write_triton_repository, which "
+                           "build.py runs)")
+    return spec
 
 
 def cores() -> int:
@@ -64,7 +84,8 @@ class DecodeJob:
 
 
 class Preprocessing:
-    """Encoded images → float32 [n, 3, 224, 224], ``infer.py``'s preprocessing bit for bit.
+    """Encoded images → float32 [n, 3, H, W], ``infer.py``'s preprocessing bit for bit, with the spec the repository
+    was exported with (``served_spec``).
 
     Every image is checked against the limits (its size, the pixels its header declares, a JPEG's scans) before
     anything is decoded: an image bomb is refused in microseconds and never reaches the decoding threads. A request
@@ -73,12 +94,7 @@ class Preprocessing:
     (OpenCV releases the GIL), or on the caller's (``one``)."""
 
     def __init__(self, params: dict[str, str], threads: int, model_name: str):
-        recorded = params.get("preprocess_sha256")
-        if recorded and recorded != SPEC.sha256():  # raised in initialize: Triton fails the load with this line
-            raise RuntimeError(
-                f"the vendored preprocessing spec {SPEC.to_json()} is not the one this repository was exported "
-                f"with (sha256 {recorded}); export the repository again (trt_res2net.write_triton_repository, which "
-                "build.py runs)")
+        self.spec = served_spec(params)
         defaults = ImageLimits()
         self.limits = ImageLimits(
             max_pixels=int(params.get("max_image_pixels") or defaults.max_pixels),
@@ -128,11 +144,11 @@ class Preprocessing:
 
     def _decode(self, images: np.ndarray) -> np.ndarray:
         images = images.reshape(-1)
-        out = np.empty((len(images), 3, SPEC.crop_size, SPEC.crop_size), np.float32)
+        out = np.empty((len(images), 3, *self.spec.crop_hw), np.float32)
         client, server = [], []
         for i, data in enumerate(images):
             try:
-                preprocess(bytes(data), SPEC, out[i], self.limits)
+                preprocess(bytes(data), self.spec, out[i], self.limits)
             except ImageDecodeError as e:
                 client.append(f"image {i} of the request: {e.reason}")
             except Exception as e:  # not the image's fault (e.g. out of memory): a server error
@@ -200,6 +216,38 @@ class OnnxClassifier:
             raise StepError(f"ONNX Runtime failed on a batch of shape {list(batch.shape)}: {lines[0][:300]}",
                             client=False) from None
         return np.asarray(y, np.float32)
+
+
+class OpenVinoClassifier:
+    """The CPU model (an OpenVINO IR) compiled as ``infer.py`` runs it (``engine.cpu_build.compile_ir``: its
+    manifest's inference precision, ``default`` setting none), on ``threads`` threads; one infer request per calling
+    thread, so that ``run`` may be called from several at once."""
+
+    on_gpu = False
+
+    def __init__(self, path: str, threads: int, inference_precision: str):
+        import threading
+
+        import openvino as ov
+
+        config = {} if inference_precision in ("", "default") else {"INFERENCE_PRECISION_HINT": inference_precision}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(path, "CPU", config)
+        self.local = threading.local()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 [n, 3, H, W] → the model's output [n, ...]; StepError (a server fault) when OpenVINO fails."""
+        request = getattr(self.local, "request", None)
+        if request is None:
+            request = self.local.request = self.compiled.create_infer_request()
+        try:
+            result = request.infer({0: np.ascontiguousarray(batch, np.float32)})
+        except Exception as e:
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+            raise StepError(f"OpenVINO failed on a batch of shape {list(batch.shape)}: {lines[0][:300]}",
+                            client=False) from None
+        return np.array(next(iter(result.values())), np.float32)
 
 
 class Postprocessing:
