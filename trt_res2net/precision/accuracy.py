@@ -151,15 +151,25 @@ def open_session(model_or_path, threads: int | None = None):
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
-    note = None
-    if has_fp16_quantize(model) and not fp16_quantize_is_exact():
-        model, note = fp32_twin(model), TWIN_NOTE
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from ..core.onnx_files import PROTOBUF_LIMIT, external_data_files
+
+    path = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else None
+    if path is not None and sum(f.stat().st_size for f in (Path(path), *external_data_files(path))) < PROTOBUF_LIMIT:
+        path = None  # loaded with its data: ONNX Runtime cannot read a shape input (a Split's sizes) from a data file
+        model = onnx.load(str(model_or_path))
+    else:  # over protobuf's limit: ONNX Runtime reads the data files from the model's folder itself
+        model = onnx.load(str(path), load_external_data=False) if path is not None else model_or_path
+    note = None
+    if has_fp16_quantize(model) and not fp16_quantize_is_exact():
+        if path is not None:
+            model = onnx.load(str(path))
+        model, note, path = fp32_twin(model), TWIN_NOTE, None
+    source = str(path) if path is not None else model.SerializeToString()
+    session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     return session, note
 
 
