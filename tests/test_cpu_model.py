@@ -130,3 +130,16 @@ def test_infer_benchmark_reports_the_cpu_model_in_the_engines_json_shape(int8_mo
     proc = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(path), "--benchmark", "--polygraphy"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "--polygraphy cross-checks TensorRT engines" in proc.stderr
+
+
+def test_a_converted_onnx_is_refused_as_the_cpu_models_source(tmp_path):
+    import onnx
+    import onnx_models
+    from onnx import numpy_helper
+
+    path = onnx_models.make_classifier(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(2, np.float16), "fp16_weight"))  # as FP16 has
+    onnx.save(model, str(path))
+    with pytest.raises(UserError, match="is already FP16: the CPU model is made from the FP32 ONNX"):
+        cpu_build.plan_cpu_model(path, "fp32", out_path=tmp_path / "m.xml")

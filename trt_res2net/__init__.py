@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name l
     from .data.recipe import InputRecipe, PreprocessOptions, choose_recipe
     from .data.sources import parse_source
     from .engine.build import BuiltEngine, build_engine, run_engine
+    from .engine.cpu_build import CpuModel, CpuModelPlan, build_cpu_model, plan_cpu_model, run_cpu_model
+    from .engine.cpu_manifest import CpuModelManifest
     from .engine.manifest import EngineManifest
     from .engine.options import EngineOptions
     from .engine.plan import EnginePlan, plan_engine
@@ -106,6 +108,12 @@ _API = {
     "EnginePlan": "engine.plan",
     "EngineManifest": "engine.manifest",
     "EngineOptions": "engine.options",
+    "plan_cpu_model": "engine.cpu_build",
+    "run_cpu_model": "engine.cpu_build",
+    "build_cpu_model": "engine.cpu_build",
+    "CpuModelPlan": "engine.cpu_build",
+    "CpuModel": "engine.cpu_build",
+    "CpuModelManifest": "engine.cpu_manifest",
     # runtime
     "Classifier": "runtime.classifier",
     "TensorRTBackend": "runtime.tensorrt_backend",
@@ -143,6 +151,7 @@ __all__ = [  # the public API: the TYPE_CHECKING imports above and _API below na
     "plan_precision", "run_precision", "PrecisionOptions", "PrecisionPlan", "ConvertedOnnx", "PrecisionSidecar",
     "CalibrationImages", "convert_precision",
     "plan_engine", "run_engine", "EngineOptions", "EnginePlan", "BuiltEngine", "EngineManifest", "build_engine",
+    "plan_cpu_model", "run_cpu_model", "CpuModelPlan", "CpuModel", "CpuModelManifest", "build_cpu_model",
     "plan_repository", "run_repository", "TritonOptions", "RepositoryPlan", "TritonRepository", "RepositoryRecord",
     "write_triton_repository",
     "plan_streams", "run_streams", "StreamOptions", "StreamPlan", "StreamRunner", "StreamResult", "StreamSummary",

@@ -122,6 +122,11 @@ def plan_cpu_model(fp32_onnx_path, precision: str, options: PrecisionOptions | N
     out = Path(out_path) if out_path is not None else cpu_model_path(source, precision)
     check_writable_folder(out.parent, "the CPU model's folder")
     eval_set = load_eval_set(opts.eval_dir, opts.eval_list, opts.data_root, limit=opts.eval_images)
+    if source.is_file():
+        io = inspect_onnx(source)
+        if io.has_qdq or io.has_fp16:
+            kind = "INT8 (Q/DQ)" if io.has_qdq else "FP16"
+            raise UserError(f"{source} is already {kind}: the CPU model is made from the FP32 ONNX")
     recipe = onnx_recipe(source, preprocess) if source.is_file() else PADDLECLAS_RECIPE  # still to be exported
     return CpuModelPlan(source, precision, opts, model_name or source.stem, out, recipe, machine, eval_set)
 
