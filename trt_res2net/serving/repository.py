@@ -4,16 +4,19 @@
 
 For a model ``M`` (the zoo name, or the ONNX file's stem) the repository holds::
 
-    M_preprocess/            python        image bytes (TYPE_STRING) → float32 [3,224,224]: trt_res2net.data.preprocess
+    M_preprocess/            python        image bytes (TYPE_STRING) → float32 [3,H,W]: trt_res2net.data.preprocess
     M_classifier_plan/       tensorrt_plan the TensorRT engine as 1/model.plan (only when a standard TensorRT
                                            engine was built; batch and dims from its manifest)
     M_classifier_onnx/       onnxruntime_onnx   the ONNX as 1/model.onnx (always: CPU nodes, and the fallback),
                                            its external data files beside it under their own names
+    M_classifier_openvino/   openvino      the CPU model (build.py --engine-family cpu) as 1/model.xml + .bin (only
+                                           when one was made)
     M_postprocess/           python        outputs → PROBABILITIES, TOPK_IDS, TOPK_SCORES, TOPK_LABELS
-    M_plan, M_onnx           ensemble      IMAGE → preprocess → that classifier → postprocess
-    M                        ensemble      the same as M_plan when there is a plan, else as M_onnx
+    M_plan, M_openvino, M_onnx ensemble    IMAGE → preprocess → that classifier → postprocess
+    M                        ensemble      the same as M_plan when there is a plan, else M_openvino, else M_onnx
     M_python/                python        IMAGE → the same three steps in one process, the ONNX on ONNX Runtime
-                                           inside the Python backend (any Triton with the Python backend)
+                                           (or the CPU model on OpenVINO, when there is one) inside the Python
+                                           backend (any Triton with the Python backend)
     trt_res2net_repository.json            what was exported, from what (:class:`RepositoryRecord`)
 
 Every classifier takes the ONNX's input name and gives its output name; the ensembles and ``M_python`` (the image
