@@ -143,3 +143,14 @@ def test_a_converted_onnx_is_refused_as_the_cpu_models_source(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(UserError, match="is already FP16: the CPU model is made from the FP32 ONNX"):
         cpu_build.plan_cpu_model(path, "fp32", out_path=tmp_path / "m.xml")
+
+
+def test_bf16_where_the_cpu_has_it_keeps_fp32s_answers(fitted_onnx, gpu_images, tmp_path):
+    machine = cpu_build.CpuMachine.here()
+    if "BF16" not in machine.capabilities:
+        pytest.skip(f"{machine.name} has no BF16 ({', '.join(machine.capabilities)})")
+    model = cpu_build.build_cpu_model(fitted_onnx, "bf16", out_path=tmp_path / "m.xml")
+    assert model.manifest.requires == ("BF16",) and model.manifest.inference_precision == "bf16"
+    x = gpu_images["eval"]
+    fp32, bf16 = open_backend(fitted_onnx).run(x), open_backend(model.path).run(x)
+    assert float(np.mean(fp32.argmax(1) == bf16.argmax(1))) >= 0.9
