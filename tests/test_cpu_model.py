@@ -154,3 +154,16 @@ def test_bf16_where_the_cpu_has_it_keeps_fp32s_answers(fitted_onnx, gpu_images, 
     x = gpu_images["eval"]
     fp32, bf16 = open_backend(fitted_onnx).run(x), open_backend(model.path).run(x)
     assert float(np.mean(fp32.argmax(1) == bf16.argmax(1))) >= 0.9
+
+
+def test_eval_compares_the_cpu_model_with_its_fp32_onnx(int8_model, fitted_onnx, gpu_images, tmp_path):
+    path, _ = int8_model
+    listing = tmp_path / "val_list.txt"
+    listing.write_text("".join(f"{p} 0\n" for p in gpu_images["eval_paths"]))
+    proc = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(fitted_onnx), str(path), "--eval",
+                           str(listing), "--data-root", "/", "--json", str(tmp_path / "e.json")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    agreement = json.loads((tmp_path / "e.json").read_text())["agreement"][0]
+    manifest = json.loads(path.with_name(path.name + ".json").read_text())
+    assert abs(agreement["top1_agreement"] - manifest["accuracy"]["top1_agreement"]) < 1e-6

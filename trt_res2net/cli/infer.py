@@ -214,13 +214,14 @@ def _report_first_runs(backend, quiet: bool) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..runtime.backend import ENGINE_SUFFIXES, ONNX_SUFFIXES
+    from ..runtime.backend import CPU_MODEL_SUFFIXES, ENGINE_SUFFIXES, ONNX_SUFFIXES
     from ..runtime.evaluate import evaluate
 
     models = [args.model, *args.inputs]
     for m in models:
-        if Path(m).suffix.lower() not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
-            raise UserError(f"{m}: with --eval, positional arguments are model files (.onnx, .engine, .plan)")
+        if Path(m).suffix.lower() not in ONNX_SUFFIXES + ENGINE_SUFFIXES + CPU_MODEL_SUFFIXES:
+            raise UserError(f"{m}: with --eval, positional arguments are model files (.onnx, .engine, .plan, or a "
+                            "CPU model's .xml)")
     backends = None
     if args.no_manifest_check:  # engines run unchecked, as the user said; the backends are closed here
         from ..runtime.backend import open_backend
