@@ -81,16 +81,28 @@ def test_int8_of_the_zoo_agrees_with_fp32_and_builds_for_tensorrt_rtx(ws, name, 
     _rtx_build(fp32, out, tmp_path)
 
 
-def _rtx_build(fp32, int8_onnx, tmp_path):
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_fp16_of_the_zoo_agrees_with_fp32_and_builds_for_tensorrt_rtx(ws, name, tmp_path):
+    """The same graphs through build.py's FP16 step (ModelOpt AutoCast), then a TensorRT-RTX FP16 engine."""
+    fp32 = write_zoo_model(name, ws["root"] / f"{name}_fp16" / f"{name}.onnx", ws["fit"])
+    out = run_precision(args(precision="fp16", eval_dir=ws["root"] / "eval", max_top1_drop=100), fp32, name)
+    report = json.loads(out.with_name(out.name + ".json").read_text())["accuracy"]
+    assert report["images"] == 48 and report["top1_agreement"] >= INT8_MIN_AGREEMENT
+    assert report["cosine_similarity"] >= 0.999
+    _rtx_build(fp32, out, tmp_path, "fp16")
+
+
+def _rtx_build(fp32, converted_onnx, tmp_path, precision: str = "int8"):
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed: pip install -e '.[rtx]'")
     from trt_res2net.engine.build import build_engine
     from trt_res2net.engine.manifest import read_manifest
     from trt_res2net.engine.options import EngineOptions
 
     options = EngineOptions(family="tensorrt-rtx", engine_dir=tmp_path / "engines", max_batch=4, progress=False)
-    built = build_engine(int8_onnx, "int8", options, fp32_onnx_path=fp32)
+    built = build_engine(converted_onnx, precision, options, fp32_onnx_path=fp32)
     m = read_manifest(built.path)
-    assert m.precision == "int8" and m.int8_mode == "qdq" and m.library_version == trt.__version__
+    assert m.precision == precision and m.library_version == trt.__version__
+    assert precision != "int8" or m.int8_mode == "qdq"
     assert m.engine_bytes == built.path.stat().st_size > 0
 
 
