@@ -111,7 +111,6 @@ def runners(fp32: Path, calib_dir: Path, work: Path) -> dict:
 
 def int8_matmul_gops(n: int = 1024, runs: int = 10) -> float:
     """ONNX Runtime's MatMulInteger (uint8 × int8) GOP/s on an n×n×n product: the machine's int8 reference."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -130,7 +129,6 @@ def int8_matmul_gops(n: int = 1024, runs: int = 10) -> float:
         t = time.perf_counter()
         session.run(None, feeds)
         times.append(time.perf_counter() - t)
-    del onnx
     return 2 * n**3 / statistics.median(times) / 1e9
 
 

@@ -16,8 +16,7 @@ TENSORRT_ONLY = ("compute_capability", "int8_mode", "batch", "min_batch", "opt_b
 
 
 def check_cpu_request(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    defaults = vars(parser.parse_args(["--onnx", "x"] if args.onnx else ["--model", "x"]))
-    given = [a for a in TENSORRT_ONLY if a in defaults and vars(args)[a] != defaults[a]]
+    given = [a for a in TENSORRT_ONLY if vars(args)[a] != parser.get_default(a)]
     if given:
         flags = ", ".join("--" + a.replace("_", "-") for a in given)
         raise usage_error(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to --engine-family cpu "
